@@ -1,0 +1,76 @@
+"""Contrast transfer function, RELION convention.
+
+gamma(k) = -pi*lambda*df(theta)*|k|^2 + (pi/2)*Cs*lambda^3*|k|^4 - phase_shift - atan(Q0/sqrt(1-Q0^2))
+           + even_aberration(k)
+CTF(k)   = -sin(gamma) * exp(-B*|k|^2/4) * scale
+
+with df(theta) = dfU*cos^2(theta - phi) + dfV*sin^2(theta - phi) (positive = underfocus), k in 1/Angstrom,
+lambda the relativistic electron wavelength in Angstrom and Cs in Angstrom (1 mm = 1e7 Angstrom).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MM_TO_A = 1.0e7
+
+
+def electron_wavelength_A(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Angstrom for an acceleration voltage in kV."""
+    if not np.isfinite(voltage_kv) or voltage_kv <= 0:
+        raise ValueError(f"voltage must be a positive number of kV, got {voltage_kv!r}")
+    volts = voltage_kv * 1e3
+    return float(12.2643247 / np.sqrt(volts * (1.0 + 0.978466e-6 * volts)))
+
+
+def defocus_phase_factor(wavelength_A: float) -> float:
+    """d(gamma)/d(defocus * |k|^2) = -pi*lambda (rad per Angstrom of defocus per (1/A)^2)."""
+    return -np.pi * wavelength_A
+
+
+def cs_phase_factor(wavelength_A: float) -> float:
+    """d(gamma)/d(Cs_mm * |k|^4) = (pi/2)*lambda^3*1e7 (rad per mm of Cs per (1/A)^4)."""
+    return 0.5 * np.pi * wavelength_A**3 * MM_TO_A
+
+
+def amplitude_contrast_phase(amplitude_contrast: float) -> float:
+    """K3 = atan(Q0 / sqrt(1 - Q0^2)) in radians."""
+    q0 = float(amplitude_contrast)
+    if not 0.0 <= q0 < 1.0:
+        raise ValueError(f"amplitude contrast must be in [0, 1), got {q0!r}")
+    return float(np.arctan(q0 / np.sqrt(1.0 - q0 * q0)))
+
+
+def astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg):
+    """Defocus along the direction of (kx, ky), in Angstrom.
+
+    Parameters broadcast against each other: e.g. kx, ky of shape (npix,) and per-particle
+    defocus arrays of shape (n, 1) give (n, npix).
+    """
+    theta = np.arctan2(ky, kx)
+    phi = np.deg2rad(defocus_angle_deg)
+    c2 = np.cos(theta - phi) ** 2
+    return defocus_u_A * c2 + defocus_v_A * (1.0 - c2)
+
+
+def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, voltage_kv,
+              amplitude_contrast, phase_shift_deg=0.0, even_phase_rad=0.0):
+    """CTF phase gamma in radians (see module docstring); inputs broadcast as in
+    :func:`astigmatic_defocus_A`. ``even_phase_rad`` is an extra phase added to gamma (RELION's
+    rlnEvenZernike sum, already evaluated at (kx, ky))."""
+    lam = electron_wavelength_A(voltage_kv)
+    k2 = kx * kx + ky * ky
+    df = astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg)
+    return (defocus_phase_factor(lam) * df * k2 + cs_phase_factor(lam) * cs_mm * k2 * k2
+            - np.deg2rad(phase_shift_deg) - amplitude_contrast_phase(amplitude_contrast)
+            + even_phase_rad)
+
+
+def ctf_envelope(k2, bfactor_A2=0.0, scale=1.0):
+    """exp(-B*|k|^2/4) * scale; k2 = |k|^2 in 1/A^2, B in A^2."""
+    return scale * np.exp(-0.25 * bfactor_A2 * k2)
+
+
+def ctf_value(gamma, envelope=1.0):
+    """CTF = -sin(gamma) * envelope."""
+    return -np.sin(gamma) * envelope

@@ -1,0 +1,121 @@
+"""Particle images from MRC stacks, memory-mapped, read in batches.
+
+Adapters give each particle a stack path and a 0-based index (RELION "N@path" -> (path, N-1);
+cryoSPARC blob/path, blob/idx). Stacks are opened once, memory-mapped, and never modified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from .errors import InputError
+
+
+class StackReader:
+    """Read particle images by position in the particle list.
+
+    Parameters
+    ----------
+    paths : sequence of str, one per particle (stack file).
+    indices : int array (n,), 0-based image index within each stack.
+    box : expected box size; pixel_size_A : expected pixel size (checked against the MRC header
+        only when the header holds a non-zero voxel size; tolerance 0.5%).
+    """
+
+    def __init__(self, paths, indices, box: int, pixel_size_A: float | None = None):
+        self.indices = np.asarray(indices, dtype=np.int64)
+        paths = np.asarray(paths, dtype=str)
+        self.stack_names, self.stack_of = np.unique(paths, return_inverse=True)
+        self.box = int(box)
+        self._maps = {}
+        for i, name in enumerate(self.stack_names):
+            self._maps[i] = self._open(name, pixel_size_A)
+            count = self._maps[i].shape[0]
+            sel = self.stack_of == i
+            if self.indices[sel].min() < 0 or self.indices[sel].max() >= count:
+                bad = int(self.indices[sel][(self.indices[sel] < 0) | (self.indices[sel] >= count)][0])
+                raise InputError(f"{name}: image {bad + 1} requested but the stack holds {count}")
+
+    def _open(self, name: str, pixel_size_A):
+        path = Path(name)
+        if not path.is_file():
+            raise InputError(f"{name}: particle stack not found")
+        try:
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable MRC stack ({exc})") from exc
+        if mrc.data is None:
+            raise InputError(f"{name}: MRC header unreadable or file truncated")
+        data = mrc.data
+        if data.ndim == 2:
+            data = data[None]
+        if data.shape[1:] != (self.box, self.box):
+            raise InputError(f"{name}: images are {data.shape[2]}x{data.shape[1]} pixels, "
+                             f"the optics table says {self.box}")
+        header_px = float(mrc.voxel_size.x)
+        if pixel_size_A and header_px > 0 and abs(header_px / pixel_size_A - 1) > 0.005:
+            raise InputError(f"{name}: pixel size in the header is {header_px:.4f} A, "
+                             f"the optics table says {pixel_size_A:.4f} A")
+        return data
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, positions) -> np.ndarray:
+        """Images of the particles at ``positions`` (list order), float32 (k, box, box).
+
+        Raises InputError naming the stack and image if an image holds NaN or infinity.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((positions.size, self.box, self.box), dtype=np.float32)
+        stacks = self.stack_of[positions]
+        for s in np.unique(stacks):
+            rows = np.flatnonzero(stacks == s)
+            idx = self.indices[positions[rows]]
+            order = np.argsort(idx, kind="stable")
+            out[rows[order]] = self._maps[s][idx[order]]
+        bad = ~np.isfinite(out).all(axis=(1, 2))
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{self.stack_names[stacks[b]]}: image {self.indices[positions[b]] + 1} "
+                             f"contains NaN or infinite values")
+        return out
+
+
+def write_stack(path, images: np.ndarray, pixel_size_A: float) -> None:
+    """Write an MRC stack (float32) with the given voxel size (used by simulations and tests)."""
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.asarray(images, dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = pixel_size_A
+
+
+def read_map(path, what: str = "map") -> tuple[np.ndarray, float]:
+    """A cubic 3D map as float32 [z, y, x] and its voxel size (A, 0 if unset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        with mrcfile.open(path, mode="r", permissive=True) as mrc:
+            if mrc.data is None:
+                raise InputError(f"{path}: {what} unreadable")
+            data = np.array(mrc.data, dtype=np.float32)
+            px = float(mrc.voxel_size.x)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: {what} is not a readable MRC file ({exc})") from exc
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(f"{path}: {what} must be a cubic 3D map, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: {what} contains NaN or infinite values")
+    return data, px
+
+
+def write_map(path, volume: np.ndarray, pixel_size_A: float) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.asarray(volume, dtype=np.float32))
+        mrc.voxel_size = pixel_size_A

@@ -1,0 +1,93 @@
+"""Data model: optics groups and per-particle parameters, in RELION's conventions and units.
+
+Adapters build these from STAR files or cryoSPARC datasets; the numerics only see these arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OpticsGroup:
+    """One optics group (RELION) / exposure group (cryoSPARC).
+
+    optics_group : RELION's 1-based rlnOpticsGroup number.
+    even_zernike : rlnEvenZernike coefficients (radians, un-normalised Zernike, |k| in 1/A).
+    odd_zernike : rlnOddZernike coefficients (radians).
+    beam_tilt_x_mrad, beam_tilt_y_mrad : rlnBeamTiltX/Y; has_beam_tilt : whether either column
+        exists (RELION then inserts the tilt into the odd Zernike terms, even when it is zero).
+    mag_matrix : 2x2 rlnMagMat (identity when absent).
+    """
+
+    optics_group: int
+    name: str
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    pixel_size_A: float
+    box_size: int
+    even_zernike: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    odd_zernike: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    beam_tilt_x_mrad: float = 0.0
+    beam_tilt_y_mrad: float = 0.0
+    mag_matrix: np.ndarray = field(default_factory=lambda: np.eye(2))
+    has_beam_tilt: bool = False
+
+    def with_cs(self, cs_mm: float) -> "OpticsGroup":
+        return replace(self, cs_mm=float(cs_mm))
+
+
+PARTICLE_FIELDS = (
+    "defocus_u_A", "defocus_v_A", "defocus_angle_deg", "phase_shift_deg", "bfactor_A2", "ctf_scale",
+    "rot_deg", "tilt_deg", "psi_deg", "origin_x_A", "origin_y_A",
+)
+
+
+@dataclass
+class Particles:
+    """Per-particle parameters, each an array of shape (n,).
+
+    Angles in degrees (RELION ZYZ), origins in Angstrom (particle centre = box centre - origin),
+    defocus in Angstrom (positive = underfocus), phase shift in degrees, B-factor in A^2.
+    half_set : 1 or 2 (rlnRandomSubset); optics_group : 1-based group number.
+    """
+
+    defocus_u_A: np.ndarray
+    defocus_v_A: np.ndarray
+    defocus_angle_deg: np.ndarray
+    phase_shift_deg: np.ndarray
+    bfactor_A2: np.ndarray
+    ctf_scale: np.ndarray
+    rot_deg: np.ndarray
+    tilt_deg: np.ndarray
+    psi_deg: np.ndarray
+    origin_x_A: np.ndarray
+    origin_y_A: np.ndarray
+    half_set: np.ndarray
+    optics_group: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.defocus_u_A)
+        for name in PARTICLE_FIELDS + ("half_set", "optics_group"):
+            value = np.asarray(getattr(self, name))
+            if value.shape != (n,):
+                raise ValueError(f"particle field {name} has shape {value.shape}, expected ({n},)")
+            dtype = np.int64 if name in ("half_set", "optics_group") else np.float64
+            setattr(self, name, value.astype(dtype, copy=False))
+
+    def __len__(self) -> int:
+        return len(self.defocus_u_A)
+
+    def subset(self, index) -> "Particles":
+        return Particles(**{name: getattr(self, name)[index]
+                            for name in PARTICLE_FIELDS + ("half_set", "optics_group")})
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the first field with a NaN or infinity."""
+        for name in PARTICLE_FIELDS:
+            bad = ~np.isfinite(getattr(self, name))
+            if bad.any():
+                raise ValueError(f"{name} is not finite for particle {int(np.flatnonzero(bad)[0])}")

@@ -1,0 +1,121 @@
+"""Central-slice projection from a padded, gridding-corrected 3D transform (RELION's scheme).
+
+The half map (box^3, centre at index box//2) is divided by sinc^2(r / (pad*box)) in real space
+(the transform of trilinear interpolation), zero-padded to pad*box, and transformed with
+``rfftn(ifftshift(.))``. Only frequencies within the band's k_max are kept: the stored array
+``data[z + R, y + R, x]`` holds kz, ky in [-R, R] and kx in [0, R] in padded-grid units. A 2D
+frequency (kx, ky) in cycles per *particle-box* pixel samples the 3D transform at
+pad*box * A^T (kx, ky, 0) (in padded-grid units); points with x < 0 are read from their Friedel
+mate (negated coordinate, complex conjugate).
+
+With numpy's unnormalised FFTs, the rfft2 of a projection image (sum along z of the map, in
+pixel units) equals the central slice of the unpadded map's rfftn; the padded transform
+sampled at pad * k gives the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+
+@dataclass(frozen=True)
+class PaddedReference:
+    """Cropped, padded 3D transform of one half map.
+
+    data : complex64 array, shape (2R+1, 2R+1, R+2), indexed [z + R, y + R, x].
+    radius : R, the largest |coordinate| stored, in padded-grid units.
+    box : particle box size (pixels); pad : padding factor.
+    """
+
+    data: np.ndarray
+    radius: int
+    box: int
+    pad: int
+
+    @property
+    def scale(self) -> float:
+        """Factor from cycles per particle pixel to padded-grid units (pad * box)."""
+        return float(self.pad * self.box)
+
+
+def gridding_correct(volume: np.ndarray, pad: int) -> np.ndarray:
+    """Divide a real-space map by sinc^2(r / (pad*box)), r in pixels from the centre box//2."""
+    box = volume.shape[0]
+    c = np.arange(box) - box // 2
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    return (volume / np.sinc(r / (pad * box)) ** 2).astype(np.float32)
+
+
+def make_padded_reference(volume: np.ndarray, k_max_px: float, pad: int = 2,
+                          workers: int = 1, margin: float = 1.0) -> PaddedReference:
+    """Build the :class:`PaddedReference` of a cubic real-space map.
+
+    Parameters
+    ----------
+    volume : (box, box, box) float array, centre at index box//2.
+    k_max_px : largest 2D frequency that will be sampled, in cycles per pixel (<= 0.5 * margin).
+    pad : padding factor (RELION uses 2).
+    workers : FFT threads.
+    margin : extra factor on k_max_px for frequencies mapped outward (e.g. by a magnification
+        matrix).
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise ValueError(f"reference map must be a cube, got shape {volume.shape}")
+    box = volume.shape[0]
+    size = pad * box
+    padded = np.zeros((size,) * 3, dtype=np.float32)
+    lo = (size - box) // 2 + 0  # map centre box//2 lands on size//2
+    lo = size // 2 - box // 2
+    padded[lo:lo + box, lo:lo + box, lo:lo + box] = gridding_correct(volume, pad)
+    ft = scipy.fft.rfftn(scipy.fft.ifftshift(padded), workers=workers)
+    del padded
+    radius = int(np.ceil(pad * box * k_max_px * margin)) + 2
+    zy = np.arange(-radius, radius + 1) % size
+    xs = np.arange(radius + 2)
+    direct = xs <= size // 2
+    data = np.empty((zy.size, zy.size, xs.size), dtype=np.complex64)
+    data[:, :, direct] = ft[np.ix_(zy, zy, xs[direct])]
+    if not direct.all():  # beyond the stored half: Friedel mates F(x) = conj(F(-x))
+        mz = (-np.arange(-radius, radius + 1)) % size
+        data[:, :, ~direct] = np.conj(ft[np.ix_(mz, mz, size - xs[~direct])])
+    return PaddedReference(np.ascontiguousarray(data), radius, box, pad)
+
+
+def central_slice_coordinates(rotations: np.ndarray, kx_px: np.ndarray, ky_px: np.ndarray,
+                              scale: float) -> np.ndarray:
+    """3D sampling coordinates scale * A^T (kx, ky, 0): shape (n, m, 3) as (x, y, z).
+
+    rotations : (n, 3, 3) matrices A; kx_px, ky_px : (m,) or (n, m) in cycles per pixel.
+    """
+    kx = np.broadcast_to(kx_px, (rotations.shape[0],) + np.shape(kx_px)[-1:])
+    ky = np.broadcast_to(ky_px, kx.shape)
+    # A^T (kx, ky, 0): component j = A[0, j] * kx + A[1, j] * ky
+    coords = rotations[:, None, 0, :] * kx[..., None] + rotations[:, None, 1, :] * ky[..., None]
+    return coords * scale
+
+
+def sample_trilinear(ref: PaddedReference, coords: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of ``ref`` at coordinates (..., 3) = (x, y, z), padded-grid units.
+
+    Reference implementation in numpy (the compiled kernels must agree with it).
+    """
+    x, y, z = coords[..., 0], coords[..., 1], coords[..., 2]
+    flip = x < 0
+    x, y, z = np.where(flip, -x, x), np.where(flip, -y, y), np.where(flip, -z, z)
+    r = ref.radius
+    if np.any(x > r) or np.any(np.abs(y) > r - 1) or np.any(np.abs(z) > r - 1):
+        raise ValueError("sampling beyond the cropped reference; increase k_max_px")
+    y, z = y + r, z + r
+    x0, y0, z0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp), np.floor(z).astype(np.intp)
+    fx, fy, fz = x - x0, y - y0, z - z0
+    d = ref.data
+    out = np.zeros(x.shape, dtype=np.complex128)
+    for dz, wz in ((0, 1 - fz), (1, fz)):
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                out += (wz * wy * wx) * d[z0 + dz, y0 + dy, x0 + dx]
+    return np.where(flip, np.conj(out), out)

@@ -1,0 +1,1 @@
+"""RELION adapter for csrefine: STAR I/O and the External-job protocol."""
