@@ -23,10 +23,10 @@ def rfft_frequencies_px(box: int) -> tuple[np.ndarray, np.ndarray]:
 class Band:
     """The Fourier pixels of a box used in a fit: |k| in [k_min, k_max] (1/A, nominal pixel size).
 
-    ``flat_index`` indexes the flattened rfft2 grid; ``kx_px``/``ky_px`` are in cycles per pixel;
-    ``friedel_weight`` is 1 for pixels whose Friedel mate is also stored in the half-complex grid
-    (column 0 and, for even boxes, the Nyquist column) and 2 otherwise, so sums over the band count
-    every independent complex pixel of the full transform once.
+    ``flat_index`` indexes the flattened rfft2 grid; ``kx_px``/``ky_px`` are in cycles per pixel.
+    Column kx = 0 keeps only ky >= 0 (the rest are Friedel mates), so every band pixel stands for
+    itself and its mate: ``friedel_weight`` is 2, except 1 for self-conjugate pixels (kx and ky
+    each 0 or Nyquist). Weighted sums over the band equal sums over the full transform.
     """
 
     box: int
@@ -64,7 +64,8 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     sel &= ~((kx == 0) & (ky < 0))
     flat = np.flatnonzero(sel)
     kxs, kys = kx.ravel()[flat], ky.ravel()[flat]
-    weight = np.where((kxs == 0) | (kxs == 0.5), 1.0, 2.0)
+    self_conjugate = np.isin(kxs, (0.0, 0.5)) & np.isin(np.abs(kys), (0.0, 0.5))
+    weight = np.where(self_conjugate, 1.0, 2.0)
     return Band(box, float(pixel_size_A), float(k_min_per_A), float(k_max), flat, kxs, kys, weight)
 
 

@@ -1,0 +1,48 @@
+"""Per-pixel sufficient statistics for an extra CTF phase delta(k), per optics group.
+
+Model for particle i at band pixel p (complex, Gaussian noise):
+
+    X = alpha * w * (-sin(gamma + delta)) * P = alpha * (cos(delta) * u + sin(delta) * v)
+    u = -w sin(gamma) P,   v = -w cos(gamma) P
+
+so the squared residual is linear in six sums over particles (per pixel and per cell of the
+particle partition used for the jackknife and subsets):
+
+    A = sum w^2 |P|^2 sin^2 g      B = sum w^2 |P|^2 sin g cos g     C = sum w^2 |P|^2 cos^2 g
+    D = -sum w Re(X P*) sin g      E = -sum w Re(X P*) cos g         F = sum |X|^2
+
+|X - c u - s v|^2 summed = F - 2 (c D + s E) + c^2 A + 2 c s B + s^2 C.
+This module holds the reference (numpy) implementation; compiled backends must agree with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+N_STATS = 6
+STAT_NAMES = ("A", "B", "C", "D", "E", "F")
+
+
+def new_statistics(n_cells: int, n_pixels: int) -> np.ndarray:
+    """Zeroed statistics array, shape (n_cells, 6, n_pixels), float64."""
+    return np.zeros((n_cells, N_STATS, n_pixels), dtype=np.float64)
+
+
+def accumulate_numpy(stats: np.ndarray, cells: np.ndarray, observed: np.ndarray,
+                     projections: np.ndarray, gamma: np.ndarray, envelope: np.ndarray) -> None:
+    """Add a batch to ``stats`` in place.
+
+    Parameters
+    ----------
+    stats : (n_cells, 6, m) float64.
+    cells : (n,) int, cell of each particle.
+    observed : (n, m) complex, image transforms at the band pixels (X).
+    projections : (n, m) complex, shifted central slices with odd phase (P).
+    gamma : (n, m) float, CTF phase (radians); envelope : (n, m) float, w.
+    """
+    sg, cg = np.sin(gamma), np.cos(gamma)
+    pp = envelope**2 * (projections.real**2 + projections.imag**2)
+    xp = envelope * (observed.real * projections.real + observed.imag * projections.imag)
+    rows = np.stack([pp * sg * sg, pp * sg * cg, pp * cg * cg, -xp * sg, -xp * cg,
+                     observed.real**2 + observed.imag**2], axis=1)  # (n, 6, m)
+    np.add.at(stats, cells, rows)

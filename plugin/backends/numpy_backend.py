@@ -1,0 +1,29 @@
+"""Reference backend: plain numpy, vectorised over a batch (slow; the yardstick for the others)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+from ..accumulate import accumulate_numpy
+from ..forward import particle_envelope, particle_gamma, shifted_projections
+
+
+def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
+    """rfft2 of centred images (n, box, box) at the band pixels: (n, m) complex."""
+    ft = scipy.fft.rfft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=threads)
+    return ft.reshape(images.shape[0], -1)[:, band.flat_index]
+
+
+def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
+                     threads: int = 1) -> None:
+    """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
+
+    stats : (n_cells, 6, m) float64, modified in place; cells : (n,) int; images : (n, box, box)
+    real, centred at box//2; particles : :class:`plugin.model.Particles` of the batch;
+    reference : :class:`plugin.projection.PaddedReference`; terms : :class:`plugin.forward.PixelTerms`.
+    """
+    observed = band_transforms(images, band, threads)
+    proj = shifted_projections(terms, particles, reference, pixel_size_A)
+    accumulate_numpy(stats, cells, observed, proj, particle_gamma(terms, particles),
+                     particle_envelope(terms, particles))

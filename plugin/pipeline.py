@@ -1,0 +1,313 @@
+"""One refinement run: FSC band, streaming accumulation per optics group, fit, uncertainty.
+
+Adapters call :func:`refine` with arrays and plain objects; it never touches paths.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .backends import get_backend, resolve_backend
+from .ctf import electron_wavelength_A
+from .errors import AbortRequested, InputError
+from .fit import (FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma, pool)
+from .forward import pixel_terms
+from .fourier import make_band
+from .fsc import fsc_curve, resolution_at_threshold, soft_spherical_mask
+from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
+from .model import OpticsGroup, Particles
+from .projection import make_padded_reference
+
+
+@dataclass
+class RefineOptions:
+    """User-facing settings (units in the names).
+
+    k_min_A / k_max_A : band limits in Angstrom (k_max_A None: from the half-map FSC at 0.143).
+    subsets : independent random subsets refined separately; cells_per_subset : jackknife blocks
+        per subset (the jackknife uses subsets * cells_per_subset blocks).
+    cs_search_mm : half-width of the global Cs search around the nominal value.
+    min_particles : groups with fewer particles are not refined.
+    max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
+    """
+
+    k_min_A: float = 20.0
+    k_max_A: float | None = None
+    subsets: int = 3
+    cells_per_subset: int = 4
+    threads: int = 1
+    batch_size: int = 256
+    device: str = "auto"
+    cs_search_mm: float = 1.5
+    pad: int = 2
+    seed: int = 0
+    min_particles: int = 100
+    max_cs_sigma_mm: float = 0.5
+    fsc_threshold: float = 0.143
+
+
+@dataclass
+class GroupResult:
+    """Refinement of one optics group; the JSON report holds these fields."""
+
+    optics_group: int
+    name: str
+    n_particles: int
+    refined: bool
+    reason: str
+    cs_nominal_mm: float
+    cs_refined_mm: float
+    cs_sigma_mm: float | None
+    cs_sigma_curvature_mm: float | None
+    cs_subsets_mm: list
+    defocus_offset_A: float
+    defocus_offset_sigma_A: float | None
+    pixel_size_A: float
+    pixel_size_if_cs_nominal_A: float | None
+    resolution_impact_A: float | None
+    band_A: list
+    voltage_kv: float
+    curves: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Refinement:
+    groups: list
+    fsc: np.ndarray
+    resolution_A: float
+    band_A: list
+    backend: str
+    timings_s: dict
+
+    def group(self, optics_group: int) -> GroupResult:
+        return next(g for g in self.groups if g.optics_group == optics_group)
+
+
+ProgressFn = Callable[[str], None]
+
+
+def assign_cells(n: int, subsets: int, cells_per_subset: int, seed: int) -> np.ndarray:
+    """Random balanced cell of each particle; cell // cells_per_subset is its subset."""
+    n_cells = subsets * cells_per_subset
+    rng = np.random.default_rng(seed)
+    cells = np.empty(n, dtype=np.int64)
+    cells[rng.permutation(n)] = np.arange(n) % n_cells
+    return cells
+
+
+def check_geometry(groups: dict[int, OpticsGroup], half_maps, map_pixel_size_A: float | None):
+    """All groups must share the half maps' box and pixel size (within 0.5%)."""
+    box = half_maps[0].shape[0]
+    if half_maps[1].shape != half_maps[0].shape:
+        raise InputError(f"half maps differ in shape: {half_maps[0].shape} vs {half_maps[1].shape}")
+    for g in groups.values():
+        if g.box_size != box:
+            raise InputError(f"optics group {g.optics_group} ({g.name}): box {g.box_size} "
+                             f"differs from the half maps' box {box}")
+        if map_pixel_size_A and abs(g.pixel_size_A / map_pixel_size_A - 1) > 0.005:
+            raise InputError(f"optics group {g.optics_group} ({g.name}): pixel size "
+                             f"{g.pixel_size_A:.4f} A differs from the half maps' "
+                             f"{map_pixel_size_A:.4f} A")
+
+
+def _log(progress: ProgressFn | None, text: str):
+    if progress is not None:
+        progress(text)
+
+
+def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
+                     references, band, cells, n_cells, backend, options: RefineOptions,
+                     progress=None, should_abort=None) -> np.ndarray:
+    """Stream one group's particles through the backend; returns stats (n_cells, 6, m)."""
+    stats = np.zeros((n_cells, 6, band.size), dtype=np.float64)
+    terms = pixel_terms(group, band)
+    n = positions.size
+    done = 0
+    t0 = time.monotonic()
+    for start in range(0, n, options.batch_size):
+        if should_abort is not None and should_abort():
+            raise AbortRequested("abort requested")
+        idx = np.arange(start, min(start + options.batch_size, n))
+        imgs = images.read(positions[idx])
+        batch = particles.subset(idx)
+        for half in (1, 2):
+            sel = np.flatnonzero(batch.half_set == half)
+            if sel.size:
+                backend.accumulate_batch(stats, cells[idx[sel]], imgs[sel], batch.subset(sel),
+                                         references[half], terms, band, group.pixel_size_A,
+                                         options.threads)
+        done += idx.size
+        rate = done / max(time.monotonic() - t0, 1e-9)
+        _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
+                       f"({rate:.0f} particles/s)")
+    return stats
+
+
+def _curvature_sigma(fit: FitResult) -> tuple[float | None, float | None]:
+    try:
+        cov = np.linalg.inv(fit.hessian)
+    except np.linalg.LinAlgError:
+        return None, None
+    if cov[0, 0] <= 0 or cov[1, 1] <= 0:
+        return None, None
+    return float(np.sqrt(cov[1, 1])), float(np.sqrt(cov[0, 0]))
+
+
+def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
+              options: RefineOptions, k_max_per_A: float) -> dict:
+    """Fit the pooled statistics: all particles, leave-one-cell-out, and each subset."""
+    lam = electron_wavelength_A(group.voltage_kv)
+    terms = pixel_terms(group, band)
+    model = PhaseModel(terms.defocus_factor, terms.cs_factor)
+    k_box = np.hypot(band.kx_px, band.ky_px) * band.box
+    radial = pool(stats, terms.k2, k_box, band.friedel_weight, n_particles)
+    sums = radial.sums  # (n_cells, 5, n_bins)
+    total = sums.sum(axis=0)
+    k_max_phys = float(np.sqrt(terms.k2.max()))
+    search = default_search_range(model, k_max_phys, options.cs_search_mm)
+    best = fit_phase(radial, total, model, k_max_phys, search)
+    start = (best.defocus_offset_A, best.cs_change_mm)
+    loo = np.array([[f.defocus_offset_A, f.cs_change_mm] for f in
+                    (fit_phase(radial, total - sums[j], model, k_max_phys, search, start=start)
+                     for j in range(cells_count))])
+    per = options.cells_per_subset
+    subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_phys, search)
+               for s in range(options.subsets)]
+    # Log-likelihood along Cs (defocus re-optimised on the grid) for the report's plot.
+    cs_axis = np.linspace(-search.cs_mm, search.cs_mm, 121)
+    df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
+                          best.defocus_offset_A + search.defocus_A / 4, 41)
+    from .fit import log_likelihood
+    profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
+    return {"best": best, "loo": loo, "subsets": subsets, "model": model, "lambda": lam,
+            "profile": (cs_axis, profile), "radial": radial}
+
+
+def _not_refined(group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
+    return GroupResult(group.optics_group, group.name, n, False, reason, group.cs_mm, group.cs_mm,
+                       None, None, [], 0.0, None, group.pixel_size_A, None, None, list(band_A),
+                       group.voltage_kv)
+
+
+def summarise_group(group: OpticsGroup, n: int, fitted: dict, band_A, options) -> GroupResult:
+    best, loo = fitted["best"], fitted["loo"]
+    cs_ref = group.cs_mm + best.cs_change_mm
+    cs_sigma = jackknife_sigma(loo[:, 1])
+    df_sigma = jackknife_sigma(loo[:, 0])
+    cs_curv, _ = _curvature_sigma(best)
+    model = fitted["model"]
+    nyquist = 0.5 / group.pixel_size_A
+    impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
+                                 best.cs_change_mm, nyquist)
+    refined, reason = True, "refined"
+    if not np.isfinite(cs_sigma) or cs_sigma > options.max_cs_sigma_mm:
+        refined, reason = False, (f"too uncertain: jackknife sigma {cs_sigma:.3f} mm exceeds "
+                                  f"{options.max_cs_sigma_mm} mm (too few particles or too low "
+                                  f"resolution)")
+    result = GroupResult(
+        group.optics_group, group.name, n, refined, reason, group.cs_mm,
+        cs_ref if refined else group.cs_mm, cs_sigma, cs_curv,
+        [group.cs_mm + s.cs_change_mm for s in fitted["subsets"]],
+        best.defocus_offset_A if refined else 0.0, df_sigma, group.pixel_size_A,
+        pixel_size_if_cs_nominal_A(group.pixel_size_A, group.cs_mm, cs_ref), impact, list(band_A),
+        group.voltage_kv)
+    radial = fitted["radial"]
+    result.curves = {"cs_axis_mm": (group.cs_mm + fitted["profile"][0]).tolist(),
+                     "log_likelihood": (fitted["profile"][1] - fitted["profile"][1].max()).tolist(),
+                     "cs_fitted_mm": cs_ref, "k2": radial.k2.tolist(),
+                     "fit_delta_rad": model.delta(best.defocus_offset_A, best.cs_change_mm,
+                                                  radial.k2).tolist(),
+                     "measured_delta_rad": _binned_phase(radial).tolist()}
+    return result
+
+
+def _binned_phase(radial) -> np.ndarray:
+    """Per-bin least-squares phase atan2(s, c) of the pooled statistics, for plots."""
+    a, b, c, d, e = radial.sums.sum(axis=0)
+    det = a * c - b * b
+    det = np.where(np.abs(det) > 0, det, 1.0)
+    return np.arctan2((a * e - b * d) / det, (c * d - b * e) / det)
+
+
+def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
+           mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
+           options: RefineOptions | None = None, progress: ProgressFn | None = None,
+           should_abort: Callable[[], bool] | None = None) -> Refinement:
+    """Refine Cs (and a defocus offset) per optics group.
+
+    Parameters
+    ----------
+    groups : optics groups by RELION number; particles : all particles (file order);
+    images : object with ``read(positions) -> (k, box, box) float32`` in particle order;
+    half_maps : (half1, half2) real-space maps (box^3, [z, y, x]);
+    mask : optional real-space mask for the FSC (a soft sphere of 0.8*box diameter if None).
+    map_pixel_size_A : the half maps' pixel size if known (checked against the optics groups).
+    progress : called with plain-text progress lines; should_abort : polled between batches.
+    """
+    options = options or RefineOptions()
+    timings = {}
+    t_start = time.monotonic()
+    particles.check_finite()
+    check_geometry(groups, half_maps, map_pixel_size_A)
+    box = half_maps[0].shape[0]
+    px = next(iter(groups.values())).pixel_size_A
+    if mask is None:
+        mask = soft_spherical_mask(box, 0.4 * box - 6)
+    elif mask.shape != half_maps[0].shape:
+        raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
+    fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
+    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
+    k_max_A = options.k_max_A or resolution
+    k_max_A = max(k_max_A, 2.0 * px)
+    band_A = [float(options.k_min_A), float(k_max_A)]
+    _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} A; "
+                   f"fitting {options.k_min_A:.1f}-{k_max_A:.2f} A")
+    backend_name = resolve_backend(options.device)
+    backend = get_backend(backend_name)
+    mag_margin = max(float(np.linalg.norm(g.mag_matrix, 2)) for g in groups.values())
+    references = {h + 1: make_padded_reference(half_maps[h], px / k_max_A, options.pad,
+                                               options.threads, margin=max(mag_margin, 1.0) * 1.01)
+                  for h in range(2)}
+    timings["setup"] = time.monotonic() - t_start
+    results = []
+    n_cells = options.subsets * options.cells_per_subset
+    for gid in sorted(groups):
+        group = groups[gid]
+        positions = np.flatnonzero(particles.optics_group == gid)
+        n = positions.size
+        if n == 0:
+            continue
+        if n < max(options.min_particles, n_cells):
+            results.append(_not_refined(group, n, f"too few particles ({n} < "
+                                        f"{max(options.min_particles, n_cells)})", band_A))
+            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
+            continue
+        if k_max_A > 0.8 * options.k_min_A:
+            results.append(_not_refined(group, n, f"resolution too low: the band {options.k_min_A}"
+                                        f"-{k_max_A:.1f} A is too narrow", band_A))
+            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
+            continue
+        band = make_band(box, px, 1.0 / options.k_min_A, 1.0 / k_max_A)
+        sub = particles.subset(positions)
+        cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
+        t0 = time.monotonic()
+        stats = accumulate_group(group, positions, sub, images, references, band, cells, n_cells,
+                                 backend, options, progress, should_abort)
+        timings[f"accumulate_group{gid}"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        fitted = fit_group(group, stats, band, n_cells, n, options, 1.0 / k_max_A)
+        timings[f"fit_group{gid}"] = time.monotonic() - t0
+        results.append(summarise_group(group, n, fitted, band_A, options))
+    timings["total"] = time.monotonic() - t_start
+    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings)
+
+
+def result_dict(result: GroupResult) -> dict:
+    """JSON-ready dict of a group result (without the plot curves)."""
+    d = asdict(result)
+    d.pop("curves")
+    return d
