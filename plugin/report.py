@@ -1,0 +1,150 @@
+"""Reports of a refinement: JSON, a plain-text table, and figures (PDF/PNG).
+
+All writers are atomic: they write a temporary file in the target directory and rename it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .pipeline import Refinement, result_dict
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating,)):
+        return _clean(float(value))
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict | None = None) -> dict:
+    """The csrefine.json content: per-group results, band, FSC resolution, timings."""
+    out = {
+        "csrefine_version": __import__("plugin").__version__,
+        "inputs": inputs or {},
+        "resolution_fsc_A": refinement.resolution_A,
+        "band_A": refinement.band_A,
+        "backend": refinement.backend,
+        "groups": [result_dict(g) for g in refinement.groups],
+        "timings_s": refinement.timings_s,
+    }
+    if extra:
+        out.update(extra)
+    return _clean(out)
+
+
+def write_json(path, content: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
+
+
+def _fmt(value, spec, none="-"):
+    return none if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def summary_table(refinement: Refinement) -> str:
+    """One row per optics group, for run.out / the cryoSPARC event log."""
+    head = (f"{'group':>5} {'name':<16} {'particles':>9} {'Cs nominal':>10} {'Cs refined':>10} "
+            f"{'sigma':>7} {'subsets (mm)':<22} {'ddefocus A':>10} {'pixel if Cs nom.':>16} "
+            f"{'matters at':>10}  status")
+    lines = [head, "-" * len(head)]
+    for g in refinement.groups:
+        subsets = " ".join(f"{c:.3f}" for c in g.cs_subsets_mm) or "-"
+        impact = f"{g.resolution_impact_A:.2f} A" if g.resolution_impact_A else "beyond Nyq."
+        lines.append(
+            f"{g.optics_group:>5} {g.name[:16]:<16} {g.n_particles:>9} {g.cs_nominal_mm:>10.3f} "
+            f"{g.cs_refined_mm:>10.3f} {_fmt(g.cs_sigma_mm, '7.3f'):>7} {subsets:<22} "
+            f"{g.defocus_offset_A:>10.1f} {_fmt(g.pixel_size_if_cs_nominal_A, '.4f') + ' A':>16} "
+            f"{impact:>10}  {'refined' if g.refined else 'NOT refined: ' + g.reason}")
+    return "\n".join(lines)
+
+
+def figures(refinement: Refinement):
+    """Matplotlib figures: FSC with the band, and per group the likelihood along Cs and the
+    measured vs fitted phase change. Returns a list of (title, figure)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figs = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fsc = refinement.fsc
+    shells = np.arange(1, len(fsc))
+    ax.plot(shells, fsc[1:], label="half-map FSC (masked)")
+    ax.axhline(0.143, color="grey", ls=":", label="0.143")
+    ax.set_xlabel("Fourier shell (pixels)")
+    ax.set_ylabel("FSC")
+    ax.set_title(f"Half-map FSC: {refinement.resolution_A:.2f} A; fitted band "
+                 f"{refinement.band_A[0]:.1f}-{refinement.band_A[1]:.2f} A")
+    ax.legend()
+    figs.append(("Half-map FSC", fig))
+    for g in refinement.groups:
+        if not g.curves:
+            continue
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        a1.plot(g.curves["cs_axis_mm"], g.curves["log_likelihood"])
+        a1.axvline(g.cs_nominal_mm, color="grey", ls=":", label=f"nominal {g.cs_nominal_mm:.3f} mm")
+        a1.axvline(g.curves["cs_fitted_mm"], color="C3", label=f"refined {g.curves['cs_fitted_mm']:.3f} mm")
+        for c in g.cs_subsets_mm:
+            a1.axvline(c, color="C2", alpha=0.5, lw=0.8)
+        a1.set_xlabel("Cs (mm)")
+        a1.set_ylabel("log-likelihood (profiled over defocus)")
+        a1.set_title(f"Optics group {g.optics_group} ({g.name}), {g.n_particles} particles")
+        a1.legend(fontsize=8)
+        res = 1.0 / np.sqrt(np.asarray(g.curves["k2"]))
+        a2.plot(res, np.rad2deg(g.curves["measured_delta_rad"]), ".", ms=2, label="measured (per bin)")
+        a2.plot(res, np.rad2deg(g.curves["fit_delta_rad"]), "-", color="C3", label="fit")
+        a2.axhline(45, color="grey", ls=":")
+        a2.axhline(-45, color="grey", ls=":")
+        a2.set_xlim(res.max(), res.min())
+        a2.set_xlabel("resolution (A)")
+        a2.set_ylabel("phase change vs nominal CTF (deg)")
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        figs.append((f"Optics group {g.optics_group}", fig))
+    return figs
+
+
+def write_pdf(path, refinement: Refinement, extra_figures=()) -> None:
+    """All figures into one PDF (RELION's logfile.pdf), written atomically."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    figs = figures(refinement) + list(extra_figures)
+    try:
+        with PdfPages(tmp) as pdf:
+            for _, fig in figs:
+                pdf.savefig(fig)
+        os.replace(tmp, path)
+    finally:
+        for _, fig in figs:
+            plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()

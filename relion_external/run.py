@@ -1,0 +1,124 @@
+"""Run a refinement on RELION inputs and write the outputs (shared by the CLI and External job).
+
+Order of work: read and validate every input, refine, then write outputs atomically. Nothing is
+written before the refinement has succeeded, and inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plugin.errors import InputError
+from plugin.images import StackReader, read_map
+from plugin.pipeline import RefineOptions, Refinement, refine
+from plugin.report import report_dict, summary_table, write_json, write_pdf
+from plugin.zernike import rescale_beam_tilt
+
+from .star_io import ParticleStar, read_particle_star, updated_blocks, write_star_atomic
+
+
+def split_image_name(name: str, where: str) -> tuple[int, str]:
+    """RELION 'N@path' -> (0-based index, path)."""
+    if "@" not in name:
+        raise InputError(f"{where}: _rlnImageName {name!r} is not of the form N@stack")
+    number, path = name.split("@", 1)
+    try:
+        index = int(number) - 1
+    except ValueError:
+        raise InputError(f"{where}: _rlnImageName {name!r} has no image number") from None
+    if index < 0:
+        raise InputError(f"{where}: _rlnImageName {name!r}: image numbers start at 1")
+    return index, path
+
+
+def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
+    """Reader of the STAR's particle images; relative stack paths are taken from ``base_dir``
+    (the RELION project directory, i.e. the working directory)."""
+    idx = np.empty(len(star.image_names), dtype=np.int64)
+    paths = []
+    for i, name in enumerate(star.image_names):
+        idx[i], p = split_image_name(name, str(star.path))
+        paths.append(p if Path(p).is_absolute() else str(base_dir / p))
+    boxes = {g.box_size for g in star.groups.values()}
+    if len(boxes) != 1:
+        raise InputError(f"{star.path}: optics groups have different box sizes {sorted(boxes)}; "
+                         f"csrefine needs one box size per run")
+    pixels = {round(g.pixel_size_A, 4) for g in star.groups.values()}
+    px = next(iter(star.groups.values())).pixel_size_A if len(pixels) == 1 else None
+    return StackReader(paths, idx, boxes.pop(), px)
+
+
+@dataclass
+class Inputs:
+    star: ParticleStar
+    images: StackReader
+    half_maps: tuple
+    mask: np.ndarray | None
+    map_pixel_size_A: float | None
+
+
+def load_inputs(particles, half1, half2, mask=None, base_dir=".") -> Inputs:
+    """Read and validate the particle STAR, its stacks, the half maps and the mask."""
+    star = read_particle_star(particles)
+    images = stack_reader(star, Path(base_dir))
+    h1, px1 = read_map(half1, "half map 1")
+    h2, px2 = read_map(half2, "half map 2")
+    if h1.shape != h2.shape:
+        raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
+    m = None
+    if mask:
+        m, _ = read_map(mask, "mask")
+        if m.shape != h1.shape:
+            raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
+    box = h1.shape[0]
+    for g in star.groups.values():
+        if g.box_size != box:
+            raise InputError(f"{particles}: optics group {g.optics_group} has _rlnImageSize "
+                             f"{g.box_size} but {half1} is {box}^3")
+    return Inputs(star, images, (h1, h2), m, px1 or None)
+
+
+def refined_values(star: ParticleStar, refinement: Refinement):
+    """New Cs, defocus offsets and rescaled beam tilts for the refined groups."""
+    cs, offsets, tilts = {}, {}, {}
+    for g in refinement.groups:
+        if not g.refined:
+            continue
+        group = star.groups[g.optics_group]
+        cs[g.optics_group] = g.cs_refined_mm
+        offsets[g.optics_group] = g.defocus_offset_A
+        if group.has_beam_tilt:
+            tilts[g.optics_group] = tuple(rescale_beam_tilt(
+                [group.beam_tilt_x_mrad, group.beam_tilt_y_mrad], group.cs_mm, g.cs_refined_mm))
+    return cs, offsets, tilts
+
+
+def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions | None = None,
+        out_star_name="particles.star", base_dir=".", progress=None, should_abort=None,
+        inputs_note: dict | None = None) -> Refinement:
+    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``."""
+    t0 = time.monotonic()
+    inputs = load_inputs(particles, half1, half2, mask, base_dir)
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: output directory does not exist")
+    refinement = refine(inputs.star.groups, inputs.star.particles, inputs.images, inputs.half_maps,
+                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
+    cs, offsets, tilts = refined_values(inputs.star, refinement)
+    blocks = updated_blocks(inputs.star, cs, offsets, tilts)
+    if should_abort is not None and should_abort():
+        from plugin.errors import AbortRequested
+        raise AbortRequested("abort requested")
+    note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
+            "mask": str(mask) if mask else None, **(inputs_note or {})}
+    refinement.timings_s["wall"] = time.monotonic() - t0
+    write_star_atomic(blocks, out_dir / out_star_name)
+    write_json(out_dir / "csrefine.json", report_dict(refinement, note))
+    write_pdf(out_dir / "logfile.pdf", refinement)
+    if progress is not None:
+        progress(summary_table(refinement))
+    return refinement
