@@ -60,8 +60,9 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     nyquist = 0.5 / pixel_size_A
     k_max = min(k_max_per_A, nyquist)
     sel = (k >= k_min_per_A) & (k <= k_max)
-    # Keep only one of each Friedel pair in column 0 (ky < 0 duplicates ky > 0).
-    sel &= ~((kx == 0) & (ky < 0))
+    # Keep only one of each Friedel pair in column 0 (ky < 0 duplicates ky > 0, except the
+    # self-conjugate Nyquist row ky = -0.5).
+    sel &= ~((kx == 0) & (ky < 0) & (ky != -0.5))
     flat = np.flatnonzero(sel)
     kxs, kys = kx.ravel()[flat], ky.ravel()[flat]
     self_conjugate = np.isin(kxs, (0.0, 0.5)) & np.isin(np.abs(kys), (0.0, 0.5))

@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"csrefine-relion: error: {exc}", file=sys.stderr, flush=True)
         out = _out_dir_guess(argv)
-        if out is not None and out.is_dir():
+        if out is not None:  # RELION has created the job directory already
+            out.mkdir(parents=True, exist_ok=True)
             touch(out / EXIT_FAILURE)
         return 2
     out_dir = Path(args["o"])

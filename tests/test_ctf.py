@@ -1,0 +1,47 @@
+"""Physics of the CTF module: wavelength, phase factors, signs and astigmatism."""
+
+import numpy as np
+import pytest
+
+from plugin.ctf import (amplitude_contrast_phase, astigmatic_defocus_A, cs_phase_factor, ctf_gamma,
+                        ctf_value, electron_wavelength_A)
+
+
+@pytest.mark.parametrize("kv, expected", [(300, 0.019687), (200, 0.025079), (100, 0.037014)])
+def test_wavelength_matches_relativistic_values(kv, expected):
+    assert electron_wavelength_A(kv) == pytest.approx(expected, abs=2e-6)
+
+
+def test_bad_voltage_and_amplitude_contrast_are_refused():
+    with pytest.raises(ValueError):
+        electron_wavelength_A(0)
+    with pytest.raises(ValueError):
+        amplitude_contrast_phase(1.0)
+
+
+def test_low_frequency_contrast_is_positive_for_underfocus():
+    # RELION: CTF = -sin(gamma), gamma ~ -pi*lambda*df*k^2 - K3: positive just above k = 0.
+    k = np.array([0.0, 0.01])
+    g = ctf_gamma(k, 0 * k, defocus_u_A=15000, defocus_v_A=15000, defocus_angle_deg=0, cs_mm=2.7,
+                  voltage_kv=300, amplitude_contrast=0.1)
+    assert np.all(ctf_value(g) > 0)
+    assert ctf_value(g)[0] == pytest.approx(0.1, rel=1e-6)  # sin(K3) = Q0
+
+
+def test_cs_term_is_pi_over_two_cs_lambda_cubed_k4():
+    lam = electron_wavelength_A(300)
+    k = 0.3
+    g0 = ctf_gamma(k, 0.0, defocus_u_A=0, defocus_v_A=0, defocus_angle_deg=0, cs_mm=0.0,
+                   voltage_kv=300, amplitude_contrast=0.0)
+    g1 = ctf_gamma(k, 0.0, defocus_u_A=0, defocus_v_A=0, defocus_angle_deg=0, cs_mm=2.0,
+                   voltage_kv=300, amplitude_contrast=0.0)
+    assert g1 - g0 == pytest.approx(0.5 * np.pi * 2.0e7 * lam**3 * k**4, rel=1e-12)
+    assert cs_phase_factor(lam) == pytest.approx(0.5 * np.pi * lam**3 * 1e7)
+
+
+def test_astigmatism_follows_defocus_angle():
+    # Along the angle direction the defocus is U, perpendicular to it V.
+    ang = 30.0
+    t = np.deg2rad(ang)
+    assert astigmatic_defocus_A(np.cos(t), np.sin(t), 20000, 18000, ang) == pytest.approx(20000)
+    assert astigmatic_defocus_A(-np.sin(t), np.cos(t), 20000, 18000, ang) == pytest.approx(18000)

@@ -1,0 +1,92 @@
+"""STAR reading/writing: validation errors and exact pass-through of untouched values."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from plugin.errors import InputError
+from relion_external.star_io import read_particle_star, updated_blocks, write_star_atomic
+
+
+def _write(path, optics, particles, extra=None):
+    blocks = {"optics": pd.DataFrame(optics), "particles": pd.DataFrame(particles)}
+    if extra:
+        blocks.update(extra)
+    starfile.write(blocks, path, overwrite=True)
+    return path
+
+
+OPTICS = {"rlnOpticsGroupName": ["og1", "og2"], "rlnOpticsGroup": [1, 2], "rlnVoltage": [300.0, 200.0],
+          "rlnSphericalAberration": [2.7, 2.7], "rlnAmplitudeContrast": [0.1, 0.07],
+          "rlnImagePixelSize": [1.0, 1.0], "rlnImageSize": [64, 64],
+          "rlnBeamTiltX": [0.3, 0.0], "rlnBeamTiltY": [-0.2, 0.0],
+          "rlnEvenZernike": ["[0.0,0.1,0.2]", "[]"]}
+
+
+def _particles(n=4):
+    return {"rlnImageName": [f"{i + 1:06d}@stack.mrcs" for i in range(n)],
+            "rlnGroupName": ["007"] * n,  # must stay '007', not become 7
+            "rlnDefocusU": np.linspace(10000, 20000, n), "rlnDefocusV": np.linspace(9900, 19900, n),
+            "rlnDefocusAngle": [12.5] * n, "rlnAngleRot": [1.0] * n, "rlnAngleTilt": [2.0] * n,
+            "rlnAnglePsi": [3.0] * n, "rlnOriginXAngst": [0.5] * n, "rlnOriginYAngst": [-0.5] * n,
+            "rlnOpticsGroup": [1, 2] * (n // 2), "rlnRandomSubset": [1, 2] * (n // 2),
+            "rlnMicrographName": ["mic1.mrc"] * n}
+
+
+def test_reads_groups_and_particles(tmp_path):
+    star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
+    assert sorted(star.groups) == [1, 2]
+    g1 = star.groups[1]
+    assert (g1.voltage_kv, g1.cs_mm, g1.beam_tilt_x_mrad, g1.has_beam_tilt) == (300.0, 2.7, 0.3, True)
+    assert np.allclose(g1.even_zernike, [0.0, 0.1, 0.2])
+    assert star.groups[2].even_zernike.size == 0
+    assert np.allclose(star.particles.defocus_angle_deg, 12.5)
+    assert np.array_equal(star.particles.half_set, [1, 2, 1, 2])
+
+
+def test_update_changes_only_refined_columns_and_keeps_text(tmp_path):
+    path = _write(tmp_path / "p.star", OPTICS, _particles(),
+                  extra={"other": pd.DataFrame({"rlnSomething": ["a", "b"]})})
+    star = read_particle_star(path)
+    blocks = updated_blocks(star, {1: 2.9}, {1: 100.0}, {1: (0.3 * 2.7 / 2.9, -0.2 * 2.7 / 2.9)})
+    out = tmp_path / "out.star"
+    write_star_atomic(blocks, out)
+    new = starfile.read(out, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
+    old = starfile.read(path, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
+    assert list(new) == list(old)
+    assert new["optics"]["rlnSphericalAberration"].tolist() == [2.9, 2.7]
+    assert new["optics"]["rlnBeamTiltX"].iloc[0] == pytest.approx(0.3 * 2.7 / 2.9, abs=1e-6)
+    assert new["particles"]["rlnGroupName"].tolist() == ["007"] * 4
+    du = new["particles"]["rlnDefocusU"] - old["particles"]["rlnDefocusU"]
+    assert np.allclose(du, [100.0, 0.0, 100.0, 0.0])
+    for column in old["particles"].columns:
+        if column not in ("rlnDefocusU", "rlnDefocusV"):
+            assert new["particles"][column].tolist() == old["particles"][column].tolist(), column
+    assert new["other"]["rlnSomething"].tolist() == ["a", "b"]
+    # the input is untouched
+    assert read_particle_star(path).groups[1].cs_mm == 2.7
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o, p: o.pop("rlnSphericalAberration"), "rlnSphericalAberration"),
+    (lambda o, p: p.pop("rlnAngleTilt"), "rlnAngleTilt"),
+    (lambda o, p: p.pop("rlnRandomSubset"), "rlnRandomSubset"),
+    (lambda o, p: p.__setitem__("rlnDefocusU", ["nan", 1, 2, 3]), "rlnDefocusU"),
+    (lambda o, p: p.__setitem__("rlnRandomSubset", [1, 3, 1, 2]), "rlnRandomSubset"),
+    (lambda o, p: p.__setitem__("rlnOpticsGroup", [1, 5, 1, 2]), "optics group 5"),
+    (lambda o, p: o.__setitem__("rlnVoltage", ["abc", 300]), "rlnVoltage"),
+])
+def test_bad_tables_name_the_column(tmp_path, mutate, message):
+    optics, particles = dict(OPTICS), _particles()
+    mutate(optics, particles)
+    path = _write(tmp_path / "bad.star", optics, particles)
+    with pytest.raises(InputError, match=message):
+        read_particle_star(path)
+
+
+def test_star_without_optics_table_is_refused(tmp_path):
+    path = tmp_path / "old.star"
+    starfile.write(pd.DataFrame(_particles()), path)
+    with pytest.raises(InputError, match="no data_optics table"):
+        read_particle_star(path)
