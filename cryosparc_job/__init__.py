@@ -1,0 +1,1 @@
+"""cryoSPARC adapter for csrefine: dataset conversion, offline CLI run, and the external job."""

@@ -1,0 +1,344 @@
+"""The cryoSPARC <-> RELION boundary: particle datasets to csrefine's model and back.
+
+Everything cryoSPARC-specific about particle fields lives here; the core only sees
+:class:`plugin.model.OpticsGroup` / :class:`plugin.model.Particles` in RELION conventions.
+
+Conventions (see ``cryosparc_job/README_section.md``; how each was checked is noted there):
+
+* ``alignments3D/pose`` is an axis-angle vector (radians). With ``R = Rotation.from_rotvec(pose)``
+  (scipy, right-handed Rodrigues), RELION's matrix is ``A = R.as_matrix().T`` and therefore
+  ``(rot, tilt, psi) = R.as_euler("ZYZ")`` in degrees (intrinsic ZYZ). This is what pyem
+  (``geom.expmap`` builds the transposed Rodrigues matrix, then ``rot2euler``) and cryoDRGN
+  (``parse_pose_csparc``: ``expmap(pose).T``; ``R_from_relion`` equals RELION's A) do.
+* ``alignments3D/shift`` is ``[x, y]`` in pixels of ``alignments3D/psize_A`` (heterogeneous and
+  down-sampled refinements align at another pixel size); ``rlnOriginX/YAngst = shift * psize``,
+  no sign change (pyem, cryoDRGN).
+* ``ctf/df_angle_rad``, ``ctf/phase_shift_rad``: radians -> degrees.
+* ``ctf/exp_group_id`` (0-based) -> ``rlnOpticsGroup = id + 1``; ``alignments3D/split`` 0/1 ->
+  ``rlnRandomSubset`` 1/2 (split 0 is predicted from ``map_half_A``).
+* ``blob/sign``: images are multiplied by it so that the protein is positive (RELION's
+  convention after "invert contrast"); cryoSPARC extractions carry -1 (dark protein).
+* Higher-order CTF terms (``ctf/tilt_A``, ``trefoil_A``, ``tetra_A``, ``anisomag``, ``shift_A``)
+  have no first-hand documented basis: zeros are accepted, non-zero values are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from plugin.errors import InputError
+from plugin.geometry import euler_zyz_to_matrix
+from plugin.model import OpticsGroup, Particles
+
+REQUIRED_FIELDS = (
+    "blob/path", "blob/idx", "blob/shape", "blob/psize_A",
+    "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A", "ctf/df2_A",
+    "ctf/df_angle_rad",
+    "alignments3D/pose", "alignments3D/shift",
+)
+#: Fields whose basis csrefine cannot verify: only all-zero values are accepted.
+UNSUPPORTED_NONZERO = ("ctf/tilt_A", "ctf/trefoil_A", "ctf/tetra_A", "ctf/anisomag", "ctf/shift_A")
+
+
+# ----------------------------------------------------------------------------- poses
+def pose_to_euler_deg(pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cryoSPARC axis-angle poses (n, 3) in radians -> RELION (rot, tilt, psi) in degrees."""
+    pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
+    from plugin.geometry import matrix_to_euler_zyz
+    return matrix_to_euler_zyz(pose_to_relion_matrix(pose))
+
+
+def pose_to_relion_matrix(pose) -> np.ndarray:
+    """RELION matrices A (n, 3, 3) (reference -> observation) of cryoSPARC poses."""
+    pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
+    return np.swapaxes(Rotation.from_rotvec(pose).as_matrix(), -1, -2)
+
+
+def euler_deg_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
+    """RELION ZYZ angles (degrees) -> cryoSPARC axis-angle poses (n, 3) in radians."""
+    a = euler_zyz_to_matrix(rot_deg, tilt_deg, psi_deg).reshape(-1, 3, 3)
+    return Rotation.from_matrix(np.swapaxes(a, -1, -2)).as_rotvec()
+
+
+# ----------------------------------------------------------------------------- helpers
+def strip_export_marker(path: str) -> str:
+    """cryoSPARC exported paths may start with '>' (import-relative marker): drop it."""
+    path = str(path)
+    return path[1:] if path.startswith(">") else path
+
+
+def resolve_blob_paths(paths, project_dir) -> list[str]:
+    """``blob/path`` values are relative to the project directory; absolute ones are kept."""
+    out = []
+    for p in paths:
+        p = strip_export_marker(p)
+        if project_dir is not None and not os.path.isabs(p):
+            p = str(Path(project_dir) / p)
+        out.append(p)
+    return out
+
+
+def _field(dset, name):
+    return np.asarray(dset[name])
+
+
+def _constant_per_group(values, group_ids, field: str, tol: float = 1e-6) -> dict[int, float]:
+    """One value per exposure group; InputError naming the field and group if it varies."""
+    out = {}
+    for gid in np.unique(group_ids):
+        v = np.asarray(values[group_ids == gid], dtype=np.float64)
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo > tol * max(1.0, abs(hi)):
+            raise InputError(f"{field} is not constant within exposure group {int(gid)} "
+                             f"(values from {lo:g} to {hi:g}); csrefine refines one Cs per exposure "
+                             f"group and needs one {field.split('/')[-1]} per group (split the "
+                             f"exposure groups, e.g. with Exposure Group Utilities)")
+        out[int(gid)] = float(v[0])
+    return out
+
+
+def check_unsupported(dset) -> None:
+    fields = set(dset.fields())
+    for name in UNSUPPORTED_NONZERO:
+        if name in fields:
+            v = _field(dset, name)
+            if np.any(v != 0):
+                row = int(np.flatnonzero(np.any(v.reshape(len(v), -1) != 0, axis=1))[0])
+                raise InputError(
+                    f"{name} is non-zero (row {row + 1}: {v[row].tolist()}); csrefine cannot map this "
+                    f"cryoSPARC higher-order CTF term onto RELION's model with a verified basis. "
+                    f"Use particles from before Global CTF Refinement of this term, or refine Cs "
+                    f"in RELION after exporting")
+
+
+# ----------------------------------------------------------------------------- cryoSPARC -> RELION
+def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particles"):
+    """Convert a cryoSPARC particle dataset into csrefine's RELION-convention model.
+
+    Parameters
+    ----------
+    dset : cryosparc.dataset.Dataset with blob, ctf and alignments3D slots.
+    project_dir : the cryoSPARC project directory; relative ``blob/path`` values are resolved
+        against it (None: left as they are, minus a leading '>').
+
+    Returns
+    -------
+    groups : dict optics_group (exp_group_id + 1) -> OpticsGroup
+    particles : Particles in dataset order
+    paths : list of stack paths, one per particle
+    indices : int64 array, 0-based image index within each stack (``blob/idx``)
+    """
+    n = len(dset)
+    if n == 0:
+        raise InputError(f"{what}: the dataset is empty")
+    fields = set(dset.fields())
+    if not any(f.startswith("alignments3D/") for f in fields):
+        raise InputError(f"{what}: no alignments3D slot; connect particles from a 3D refinement "
+                         f"(e.g. Homogeneous or Non-uniform Refinement)")
+    missing = [f for f in REQUIRED_FIELDS if f not in fields]
+    if missing:
+        raise InputError(f"{what}: missing field(s) {', '.join(missing)}")
+    check_unsupported(dset)
+
+    exp = (_field(dset, "ctf/exp_group_id").astype(np.int64) if "ctf/exp_group_id" in fields
+           else np.zeros(n, dtype=np.int64))
+    shape = _field(dset, "blob/shape").reshape(n, -1)
+    if shape.shape[1] != 2 or np.any(shape[:, 0] != shape[:, 1]):
+        raise InputError(f"{what}: blob/shape must be square particle images, got {shape[0].tolist()}")
+    px = _field(dset, "blob/psize_A").astype(np.float64)
+    if np.any(~np.isfinite(px)) or np.any(px <= 0):
+        raise InputError(f"{what}: blob/psize_A must be positive")
+
+    per = {name: _constant_per_group(_field(dset, name), exp, name)
+           for name in ("ctf/cs_mm", "ctf/accel_kv", "ctf/amp_contrast", "blob/psize_A")}
+    boxes = _constant_per_group(shape[:, 0], exp, "blob/shape")
+    groups = {}
+    for eid in sorted(per["ctf/cs_mm"]):
+        og = eid + 1
+        groups[og] = OpticsGroup(
+            optics_group=og, name=f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
+            cs_mm=per["ctf/cs_mm"][eid], amplitude_contrast=per["ctf/amp_contrast"][eid],
+            pixel_size_A=per["blob/psize_A"][eid], box_size=int(boxes[eid]))
+
+    if "alignments3D/split" in fields:
+        split = _field(dset, "alignments3D/split").astype(np.int64)
+        if not np.isin(split, (0, 1)).all():
+            bad = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
+            raise InputError(f"{what}: alignments3D/split must be 0 or 1, got {split[bad]} "
+                             f"in row {bad + 1}")
+    else:
+        raise InputError(f"{what}: missing field alignments3D/split (half-set assignment)")
+
+    align_px = (_field(dset, "alignments3D/psize_A").astype(np.float64)
+                if "alignments3D/psize_A" in fields else px)
+    align_px = np.where(align_px > 0, align_px, px)  # 0 = unset in allocated datasets
+    shift = _field(dset, "alignments3D/shift").astype(np.float64).reshape(n, 2)
+    rot, tilt, psi = pose_to_euler_deg(_field(dset, "alignments3D/pose"))
+
+    def opt(name, default):
+        return (_field(dset, name).astype(np.float64) if name in fields
+                else np.full(n, float(default)))
+
+    particles = Particles(
+        defocus_u_A=_field(dset, "ctf/df1_A").astype(np.float64),
+        defocus_v_A=_field(dset, "ctf/df2_A").astype(np.float64),
+        defocus_angle_deg=np.rad2deg(_field(dset, "ctf/df_angle_rad").astype(np.float64)),
+        phase_shift_deg=np.rad2deg(opt("ctf/phase_shift_rad", 0.0)),
+        bfactor_A2=opt("ctf/bfactor", 0.0), ctf_scale=opt("ctf/scale", 1.0),
+        rot_deg=rot, tilt_deg=tilt, psi_deg=psi,
+        origin_x_A=shift[:, 0] * align_px, origin_y_A=shift[:, 1] * align_px,
+        half_set=split + 1, optics_group=exp + 1)
+    try:
+        particles.check_finite()
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    paths = resolve_blob_paths(_field(dset, "blob/path"), project_dir)
+    indices = _field(dset, "blob/idx").astype(np.int64)
+    return groups, particles, paths, indices
+
+
+def image_signs(dset) -> np.ndarray:
+    """Per-particle factor that makes the protein positive (``blob/sign``; 1 when absent)."""
+    if "blob/sign" not in set(dset.fields()):
+        return np.ones(len(dset))
+    sign = np.asarray(dset["blob/sign"], dtype=np.float64)
+    sign = np.where(sign == 0, 1.0, np.sign(sign))  # 0: unset (allocated, not extracted)
+    return sign
+
+
+class SignedImages:
+    """Image source applying a per-particle sign to a :class:`plugin.images.StackReader`."""
+
+    def __init__(self, reader, signs):
+        self.reader = reader
+        self.signs = np.asarray(signs, dtype=np.float32)
+
+    def __len__(self):
+        return len(self.reader)
+
+    def read(self, positions):
+        positions = np.asarray(positions, dtype=np.int64)
+        images = self.reader.read(positions)
+        images *= self.signs[positions][:, None, None]
+        return images
+
+
+def open_images(dset, groups, paths, indices):
+    """Memory-mapped particle images of ``dset`` (signs applied), in dataset order."""
+    from plugin.images import StackReader
+
+    boxes = {g.box_size for g in groups.values()}
+    if len(boxes) != 1:
+        raise InputError(f"exposure groups have different box sizes {sorted(boxes)}; csrefine "
+                         f"needs one box size per run")
+    pixels = {round(g.pixel_size_A, 4) for g in groups.values()}
+    px = next(iter(groups.values())).pixel_size_A if len(pixels) == 1 else None
+    reader = StackReader(paths, indices, boxes.pop(), px)
+    signs = image_signs(dset)
+    return reader if np.all(signs == 1) else SignedImages(reader, signs)
+
+
+# ----------------------------------------------------------------------------- outputs
+def updated_dataset(dset, refinement):
+    """Copy of ``dset`` with the refined ``ctf/cs_mm`` (one value per exposure group) and
+    ``ctf/df1_A``/``df2_A`` shifted by the group's defocus offset; other fields unchanged.
+
+    Groups that were not refined keep their values.
+    """
+    out = dset.copy()
+    exp = (np.asarray(dset["ctf/exp_group_id"]).astype(np.int64)
+           if "ctf/exp_group_id" in set(dset.fields()) else np.zeros(len(dset), dtype=np.int64))
+    cs = np.array(out["ctf/cs_mm"])
+    df1 = np.array(out["ctf/df1_A"], dtype=np.float64)
+    df2 = np.array(out["ctf/df2_A"], dtype=np.float64)
+    for g in refinement.groups:
+        if not g.refined:
+            continue
+        sel = exp == g.optics_group - 1
+        cs[sel] = g.cs_refined_mm
+        df1[sel] += g.defocus_offset_A
+        df2[sel] += g.defocus_offset_A
+    out["ctf/cs_mm"] = cs
+    out["ctf/df1_A"] = df1.astype(out["ctf/df1_A"].dtype)
+    out["ctf/df2_A"] = df2.astype(out["ctf/df2_A"].dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- RELION -> cryoSPARC
+PARTICLE_FIELDS_CS = [
+    ("blob/path", "O"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"),
+    ("blob/sign", "<f4"), ("blob/import_sig", "<u8"),
+    ("ctf/type", "O"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"),
+    ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
+    ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"), ("ctf/scale", "<f4"),
+    ("ctf/scale_const", "<f4"), ("ctf/shift_A", "<f4", (2,)), ("ctf/tilt_A", "<f4", (2,)),
+    ("ctf/trefoil_A", "<f4", (2,)), ("ctf/tetra_A", "<f4", (4,)), ("ctf/anisomag", "<f4", (4,)),
+    ("ctf/bfactor", "<f4"),
+    ("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)),
+    ("alignments3D/pose", "<f4", (3,)), ("alignments3D/psize_A", "<f4"),
+]
+
+
+def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: float = 1.0, uids=None):
+    """Build a cryoSPARC particle dataset (blob, ctf, alignments3D) from a parsed RELION STAR.
+
+    star : :class:`relion_external.star_io.ParticleStar`; its ``N@stack`` paths are taken
+        relative to ``base_dir`` (the RELION project directory) and written into ``blob/path``
+        relative to ``project_dir`` (absolute if the stack is outside it).
+    sign : ``blob/sign`` to record (1: the stacks hold RELION-convention, positive-protein images).
+    Optics groups with aberrations cryoSPARC fields cannot hold verifiably (Zernike terms, beam
+    tilt, magnification) raise InputError.
+    """
+    from cryosparc.dataset import Dataset
+
+    from relion_external.run import split_image_name
+
+    groups, p = star.groups, star.particles
+    for g in groups.values():
+        if (np.any(g.even_zernike != 0) or np.any(g.odd_zernike != 0) or g.beam_tilt_x_mrad
+                or g.beam_tilt_y_mrad or not np.allclose(g.mag_matrix, np.eye(2))):
+            raise InputError(f"optics group {g.optics_group}: aberrations or magnification cannot "
+                             f"be converted to cryoSPARC fields")
+    n = len(p)
+    dset = Dataset.allocate(n, PARTICLE_FIELDS_CS)
+    if uids is not None:
+        dset["uid"] = np.asarray(uids, dtype=np.uint64)
+    project_dir = Path(project_dir).resolve()
+    idx = np.empty(n, dtype=np.int64)
+    paths = []
+    for i, name in enumerate(star.image_names):
+        idx[i], stack = split_image_name(name, str(star.path))
+        full = (Path(base_dir) / stack).resolve()
+        try:
+            paths.append(str(full.relative_to(project_dir)))
+        except ValueError:
+            paths.append(str(full))
+    og = p.optics_group
+    g_of = [groups[int(o)] for o in og]
+    dset["blob/path"] = np.array(paths, dtype=object)
+    dset["blob/idx"] = idx
+    dset["blob/shape"] = np.array([[g.box_size, g.box_size] for g in g_of])
+    px = np.array([g.pixel_size_A for g in g_of])
+    dset["blob/psize_A"] = px
+    dset["blob/sign"] = np.full(n, float(sign))
+    dset["ctf/type"] = np.full(n, "spline", dtype=object)
+    dset["ctf/exp_group_id"] = og - 1
+    dset["ctf/accel_kv"] = np.array([g.voltage_kv for g in g_of])
+    dset["ctf/cs_mm"] = np.array([g.cs_mm for g in g_of])
+    dset["ctf/amp_contrast"] = np.array([g.amplitude_contrast for g in g_of])
+    dset["ctf/df1_A"] = p.defocus_u_A
+    dset["ctf/df2_A"] = p.defocus_v_A
+    dset["ctf/df_angle_rad"] = np.deg2rad(p.defocus_angle_deg)
+    dset["ctf/phase_shift_rad"] = np.deg2rad(p.phase_shift_deg)
+    dset["ctf/scale"] = p.ctf_scale
+    dset["ctf/scale_const"] = np.ones(n)
+    dset["ctf/bfactor"] = p.bfactor_A2
+    dset["alignments3D/split"] = p.half_set - 1
+    dset["alignments3D/shift"] = np.stack([p.origin_x_A / px, p.origin_y_A / px], axis=1)
+    dset["alignments3D/pose"] = euler_deg_to_pose(p.rot_deg, p.tilt_deg, p.psi_deg)
+    dset["alignments3D/psize_A"] = px
+    return dset

@@ -1,0 +1,111 @@
+"""``csrefine refine --particles X.cs ...``: refine a cryoSPARC particle dataset without a server.
+
+Order of work mirrors the RELION adapter: read and validate every input, refine, then write the
+outputs (``particles.cs``, ``csrefine.json``, ``logfile.pdf``) through temporary files and
+renames. Nothing is written if anything fails, and inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plugin.errors import AbortRequested, InputError
+from plugin.images import read_map
+from plugin.pipeline import RefineOptions, Refinement, refine
+from plugin.report import report_dict, summary_table, write_json, write_pdf
+
+from .convert import open_images, relion_params_from_cryosparc, updated_dataset
+
+
+def load_dataset(path):
+    """``Dataset.load`` with InputError on a missing or unreadable file."""
+    from cryosparc.dataset import Dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such particle dataset")
+    try:
+        return Dataset.load(path)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable cryoSPARC dataset ({exc})") from exc
+
+
+@dataclass
+class Inputs:
+    dset: object
+    groups: dict
+    particles: object
+    images: object
+    half_maps: tuple
+    mask: np.ndarray | None
+    map_pixel_size_A: float | None
+
+
+def read_half_maps(half1, half2, mask=None):
+    h1, px1 = read_map(half1, "half map A")
+    h2, _ = read_map(half2, "half map B")
+    if h1.shape != h2.shape:
+        raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
+    m = None
+    if mask:
+        m, _ = read_map(mask, "mask")
+        if m.shape != h1.shape:
+            raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
+    return (h1, h2), m, (px1 or None)
+
+
+def load_inputs(dset, project_dir, half1, half2, mask=None, what="particles") -> Inputs:
+    groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir, what=what)
+    images = open_images(dset, groups, paths, indices)
+    half_maps, m, px = read_half_maps(half1, half2, mask)
+    return Inputs(dset, groups, particles, images, half_maps, m, px)
+
+
+def save_dataset_atomic(dset, path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            dset.save(fh)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run_offline(args, options: RefineOptions | None = None, progress=None,
+                should_abort=None) -> Refinement:
+    """Refine ``args.particles`` (.cs) against ``args.half_maps``; write into ``args.out``.
+
+    ``args.project_dir`` resolves relative ``blob/path`` values (default: the working directory).
+    """
+    t0 = time.monotonic()
+    if progress is None:
+        progress = lambda s: print(s, flush=True)  # noqa: E731
+    project_dir = Path(args.project_dir) if getattr(args, "project_dir", None) else Path(".")
+    if not project_dir.is_dir():
+        raise InputError(f"{project_dir}: project directory does not exist")
+    dset = load_dataset(args.particles)
+    inputs = load_inputs(dset, project_dir, args.half_maps[0], args.half_maps[1],
+                         getattr(args, "mask", None), what=str(args.particles))
+    refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
+                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
+    if should_abort is not None and should_abort():
+        raise AbortRequested("abort requested")
+    out_dset = updated_dataset(dset, refinement)
+    refinement.timings_s["wall"] = time.monotonic() - t0
+    note = {"particles": str(args.particles), "project_dir": str(project_dir),
+            "half_maps": [str(h) for h in args.half_maps],
+            "mask": str(args.mask) if getattr(args, "mask", None) else None}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_dataset_atomic(out_dset, out / "particles.cs")
+    write_json(out / "csrefine.json", report_dict(refinement, note))
+    write_pdf(out / "logfile.pdf", refinement)
+    progress(summary_table(refinement))
+    return refinement
