@@ -1,0 +1,36 @@
+"""RELION's own pipeliner runs csrefine-relion as an External job."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import starfile
+
+from conftest import require_relion
+from relion_external.relion_tools import run_relion
+
+
+@pytest.mark.relion
+def test_relion_pipeliner_runs_the_external_job(example_project):
+    require_relion()
+    if shutil.which("csrefine-relion") is None:
+        pytest.fail("csrefine-relion is not on PATH: install the package (pip install -e .)")
+    Path("default_pipeline.star").write_text(
+        "\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n\n")
+    options = ";".join([
+        "External executable: == csrefine-relion",
+        "Input particles:  == Refine3D/job002/run_data.star",
+        "Input 3D reference:  == Refine3D/job002/run_class001.mrc",
+        "Input 3D mask:  == MaskCreate/job003/mask.mrc",
+        "Param1 - label: == kmax_A", "Param1 - value: == 3.4",
+        "Param2 - label: == device", "Param2 - value: == numpy"]) + ";"
+    run_relion(["relion_pipeliner", "--addJob", "External", "--addJobOptions", options])
+    run_relion(["relion_pipeliner", "--RunJobs", "External/job001/"])
+    pipeline = starfile.read("default_pipeline.star", always_dict=True)
+    procs = pipeline["pipeline_processes"]
+    row = procs[procs["rlnPipeLineProcessName"] == "External/job001/"]
+    assert int(row["rlnPipeLineProcessStatus"].iloc[0]) == 2, Path("External/job001/run.err").read_text()
+    nodes = pipeline["pipeline_nodes"]
+    node = nodes[nodes["rlnPipeLineNodeName"] == "External/job001/particles_csrefine.star"]
+    assert len(node) == 1 and int(node["rlnPipeLineNodeType"].iloc[0]) == 3
+    assert "optics group" in Path("External/job001/run.out").read_text()
