@@ -1,0 +1,633 @@
+"""Calibrate the map's pixel size against a docked atomic model: tell a pixel-size error from a Cs error.
+
+A CTF fit cannot tell Cs from the pixel size: if the true pixel size is ``p_true`` but the data
+say ``p_nom``, a fit returns Cs * (p_nom/p_true)^4 and defocus * (p_nom/p_true)^2. An atomic model
+(true bond geometry, Angstrom) docked in the map is an absolute ruler: the map is the true object
+sampled at ``p_true`` and a model map computed at a trial pixel size ``p`` matches it best when
+``p = p_true``.
+
+Geometry and docking convention
+-------------------------------
+Maps are indexed [z, y, x]; a model coordinate ``x`` (Angstrom, x/y/z order) was docked at the
+*nominal* pixel size, i.e. it sits at voxel ``(x - origin_A) / p_nom`` (``origin_A`` is the MRC
+header origin, zero for RELION maps). Docking (e.g. in ChimeraX) places the model's centre right;
+what a wrong pixel size changes is the *scale* about that centre. So every trial map is built with
+the model's centroid ``c`` at its docked voxel ``(c - origin_A)/p_nom`` and the other atoms at
+``(x - c)/p`` from it: the scale is fitted about the docked model centroid (equivalent to scaling
+about the box centre followed by a translation), and a small rigid-body translation ``t`` (searched
+globally within ``max_shift_A`` by FFT, then polished by Newton steps) is refined at each trial
+pixel size. Rotation is not refined: a docked model is assumed correctly oriented (a wrong
+orientation is detected and refused, see below).
+
+Match score
+-----------
+Both maps are Fourier transformed (the experimental map masked; the model map is compact and is
+not masked), whitened per Fourier shell (each shell scaled to unit mean power) and compared with
+shell weights ``W(s)``: ``score = sum_s W(s) n(s) rho(s) / sum_s W(s) n(s)``, the weighted mean of
+the per-shell correlations ``rho(s)`` (a weighted model-map FSC). ``W(s) = sqrt(2 FSC/(1+FSC))``
+(the expected correlation of the half-map average with the true object, from the half-map FSC) for
+the average map and ``sqrt(FSC)`` for a single half map, between ``low_res_A`` and the FSC = 0.143
+resolution, zero elsewhere. Per-shell whitening makes the score independent of the model's B-factor,
+so the blur is fitted separately (at the optimum, by maximising the band-limited unwhitened
+correlation) and reported with that correlation (``real_space_correlation``).
+
+A perfect, correctly docked model has ``rho(s) ~ W(s)``, so ``score / expected`` (``expected`` =
+the same weighted mean of ``W``) is ~1; ``relative_correlation`` reports that ratio.
+
+Search: a coarse scan of the scale ``p/p_nom`` over +-``scan_range`` (default 5%, 0.25% steps) on
+the half-map average, then Brent's method between the neighbours of the best scan point. Each half
+map is refined the same way (Brent around the average map's optimum).
+
+Uncertainty
+-----------
+* ``sigma_halves``: |p_half1 - p_half2| / 2, the standard error of the mean of two independent
+  estimates (noise only).
+* ``sigma_curvature``: sandwich estimate sigma_p = sd(score') / |score''| at the optimum, with
+  ``score''`` from finite differences and ``sd(score')`` from the per-coefficient noise variance,
+  measured from the half-map difference (h1 - h2)/2, and the derivative of the whitened model map
+  with respect to p (masking correction: the noise variance is divided by the mask's mean square,
+  because the derivative template lies inside the mask).
+* ``pixel_size_sigma_A`` = sqrt(sigma_curvature^2 + sigma_halves^2).
+Neither includes systematic model errors (a model with wrong geometry biases the ruler).
+
+Refusal (:class:`plugin.errors.InputError`, never a wrong number)
+------------------------------------------------------------------
+* the model's atoms fall outside the map box;
+* the model does not cover the masked density: ``coverage`` (the fraction of the significant,
+  low-passed masked map density (> 3 noise sigma, 8 A low-pass) lying within ``envelope_A`` of an
+  atom) is below ``min_coverage`` (0.5);
+* the model is not docked: ``relative_correlation`` < ``min_relative_correlation`` (0.35), or the
+  best translation lies on the search limit, or the best scale lies on the scan's edge, or the
+  curvature sigma exceeds 1% (no clear optimum).
+
+Cs and defocus at the calibrated pixel size
+-------------------------------------------
+With r = p_cal / p_nom: Cs_true = Cs_refined * r^4, defocus_true = defocus * r^2
+(:func:`reexpress_cs_defocus`). :func:`group_verdict` splits the refined Cs departure
+D = Cs_refined - Cs_nominal into the pixel-size part D_pix = Cs_refined - Cs_at_cal
+(sigma 4 Cs_refined r^3 sigma_p / p_nom) and the Cs part D_cs = Cs_at_cal - Cs_nominal (sigma from
+the refined Cs sigma and the pixel sigma); each is significant if it exceeds ``n_sigma`` (2) times
+its sigma *and* a practical floor ``floor_mm`` (0.01 mm). Verdict: "pixel size", "Cs", "both" or
+"neither".
+
+Entry points for the adapters: :func:`calibrate_from_half_maps` (arrays + gemmi Structure) and
+:func:`apply_calibration` (group result dicts -> the csrefine.json keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage, optimize
+
+from .atomic_map import density_map
+from .errors import InputError
+from .fsc import fsc_curve, resolution_at_threshold
+
+__all__ = ["PixelCalibration", "GroupCalibration", "calibrate_from_half_maps", "calibrate_pixel_size",
+           "model_mask", "reexpress_cs_defocus", "group_verdict", "apply_calibration",
+           "calibration_json", "atom_positions_A"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class PixelCalibration:
+    """Pixel size of a map calibrated against a docked atomic model (all lengths in Angstrom)."""
+
+    pixel_size_nominal_A: float
+    pixel_size_calibrated_A: float
+    pixel_size_sigma_A: float
+    sigma_curvature_A: float
+    sigma_halves_A: float
+    pixel_size_half1_A: float
+    pixel_size_half2_A: float
+    correlation: float              # weighted whitened correlation (score) at the optimum
+    correlation_expected: float     # what a perfect docked model would give
+    relative_correlation: float     # correlation / correlation_expected
+    real_space_correlation: float   # band-limited unwhitened correlation with the fitted blur
+    b_factor_A2: float              # model B-factor that best matches the map
+    shift_A: list                   # rigid-body translation (x, y, z) refined at the optimum
+    coverage: float                 # fraction of the masked map density covered by the model
+    resolution_A: float             # FSC = 0.143 limit used for the weights
+    band_A: list                    # [low_res_A, resolution_A]
+    scan_pixel_size_A: list = field(default_factory=list, repr=False)
+    scan_score: list = field(default_factory=list, repr=False)
+
+    @property
+    def relative_error(self) -> float:
+        return self.pixel_size_calibrated_A / self.pixel_size_nominal_A - 1.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GroupCalibration:
+    """One optics group re-expressed at the calibrated pixel size."""
+
+    optics_group: int
+    cs_at_calibrated_pixel_mm: float
+    cs_at_calibrated_pixel_sigma_mm: float | None
+    defocus_offset_at_calibrated_pixel_A: float
+    defocus_scale: float            # multiply the data's defoci by this (r^2)
+    kind: str                       # "pixel size", "Cs", "both", "neither", "not refined"
+    verdict: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Model helpers
+
+
+def atom_positions_A(structure) -> np.ndarray:
+    """Non-hydrogen atom positions (n, 3) in x, y, z order of the first model."""
+    pos = [[a.pos.x, a.pos.y, a.pos.z] for ch in structure[0] for res in ch for a in res
+           if not a.is_hydrogen()]
+    if not pos:
+        raise InputError("the atomic model has no (non-hydrogen) atoms")
+    return np.asarray(pos, dtype=np.float64)
+
+
+def _centroid_A(structure) -> np.ndarray:
+    # density_map() removes hydrogens before centring; use the same atoms.
+    return atom_positions_A(structure).mean(axis=0)
+
+
+def model_mask(structure, box: int, pixel_size_A: float, *, origin_A=(0.0, 0.0, 0.0),
+               dilate_A: float = 4.0, edge_A: float = 6.0) -> np.ndarray:
+    """Soft mask (float32, [z, y, x]) around the docked model: voxels within ``dilate_A`` of an
+    atom (at the nominal pixel size) are 1, with a raised-cosine edge of ``edge_A``."""
+    pos = (atom_positions_A(structure) - np.asarray(origin_A, float)) / pixel_size_A
+    idx = np.rint(pos[:, ::-1]).astype(np.int64)
+    keep = ((idx >= 0) & (idx < box)).all(axis=1)
+    occ = np.ones((box,) * 3, dtype=bool)
+    occ[tuple(idx[keep].T)] = False
+    dist = ndimage.distance_transform_edt(occ) * pixel_size_A
+    x = np.clip((dist - dilate_A) / edge_A, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * x)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fourier bookkeeping
+
+
+class _Grid:
+    def __init__(self, box: int):
+        self.box = box
+        kz = np.fft.fftfreq(box)[:, None, None]
+        ky = np.fft.fftfreq(box)[None, :, None]
+        kx = np.fft.rfftfreq(box)[None, None, :]
+        shape = (box, box, box // 2 + 1)
+        self.k = [np.broadcast_to(kz, shape), np.broadcast_to(ky, shape), np.broadcast_to(kx, shape)]
+        self.kz, self.ky, self.kx = kz, ky, kx
+        self.k2 = kz**2 + ky**2 + kx**2  # cycles/voxel squared
+        self.shell = np.rint(np.sqrt(self.k2) * box).astype(np.int64)
+        fw = np.full(shape, 2.0)
+        fw[..., 0] = 1.0
+        if box % 2 == 0:
+            fw[..., -1] = 1.0
+        self.fw = fw
+        self.nshell = box // 2 + 1
+        inside = self.shell < self.nshell
+        self.shell_c = np.where(inside, self.shell, self.nshell)  # overflow bin for corners
+        self.count = np.bincount(self.shell_c.ravel(), fw.ravel(), minlength=self.nshell + 1)
+
+    def shell_mean(self, values: np.ndarray) -> np.ndarray:
+        s = np.bincount(self.shell_c.ravel(), (self.fw * values).ravel(), minlength=self.nshell + 1)
+        return s / np.maximum(self.count, 1e-300)
+
+    def phase(self, shift_zyx) -> np.ndarray:
+        """exp(-2 pi i k.t): translation of a map by +t voxels."""
+        t = np.asarray(shift_zyx, float)
+        return np.exp(-2j * np.pi * (self.kz * t[0] + self.ky * t[1] + self.kx * t[2]))
+
+
+def _whiten(grid: _Grid, ft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    power = grid.shell_mean(np.abs(ft) ** 2)
+    scale = 1.0 / np.sqrt(np.maximum(power, 1e-300))
+    scale[power <= 0] = 0.0
+    return ft * scale[grid.shell_c], power
+
+
+class _Target:
+    """One experimental map (average or a half), whitened, with its shell weights."""
+
+    def __init__(self, grid: _Grid, volume: np.ndarray, mask: np.ndarray, weight_shell: np.ndarray,
+                 noise_power_shell: np.ndarray, mask_ms: float):
+        self.grid = grid
+        ft = scipy.fft.rfftn(volume * mask)
+        self.ft = ft
+        self.white, power = _whiten(grid, ft)
+        w = np.append(weight_shell, 0.0)
+        self.w = w[grid.shell_c]
+        self.norm = float(np.sum(grid.fw * self.w))
+        self.band = self.w > 0
+        # noise variance per whitened coefficient
+        v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
+        self.noise_var = np.clip(v, 0.0, 1.0)[grid.shell_c] / max(mask_ms, 1e-6)
+        self.weight_shell = weight_shell
+
+
+# ----------------------------------------------------------------------------------------------
+# Core search
+
+
+class _Calibrator:
+    def __init__(self, structure, box: int, p_nom: float, origin_A, b_model_A2: float,
+                 max_shift_A: float):
+        self.structure = structure
+        self.box = box
+        self.p_nom = p_nom
+        self.grid = _Grid(box)
+        self.centre_A = _centroid_A(structure)
+        cvox_xyz = (self.centre_A - np.asarray(origin_A, float)) / p_nom
+        self.d_zyx = (cvox_xyz - box // 2)[::-1]
+        self.d_phase = self.grid.phase(self.d_zyx)
+        self.b_model = b_model_A2
+        self.max_shift_vox = max_shift_A / p_nom
+        self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def set_b_model(self, b_model_A2: float):
+        self.b_model = b_model_A2
+        self._cache.clear()
+
+    def model_ft(self, p: float) -> tuple[np.ndarray, np.ndarray]:
+        """(unwhitened, whitened) FT of the model map at trial pixel p, centroid at its docked voxel."""
+        key = round(float(p), 10)
+        if key not in self._cache:
+            m = density_map(self.structure, self.box, p, b_factor_A2=self.b_model,
+                            centre_A=self.centre_A)
+            ft = scipy.fft.rfftn(m.astype(np.float64)) * self.d_phase
+            self._cache[key] = (ft, _whiten(self.grid, ft)[0])
+            if len(self._cache) > 64:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
+
+    def best_shift(self, target: _Target, mw: np.ndarray) -> tuple[float, np.ndarray, bool]:
+        """Best translation (voxels, zyx) and score; flag True if on the search limit."""
+        g = self.grid
+        y = np.conj(mw) * target.white * target.w
+        cc = scipy.fft.irfftn(y, s=(self.box,) * 3) * self.box**3 / target.norm
+        c = np.fft.fftfreq(self.box) * self.box
+        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+        lim = self.max_shift_vox
+        window = r2 <= lim**2
+        masked = np.where(window, cc, -np.inf)
+        i = np.unravel_index(int(np.argmax(masked)), cc.shape)
+        t = np.array([c[j] for j in i], dtype=float)
+        on_edge = bool(np.sqrt((t**2).sum()) > lim - 1.0)
+        # sub-voxel: 3-point parabola per axis, then Newton on the band coefficients
+        for ax in range(3):
+            ip, im = list(i), list(i)
+            ip[ax] = (i[ax] + 1) % self.box
+            im[ax] = (i[ax] - 1) % self.box
+            f0, fp, fm = cc[i], cc[tuple(ip)], cc[tuple(im)]
+            den = fp + fm - 2 * f0
+            if den < 0:
+                t[ax] += float(np.clip(0.5 * (fm - fp) / den, -0.5, 0.5))
+        band = target.band
+        z0 = (mw * np.conj(target.white) * target.w * g.fw)[band]
+        ks = [k[band] for k in g.k]
+        for _ in range(3):
+            z = z0 * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
+            grad = np.array([np.sum((-2j * np.pi * kk * z).real) for kk in ks])
+            hess = np.array([[np.sum((-4 * np.pi**2 * ka * kb * z).real) for kb in ks] for ka in ks])
+            try:
+                step = np.linalg.solve(hess, grad)
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.linalg.eigvalsh(hess) < 0) or np.abs(step).max() > 1.0:
+                break
+            t = t - step
+            if np.abs(step).max() < 1e-4:
+                break
+        z = z0 * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
+        return float(np.sum(z.real) / target.norm), t, on_edge
+
+    def score(self, target: _Target, p: float) -> tuple[float, np.ndarray, bool]:
+        return self.best_shift(target, self.model_ft(p)[1])
+
+    def score_at(self, target: _Target, p: float, t: np.ndarray) -> float:
+        mw = self.model_ft(p)[1]
+        z = (mw * np.conj(target.white) * target.w * self.grid.fw)[target.band]
+        ks = [k[target.band] for k in self.grid.k]
+        z = z * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
+        return float(np.sum(z.real) / target.norm)
+
+    def refine(self, target: _Target, lo: float, hi: float, tol_rel: float = 2e-5):
+        res = optimize.minimize_scalar(lambda p: -self.score(target, p)[0], bounds=(lo, hi),
+                                       method="bounded",
+                                       options={"xatol": tol_rel * self.p_nom, "maxiter": 60})
+        p = float(res.x)
+        s, t, edge = self.score(target, p)
+        return p, s, t, edge
+
+    def curvature_sigma(self, target: _Target, p: float, t: np.ndarray, h_rel: float = 0.004):
+        """Sandwich sigma of p: sd(score') / |score''| (see module docstring)."""
+        h = h_rel * p
+        f0 = self.score_at(target, p, t)
+        fp = self.score_at(target, p + h, t)
+        fm = self.score_at(target, p - h, t)
+        d2 = (fp + fm - 2 * f0) / h**2
+        if not np.isfinite(d2) or d2 >= 0:
+            return float("inf")
+        g = self.grid
+        band = target.band
+        mdiff = ((self.model_ft(p + h)[1] - self.model_ft(p - h)[1]) / (2 * h))[band]
+        mdiff = mdiff * np.exp(-2j * np.pi * sum(k[band] * tt for k, tt in zip(g.k, t)))
+        # Var(Re(m' n*)) = |m'|^2 var(n) / 2 per complex coefficient; a Friedel pair counts twice.
+        var = np.sum((g.fw[band] * target.w[band]) ** 2 * np.abs(mdiff) ** 2
+                     * target.noise_var[band] / 2.0) / target.norm**2
+        return float(np.sqrt(var) / abs(d2))
+
+    def fit_blur(self, target: _Target, p: float, t: np.ndarray, res_A: float):
+        """B-factor added to the model that maximises the band-limited unwhitened correlation."""
+        g = self.grid
+        k2 = g.k2 / p**2  # 1/A^2 at the calibrated pixel
+        band = (g.shell >= 1) & (np.sqrt(k2) <= 1.0 / res_A)
+        m = (self.model_ft(p)[0] * g.phase(t))[band]
+        e = target.ft[band]
+        fw = g.fw[band]
+        kk = k2[band]
+        ee = np.sum(fw * np.abs(e) ** 2)
+
+        def cc(b):
+            mb = m * np.exp(-b * kk / 4.0)
+            return np.sum(fw * (mb * np.conj(e)).real) / np.sqrt(np.sum(fw * np.abs(mb) ** 2) * ee)
+
+        res = optimize.minimize_scalar(lambda b: -cc(b), bounds=(-self.b_model, 500.0),
+                                       method="bounded")
+        return float(self.b_model + res.x), float(cc(res.x))
+
+
+def _coverage(structure, half1, half2, mask, p_nom, origin_A, envelope_A: float) -> float:
+    """Fraction of the significant low-passed masked density lying within envelope_A of an atom."""
+    box = half1.shape[0]
+    grid = _Grid(box)
+    b_lp = 4.0 * np.log(2.0) * 8.0**2  # amplitude 0.5 at 8 A
+    filt = np.exp(-b_lp * grid.k2 / p_nom**2 / 4.0)
+    avg = scipy.fft.irfftn(scipy.fft.rfftn(0.5 * (half1 + half2)) * filt, s=half1.shape)
+    diff = scipy.fft.irfftn(scipy.fft.rfftn(0.5 * (half1 - half2)) * filt, s=half1.shape)
+    inside = mask > 0.5
+    outside = mask < 0.01
+    baseline = float(np.median(avg[outside])) if outside.sum() > 1000 else 0.0
+    noise = float(np.std(diff[inside])) if inside.any() else 0.0
+    sig = np.where(inside & (avg - baseline > 3.0 * noise), avg - baseline, 0.0)
+    total = float(sig.sum())
+    if total <= 0:
+        return 0.0
+    pos = (atom_positions_A(structure) - np.asarray(origin_A, float)) / p_nom
+    idx = np.rint(pos[:, ::-1]).astype(np.int64)
+    keep = ((idx >= 0) & (idx < box)).all(axis=1)
+    occ = np.ones(half1.shape, dtype=bool)
+    occ[tuple(idx[keep].T)] = False
+    env = ndimage.distance_transform_edt(occ) * p_nom <= envelope_A
+    return float(sig[env].sum() / total)
+
+
+def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: float, structure, *,
+                         mask: np.ndarray | None = None, fsc: np.ndarray | None = None,
+                         origin_A=(0.0, 0.0, 0.0), scan_range: float = 0.05,
+                         scan_step: float = 0.0025, low_res_A: float = 20.0,
+                         max_shift_A: float = 6.0, b_model_A2: float = 20.0,
+                         min_relative_correlation: float = 0.35, min_coverage: float = 0.5,
+                         envelope_A: float = 6.0, max_sigma_rel: float = 0.01,
+                         fsc_threshold: float = 0.143) -> PixelCalibration:
+    """Pixel size of the half maps (nominal ``pixel_size_A``) calibrated against ``structure``.
+
+    half1, half2 : half maps (box^3, [z, y, x]); structure : gemmi Structure docked at the nominal
+    pixel size (see the module docstring for the convention, ``origin_A`` = map origin in A);
+    mask : real-space mask (default: :func:`model_mask`); fsc : half-map FSC per shell (default:
+    computed with the mask). Raises InputError when the model cannot serve as a ruler.
+    """
+    half1 = np.asarray(half1, dtype=np.float64)
+    half2 = np.asarray(half2, dtype=np.float64)
+    if half1.ndim != 3 or len(set(half1.shape)) != 1 or half1.shape != half2.shape:
+        raise InputError(f"half maps must be cubic and of equal shape, got {half1.shape} and "
+                         f"{half2.shape}")
+    if not pixel_size_A or pixel_size_A <= 0:
+        raise InputError(f"pixel size must be positive, got {pixel_size_A}")
+    box = half1.shape[0]
+    p_nom = float(pixel_size_A)
+    pos = (atom_positions_A(structure) - np.asarray(origin_A, float)) / p_nom
+    outside = ((pos < 0) | (pos > box - 1)).any(axis=1)
+    if outside.mean() > 0.01:
+        raise InputError(f"the atomic model is not docked in this map: {100 * outside.mean():.0f}% "
+                         f"of its atoms lie outside the {box}^3 box at {p_nom:.4f} A/pixel")
+    if mask is None:
+        mask = model_mask(structure, box, p_nom, origin_A=origin_A)
+    mask = np.asarray(mask, dtype=np.float64)
+    if mask.shape != half1.shape:
+        raise InputError(f"mask shape {mask.shape} differs from the half maps' {half1.shape}")
+    if fsc is None:
+        fsc = fsc_curve(half1, half2, mask)
+    fsc = np.asarray(fsc, dtype=np.float64)[: box // 2 + 1]
+    if fsc.size < box // 2 + 1:
+        fsc = np.concatenate([fsc, np.zeros(box // 2 + 1 - fsc.size)])
+    resolution = resolution_at_threshold(fsc, box, p_nom, fsc_threshold)
+    shells = np.arange(box // 2 + 1)
+    s_max = box * p_nom / resolution
+    s_min = box * p_nom / low_res_A
+    inband = (shells >= max(s_min, 1.0)) & (shells <= s_max + 1e-9)
+    if inband.sum() < 3:
+        raise InputError(f"the half maps' resolution ({resolution:.1f} A) leaves too few Fourier "
+                         f"shells between {low_res_A:.0f} A and the FSC={fsc_threshold} limit to "
+                         f"calibrate the pixel size")
+    f = np.clip(fsc, 0.0, 0.999)
+    w_avg = np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0)
+    w_half = np.where(inband, np.sqrt(f), 0.0)
+
+    coverage = _coverage(structure, half1, half2, mask, p_nom, origin_A, envelope_A)
+    if coverage < min_coverage:
+        raise InputError(f"the atomic model covers only {100 * coverage:.0f}% of the map density "
+                         f"inside the mask (minimum {100 * min_coverage:.0f}%): it is not a model "
+                         f"of this map (or of this masked region); the pixel size cannot be "
+                         f"calibrated against it")
+
+    grid = _Grid(box)
+    mask_ms = float(np.clip(np.mean(mask**2), 1e-6, 1.0))
+    # noise power per shell of the average map (D = (h1 - h2)/2 has the same noise power)
+    d_ft = scipy.fft.rfftn(0.5 * (half1 - half2) * mask)
+    noise_avg = grid.shell_mean(np.abs(d_ft) ** 2)[:-1]
+    target = _Target(grid, 0.5 * (half1 + half2), mask, w_avg, noise_avg, mask_ms)
+    targets_half = [_Target(grid, h, mask, w_half, 2.0 * noise_avg, mask_ms) for h in (half1, half2)]
+    expected = float(np.sum(grid.count[:-1] * w_avg * w_avg) / np.sum(grid.count[:-1] * w_avg))
+
+    cal = _Calibrator(structure, box, p_nom, origin_A, b_model_A2, max_shift_A)
+    n_steps = int(round(scan_range / scan_step))
+    scales = 1.0 + scan_step * np.arange(-n_steps, n_steps + 1)
+    scan = np.array([cal.score(target, p_nom * s)[0] for s in scales])
+    ib = int(np.argmax(scan))
+    lo = p_nom * scales[max(ib - 1, 0)]
+    hi = p_nom * scales[min(ib + 1, scales.size - 1)]
+    p_best, s_best, t_best, t_edge = cal.refine(target, lo, hi)
+    # Second pass with the model blurred like the map: per-shell whitening removes the B-factor's
+    # envelope, but a sharp model map aliases differently from a blurred map (a ~0.03% bias).
+    b_fit, _ = cal.fit_blur(target, p_best, t_best, resolution)
+    cal.set_b_model(float(np.clip(b_fit, 0.0, 300.0)))
+    p_best, s_best, t_best, t_edge = cal.refine(target, max(lo, p_best - scan_step * p_nom),
+                                                min(hi, p_best + scan_step * p_nom))
+    rel = s_best / expected if expected > 0 else 0.0
+
+    def refuse(why: str):
+        raise InputError(f"the atomic model does not match this map ({why}); it is not docked, or "
+                         f"it is a model of something else: the pixel size cannot be calibrated "
+                         f"against it")
+
+    if rel < min_relative_correlation:
+        refuse(f"weighted model-map correlation {s_best:.3f} is {100 * rel:.0f}% of the "
+               f"{expected:.3f} a docked model would give; minimum "
+               f"{100 * min_relative_correlation:.0f}%")
+    if t_edge:
+        refuse(f"the best translation lies at the {max_shift_A:.0f} A search limit")
+    if ib in (0, scales.size - 1):
+        refuse(f"the best pixel size lies at the edge of the +-{100 * scan_range:.0f}% scan")
+    sig_curv = cal.curvature_sigma(target, p_best, t_best)
+    if not np.isfinite(sig_curv) or sig_curv > max_sigma_rel * p_nom:
+        refuse("the match score has no clear optimum in pixel size")
+
+    halves = []
+    for tg in targets_half:
+        width = 3 * scan_step * p_nom
+        ph, _, _, _ = cal.refine(tg, p_best - width, p_best + width)
+        halves.append(ph)
+    sig_halves = abs(halves[0] - halves[1]) / 2.0
+    sigma = float(np.hypot(sig_curv, sig_halves))
+    b_fit, cc_rs = cal.fit_blur(target, p_best, t_best, resolution)
+    return PixelCalibration(
+        pixel_size_nominal_A=p_nom, pixel_size_calibrated_A=p_best, pixel_size_sigma_A=sigma,
+        sigma_curvature_A=float(sig_curv), sigma_halves_A=float(sig_halves),
+        pixel_size_half1_A=float(halves[0]), pixel_size_half2_A=float(halves[1]),
+        correlation=float(s_best), correlation_expected=expected, relative_correlation=float(rel),
+        real_space_correlation=cc_rs, b_factor_A2=b_fit,
+        shift_A=[float(v) for v in (t_best[::-1] * p_best)], coverage=coverage,
+        resolution_A=float(resolution), band_A=[float(low_res_A), float(resolution)],
+        scan_pixel_size_A=[float(v) for v in p_nom * scales], scan_score=[float(v) for v in scan])
+
+
+def calibrate_from_half_maps(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None,
+                             pixel_size_A: float, structure, fsc: np.ndarray | None = None,
+                             **options) -> PixelCalibration:
+    """Adapter entry point: calibrate the half maps' pixel size against a docked model.
+
+    half1, half2 : arrays (box^3, [z, y, x]) as read by :func:`plugin.images.read_map`;
+    mask : array or None (None: soft mask around the model); pixel_size_A : the nominal pixel size
+    (map header / optics table); structure : ``gemmi.read_structure(path)`` of a model docked in
+    the map at the nominal pixel size; fsc : optional half-map FSC per shell;
+    options : see :func:`calibrate_pixel_size` (``origin_A`` for a map with a non-zero origin).
+    Raises :class:`plugin.errors.InputError` if the model cannot serve as a ruler.
+    """
+    return calibrate_pixel_size(half1, half2, pixel_size_A, structure, mask=mask, fsc=fsc,
+                                **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cs and defocus at the calibrated pixel size
+
+
+def reexpress_cs_defocus(cs_mm: float, defocus_A: float, pixel_nominal_A: float,
+                         pixel_calibrated_A: float) -> tuple[float, float]:
+    """(Cs, defocus) at the calibrated pixel size: Cs * r^4, defocus * r^2, r = p_cal / p_nom."""
+    r = pixel_calibrated_A / pixel_nominal_A
+    return float(cs_mm * r**4), float(defocus_A * r**2)
+
+
+def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm: float,
+                  pixel_nominal_A: float, pixel_calibrated_A: float, pixel_sigma_A: float, *,
+                  n_sigma: float = 2.0, floor_mm: float = 0.01, refined: bool = True
+                  ) -> tuple[str, str, float, float | None]:
+    """(kind, one-line verdict, Cs at the calibrated pixel, its sigma) for one optics group.
+
+    kind is "pixel size", "Cs", "both", "neither" or "not refined" (see the module docstring).
+    """
+    r = pixel_calibrated_A / pixel_nominal_A
+    sr = pixel_sigma_A / pixel_nominal_A
+    pct = 100.0 * (r - 1.0)
+    pix_txt = (f"the map's pixel size is {pixel_calibrated_A:.4f} ± {pixel_sigma_A:.4f} Å "
+               f"(nominal {pixel_nominal_A:.4f}, {pct:+.2f}%)")
+    if not refined or cs_sigma_mm is None or not np.isfinite(cs_sigma_mm):
+        cs_cal = cs_refined_mm * r**4
+        return ("not refined",
+                f"not refined: Cs was not refined for this group; {pix_txt}", float(cs_cal), None)
+    cs_cal = cs_refined_mm * r**4
+    sig_pix_mm = 4.0 * abs(cs_refined_mm) * r**3 * sr
+    sig_cal = float(np.hypot(r**4 * cs_sigma_mm, sig_pix_mm))
+    d_pix = cs_refined_mm - cs_cal
+    d_cs = cs_cal - cs_nominal_mm
+    pix_sig = abs(d_pix) >= n_sigma * sig_pix_mm and abs(d_pix) >= floor_mm
+    cs_sig = abs(d_cs) >= n_sigma * sig_cal and abs(d_cs) >= floor_mm
+    cs_txt = f"at that pixel size Cs = {cs_cal:.3f} ± {sig_cal:.3f} mm"
+    nom = f"the nominal {cs_nominal_mm:.2f} mm"
+    refined_txt = f"refined Cs {cs_refined_mm:.3f} ± {cs_sigma_mm:.3f} mm"
+    if pix_sig and not cs_sig:
+        kind = "pixel size"
+        text = (f"pixel size: {pix_txt}; {cs_txt}, consistent with {nom} — the {refined_txt} "
+                f"reflects the pixel size, not Cs")
+    elif cs_sig and not pix_sig:
+        kind = "Cs"
+        text = (f"Cs: the pixel size is confirmed, {pixel_calibrated_A:.4f} ± {pixel_sigma_A:.4f} Å "
+                f"(nominal {pixel_nominal_A:.4f}, {pct:+.2f}%); {cs_txt}, {d_cs:+.3f} mm from {nom}")
+    elif cs_sig and pix_sig:
+        kind = "both"
+        text = (f"both: {pix_txt}, which accounts for {d_pix:+.3f} mm of the {refined_txt}; "
+                f"{cs_txt}, still {d_cs:+.3f} mm from {nom}")
+    else:
+        kind = "neither"
+        text = (f"neither: the pixel size is confirmed, {pixel_calibrated_A:.4f} ± "
+                f"{pixel_sigma_A:.4f} Å (nominal {pixel_nominal_A:.4f}, {pct:+.2f}%); {cs_txt}, "
+                f"consistent with {nom}")
+    return kind, text, float(cs_cal), sig_cal
+
+
+def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibration]) -> dict:
+    """The csrefine.json keys: pixel_size_calibrated_A, pixel_size_sigma_A and, per optics group
+    (keyed by the group number as a string), cs_at_calibrated_pixel_mm and verdict; plus details."""
+    c = calibration
+    return {
+        "pixel_size_calibrated_A": c.pixel_size_calibrated_A,
+        "pixel_size_sigma_A": c.pixel_size_sigma_A,
+        "cs_at_calibrated_pixel_mm": {str(g.optics_group): g.cs_at_calibrated_pixel_mm
+                                      for g in groups},
+        "verdict": {str(g.optics_group): g.verdict for g in groups},
+        "pixel_calibration": {
+            "pixel_size_nominal_A": c.pixel_size_nominal_A,
+            "relative_error": c.relative_error,
+            "sigma_curvature_A": c.sigma_curvature_A, "sigma_halves_A": c.sigma_halves_A,
+            "pixel_size_half1_A": c.pixel_size_half1_A, "pixel_size_half2_A": c.pixel_size_half2_A,
+            "correlation": c.correlation, "correlation_expected": c.correlation_expected,
+            "relative_correlation": c.relative_correlation,
+            "real_space_correlation": c.real_space_correlation, "b_factor_A2": c.b_factor_A2,
+            "shift_A": c.shift_A, "coverage": c.coverage, "band_A": c.band_A,
+            "scan_pixel_size_A": c.scan_pixel_size_A, "scan_score": c.scan_score,
+            "groups": {str(g.optics_group): {
+                "cs_at_calibrated_pixel_sigma_mm": g.cs_at_calibrated_pixel_sigma_mm,
+                "defocus_offset_at_calibrated_pixel_A": g.defocus_offset_at_calibrated_pixel_A,
+                "defocus_scale": g.defocus_scale, "kind": g.kind} for g in groups},
+        },
+    }
+
+
+def apply_calibration(groups_results_dicts, calibration: PixelCalibration, **verdict_options) -> dict:
+    """Re-express each group's refined Cs and defocus offset at the calibrated pixel size.
+
+    groups_results_dicts : iterable of :func:`plugin.pipeline.result_dict` dicts (keys used:
+    optics_group, refined, cs_nominal_mm, cs_refined_mm, cs_sigma_mm, defocus_offset_A,
+    pixel_size_A). Returns :func:`calibration_json`'s dict, ready to merge into csrefine.json.
+    """
+    out = []
+    for g in groups_results_dicts:
+        p_nom = float(g.get("pixel_size_A") or calibration.pixel_size_nominal_A)
+        # the calibration is of the map; scale it to this group's nominal pixel size
+        p_cal = calibration.pixel_size_calibrated_A * p_nom / calibration.pixel_size_nominal_A
+        s_cal = calibration.pixel_size_sigma_A * p_nom / calibration.pixel_size_nominal_A
+        kind, text, cs_cal, sig = group_verdict(
+            float(g["cs_refined_mm"]), g.get("cs_sigma_mm"), float(g["cs_nominal_mm"]), p_nom,
+            p_cal, s_cal, refined=bool(g.get("refined", True)), **verdict_options)
+        _, df_cal = reexpress_cs_defocus(0.0, float(g.get("defocus_offset_A") or 0.0), p_nom, p_cal)
+        out.append(GroupCalibration(int(g["optics_group"]), cs_cal, sig, df_cal,
+                                    float((p_cal / p_nom) ** 2), kind, text))
+    return calibration_json(calibration, out)
