@@ -1,0 +1,176 @@
+"""Pixel-size calibration against a docked atomic model (plugin.calibrate).
+
+Synthetic half maps of 1BD2 (box 72, 2.0 A/pixel): the true object sampled at p_true, plus white
+noise per half map; the model is docked at the nominal pixel size (its centroid on voxel box//2).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gemmi = pytest.importorskip("gemmi")
+
+from plugin.atomic_map import density_map  # noqa: E402
+from plugin.calibrate import (_centroid_A, apply_calibration, calibrate_from_half_maps,  # noqa: E402
+                              group_verdict, model_mask, reexpress_cs_defocus)
+from plugin.errors import InputError  # noqa: E402
+
+MODEL = Path("/work/shared/data/1BD2.cif.gz")
+BOX, PX = 72, 2.0
+
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="1BD2 model not available")
+
+
+@pytest.fixture(scope="module")
+def structure():
+    st = gemmi.read_structure(str(MODEL))
+    st.remove_hydrogens()
+    return st
+
+
+def transformed(st, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), chains=None):
+    """Copy of ``st`` rotated about its centroid, then shifted (A); optionally only ``chains``."""
+    c = _centroid_A(st)
+    out = st.clone()
+    for model in out:
+        if chains:
+            for name in [ch.name for ch in model if ch.name not in chains]:
+                model.remove_chain(name)
+        for ch in model:
+            for res in ch:
+                for a in res:
+                    x = rotation @ (np.array([a.pos.x, a.pos.y, a.pos.z]) - c) + c + shift
+                    a.pos = gemmi.Position(*x)
+    return out
+
+
+@pytest.fixture(scope="module")
+def docked(structure):
+    """The model docked at the nominal pixel size: centroid at voxel BOX//2."""
+    return transformed(structure, shift=(BOX // 2) * PX - _centroid_A(structure))
+
+
+def half_maps(structure, pixel_true, seed, noise=3.0):
+    truth = density_map(structure, BOX, pixel_true, b_factor_A2=60.0)
+    rng = np.random.default_rng(seed)
+    s = truth.std()
+    return (truth + rng.normal(0, noise * s, truth.shape).astype(np.float32),
+            truth + rng.normal(0, noise * s, truth.shape).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def maps_right(structure):
+    return half_maps(structure, PX, seed=1)
+
+
+def test_pixel_size_2pct_larger_is_calibrated(structure, docked):
+    p_true = 1.02 * PX
+    h1, h2 = half_maps(structure, p_true, seed=2)
+    cal = calibrate_from_half_maps(h1, h2, None, PX, docked)
+    assert abs(cal.pixel_size_calibrated_A / p_true - 1) < 0.002
+    assert 0 < cal.pixel_size_sigma_A < 0.002 * p_true
+    for p in (cal.pixel_size_half1_A, cal.pixel_size_half2_A):
+        assert abs(p / p_true - 1) < 0.003
+    assert cal.pixel_size_sigma_A >= max(cal.sigma_curvature_A, cal.sigma_halves_A)
+    assert cal.relative_correlation > 0.8 and cal.coverage > 0.9
+    assert len(cal.scan_pixel_size_A) == len(cal.scan_score) == 41
+    best = cal.scan_pixel_size_A[int(np.argmax(cal.scan_score))]
+    assert abs(best / p_true - 1) < 0.003
+    assert np.all(np.abs(cal.shift_A) < 1.0)
+
+
+def test_correct_pixel_size_is_confirmed(docked, maps_right):
+    h1, h2 = maps_right
+    cal = calibrate_from_half_maps(h1, h2, None, PX, docked)
+    assert abs(cal.pixel_size_calibrated_A / PX - 1) < 0.002
+    assert abs(cal.relative_error) < 0.002
+
+
+def test_docked_with_small_offset_and_given_mask(docked, maps_right):
+    """A model docked 1.5 A off still calibrates (the translation is refined), with a user mask."""
+    h1, h2 = maps_right
+    moved = transformed(docked, shift=(1.5, -1.0, 0.5))
+    mask = model_mask(docked, BOX, PX)
+    cal = calibrate_from_half_maps(h1, h2, mask, PX, moved)
+    assert abs(cal.pixel_size_calibrated_A / PX - 1) < 0.002
+    assert np.allclose(cal.shift_A, [-1.5, 1.0, -0.5], atol=0.3)
+
+
+@pytest.mark.parametrize("what", ["rotated 90 deg", "TCR chains moved"])
+def test_model_not_matching_is_refused(docked, maps_right, what):
+    h1, h2 = maps_right
+    if what == "rotated 90 deg":
+        model = transformed(docked, rotation=np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]))
+    else:
+        model = transformed(docked, shift=(15.0, 0.0, 0.0), chains=["D", "E"])
+    with pytest.raises(InputError, match="does not match this map"):
+        calibrate_from_half_maps(h1, h2, None, PX, model)
+
+
+def test_model_not_covering_the_mask_is_refused(docked, maps_right):
+    """beta2-microglobulin (chain B, ~12 kDa of ~95) docked right, but the mask is the complex's."""
+    h1, h2 = maps_right
+    part = transformed(docked, chains=["B"])
+    with pytest.raises(InputError, match="covers only"):
+        calibrate_from_half_maps(h1, h2, model_mask(docked, BOX, PX), PX, part)
+
+
+def test_model_outside_the_box_is_refused(docked, maps_right):
+    h1, h2 = maps_right
+    with pytest.raises(InputError, match="outside"):
+        calibrate_from_half_maps(h1, h2, None, PX, transformed(docked, shift=(200.0, 0, 0)))
+
+
+def test_reexpress_cs_and_defocus():
+    cs, df = reexpress_cs_defocus(2.5, 10000.0, 1.0, 1.02)
+    assert cs == pytest.approx(2.5 * 1.02**4)
+    assert df == pytest.approx(10000.0 * 1.02**2)
+    # round trip with the apparent values a CTF fit returns for a pixel-size error
+    assert reexpress_cs_defocus(2.7 / 1.02**4, 0.0, 1.0, 1.02)[0] == pytest.approx(2.7)
+
+
+@pytest.mark.parametrize("cs_ref,p_cal,kind", [
+    (2.7 / 1.02**4, 1.02, "pixel size"),     # apparent Cs from a 2% pixel error, Cs right
+    (3.0, 1.0002, "Cs"),                     # pixel right, Cs off by 0.3 mm
+    (3.0 / 1.02**4, 1.02, "both"),           # both wrong
+    (2.71, 1.0001, "neither"),               # within the errors
+])
+def test_verdict(cs_ref, p_cal, kind):
+    got, text, cs_cal, sig = group_verdict(cs_ref, 0.02, 2.7, 1.0, p_cal, 0.0008)
+    assert got == kind
+    assert text.startswith(kind + ":")
+    assert cs_cal == pytest.approx(cs_ref * p_cal**4)
+    assert sig == pytest.approx(np.hypot(p_cal**4 * 0.02, 4 * cs_ref * p_cal**3 * 0.0008))
+    assert f"{p_cal:.4f}" in text and f"{cs_cal:.3f}" in text
+
+
+def test_verdict_practical_floor_and_not_refined():
+    # a 0.05% pixel departure with a tiny sigma is significant but below the 0.01 mm floor
+    kind, *_ = group_verdict(2.7, 0.001, 2.7, 1.0, 1.0005, 0.00001)
+    assert kind == "neither"
+    kind, text, cs_cal, sig = group_verdict(2.7, None, 2.7, 1.0, 1.02, 0.001, refined=False)
+    assert kind == "not refined" and sig is None and text.startswith("not refined")
+
+
+def test_apply_calibration_keys():
+    from plugin.calibrate import PixelCalibration
+
+    cal = PixelCalibration(1.0, 1.02, 0.0008, 0.0005, 0.0006, 1.0195, 1.0205, 0.7, 0.8, 0.875, 0.9,
+                           60.0, [0.0, 0.0, 0.0], 0.98, 3.5, [20.0, 3.5], [1.0], [0.5])
+    groups = [
+        {"optics_group": 1, "refined": True, "cs_nominal_mm": 2.7, "cs_refined_mm": 2.7 / 1.02**4,
+         "cs_sigma_mm": 0.02, "defocus_offset_A": 100.0, "pixel_size_A": 1.0},
+        {"optics_group": 2, "refined": True, "cs_nominal_mm": 2.7, "cs_refined_mm": 3.0 / 1.02**4,
+         "cs_sigma_mm": 0.02, "defocus_offset_A": 0.0, "pixel_size_A": 1.0},
+    ]
+    out = apply_calibration(groups, cal)
+    assert out["pixel_size_calibrated_A"] == 1.02 and out["pixel_size_sigma_A"] == 0.0008
+    assert out["cs_at_calibrated_pixel_mm"]["1"] == pytest.approx(2.7)
+    assert out["cs_at_calibrated_pixel_mm"]["2"] == pytest.approx(3.0)
+    assert out["verdict"]["1"].startswith("pixel size:")
+    assert out["verdict"]["2"].startswith("both:")
+    g1 = out["pixel_calibration"]["groups"]["1"]
+    assert g1["defocus_offset_at_calibrated_pixel_A"] == pytest.approx(100.0 * 1.02**2)
+    import json
+    json.dumps(out)
