@@ -1,0 +1,245 @@
+"""``csrefine-cryosparc``: refine Cs per exposure group as a cryoSPARC External job.
+
+    csrefine-cryosparc --project P3 --workspace W2 --particles J42.particles --volume J42.volume \\
+        [--mask J43.mask] [--title "Cs refinement"] [--kmin-A 20] [--kmax-A X] [--subsets 3] [--j N]
+
+Connection (cryosparc-tools 5.x): the base URL comes from ``--url`` or ``CRYOSPARC_BASE_URL``; the
+login from ``CRYOSPARC_EMAIL`` / ``CRYOSPARC_PASSWORD`` when both are set, otherwise from a token
+saved by ``python -m cryosparc.tools login --url URL``. Credentials are never taken from the
+command line and never logged.
+
+The job reads particle images and half maps from the project directory (``project.dir``, or
+``--project-dir`` where this machine mounts it elsewhere), memory-mapping the stacks, and saves one
+output, ``particles``, that passes the input through and replaces the ``ctf`` slot (new
+``ctf/cs_mm`` per exposure group and ``ctf/df1_A``/``df2_A`` shifted by the refined defocus
+offset). Any error inside the job marks it failed with the message in the event log; nothing is
+saved then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from plugin.cli import add_refine_options, options_from_args
+from plugin.errors import InputError
+from plugin.pipeline import refine, result_dict
+from plugin.report import figures, summary_table
+
+from .convert import open_images, relion_params_from_cryosparc, updated_dataset
+from .offline import read_half_maps
+
+TITLE = "Cs refinement"
+PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]
+VOLUME_SLOTS = ["map_half_A", "map_half_B"]
+MASK_SLOTS = ["mask"]
+
+
+def parse_source(text: str, option: str) -> tuple[str, str]:
+    """'J42.particles' -> ('J42', 'particles')."""
+    m = re.fullmatch(r"(J\d+)\.([A-Za-z][A-Za-z0-9_]*)", text or "")
+    if not m:
+        raise InputError(f"{option} {text!r}: expected JOB.OUTPUT, e.g. J42.particles")
+    return m.group(1), m.group(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="csrefine-cryosparc",
+                                description="Refine Cs per exposure group as a cryoSPARC External job")
+    p.add_argument("--url", default=None,
+                   help="cryoSPARC base URL (default: $CRYOSPARC_BASE_URL), e.g. http://host:39000")
+    p.add_argument("--project", required=True, help="project UID, e.g. P3")
+    p.add_argument("--workspace", required=True, help="workspace UID for the new job, e.g. W2")
+    p.add_argument("--particles", required=True,
+                   help="particles with 3D alignments: JOB.OUTPUT, e.g. J42.particles")
+    p.add_argument("--volume", required=True,
+                   help="volume with half maps (map_half_A/B): JOB.OUTPUT, e.g. J42.volume")
+    p.add_argument("--mask", default=None, help="optional mask for the half-map FSC: JOB.OUTPUT")
+    p.add_argument("--title", default=TITLE, help=f"job title (default {TITLE!r})")
+    p.add_argument("--project-dir", default=None,
+                   help="where this machine sees the project directory (default: as cryoSPARC reports it)")
+    add_refine_options(p)
+    return p
+
+
+def connect(url: str | None = None):
+    """A logged-in ``cryosparc.tools.CryoSPARC`` (credentials from the environment or a saved
+    token; never from arguments)."""
+    from cryosparc.tools import CryoSPARC
+
+    base_url = url or os.environ.get("CRYOSPARC_BASE_URL")
+    if not base_url:
+        raise InputError("no cryoSPARC URL: give --url or set CRYOSPARC_BASE_URL")
+    email = os.environ.get("CRYOSPARC_EMAIL") or None
+    password = os.environ.get("CRYOSPARC_PASSWORD") or None
+    if not email:
+        password = None  # a password alone is useless; an email alone selects a saved token
+    # host/base_port must be given as None: their defaults come from the environment and
+    # cannot be combined with a base URL.
+    return CryoSPARC(base_url, host=None, base_port=None, email=email, password=password)
+
+
+def check_source(project, job_uid: str, output: str, slots, what: str) -> None:
+    """The source job must have ``output`` with ``slots``: clear messages before connecting."""
+    source = project.find_job(job_uid)
+    outputs = source.model.spec.outputs.root
+    if output not in outputs:
+        raise InputError(f"{what}: job {job_uid} has no output {output!r} "
+                         f"(it has {', '.join(sorted(outputs)) or 'none'})")
+    names = {r.name for r in outputs[output].results}
+    missing = [s for s in slots if s not in names]
+    if missing:
+        hint = (" (connect the volume of a refinement job, which carries both half maps)"
+                if what == "volume" else "")
+        raise InputError(f"{what}: output {job_uid}.{output} lacks {', '.join(missing)}{hint}")
+
+
+def _blob_path(dset, slot: str, project_dir: Path, what: str) -> Path:
+    field = f"{slot}/path"
+    if field not in dset.fields() or len(dset) == 0:
+        raise InputError(f"{what}: no {slot} in the connected output")
+    p = str(dset[field][0])
+    p = p[1:] if p.startswith(">") else p
+    path = Path(p) if os.path.isabs(p) else project_dir / p
+    if not path.is_file():
+        raise InputError(f"{what}: {slot} file {path} not found (is the project directory "
+                         f"mounted here? see --project-dir)")
+    return path
+
+
+class JobLog:
+    """Progress lines (updated in place) and plain lines into the job's event log."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def __call__(self, text: str) -> None:
+        if "particles/s" in text:
+            self.job.log(text, name="progress")
+        else:
+            self.job.log(text)
+
+
+def refine_in_job(job, project, args, options) -> object:
+    """Everything inside ``with job.run()``: load, refine, log, save. Returns the Refinement."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    project_dir = Path(args.project_dir) if args.project_dir else Path(str(project.dir))
+    particles = job.load_input("particles", PARTICLE_SLOTS)
+    volume = job.load_input("volume", VOLUME_SLOTS)
+    log = JobLog(job)
+    log(f"{len(particles)} particles from {args.particles}; half maps from {args.volume}; "
+        f"project directory {project_dir}")
+    groups, parts, paths, indices = relion_params_from_cryosparc(
+        particles, project_dir, what=f"particles {args.particles}")
+    images = open_images(particles, groups, paths, indices)
+    half_a = _blob_path(volume, "map_half_A", project_dir, "volume")
+    half_b = _blob_path(volume, "map_half_B", project_dir, "volume")
+    mask_path = None
+    if args.mask:
+        mask_path = _blob_path(job.load_input("mask", MASK_SLOTS), "mask", project_dir, "mask")
+    half_maps, mask, header_px = read_half_maps(half_a, half_b, mask_path)
+    map_px = (float(volume["map_half_A/psize_A"][0]) if "map_half_A/psize_A" in volume.fields()
+              else header_px)
+    for gid in sorted(groups):
+        g = groups[gid]
+        log(f"exposure group {gid - 1}: {int(np.sum(parts.optics_group == gid))} particles, "
+            f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
+    refinement = refine(groups, parts, images, half_maps, mask, map_px or None, options, log)
+    log(summary_table(refinement))
+    for (title, fig), raw in zip(figures(refinement), _raw_data(refinement)):
+        try:
+            job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw, raw_data_format="json")
+        finally:
+            plt.close(fig)
+    new = updated_dataset(particles, refinement)
+    out = job.add_output("particle", "particles", passthrough="particles", slots=["ctf"],
+                         alloc=particles)
+    if not np.array_equal(np.asarray(out["uid"]), np.asarray(new["uid"])):
+        raise RuntimeError("allocated output rows do not match the input particles")
+    for field in out.fields():
+        if field != "uid" and field in new.fields():
+            out[field] = new[field]
+    job.save_output("particles", out)
+    refined = [g for g in refinement.groups if g.refined]
+    log(f"saved particles with refined Cs for {len(refined)} of {len(refinement.groups)} "
+        f"exposure group(s)")
+    return refinement
+
+
+def _raw_data(refinement):
+    yield json.dumps({"fsc": [float(v) for v in refinement.fsc],
+                      "resolution_A": refinement.resolution_A, "band_A": refinement.band_A})
+    for g in refinement.groups:
+        if g.curves:
+            yield json.dumps({**result_dict(g), "curves": g.curves}, default=float)
+
+
+def run_job(cs, args, options):
+    """Create the External job, connect its inputs, refine inside ``job.run()``.
+
+    Returns (job, refinement). Errors after the job exists mark it failed (the exception is
+    logged and re-raised); nothing is saved then.
+    """
+    pj, po = parse_source(args.particles, "--particles")
+    vj, vo = parse_source(args.volume, "--volume")
+    mj, mo = parse_source(args.mask, "--mask") if args.mask else (None, None)
+    project = cs.find_project(args.project)
+    job = project.create_external_job(args.workspace, title=args.title,
+                                      desc="csrefine: Cs refinement per exposure group")
+    setup_error = None
+    try:
+        check_source(project, pj, po, PARTICLE_SLOTS, "particles")
+        check_source(project, vj, vo, VOLUME_SLOTS, "volume")
+        job.connect("particles", pj, po, slots=PARTICLE_SLOTS, title="Particles")
+        job.connect("volume", vj, vo, slots=VOLUME_SLOTS, title="Volume (half maps)")
+        if mj:
+            check_source(project, mj, mo, MASK_SLOTS, "mask")
+            job.connect("mask", mj, mo, slots=MASK_SLOTS, title="FSC mask")
+    except Exception as exc:  # reported inside job.run() so that the job is marked failed
+        setup_error = exc
+    refinement = None
+    with job.run():
+        try:
+            if setup_error is not None:
+                raise setup_error
+            refinement = refine_in_job(job, project, args, options)
+        except Exception as exc:
+            job.log(f"csrefine: error: {exc}", level="error")
+            raise
+    return job, refinement
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+        cs = connect(args.url)
+    except InputError as exc:
+        print(f"csrefine-cryosparc: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # connection or login: cryosparc-tools' message, no secrets in it
+        print(f"csrefine-cryosparc: cannot connect: {exc}", file=sys.stderr)
+        return 1
+    try:
+        job, _ = run_job(cs, args, options)
+    except InputError as exc:
+        print(f"csrefine-cryosparc: error: {exc} (the job is marked failed)", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"csrefine-cryosparc: failed: {exc!r} (the job is marked failed)", file=sys.stderr)
+        return 1
+    print(f"csrefine-cryosparc: job {job.project_uid}-{job.uid} completed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
