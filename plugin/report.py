@@ -82,6 +82,37 @@ def summary_table(refinement: Refinement) -> str:
     return "\n".join(lines)
 
 
+def interpretation(g) -> list[str]:
+    """Plain sentences answering: Cs +- sigma, reproducibility, pixel-size alternative, impact."""
+    head = f"Optics group {g.optics_group} ({g.name}, {g.n_particles} particles):"
+    if not g.refined:
+        return [head, f"  not refined: {g.reason}; Cs stays at the nominal {g.cs_nominal_mm:.3f} mm."]
+    lines = [head, f"  Cs = {g.cs_refined_mm:.3f} +- {_fmt(g.cs_sigma_mm, '.3f')} mm (jackknife; "
+                   f"nominal {g.cs_nominal_mm:.3f} mm, change {g.cs_refined_mm - g.cs_nominal_mm:+.3f} mm), "
+                   f"defocus offset {g.defocus_offset_A:+.1f} A."]
+    if g.cs_subsets_mm:
+        spread = float(np.std(g.cs_subsets_mm, ddof=1)) if len(g.cs_subsets_mm) > 1 else float("nan")
+        lines.append(f"  Independent random subsets: {', '.join(f'{c:.3f}' for c in g.cs_subsets_mm)} mm "
+                     f"(standard deviation {spread:.3f} mm).")
+    if g.pixel_size_if_cs_nominal_A:
+        rel = 100 * (g.pixel_size_if_cs_nominal_A / g.pixel_size_A - 1)
+        lines.append(f"  Alternatively, with Cs at its nominal value, a pixel size of "
+                     f"{g.pixel_size_if_cs_nominal_A:.4f} A instead of {g.pixel_size_A:.4f} A ({rel:+.2f}%) "
+                     f"explains the same CTF; only an absolute ruler (an atomic model) tells which.")
+    nyquist = 2 * g.pixel_size_A
+    if g.resolution_impact_A:
+        lines.append(f"  The refined CTF departs from the nominal one by 45 degrees at "
+                     f"{g.resolution_impact_A:.2f} A: it matters for data beyond that resolution.")
+    else:
+        lines.append(f"  The refined and nominal CTFs differ by less than 45 degrees up to Nyquist "
+                     f"({nyquist:.2f} A): the change has no practical effect at this pixel size.")
+    return lines
+
+
+def interpretation_text(refinement: Refinement) -> str:
+    return "\n".join(line for g in refinement.groups for line in interpretation(g))
+
+
 def figures(refinement: Refinement):
     """Matplotlib figures: FSC with the band, and per group the likelihood along Cs and the
     measured vs fitted phase change. Returns a list of (title, figure)."""
@@ -90,6 +121,10 @@ def figures(refinement: Refinement):
     import matplotlib.pyplot as plt
 
     figs = []
+    fig = plt.figure(figsize=(11, 4 + 0.9 * len(refinement.groups)))
+    fig.text(0.02, 0.98, "csrefine: Cs per optics group\n\n" + interpretation_text(refinement),
+             va="top", ha="left", family="monospace", fontsize=8, wrap=True)
+    figs.append(("Summary", fig))
     fig, ax = plt.subplots(figsize=(6, 4))
     fsc = refinement.fsc
     shells = np.arange(1, len(fsc))

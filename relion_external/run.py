@@ -15,7 +15,7 @@ import numpy as np
 from plugin.errors import InputError
 from plugin.images import StackReader, read_map
 from plugin.pipeline import RefineOptions, Refinement, refine
-from plugin.report import report_dict, summary_table, write_json, write_pdf
+from plugin.report import interpretation_text, report_dict, summary_table, write_json, write_pdf
 from plugin.zernike import rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, updated_blocks, write_star_atomic
@@ -120,5 +120,6 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     write_json(out_dir / "csrefine.json", report_dict(refinement, note))
     write_pdf(out_dir / "logfile.pdf", refinement)
     if progress is not None:
+        progress(interpretation_text(refinement))
         progress(summary_table(refinement))
     return refinement
