@@ -408,3 +408,25 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map):
     _assert_same_cs(relion, cryo, tmp_path, dset)
     assert abs(cryo.group(1).cs_refined_mm - 3.0) < 0.15
     assert abs(cryo.group(2).cs_refined_mm - 2.7) < 0.15
+
+
+def test_cli_cs_input_error_writes_nothing(tmp_path, capsys):
+    """``csrefine refine --particles X.cs`` with a missing stack: one-line error, exit 2, no
+    output directory, input untouched."""
+    from plugin.cli import main
+    from plugin.images import write_map
+
+    dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
+    dset["blob/shape"] = np.full((10, 2), 32)
+    cs_file = tmp_path / "in.cs"
+    dset.save(cs_file)
+    before = cs_file.read_bytes()
+    for h in ("a", "b"):
+        write_map(tmp_path / f"{h}.mrc", np.zeros((32,) * 3, np.float32), 0.6575)
+    out = tmp_path / "out"
+    code = main(["refine", "--particles", str(cs_file), "--project-dir", str(tmp_path),
+                 "--half-maps", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--out", str(out),
+                 "--device", "numpy"])
+    assert code == 2
+    assert "particle stack not found" in capsys.readouterr().err
+    assert not out.exists() and cs_file.read_bytes() == before
