@@ -55,12 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project-dir", default=None,
                    help="cryoSPARC project directory (for .cs particles: blob/path is relative to it)")
     add_refine_options(p)
+    e = sub.add_parser("example", help="write a small simulated RELION project to try csrefine on")
+    e.add_argument("directory")
+    e.add_argument("--model", default=None, help="atomic model to build the map from "
+                   "(default: ../shared/data/1BD2.cif.gz if present, else a pseudo-atomic map)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "example":
+            from .example import main as example_main
+            return example_main([args.directory] + (["--model", args.model] if args.model else []))
         options = options_from_args(args)
         if args.particles.endswith(".cs"):
             from cryosparc_job.offline import run_offline

@@ -123,9 +123,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="atomic model to build the map from")
     args = parser.parse_args(argv)
     default_model = Path(__file__).resolve().parents[2] / "shared/data/1BD2.cif.gz"
+    default_model = default_model if default_model.is_file() else None
     info = make_example(args.directory, model_path=Path(args.model) if args.model else default_model)
     print(f"example project in {info['root']}: true Cs per optics group {info['cs_true_mm']} mm, "
-          f"nominal 2.7 mm in {info['star'].relative_to(info['root'])}")
+          f"nominal 2.7 mm in {Path(info['star']).relative_to(info['root'])}")
     return 0
 
 
