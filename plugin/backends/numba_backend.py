@@ -277,3 +277,22 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
                              shift_x, shift_y, col, row)
     if bad:
         raise ValueError("sampling beyond the cropped reference; increase k_max_px")
+
+
+def warm_up() -> None:
+    """Compile the kernel (or load it from numba's on-disk cache) with a tiny batch."""
+    from ..fourier import make_band
+    from ..forward import pixel_terms
+    from ..model import OpticsGroup, Particles
+    from ..projection import make_padded_reference
+
+    box, px = 16, 2.0
+    group = OpticsGroup(1, "warm-up", 300.0, 2.7, 0.1, px, box)
+    band = make_band(box, px, 0.0, 0.5 / px)
+    one = np.ones(1)
+    parts = Particles(one * 1e4, one * 1e4, 0 * one, 0 * one, 0 * one, one, 0 * one, 0 * one,
+                      0 * one, 0 * one, 0 * one, one.astype(int), one.astype(int))
+    ref = make_padded_reference(np.zeros((box,) * 3, np.float32), 0.5, margin=1.01)
+    stats = np.zeros((1, 6, band.size))
+    accumulate_batch(stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32), parts, ref,
+                     pixel_terms(group, band), band, px, 1)

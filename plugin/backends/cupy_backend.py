@@ -1,0 +1,317 @@
+"""GPU backend (CuPy, optional extra ``csrefine[gpu]``): batched FFT, fused slice+shift+CTF kernel
+and per-cell reduction on the device.
+
+**Status: the CUDA path has not been run or timed** -- it was written on a machine without a GPU,
+so GPU speed is unmeasured. What *is* tested (tests/test_backends.py) is the same Python-level
+driver with numpy standing in for CuPy (the test installs numpy as the ``cupy`` module, or passes
+``xp=numpy``; the "array" kernel is then used): the FFT, band gather, per-particle tables, the
+element-wise formulation of the fused kernel and the one-hot reduction over cells, against the
+numpy reference backend. The CUDA source in ``_CUDA_SOURCE`` mirrors that element-wise
+formulation line by line (double precision, complex64 reference/transforms upcast on use).
+
+Driver per batch (all of one half set):
+  1. images -> device (from a pinned host buffer on a dedicated stream), ``rfft2(ifftshift(.))``
+     batched, gathered at the band pixels;
+  2. per-particle table (rotation rows, defocus, astigmatism, phase shift, B, scale, origins) made
+     on the host (tiny) and copied; per-pixel tables and the padded reference are copied once and
+     cached on the device for the life of the reference;
+  3. a fused element-wise kernel, one thread per (particle, band pixel), writes the six terms
+     (n, 6, m);
+  4. a one-hot (n_cells x n) matrix product reduces them per cell on the device; the small
+     (n_cells, 6, m) result is copied back and added to ``stats``.
+Overlap: the pipeline reads the next batch from the memory-mapped stacks in a background thread
+while this batch is computed; CuPy releases the GIL while it waits for the device.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+try:
+    import cupy as _cupy_module
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError("the cupy backend needs CuPy and a CUDA GPU: pip install 'csrefine[gpu]' "
+                      "(cupy-cuda12x), or use --device cpu") from exc
+
+
+def _cupy():
+    return _cupy_module
+
+
+def _particle_table(particles) -> np.ndarray:
+    """Same columns as :func:`plugin.backends.numba_backend.particle_table` (numpy only)."""
+    from ..geometry import euler_zyz_to_matrix
+
+    n = len(particles)
+    table = np.empty((n, 15), dtype=np.float64)
+    table[:, 0] = 0.5 * (particles.defocus_u_A + particles.defocus_v_A)
+    table[:, 1] = 0.5 * (particles.defocus_u_A - particles.defocus_v_A)
+    phi2 = np.deg2rad(2.0 * particles.defocus_angle_deg)
+    table[:, 2] = np.cos(phi2)
+    table[:, 3] = np.sin(phi2)
+    table[:, 4] = np.deg2rad(particles.phase_shift_deg)
+    table[:, 5] = -0.25 * particles.bfactor_A2
+    table[:, 6] = particles.ctf_scale
+    table[:, 7] = particles.origin_x_A
+    table[:, 8] = particles.origin_y_A
+    rot = euler_zyz_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
+    table[:, 9:12] = rot[:, 0, :]
+    table[:, 12:15] = rot[:, 1, :]
+    return table
+
+
+def _pixel_table(terms, pixel_size_A: float) -> np.ndarray:
+    """(9, m): kx_px, ky_px, kx, ky (1/A), k2, cos2, sin2, gamma_static, odd_phase."""
+    return np.ascontiguousarray(np.stack([
+        terms.kx_px, terms.ky_px, terms.kx_px / pixel_size_A, terms.ky_px / pixel_size_A,
+        terms.k2, terms.cos2, terms.sin2, terms.gamma_static, terms.odd_phase]).astype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# The fused kernel: element-wise array formulation (any xp) and CUDA source (CuPy only)
+# --------------------------------------------------------------------------------------------
+
+def rows_array(xp, observed, ptab, pix, ref, radius: int, ref_scale: float,
+               defocus_factor: float):
+    """The six terms per particle and pixel, (n, 6, m) float64, with array operations.
+
+    observed (n, m) complex64/128 band transforms; ptab (n, 15); pix (9, m); ref the padded
+    reference data (complex64, [z + R, y + R, x]). Returns (rows, n_out_of_range).
+    """
+    t = ptab[:, :, None]
+    kxp, kyp = pix[0][None, :], pix[1][None, :]
+    x = (t[:, 9] * kxp + t[:, 12] * kyp) * ref_scale
+    y = (t[:, 10] * kxp + t[:, 13] * kyp) * ref_scale
+    z = (t[:, 11] * kxp + t[:, 14] * kyp) * ref_scale
+    flip = x < 0
+    x, y, z = xp.where(flip, -x, x), xp.where(flip, -y, y), xp.where(flip, -z, z)
+    r = radius
+    bad = (x > r) | (xp.abs(y) > r - 1) | (xp.abs(z) > r - 1)
+    n_bad = int(bad.sum())
+    x = xp.where(bad, 0.0, x)
+    y = xp.where(bad, 0.0, y) + r
+    z = xp.where(bad, 0.0, z) + r
+    x0 = xp.floor(x).astype(np.int64)
+    y0 = xp.floor(y).astype(np.int64)
+    z0 = xp.floor(z).astype(np.int64)
+    fx, fy, fz = x - x0, y - y0, z - z0
+    gx = 1.0 - fx
+    sr = xp.zeros(x.shape, dtype=np.float64)
+    si = xp.zeros(x.shape, dtype=np.float64)
+    for dz, wz in ((0, 1.0 - fz), (1, fz)):
+        for dy, wy in ((0, 1.0 - fy), (1, fy)):
+            wzy = wz * wy
+            v0 = ref[z0 + dz, y0 + dy, x0]
+            v1 = ref[z0 + dz, y0 + dy, x0 + 1]
+            w0, w1 = wzy * gx, wzy * fx
+            sr = sr + w0 * v0.real.astype(np.float64)
+            si = si + w0 * v0.imag.astype(np.float64)
+            sr = sr + w1 * v1.real.astype(np.float64)
+            si = si + w1 * v1.imag.astype(np.float64)
+    si = xp.where(flip, -si, si)
+    arg = 2.0 * np.pi * (pix[2][None, :] * t[:, 7] + pix[3][None, :] * t[:, 8]) + pix[8][None, :]
+    ca, sa = xp.cos(arg), xp.sin(arg)
+    pr = sr * ca - si * sa
+    pim = sr * sa + si * ca
+    k2 = pix[4][None, :]
+    defocus = t[:, 0] + t[:, 1] * (pix[5][None, :] * t[:, 2] + pix[6][None, :] * t[:, 3])
+    g = defocus_factor * defocus * k2 + pix[7][None, :] - t[:, 4]
+    sg, cg = xp.sin(g), xp.cos(g)
+    env = t[:, 6] * xp.exp(t[:, 5] * k2)
+    xr, xi = observed.real, observed.imag  # float32 for complex64 input, as in the reference
+    pp = env * env * (pr * pr + pim * pim)
+    xpr = env * (xr.astype(np.float64) * pr + xi.astype(np.float64) * pim)
+    f = (xr * xr + xi * xi).astype(np.float64)
+    rows = xp.stack([pp * sg * sg, pp * sg * cg, pp * cg * cg, -xpr * sg, -xpr * cg, f], axis=1)
+    rows = xp.where(bad[:, None, :], 0.0, rows)
+    return rows, n_bad
+
+
+_CUDA_SOURCE = r"""
+#include <cupy/complex.cuh>
+extern "C" __global__
+void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restrict__ ptab,
+                   const double* __restrict__ pix, const complex<float>* __restrict__ ref,
+                   const int n, const int m, const int radius, const int ny, const int nx,
+                   const double ref_scale, const double defocus_factor,
+                   double* __restrict__ rows, unsigned long long* __restrict__ n_bad)
+{
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n * m) return;
+    const int i = (int)(idx / m);
+    const int p = (int)(idx % m);
+    const double* t = ptab + 15LL * i;
+    const double kxp = pix[p], kyp = pix[m + p];
+    double x = (t[9] * kxp + t[12] * kyp) * ref_scale;
+    double y = (t[10] * kxp + t[13] * kyp) * ref_scale;
+    double z = (t[11] * kxp + t[14] * kyp) * ref_scale;
+    const bool flip = x < 0;
+    if (flip) { x = -x; y = -y; z = -z; }
+    double* out = rows + (long long)i * 6 * m + p;
+    const double r = radius;
+    if (x > r || fabs(y) > r - 1 || fabs(z) > r - 1) {
+        atomicAdd(n_bad, 1ULL);
+        for (int s = 0; s < 6; ++s) out[(long long)s * m] = 0.0;
+        return;
+    }
+    y += r; z += r;
+    const int x0 = (int)floor(x), y0 = (int)floor(y), z0 = (int)floor(z);
+    const double fx = x - x0, fy = y - y0, fz = z - z0, gx = 1.0 - fx;
+    double sr = 0.0, si = 0.0;
+    for (int dz = 0; dz < 2; ++dz) {
+        const double wz = dz ? fz : 1.0 - fz;
+        for (int dy = 0; dy < 2; ++dy) {
+            const double wy = dy ? fy : 1.0 - fy;
+            const double wzy = wz * wy;
+            const long long base = ((long long)(z0 + dz) * ny + (y0 + dy)) * nx + x0;
+            const complex<float> v0 = ref[base], v1 = ref[base + 1];
+            const double w0 = wzy * gx, w1 = wzy * fx;
+            sr += w0 * (double)v0.real(); si += w0 * (double)v0.imag();
+            sr += w1 * (double)v1.real(); si += w1 * (double)v1.imag();
+        }
+    }
+    if (flip) si = -si;
+    const double arg = 2.0 * M_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8]) + pix[8 * m + p];
+    double sa, ca;
+    sincos(arg, &sa, &ca);
+    const double pr = sr * ca - si * sa, pim = sr * sa + si * ca;
+    const double k2 = pix[4 * m + p];
+    const double defocus = t[0] + t[1] * (pix[5 * m + p] * t[2] + pix[6 * m + p] * t[3]);
+    const double g = defocus_factor * defocus * k2 + pix[7 * m + p] - t[4];
+    double sg, cg;
+    sincos(g, &sg, &cg);
+    const double env = t[6] * exp(t[5] * k2);
+    const complex<float> xv = obs[(long long)i * m + p];
+    const float xr = xv.real(), xi = xv.imag();
+    const double pp = env * env * (pr * pr + pim * pim);
+    const double xpr = env * ((double)xr * pr + (double)xi * pim);
+    out[0] = pp * sg * sg;
+    out[(long long)m] = pp * sg * cg;
+    out[2LL * m] = pp * cg * cg;
+    out[3LL * m] = -xpr * sg;
+    out[4LL * m] = -xpr * cg;
+    out[5LL * m] = (double)(xr * xr + xi * xi);
+}
+"""
+
+_KERNELS = {}
+
+
+def _raw_kernel(cp):
+    if "rows" not in _KERNELS:
+        _KERNELS["rows"] = cp.RawKernel(_CUDA_SOURCE, "csrefine_rows")
+    return _KERNELS["rows"]
+
+
+def rows_raw(cp, observed, ptab, pix, ref, radius: int, ref_scale: float, defocus_factor: float):
+    """CUDA version of :func:`rows_array` (CuPy arrays in and out). Not run on this project's
+    test machines (no GPU)."""
+    n, m = observed.shape
+    observed = cp.ascontiguousarray(observed, dtype=cp.complex64)
+    rows = cp.empty((n, 6, m), dtype=cp.float64)
+    n_bad = cp.zeros(1, dtype=cp.uint64)
+    threads = 256
+    blocks = (n * m + threads - 1) // threads
+    _raw_kernel(cp)((blocks,), (threads,),
+                    (observed, cp.ascontiguousarray(ptab), cp.ascontiguousarray(pix), ref,
+                     np.int32(n), np.int32(m), np.int32(radius), np.int32(ref.shape[1]),
+                     np.int32(ref.shape[2]), np.float64(ref_scale), np.float64(defocus_factor),
+                     rows, n_bad))
+    return rows, int(n_bad.get()[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+class _DeviceCache:
+    """Device copies of references and pixel tables, kept while the host object lives."""
+
+    def __init__(self):
+        self._items = {}
+
+    def get(self, key_obj, tag, make):
+        key = (id(key_obj), tag)
+        if key not in self._items:
+            self._items[key] = make()
+            weakref.finalize(key_obj, self._items.pop, key, None)
+        return self._items[key]
+
+
+_CACHE = _DeviceCache()
+
+
+def band_transforms_xp(xp, images, flat_index, threads: int = 1):
+    """rfft2(ifftshift(images)) at the band pixels, on xp's device: (n, m) complex.
+
+    Single-precision transforms (like the reference's scipy.fft on float32 images); on the CPU
+    stand-in scipy.fft itself is used, so the results match the reference exactly (cuFFT's
+    float32 rounding differs from pocketfft's at the ~1e-7 level)."""
+    if xp is np:
+        import scipy.fft
+        ft = scipy.fft.rfft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=threads)
+    else:
+        ft = xp.fft.rfft2(xp.fft.ifftshift(images, axes=(-2, -1)))
+    return ft.reshape(images.shape[0], -1)[:, flat_index]
+
+
+def reduce_cells(xp, rows, cells, n_cells: int):
+    """Sum rows (n, 6, m) per cell with a one-hot matrix product: (n_cells, 6, m)."""
+    n = rows.shape[0]
+    onehot = xp.zeros((n_cells, n), dtype=np.float64)
+    onehot[cells, xp.arange(n)] = 1.0
+    return (onehot @ rows.reshape(n, -1)).reshape((n_cells,) + rows.shape[1:])
+
+
+def _to_device(xp, array, stream=None):
+    if xp is np:
+        return np.asarray(array)
+    # Pinned staging buffer + asynchronous copy on ``stream``.
+    pinned = xp.cuda.alloc_pinned_memory(array.nbytes)
+    host = np.frombuffer(pinned, array.dtype, array.size).reshape(array.shape)
+    host[...] = array
+    out = xp.empty(array.shape, dtype=array.dtype)
+    out.set(host, stream=stream)
+    return out
+
+
+def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
+                     threads: int = 1, *, xp=None, kernel: str = "auto") -> None:
+    """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
+
+    Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
+    ``xp``: the array module (default CuPy; numpy for the CPU stand-in used in tests);
+    ``kernel``: "raw" (CUDA RawKernel), "array" (element-wise xp operations) or "auto" (raw
+    with CuPy, array otherwise). ``threads``: FFT workers of the CPU stand-in (unused on the device).
+    """
+    if len(particles) == 0:
+        return
+    xp = _cupy() if xp is None else xp
+    use_raw = kernel == "raw" or (kernel == "auto" and xp is not np)
+    stream = None
+    if xp is not np:
+        stream = xp.cuda.Stream(non_blocking=True)
+        stream.use()
+    n_cells = stats.shape[0]
+    ref = _CACHE.get(reference, ("ref", id(xp)), lambda: xp.asarray(reference.data))
+    pix = _CACHE.get(terms, ("pix", id(xp), float(pixel_size_A)),
+                     lambda: xp.asarray(_pixel_table(terms, pixel_size_A)))
+    flat = _CACHE.get(band, ("flat", id(xp)), lambda: xp.asarray(band.flat_index))
+    imgs = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
+    observed = band_transforms_xp(xp, imgs, flat, threads)
+    ptab = xp.asarray(_particle_table(particles))
+    if use_raw:
+        rows, n_bad = rows_raw(xp, observed, ptab, pix, ref, int(reference.radius),
+                               float(reference.scale), float(terms.defocus_factor))
+    else:
+        rows, n_bad = rows_array(xp, observed, ptab, pix, ref, int(reference.radius),
+                                 float(reference.scale), float(terms.defocus_factor))
+    if n_bad:
+        raise ValueError("sampling beyond the cropped reference; increase k_max_px")
+    cells_dev = xp.asarray(np.asarray(cells, dtype=np.int64))
+    part = reduce_cells(xp, rows, cells_dev, n_cells)
+    stats += part if xp is np else xp.asnumpy(part, stream=stream)
+    if stream is not None:
+        stream.synchronize()
