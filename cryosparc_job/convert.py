@@ -31,7 +31,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from plugin.errors import InputError
-from plugin.geometry import euler_zyz_to_matrix
+from plugin.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
 from plugin.model import OpticsGroup, Particles
 
 REQUIRED_FIELDS = (
@@ -48,7 +48,6 @@ UNSUPPORTED_NONZERO = ("ctf/tilt_A", "ctf/trefoil_A", "ctf/tetra_A", "ctf/anisom
 def pose_to_euler_deg(pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cryoSPARC axis-angle poses (n, 3) in radians -> RELION (rot, tilt, psi) in degrees."""
     pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
-    from plugin.geometry import matrix_to_euler_zyz
     return matrix_to_euler_zyz(pose_to_relion_matrix(pose))
 
 

@@ -79,7 +79,6 @@ def test_pose_round_trip_relion_euler():
 def test_pose_convention_matches_pyem_and_cryodrgn():
     """A = Rodrigues(pose)^T: pyem's expmap (transposed skew) fed to RELION's Euler decomposition,
     cryoDRGN's expmap(pose).T, and scipy's intrinsic ZYZ all agree with the converter."""
-    rng = np.random.default_rng(1)
     for pose in Rotation.random(50, random_state=2).as_rotvec():
         a = pose_to_relion_matrix(pose)[0]
         np.testing.assert_allclose(a, rodrigues(pose).T, atol=1e-12)
@@ -88,7 +87,6 @@ def test_pose_convention_matches_pyem_and_cryodrgn():
         scipy_angles = np.rad2deg(Rotation.from_rotvec(pose).as_euler("ZYZ"))
         np.testing.assert_allclose(euler_zyz_to_matrix(*scipy_angles), a, atol=1e-12)
         np.testing.assert_allclose(euler_zyz_to_matrix(rot, tilt, psi)[0], a, atol=1e-12)
-    assert rng is not None
 
 
 def gaussian_blob_map(box, px, centre_A, sigma_A=2.5):
