@@ -1,14 +1,17 @@
 """Fit delta(k) = defocus_factor * ddf * |k|^2 + cs_factor * dcs * |k|^4 to accumulated statistics.
 
 The likelihood of the statistics of :mod:`plugin.accumulate` under the model
-X = alpha_s (cos(delta) u + sin(delta) v) + noise, with a non-negative amplitude alpha_s and a
-noise variance sigma_s^2 per Fourier shell s, profiled over alpha_s, is
+X = alpha_s (cos(delta) u + sin(delta) v) + noise, with an amplitude alpha_s and a noise variance
+sigma_s^2 per Fourier shell s, profiled over alpha_s, is
 
-    log L(ddf, dcs) = sum_s max(Ql_s, 0)^2 / (2 sigma_s^2 Qq_s)
+    log L(ddf, dcs) = sum_s Ql_s^2 / (2 sigma_s^2 Qq_s)
     Ql_s = sum_{p in s} f_p (c_p D_p + s_p E_p)
     Qq_s = sum_{p in s} f_p (c_p^2 A_p + 2 c_p s_p B_p + s_p^2 C_p),   c_p, s_p = cos, sin delta(k_p)
 
-(f_p the Friedel weight). sigma_s^2 comes from the same data: the residual of the unconstrained
+(f_p the Friedel weight). alpha_s is signed on purpose: half maps reconstructed with the nominal Cs
+are attenuated by cos(delta) (averaged over defoci), which changes sign beyond delta = pi/2 for a
+large Cs error; a signed per-shell amplitude absorbs that, and the smooth delta(k) still fixes
+delta (delta and delta + pi cannot both fit across shells). sigma_s^2 comes from the same data: the residual of the unconstrained
 per-pixel least-squares fit of (c, s). Because delta depends on |k'| only, pixels are pooled into
 fine radial bins (``bins_per_shell`` per Fourier shell) before the search, which makes every
 evaluation cheap. A grid search over (ddf, dcs), with steps small enough that the phase at k_max
@@ -117,7 +120,7 @@ def log_likelihood(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel
     starts = np.flatnonzero(np.r_[True, np.diff(radial.shell) != 0])
     ql = np.add.reduceat(ql_bins, starts, axis=-1)
     qq = np.add.reduceat(qq_bins, starts, axis=-1)
-    gain = np.where((ql > 0) & (qq > 0), ql * ql / np.where(qq > 0, qq, 1.0), 0.0)
+    gain = np.where(qq > 0, ql * ql / np.where(qq > 0, qq, 1.0), 0.0)
     return (gain / (2.0 * radial.noise_var)).sum(axis=-1)
 
 

@@ -63,3 +63,55 @@ def postprocess(half1_path, mask_path, out_root, pixel_size_A: float, cwd=None,
         args += ["--randomize_at_A", randomize_at_A]
     run_relion(args, cwd=cwd)
     return Path(cwd or ".") / f"{out_root}.star"
+
+
+def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nominal_mm: float,
+                     box: int = 128, pixel_nominal_A: float = 1.1, pixel_true_A: float | None = None,
+                     white_noise: float = 4.0, b_factor_A2: float = 15.0, voltage_kv: float = 300.0,
+                     seed: int = 0, reconstruct: bool = True) -> dict:
+    """A RELION data set with a known truth, made with RELION's own tools.
+
+    The map of ``structure`` is built at the *true* pixel size; ``relion_project --ctf`` images it
+    with the true Cs, defoci and pixel size. The user's STAR (``particles.star``) states the
+    nominal pixel size and Cs, with defoci and origins as a CTF fit at that pixel size would give
+    them (defocus * (p_nom/p_true)^2, origins * p_nom/p_true); the stack header states the nominal
+    pixel size. Half maps come from ``relion_reconstruct --ctf --subset 1|2`` of the user's STAR.
+    """
+    import numpy as np
+    import mrcfile
+    import starfile
+
+    from plugin.atomic_map import density_map
+    from plugin.example import optics_table, particle_table
+    from plugin.fsc import soft_spherical_mask
+    from plugin.images import write_map
+    from plugin.model import OpticsGroup
+    from plugin.simulate import random_particles
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    p_true = pixel_true_A or pixel_nominal_A
+    scale = pixel_nominal_A / p_true
+    rng = np.random.default_rng(seed)
+    write_map(d / "map_true.mrc", density_map(structure, box, p_true, b_factor_A2=b_factor_A2), p_true)
+    parts = random_particles(n, rng, max_origin_A=3.0)
+    truth = OpticsGroup(1, "opticsGroup1", voltage_kv, cs_true_mm, 0.1, p_true, box)
+    starfile.write({"optics": optics_table([truth]), "particles": particle_table(parts, "none.mrcs")},
+                   d / "truth.star", overwrite=True)
+    project("map_true.mrc", "truth.star", "proj", p_true, white_noise, cwd=d)
+    with mrcfile.open(d / "proj.mrcs", mode="r+") as mrc:
+        mrc.voxel_size = pixel_nominal_A
+    parts.defocus_u_A = parts.defocus_u_A * scale**2
+    parts.defocus_v_A = parts.defocus_v_A * scale**2
+    parts.origin_x_A = parts.origin_x_A * scale
+    parts.origin_y_A = parts.origin_y_A * scale
+    nominal = OpticsGroup(1, "opticsGroup1", voltage_kv, cs_nominal_mm, 0.1, pixel_nominal_A, box)
+    starfile.write({"optics": optics_table([nominal]), "particles": particle_table(parts, "proj.mrcs")},
+                   d / "particles.star", overwrite=True)
+    write_map(d / "mask.mrc", soft_spherical_mask(box, 0.42 * box - 6), pixel_nominal_A)
+    info = {"dir": d, "star": d / "particles.star", "mask": d / "mask.mrc",
+            "half1": d / "run_half1_class001_unfil.mrc", "half2": d / "run_half2_class001_unfil.mrc"}
+    if reconstruct:
+        for h in (1, 2):
+            reconstruct_half("particles.star", info[f"half{h}"].name, h, cwd=d)
+    return info
