@@ -6,6 +6,7 @@ Adapters call :func:`refine` with arrays and plain objects; it never touches pat
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -128,23 +129,40 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     n = positions.size
     done = 0
     t0 = time.monotonic()
-    for start in range(0, n, options.batch_size):
-        if should_abort is not None and should_abort():
-            raise AbortRequested("abort requested")
-        idx = np.arange(start, min(start + options.batch_size, n))
-        imgs = images.read(positions[idx])
-        batch = particles.subset(idx)
-        for half in (1, 2):
-            sel = np.flatnonzero(batch.half_set == half)
-            if sel.size:
-                backend.accumulate_batch(stats, cells[idx[sel]], imgs[sel], batch.subset(sel),
-                                         references[half], terms, band, group.pixel_size_A,
-                                         options.threads)
-        done += idx.size
-        rate = done / max(time.monotonic() - t0, 1e-9)
-        _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
-                       f"({rate:.0f} particles/s)")
+    starts = list(range(0, n, options.batch_size))
+    batch_index = [np.arange(s, min(s + options.batch_size, n)) for s in starts]
+    # Read the next batch from the (memory-mapped) stacks in a background thread while this one
+    # is computed; the backends release the GIL in their FFTs and kernels.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-read")
+    pending = reader.submit(images.read, positions[batch_index[0]]) if starts else None
+    try:
+        for b, idx in enumerate(batch_index):
+            if should_abort is not None and should_abort():
+                raise AbortRequested("abort requested")
+            imgs = pending.result()
+            if b + 1 < len(batch_index):
+                pending = reader.submit(images.read, positions[batch_index[b + 1]])
+            batch = particles.subset(idx)
+            _accumulate_one(stats, cells, idx, imgs, batch, references, terms, band, group,
+                            backend, options)
+            done += idx.size
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
+                           f"({rate:.0f} particles/s)")
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
     return stats
+
+
+def _accumulate_one(stats, cells, idx, imgs, batch, references, terms, band, group, backend,
+                    options):
+    """One batch through the backend, half set by half set."""
+    for half in (1, 2):
+        sel = np.flatnonzero(batch.half_set == half)
+        if sel.size:
+            backend.accumulate_batch(stats, cells[idx[sel]], imgs[sel], batch.subset(sel),
+                                     references[half], terms, band, group.pixel_size_A,
+                                     options.threads)
 
 
 def _curvature_sigma(fit: FitResult) -> tuple[float | None, float | None]:

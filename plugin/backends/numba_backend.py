@@ -23,8 +23,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+import scipy.fft
+
 from ..geometry import euler_zyz_to_matrix
-from .numpy_backend import band_transforms
 
 PIXEL_BLOCK = 64
 
@@ -243,6 +244,38 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
                                       defocus_factor, p0, p1, separable, shift_x, shift_y, col,
                                       row)
     return errors.sum()
+
+
+def centre_to_origin(images: np.ndarray) -> np.ndarray:
+    """``ifftshift`` over the last two axes (even box) with four block copies instead of
+    ``np.roll`` (same values, several times faster)."""
+    n, ny, nx = images.shape
+    hy, hx = ny // 2, nx // 2
+    out = np.empty(images.shape, dtype=images.dtype)
+    out[:, :ny - hy, :nx - hx] = images[:, hy:, hx:]
+    out[:, :ny - hy, nx - hx:] = images[:, hy:, :hx]
+    out[:, ny - hy:, :nx - hx] = images[:, :hy, hx:]
+    out[:, ny - hy:, nx - hx:] = images[:, :hy, :hx]
+    return out
+
+
+def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
+    """rfft2(ifftshift(images)) at the band pixels, (n, m) complex (complex64 for float32 input).
+
+    Same values as :func:`plugin.backends.numpy_backend.band_transforms` (bit for bit: pocketfft's
+    rfft2 is a real transform along x followed by complex transforms along y, done here the same
+    way), but the transforms along y are done only for the columns up to the band's largest kx.
+    """
+    images = np.asarray(images)
+    if images.dtype not in (np.float32, np.float64):
+        images = images.astype(np.float64)
+    box = band.box
+    col, row = grid_indices(band)
+    ncol = int(col.max()) + 1 if col.size else 1
+    half = scipy.fft.rfft(centre_to_origin(images), axis=-1, workers=threads)[:, :, :ncol]
+    ft = scipy.fft.fft(half, axis=-2, workers=threads, overwrite_x=True)
+    iy = (row - box // 2) % box  # numpy's row order (fftfreq)
+    return ft.reshape(images.shape[0], -1)[:, iy * ncol + col]
 
 
 def set_threads(threads: int) -> int:
