@@ -26,6 +26,9 @@ def add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="particles per batch (memory bound)")
     p.add_argument("--device", default="auto", help="cpu (default), cuda, or a backend: numpy, numba, cupy")
     p.add_argument("--seed", type=int, default=0, help="seed for the random subsets")
+    p.add_argument("--reference-half", choices=("opposite", "own"), default="opposite",
+                   help="predict each particle from the opposite half map (default, unbiased) "
+                        "or its own (as relion_ctf_refine 4.0+)")
 
 
 def options_from_args(args) -> RefineOptions:
@@ -40,7 +43,7 @@ def options_from_args(args) -> RefineOptions:
     return RefineOptions(k_min_A=args.kmin_A, k_max_A=args.kmax_A, subsets=args.subsets,
                          threads=args.j, batch_size=args.batch_size, device=args.device,
                          cs_search_mm=args.cs_search_mm, min_particles=args.min_particles,
-                         seed=args.seed)
+                         seed=args.seed, reference_half=args.reference_half)
 
 
 def build_parser() -> argparse.ArgumentParser:

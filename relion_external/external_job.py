@@ -4,7 +4,7 @@ RELION calls ``csrefine-relion --o External/jobNNN/ --in_parts P.star --in_3dref
 [--in_mask M.mrc] [--LABEL VALUE ...] --j N [--pipeline_control DIR]`` from the project directory.
 User parameters (the GUI's label/value pairs): ``kmin_A`` (20), ``kmax_A`` (FSC 0.143),
 ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5), ``min_particles``
-(100), ``device`` (cpu), ``batch_size``.
+(100), ``device`` (cpu), ``batch_size``, ``reference_half`` (opposite | own).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
@@ -29,7 +29,7 @@ from .refs import resolve_half_maps
 PARAMETERS = {
     "kmin_A": float, "kmax_A": float, "half1": str, "half2": str, "postprocess": str,
     "subsets": int, "cs_search_mm": float, "min_particles": int, "device": str, "batch_size": int,
-    "seed": int,
+    "seed": int, "reference_half": str,
 }
 OUTPUT_STAR = "particles_csrefine.star"
 
@@ -75,7 +75,8 @@ def options_from(args: dict) -> RefineOptions:
     opts = RefineOptions(threads=max(int(args.get("j", 1)), 1))
     for key, attr in (("kmin_A", "k_min_A"), ("kmax_A", "k_max_A"), ("subsets", "subsets"),
                       ("cs_search_mm", "cs_search_mm"), ("min_particles", "min_particles"),
-                      ("device", "device"), ("batch_size", "batch_size"), ("seed", "seed")):
+                      ("device", "device"), ("batch_size", "batch_size"), ("seed", "seed"),
+                      ("reference_half", "reference_half")):
         if key in args:
             setattr(opts, attr, args[key])
     if opts.k_min_A <= 0 or (opts.k_max_A is not None and opts.k_max_A <= 0):
