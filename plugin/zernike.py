@@ -40,24 +40,23 @@ def _indices(parity: int, count: int):
     return out[:count]
 
 
-def even_zernike_phase(coefficients, kx, ky):
-    """Sum of c_i * Z_i (even terms, RELION order) in radians; zero for no coefficients."""
+def _zernike_sum(coefficients, parity: int, kx, ky):
     coefficients = np.asarray(coefficients, dtype=np.float64).ravel()
     total = np.zeros(np.broadcast(kx, ky).shape)
-    for c, (n, m) in zip(coefficients, _indices(0, coefficients.size)):
+    for c, (n, m) in zip(coefficients, _indices(parity, coefficients.size)):
         if c != 0.0:
             total = total + c * zernike_nm(n, m, kx, ky)
     return total
+
+
+def even_zernike_phase(coefficients, kx, ky):
+    """Sum of c_i * Z_i (even terms, RELION order) in radians; zero for no coefficients."""
+    return _zernike_sum(coefficients, 0, kx, ky)
 
 
 def odd_zernike_phase(coefficients, kx, ky):
     """Sum of c_i * Z_i (odd terms, RELION order) in radians."""
-    coefficients = np.asarray(coefficients, dtype=np.float64).ravel()
-    total = np.zeros(np.broadcast(kx, ky).shape)
-    for c, (n, m) in zip(coefficients, _indices(1, coefficients.size)):
-        if c != 0.0:
-            total = total + c * zernike_nm(n, m, kx, ky)
-    return total
+    return _zernike_sum(coefficients, 1, kx, ky)
 
 
 def insert_beam_tilt(odd_coefficients, beam_tilt_x_mrad: float, beam_tilt_y_mrad: float,
