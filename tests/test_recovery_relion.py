@@ -36,7 +36,8 @@ def test_cs_is_recovered_from_relion_simulations(tmp_path, structure, cs_true, c
     info = simulate_dataset(tmp_path / "data", structure, n=N, cs_true_mm=cs_true,
                             cs_nominal_mm=cs_nominal, seed=int(cs_true * 10))
     res, g = _refine(info, tmp_path)
-    assert res.resolution_A < 2.9
+    # ~2.5 A with the right Cs; half maps reconstructed with a Cs 0.7 mm off reach ~2.9 A.
+    assert res.resolution_A < 2.6 if abs(cs_true - cs_nominal) < 0.5 else res.resolution_A < 3.0
     assert g["refined"]
     assert abs(g["cs_refined_mm"] - cs_true) < 0.02
     assert abs(g["cs_refined_mm"] - cs_true) < 4 * g["cs_sigma_mm"] + 0.005
