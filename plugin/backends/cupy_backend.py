@@ -7,7 +7,10 @@ driver with numpy standing in for CuPy (the test installs numpy as the ``cupy`` 
 ``xp=numpy``; the "array" kernel is then used): the FFT, band gather, per-particle tables, the
 element-wise formulation of the fused kernel and the one-hot reduction over cells, against the
 numpy reference backend. The CUDA source in ``_CUDA_SOURCE`` mirrors that element-wise
-formulation line by line (double precision, complex64 reference/transforms upcast on use).
+formulation line by line (double precision, complex64 reference/transforms upcast on use); a test
+compiles that source as C++ with g++ (a few lines stand in for the CUDA built-ins), runs it
+thread by thread on the CPU and checks its results against the reference too. Not checked here:
+NVRTC compilation, cuFFT, streams/pinned memory, and any speed.
 
 Driver per batch (all of one half set):
   1. images -> device (from a pinned host buffer on a dedicated stream), ``rfft2(ifftshift(.))``
@@ -131,6 +134,7 @@ def rows_array(xp, observed, ptab, pix, ref, radius: int, ref_scale: float,
 
 _CUDA_SOURCE = r"""
 #include <cupy/complex.cuh>
+#define CSREFINE_PI 3.141592653589793238462643383279502884
 extern "C" __global__
 void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restrict__ ptab,
                    const double* __restrict__ pix, const complex<float>* __restrict__ ref,
@@ -173,7 +177,7 @@ void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restr
         }
     }
     if (flip) si = -si;
-    const double arg = 2.0 * M_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8]) + pix[8 * m + p];
+    const double arg = 2.0 * CSREFINE_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8]) + pix[8 * m + p];
     double sa, ca;
     sincos(arg, &sa, &ca);
     const double pr = sr * ca - si * sa, pim = sr * sa + si * ca;
@@ -290,10 +294,24 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
         return
     xp = _cupy() if xp is None else xp
     use_raw = kernel == "raw" or (kernel == "auto" and xp is not np)
-    stream = None
-    if xp is not np:
-        stream = xp.cuda.Stream(non_blocking=True)
-        stream.use()
+    if xp is np:
+        _accumulate_on(xp, None, stats, cells, images, particles, reference, terms, band,
+                       pixel_size_A, threads, use_raw)
+        return
+    stream = _STREAMS.get("compute")
+    if stream is None:
+        stream = _STREAMS["compute"] = xp.cuda.Stream(non_blocking=True)
+    with stream:
+        _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms, band,
+                       pixel_size_A, threads, use_raw)
+        stream.synchronize()
+
+
+_STREAMS = {}
+
+
+def _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms, band,
+                   pixel_size_A, threads, use_raw):
     n_cells = stats.shape[0]
     ref = _CACHE.get(reference, ("ref", id(xp)), lambda: xp.asarray(reference.data))
     pix = _CACHE.get(terms, ("pix", id(xp), float(pixel_size_A)),
@@ -313,5 +331,3 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     cells_dev = xp.asarray(np.asarray(cells, dtype=np.int64))
     part = reduce_cells(xp, rows, cells_dev, n_cells)
     stats += part if xp is np else xp.asnumpy(part, stream=stream)
-    if stream is not None:
-        stream.synchronize()
