@@ -266,7 +266,7 @@ class _Calibrator:
                             centre_A=self.centre_A)
             ft = scipy.fft.rfftn(m.astype(np.float64)) * self.d_phase
             self._cache[key] = (ft, _whiten(self.grid, ft)[0])
-            if len(self._cache) > 64:
+            if len(self._cache) > 6:  # each entry is two complex box^3/2 arrays
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[key]
 
