@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from plugin.atomic_map import read_model
+from plugin.calibration_report import calibrate_refinement
 from plugin.cli import add_refine_options, options_from_args
 from plugin.errors import InputError
-from plugin.pipeline import refine, result_dict
-from plugin.report import figures, summary_table
+from plugin.pipeline import refine
+from plugin.report import figure_raw_data, figures, summary_table
 
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
 from .offline import read_half_maps
@@ -133,6 +135,8 @@ def refine_in_job(job, project, args, options) -> object:
     import matplotlib.pyplot as plt
 
     project_dir = Path(args.project_dir) if args.project_dir else Path(str(project.dir))
+    model = getattr(args, "model", None)
+    structure = read_model(model) if model else None
     particles = job.load_input("particles", PARTICLE_SLOTS)
     volume = job.load_input("volume", VOLUME_SLOTS)
     log = JobLog(job)
@@ -155,7 +159,13 @@ def refine_in_job(job, project, args, options) -> object:
             f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
     refinement = refine(groups, parts, images, half_maps, mask, map_px or None, options, log)
     log(summary_table(refinement))
-    for (title, fig), raw in zip(figures(refinement), _raw_data(refinement)):
+    plots = list(zip(figures(refinement), (json.dumps(r) for r in figure_raw_data(refinement))))
+    if structure is not None:
+        px = next(iter(groups.values())).pixel_size_A
+        calibration = calibrate_refinement(refinement, half_maps, mask, px, structure)
+        log("\n".join(calibration.lines))
+        plots += [(f, json.dumps(calibration.json, default=float)) for f in calibration.figures]
+    for (title, fig), raw in plots:
         try:
             job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw, raw_data_format="json")
         finally:
@@ -173,14 +183,6 @@ def refine_in_job(job, project, args, options) -> object:
     log(f"saved particles with refined Cs for {len(refined)} of {len(refinement.groups)} "
         f"exposure group(s)")
     return refinement
-
-
-def _raw_data(refinement):
-    yield json.dumps({"fsc": [float(v) for v in refinement.fsc],
-                      "resolution_A": refinement.resolution_A, "band_A": refinement.band_A})
-    for g in refinement.groups:
-        if g.curves:
-            yield json.dumps({**result_dict(g), "curves": g.curves}, default=float)
 
 
 def run_job(cs, args, options):

@@ -16,6 +16,8 @@ import numpy as np
 
 from plugin.errors import AbortRequested, InputError
 from plugin.images import read_map
+from plugin.atomic_map import read_model
+from plugin.calibration_report import calibrate_refinement, merge_into_groups
 from plugin.pipeline import RefineOptions, Refinement, refine
 from plugin.report import report_dict, summary_table, write_json, write_pdf
 
@@ -90,6 +92,8 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
     project_dir = Path(args.project_dir) if getattr(args, "project_dir", None) else Path(".")
     if not project_dir.is_dir():
         raise InputError(f"{project_dir}: project directory does not exist")
+    model = getattr(args, "model", None)
+    structure = read_model(model) if model else None
     dset = load_dataset(args.particles)
     inputs = load_inputs(dset, project_dir, args.half_maps[0], args.half_maps[1],
                          getattr(args, "mask", None), what=str(args.particles))
@@ -101,11 +105,22 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
     refinement.timings_s["wall"] = time.monotonic() - t0
     note = {"particles": str(args.particles), "project_dir": str(project_dir),
             "half_maps": [str(h) for h in args.half_maps],
-            "mask": str(args.mask) if getattr(args, "mask", None) else None}
+            "mask": str(args.mask) if getattr(args, "mask", None) else None,
+            "model": str(model) if model else None}
+    report = report_dict(refinement, note)
+    calibration = None
+    if structure is not None:
+        px = next(iter(inputs.groups.values())).pixel_size_A
+        calibration = calibrate_refinement(refinement, inputs.half_maps, inputs.mask, px, structure)
+        report = merge_into_groups(report, calibration.json)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_dataset_atomic(out_dset, out / "particles.cs")
-    write_json(out / "csrefine.json", report_dict(refinement, note))
-    write_pdf(out / "logfile.pdf", refinement)
+    write_json(out / "csrefine.json", report)
+    write_pdf(out / "logfile.pdf", refinement,
+              extra_figures=calibration.figures if calibration else (),
+              extra_lines=calibration.lines if calibration else ())
+    if calibration is not None:
+        progress("\n".join(calibration.lines))
     progress(summary_table(refinement))
     return refinement

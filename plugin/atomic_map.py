@@ -13,13 +13,9 @@ def structure_centre_A(structure) -> np.ndarray:
     return pos.mean(axis=0)
 
 
-def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float = 20.0,
-                centre_A=None, blur_A2: float = 0.0) -> np.ndarray:
-    """Electron-scattering map of a gemmi Structure, shape (box, box, box) indexed [z, y, x].
-
-    The structure point ``centre_A`` (default: its mean atom position) lands on voxel box//2 in
-    each axis. Every atom gets the uniform ``b_factor_A2``. The model is not modified.
-    """
+def docked_structure(structure, box: int, pixel_size_A: float, centre_A=None):
+    """A copy of ``structure`` translated so that ``centre_A`` (default: its mean atom position)
+    sits at voxel box//2 of a map whose voxel 0 is at 0 A: the model docked in that map."""
     import gemmi
 
     st = structure.clone()
@@ -33,6 +29,24 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
                 for atom in residue:
                     atom.pos = gemmi.Position(atom.pos.x + shift[0], atom.pos.y + shift[1],
                                               atom.pos.z + shift[2])
+    return st
+
+
+def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float = 20.0,
+                centre_A=None, blur_A2: float = 0.0) -> np.ndarray:
+    """Electron-scattering map of a gemmi Structure, shape (box, box, box) indexed [z, y, x].
+
+    The structure point ``centre_A`` (default: its mean atom position) lands on voxel box//2 in
+    each axis (see :func:`docked_structure`). Every atom gets the uniform ``b_factor_A2``. The
+    model is not modified.
+    """
+    import gemmi
+
+    st = docked_structure(structure, box, pixel_size_A, centre_A)
+    for model in st:
+        for chain in model:
+            for residue in chain:
+                for atom in residue:
                     atom.b_iso = b_factor_A2
     length = box * pixel_size_A
     st.cell = gemmi.UnitCell(length, length, length, 90, 90, 90)
@@ -48,3 +62,23 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
     calc.grid.symmetrize_sum()
     # gemmi's grid is indexed [x, y, z]; RELION/MRC volumes are [z, y, x].
     return np.ascontiguousarray(np.array(calc.grid, copy=True).transpose(2, 1, 0), dtype=np.float32)
+
+
+def read_model(path):
+    """Read an atomic model (mmCIF or PDB, optionally gzipped) with gemmi; InputError if unusable."""
+    from pathlib import Path
+
+    import gemmi
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: atomic model not found")
+    try:
+        structure = gemmi.read_structure(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable mmCIF/PDB model ({exc})") from exc
+    if len(structure) == 0 or structure[0].count_atom_sites() == 0:
+        raise InputError(f"{path}: the model has no atoms")
+    return structure

@@ -26,6 +26,9 @@ def add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="particles per batch (memory bound)")
     p.add_argument("--device", default="auto", help="cpu (default), cuda, or a backend: numpy, numba, cupy")
     p.add_argument("--seed", type=int, default=0, help="seed for the random subsets")
+    p.add_argument("--model", default=None,
+                   help="atomic model (mmCIF/PDB) docked in the map: calibrate the pixel size "
+                        "against it and say whether the Cs departure is pixel size or Cs")
     p.add_argument("--reference-half", choices=("opposite", "own"), default="opposite",
                    help="predict each particle from the opposite half map (default, unbiased) "
                         "or its own (as relion_ctf_refine 4.0+)")
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             run(args.particles, args.half_maps[0], args.half_maps[1], out, mask=args.mask,
-                options=options, progress=lambda s: print(s, flush=True))
+                options=options, progress=lambda s: print(s, flush=True), model=args.model)
     except (InputError, AbortRequested) as exc:
         print(f"csrefine: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@
   Refine3D/job002/run_data.star     particle STAR (optics + particles tables) stating the
                                     *nominal* Cs, while the images were made with the true Cs
   Refine3D/job002/run_class001.mrc and run_half{1,2}_class001_unfil.mrc, MaskCreate/job003/mask.mrc
+  Refine3D/job002/model_docked.cif  the atomic model docked in the map (when a model was used)
 The map comes from the atomic model in ../shared/data when present, else from a pseudo-atomic
 model generated here (random atoms in a compact blob) so the example works anywhere.
 """
@@ -83,7 +84,7 @@ def optics_table(groups: list[OpticsGroup]) -> pd.DataFrame:
 
 
 def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_nominal_mm=2.7,
-                 box=64, pixel_size_A=1.6, noise_sigma=1.0, half_map_noise=0.002, seed=0,
+                 box=88, pixel_size_A=1.6, noise_sigma=1.0, half_map_noise=0.002, seed=0,
                  model_path: Path | None = None, voltage_kv=300.0) -> dict:
     """Write the example project under ``root``; returns its paths and the truth."""
     root = Path(root)
@@ -110,7 +111,15 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
         write_map(root / f"Refine3D/job002/run_half{h}_class001_unfil.mrc", noisy, pixel_size_A)
     write_map(root / "Refine3D/job002/run_class001.mrc", vol, pixel_size_A)
     write_map(root / "MaskCreate/job003/mask.mrc", soft_spherical_mask(box, 0.4 * box - 4), pixel_size_A)
-    return {"root": root, "star": star, "map": root / "Refine3D/job002/run_class001.mrc",
+    model_out = None
+    if model_path is not None and Path(model_path).is_file():
+        import gemmi
+
+        from .atomic_map import docked_structure
+        model_out = root / "Refine3D/job002/model_docked.cif"
+        docked = docked_structure(gemmi.read_structure(str(model_path)), box, pixel_size_A)
+        docked.make_mmcif_document().write_file(str(model_out))
+    return {"model": model_out,"root": root, "star": star, "map": root / "Refine3D/job002/run_class001.mrc",
             "half1": root / "Refine3D/job002/run_half1_class001_unfil.mrc",
             "half2": root / "Refine3D/job002/run_half2_class001_unfil.mrc",
             "mask": root / "MaskCreate/job003/mask.mrc", "cs_true_mm": list(cs_true_mm),

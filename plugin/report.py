@@ -113,16 +113,18 @@ def interpretation_text(refinement: Refinement) -> str:
     return "\n".join(line for g in refinement.groups for line in interpretation(g))
 
 
-def figures(refinement: Refinement):
-    """Matplotlib figures: FSC with the band, and per group the likelihood along Cs and the
-    measured vs fitted phase change. Returns a list of (title, figure)."""
+def figures(refinement: Refinement, extra_lines=()):
+    """Matplotlib figures: a summary page, FSC with the band, and per group the likelihood along
+    Cs and the measured vs fitted phase change. Returns a list of (title, figure), in the order of
+    :func:`figure_raw_data`."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     figs = []
-    fig = plt.figure(figsize=(11, 4 + 0.9 * len(refinement.groups)))
-    fig.text(0.02, 0.98, "csrefine: Cs per optics group\n\n" + interpretation_text(refinement),
+    fig = plt.figure(figsize=(11, 4 + 0.9 * len(refinement.groups) + 0.3 * len(extra_lines)))
+    text = "\n".join([interpretation_text(refinement), *extra_lines])
+    fig.text(0.02, 0.98, "csrefine: Cs per optics group\n\n" + text,
              va="top", ha="left", family="monospace", fontsize=8, wrap=True)
     figs.append(("Summary", fig))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -163,7 +165,16 @@ def figures(refinement: Refinement):
     return figs
 
 
-def write_pdf(path, refinement: Refinement, extra_figures=()) -> None:
+def figure_raw_data(refinement: Refinement) -> list[dict]:
+    """The data behind each figure of :func:`figures` (same order), JSON-ready."""
+    out = [report_dict(refinement)]
+    out.append(_clean({"fsc": [float(v) for v in refinement.fsc],
+                       "resolution_A": refinement.resolution_A, "band_A": refinement.band_A}))
+    out += [_clean({**result_dict(g), "curves": g.curves}) for g in refinement.groups if g.curves]
+    return out
+
+
+def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) -> None:
     """All figures into one PDF (RELION's logfile.pdf), written atomically."""
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -172,7 +183,7 @@ def write_pdf(path, refinement: Refinement, extra_figures=()) -> None:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    figs = figures(refinement) + list(extra_figures)
+    figs = figures(refinement, extra_lines) + list(extra_figures)
     try:
         with PdfPages(tmp) as pdf:
             for _, fig in figs:

@@ -4,7 +4,8 @@ RELION calls ``csrefine-relion --o External/jobNNN/ --in_parts P.star --in_3dref
 [--in_mask M.mrc] [--LABEL VALUE ...] --j N [--pipeline_control DIR]`` from the project directory.
 User parameters (the GUI's label/value pairs): ``kmin_A`` (20), ``kmax_A`` (FSC 0.143),
 ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5), ``min_particles``
-(100), ``device`` (cpu), ``batch_size``, ``reference_half`` (opposite | own).
+(100), ``device`` (cpu), ``batch_size``, ``reference_half`` (opposite | own), ``model`` (an atomic
+model docked in the map: calibrates the pixel size).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
@@ -29,7 +30,7 @@ from .refs import resolve_half_maps
 PARAMETERS = {
     "kmin_A": float, "kmax_A": float, "half1": str, "half2": str, "postprocess": str,
     "subsets": int, "cs_search_mm": float, "min_particles": int, "device": str, "batch_size": int,
-    "seed": int, "reference_half": str,
+    "seed": int, "reference_half": str, "model": str,
 }
 OUTPUT_STAR = "particles_csrefine.star"
 
@@ -102,7 +103,7 @@ def run_job(args: dict) -> None:
           f"mask {mask or '(soft sphere)'}", flush=True)
     run(args["in_parts"], half1, half2, out_dir, mask=mask, options=options,
         out_star_name=OUTPUT_STAR, progress=lambda s: print(s, flush=True),
-        should_abort=abort_file.exists)
+        should_abort=abort_file.exists, model=args.get("model"))
     write_output_nodes(out_dir, [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")])
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plugin.atomic_map import read_model
+from plugin.calibration_report import calibrate_refinement, merge_into_groups
 from plugin.errors import InputError
 from plugin.images import StackReader, read_map
 from plugin.pipeline import RefineOptions, Refinement, refine
@@ -99,9 +101,13 @@ def refined_values(star: ParticleStar, refinement: Refinement):
 
 def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions | None = None,
         out_star_name="particles.star", base_dir=".", progress=None, should_abort=None,
-        inputs_note: dict | None = None) -> Refinement:
-    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``."""
+        inputs_note: dict | None = None, model=None) -> Refinement:
+    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``.
+
+    ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
+    """
     t0 = time.monotonic()
+    structure = read_model(model) if model else None
     inputs = load_inputs(particles, half1, half2, mask, base_dir)
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -114,12 +120,24 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
         from plugin.errors import AbortRequested
         raise AbortRequested("abort requested")
     note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
-            "mask": str(mask) if mask else None, **(inputs_note or {})}
+            "mask": str(mask) if mask else None, "model": str(model) if model else None,
+            **(inputs_note or {})}
+    calibration = None
+    if structure is not None:
+        px = next(iter(inputs.star.groups.values())).pixel_size_A
+        calibration = calibrate_refinement(refinement, inputs.half_maps, inputs.mask, px, structure)
     refinement.timings_s["wall"] = time.monotonic() - t0
+    report = report_dict(refinement, note)
+    if calibration is not None:
+        report = merge_into_groups(report, calibration.json)
     write_star_atomic(blocks, out_dir / out_star_name)
-    write_json(out_dir / "csrefine.json", report_dict(refinement, note))
-    write_pdf(out_dir / "logfile.pdf", refinement)
+    write_json(out_dir / "csrefine.json", report)
+    write_pdf(out_dir / "logfile.pdf", refinement,
+              extra_figures=calibration.figures if calibration else (),
+              extra_lines=calibration.lines if calibration else ())
     if progress is not None:
         progress(interpretation_text(refinement))
+        if calibration is not None:
+            progress("\n".join(calibration.lines))
         progress(summary_table(refinement))
     return refinement
