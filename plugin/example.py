@@ -6,8 +6,8 @@
                                     *nominal* Cs, while the images were made with the true Cs
   Refine3D/job002/run_class001.mrc and run_half{1,2}_class001_unfil.mrc, MaskCreate/job003/mask.mrc
   Refine3D/job002/model_docked.cif  the atomic model docked in the map (when a model was used)
-The map comes from the atomic model in ../shared/data when present, else from a pseudo-atomic
-model generated here (random atoms in a compact blob) so the example works anywhere.
+The map comes from the atomic model shipped with the package (PDB entry 1BD2, public-domain PDB
+data, ``plugin/data/1BD2.cif.gz``), or from a pseudo-atomic model generated here if it is absent.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import pandas as pd
 import starfile
 
 from .fsc import soft_spherical_mask
+
+PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "1BD2.cif.gz"
 from .images import write_map, write_stack
 from .model import OpticsGroup, Particles
 from .simulate import random_particles, simulate_images
@@ -131,8 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("directory")
     parser.add_argument("--model", default=None, help="atomic model to build the map from")
     args = parser.parse_args(argv)
-    default_model = Path(__file__).resolve().parents[2] / "shared/data/1BD2.cif.gz"
-    default_model = default_model if default_model.is_file() else None
+    default_model = PACKAGED_MODEL if PACKAGED_MODEL.is_file() else None
     info = make_example(args.directory, model_path=Path(args.model) if args.model else default_model)
     print(f"example project in {info['root']}: true Cs per optics group {info['cs_true_mm']} mm, "
           f"nominal 2.7 mm in {Path(info['star']).relative_to(info['root'])}")
