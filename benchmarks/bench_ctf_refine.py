@@ -156,6 +156,7 @@ def timed(cmd: list, cwd: Path, env=None, log_path: Path | None = None) -> dict:
     time_bin = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
     full = ([time_bin, "-v"] if time_bin else []) + [str(c) for c in cmd]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     proc = subprocess.run(full, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -172,7 +173,8 @@ def timed(cmd: list, cwd: Path, env=None, log_path: Path | None = None) -> dict:
     elif after.ru_maxrss > before.ru_maxrss:
         rss = after.ru_maxrss / 1024
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "peak_rss_mib": rss, "cpu_s": cpu, "output": text}
+    return {"wall_s": wall, "peak_rss_mib": rss, "cpu_s": cpu, "output": text,
+            "load_1min": [load_before, os.getloadavg()[0]]}
 
 
 def relion_cs(star_path: Path, cs_nominal: float, voltage: float) -> float:
@@ -286,13 +288,16 @@ def main(argv=None) -> int:
           f"{args.cs_true} mm, nominal {args.cs_nominal} mm, --j {args.j}, "
           f"{os.cpu_count()} CPUs")
     head = f"{'program':<18} {'set':<12} {'rows':>8} {'wall s':>8} {'particles/s':>12} " \
-           f"{'peak MiB':>9} {'Cs mm':>8}"
+           f"{'peak MiB':>9} {'Cs mm':>8} {'CPU s':>7} {'load':>9}"
     print(head)
     print("-" * len(head))
     for r in runs:
         rss = f"{r['peak_rss_mib']:.0f}" if r["peak_rss_mib"] else "-"
         print(f"{r['program']:<18} {r['set']:<12} {r['rows']:>8} {r['wall_s']:>8.2f} "
-              f"{r['rows'] / r['wall_s']:>12.0f} {rss:>9} {r['cs_mm']:>8.4f}")
+              f"{r['rows'] / r['wall_s']:>12.0f} {rss:>9} {r['cs_mm']:>8.4f} {r['cpu_s']:>7.1f} "
+              f"{r['load_1min'][0]:>4.1f}-{r['load_1min'][1]:<4.1f}")
+    print("(load: 1-minute load average before and after the run; other work on the machine "
+          "slows both programs)")
     by = {}
     for r in runs:
         by.setdefault((r["program"], r["set"]), []).append(r["wall_s"])
