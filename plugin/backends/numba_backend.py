@@ -150,57 +150,15 @@ def shift_tables(particles, lin: np.ndarray, band, pixel_size_A: float):
     return shift_x, shift_y
 
 
-@njit(fastmath=False, cache=True, nogil=True, inline="always")
-def _slice_value(ref, r, ref_scale, a00, a01, a02, a10, a11, a12, kxp, kyp):
-    """Trilinear central-slice sample at scale * A^T (kx, ky, 0), Friedel-flipped for x < 0.
-    Returns (real, imag, ok)."""
-    x = (a00 * kxp + a10 * kyp) * ref_scale
-    y = (a01 * kxp + a11 * kyp) * ref_scale
-    z = (a02 * kxp + a12 * kyp) * ref_scale
-    flip = x < 0
-    if flip:
-        x = -x
-        y = -y
-        z = -z
-    if x > r or abs(y) > r - 1 or abs(z) > r - 1:
-        return 0.0, 0.0, False
-    y = y + r
-    z = z + r
-    x0 = int(np.floor(x))
-    y0 = int(np.floor(y))
-    z0 = int(np.floor(z))
-    fx = x - x0
-    fy = y - y0
-    fz = z - z0
-    gx = 1.0 - fx
-    sr = 0.0
-    si = 0.0
-    for dz in range(2):
-        wz = fz if dz else 1.0 - fz
-        for dy in range(2):
-            wy = fy if dy else 1.0 - fy
-            wzy = wz * wy
-            v0 = ref[z0 + dz, y0 + dy, x0]
-            v1 = ref[z0 + dz, y0 + dy, x0 + 1]
-            w0 = wzy * gx
-            w1 = wzy * fx
-            sr += w0 * np.float64(v0.real)
-            si += w0 * np.float64(v0.imag)
-            sr += w1 * np.float64(v1.real)
-            si += w1 * np.float64(v1.imag)
-    if flip:
-        si = -si
-    return sr, si, True
-
-
 @njit(fastmath=False, cache=True, nogil=True)
 def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
                       p0, p1, separable, shift_x, shift_y, col, row, qtab, cont, half_box):
     """Pixels p0:p1 of one batch (serial); returns (number of out-of-range samples, touch sum).
 
-    Per particle, a first tight loop gathers the block's slice values (memory bound: the eight
-    taps of a sample miss the cache, so the loop is kept free of calls to let the CPU overlap
-    the loads of successive pixels), a second applies shift, CTF and sums (compute bound)."""
+    Per particle: a touch loop computes the sampling coordinates (scale * A^T (kx, ky, 0),
+    Friedel-flipped for x < 0; trilinear cell and weights) and reads one value of each cache
+    line the sample needs; a gather loop interpolates (memory bound); a third loop applies shift,
+    CTF and sums (compute bound)."""
     n = observed.shape[0]
     n_cells = stats.shape[0]
     two_pi = 2.0 * np.pi
@@ -208,6 +166,13 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
     width = p1 - p0
     acc = np.zeros((n_cells, 6, width), dtype=np.float64)
     touch = np.zeros(1)  # keeps the touch loads alive
+    ix = np.empty(width, dtype=np.int64)
+    iy = np.empty(width, dtype=np.int64)
+    iz = np.empty(width, dtype=np.int64)
+    wx = np.empty(width, dtype=np.float64)
+    wy_ = np.empty(width, dtype=np.float64)
+    wz_ = np.empty(width, dtype=np.float64)
+    flips = np.empty(width, dtype=np.bool_)
     buf_r = np.empty(width, dtype=np.float64)
     buf_i = np.empty(width, dtype=np.float64)
     bad = 0
@@ -229,22 +194,59 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
             x = (a00 * kxp + a10 * kyp) * ref_scale
             y = (a01 * kxp + a11 * kyp) * ref_scale
             z = (a02 * kxp + a12 * kyp) * ref_scale
-            if x < 0:
+            fl = x < 0
+            if fl:
                 x = -x
                 y = -y
                 z = -z
             if x <= r and abs(y) <= r - 1 and abs(z) <= r - 1:
+                y = y + r
+                z = z + r
                 x0 = int(x)
-                y0 = int(y + r)
-                z0 = int(z + r)
+                y0 = int(y)
+                z0 = int(z)
+                ix[q] = x0
+                iy[q] = y0
+                iz[q] = z0
+                wx[q] = x - x0
+                wy_[q] = y - y0
+                wz_[q] = z - z0
+                flips[q] = fl
                 tsum += (ref[z0, y0, x0].real + ref[z0, y0 + 1, x0].real
                          + ref[z0 + 1, y0, x0].real + ref[z0 + 1, y0 + 1, x0].real)
+            else:
+                ix[q] = -1
         touch[0] += tsum
         for q in range(width):
-            sr, si, ok = _slice_value(ref, r, ref_scale, a00, a01, a02, a10, a11, a12,
-                                      pix[0, p0 + q], pix[1, p0 + q])
-            if not ok:
+            x0 = ix[q]
+            if x0 < 0:
                 bad += 1
+                buf_r[q] = 0.0
+                buf_i[q] = 0.0
+                continue
+            y0 = iy[q]
+            z0 = iz[q]
+            fx = wx[q]
+            fy = wy_[q]
+            fz = wz_[q]
+            gx = 1.0 - fx
+            sr = 0.0
+            si = 0.0
+            for dz in range(2):
+                wz = fz if dz else 1.0 - fz
+                for dy in range(2):
+                    wy = fy if dy else 1.0 - fy
+                    wzy = wz * wy
+                    v0 = ref[z0 + dz, y0 + dy, x0]
+                    v1 = ref[z0 + dz, y0 + dy, x0 + 1]
+                    w0 = wzy * gx
+                    w1 = wzy * fx
+                    sr += w0 * np.float64(v0.real)
+                    si += w0 * np.float64(v0.imag)
+                    sr += w1 * np.float64(v1.real)
+                    si += w1 * np.float64(v1.imag)
+            if flips[q]:
+                si = -si
             buf_r[q] = sr
             buf_i[q] = si
         mean = ptab[i, 0]
