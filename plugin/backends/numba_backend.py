@@ -34,6 +34,8 @@ so that the misses overlap, before the interpolation proper.
 
 from __future__ import annotations
 
+import weakref
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -397,6 +399,27 @@ def set_threads(threads: int) -> int:
     return t
 
 
+_PIXEL_INPUTS = {}
+
+
+def _pixel_inputs(terms, band, pixel_size_A: float):
+    """Per-pixel kernel inputs of (terms, band), computed once per group and cached while
+    ``terms`` lives: (pixel table, linear frequency map or None, column, row, continuation)."""
+    key = (id(terms), id(band), float(pixel_size_A))
+    hit = _PIXEL_INPUTS.get(key)
+    if hit is not None and hit[0]() is terms and hit[1]() is band:
+        return hit[2]
+    col, row = grid_indices(band)
+    value = (pixel_table(terms, pixel_size_A), linear_frequency_map(terms, band), col, row,
+             row_continuation(band))
+    try:
+        _PIXEL_INPUTS[key] = (weakref.ref(terms), weakref.ref(band), value)
+        weakref.finalize(terms, _PIXEL_INPUTS.pop, key, None)
+    except TypeError:  # not weak-referenceable: no caching
+        pass
+    return value
+
+
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
                      threads: int = 1) -> None:
     """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
@@ -409,8 +432,7 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     observed = np.ascontiguousarray(band_transforms(images, band, threads))
     if observed.dtype not in (np.complex64, np.complex128):
         observed = observed.astype(np.complex128)
-    lin = linear_frequency_map(terms, band)
-    col, row = grid_indices(band)
+    pix, lin, col, row, cont = _pixel_inputs(terms, band, pixel_size_A)
     if lin is not None:
         shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
         qtab = defocus_tables(particles, lin, band, pixel_size_A, float(terms.defocus_factor))
@@ -418,11 +440,10 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
         shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
         qtab = np.zeros((1, 7))
     bad, _ = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64), observed,
-                             particle_table(particles), pixel_table(terms, pixel_size_A),
+                             particle_table(particles), pix,
                              reference.data, int(reference.radius), float(reference.scale),
                              float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
-                             shift_x, shift_y, col, row, qtab, row_continuation(band),
-                             band.box // 2)
+                             shift_x, shift_y, col, row, qtab, cont, band.box // 2)
     if bad:
         raise ValueError("sampling beyond the cropped reference; increase k_max_px")
 
