@@ -178,3 +178,18 @@ def test_abort_stops_and_leaves_no_outputs(example_project):
     assert not (out / "RELION_JOB_ABORT_NOW").exists()
     for name in ("particles_csrefine.star", "csrefine.json", "logfile.pdf", "RELION_JOB_EXIT_SUCCESS"):
         assert not (out / name).exists()
+
+
+def test_group_without_signal_keeps_nominal_cs_and_others_proceed(example_project):
+    """A group whose images carry no usable high-resolution signal (here: pure noise) is marked
+    not refined, keeps its nominal Cs, and the other group is refined."""
+    path = Path("Extract/job001/particles.mrcs")
+    with mrcfile.open(path, mode="r+") as m:
+        m.data[600:] = np.random.default_rng(0).normal(0, 1, m.data[600:].shape).astype(np.float32)
+    assert main(_args(example_project)) == 0
+    g1, g2 = json.loads(Path(JOB, "csrefine.json").read_text())["groups"]
+    assert g1["refined"] and abs(g1["cs_refined_mm"] - 3.0) < 0.05
+    assert not g2["refined"] and "too uncertain" in g2["reason"]
+    assert g2["cs_refined_mm"] == 2.7 and g2["defocus_offset_A"] == 0.0
+    star = starfile.read(Path(JOB, "particles_csrefine.star"), always_dict=True)
+    assert star["optics"]["rlnSphericalAberration"].tolist() == [pytest.approx(g1["cs_refined_mm"], abs=1e-6), 2.7]
