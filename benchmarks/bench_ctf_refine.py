@@ -14,7 +14,8 @@ Runs, one after the other, with the same thread count, each as a subprocess unde
   * ``relion_ctf_refine --i parts.star --f postprocess.star --o CtfRefine/ --fit_aberr --j T``;
     its Cs is nominal + 6 c / ((pi/2) lambda^3 1e7) with c the rlnEvenZernike Z4^0 coefficient
     (index 6);
-  * ``python -m plugin.cli refine --particles parts.star --half-maps H1 H2 --mask M --out DIR --j T``
+  * ``python -m plugin.cli refine --particles parts.star --half-maps H1 H2 --mask M --out DIR
+    --j T``
     (csrefine's command line, including its JSON/STAR/PDF outputs), Cs from csrefine.json.
 
 Examples:
@@ -266,7 +267,8 @@ def main(argv=None) -> int:
     runs = []
     sets = [("n%d" % args.n, paths["star"], args.n, True)]
     if args.metadata_only_scale:
-        sets.append((f"rows{args.metadata_only_scale}", scaled_star(paths, args.metadata_only_scale),
+        sets.append((f"rows{args.metadata_only_scale}",
+                     scaled_star(paths, args.metadata_only_scale),
                      args.metadata_only_scale, args.relion_on_scaled))
     if not args.skip_csrefine:
         warm_up(args.device)

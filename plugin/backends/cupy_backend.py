@@ -177,7 +177,8 @@ void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restr
         }
     }
     if (flip) si = -si;
-    const double arg = 2.0 * CSREFINE_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8]) + pix[8 * m + p];
+    const double arg = 2.0 * CSREFINE_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8])
+                       + pix[8 * m + p];
     double sa, ca;
     sincos(arg, &sa, &ca);
     const double pr = sr * ca - si * sa, pim = sr * sa + si * ca;
@@ -270,15 +271,16 @@ def reduce_cells(xp, rows, cells, n_cells: int):
 
 
 def _to_device(xp, array, stream=None):
+    """(device array, staging buffer): an asynchronous copy on ``stream`` from pinned host
+    memory; the caller keeps the staging buffer alive until the stream is synchronised."""
     if xp is np:
-        return np.asarray(array)
-    # Pinned staging buffer + asynchronous copy on ``stream``.
+        return np.asarray(array), None
     pinned = xp.cuda.alloc_pinned_memory(array.nbytes)
     host = np.frombuffer(pinned, array.dtype, array.size).reshape(array.shape)
     host[...] = array
     out = xp.empty(array.shape, dtype=array.dtype)
     out.set(host, stream=stream)
-    return out
+    return out, pinned
 
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
@@ -288,7 +290,8 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
     ``xp``: the array module (default CuPy; numpy for the CPU stand-in used in tests);
     ``kernel``: "raw" (CUDA RawKernel), "array" (element-wise xp operations) or "auto" (raw
-    with CuPy, array otherwise). ``threads``: FFT workers of the CPU stand-in (unused on the device).
+    with CuPy, array otherwise). ``threads``: FFT workers of the CPU stand-in (unused on the
+    device).
     """
     if len(particles) == 0:
         return
@@ -317,7 +320,7 @@ def _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms
     pix = _CACHE.get(terms, ("pix", id(xp), float(pixel_size_A)),
                      lambda: xp.asarray(_pixel_table(terms, pixel_size_A)))
     flat = _CACHE.get(band, ("flat", id(xp)), lambda: xp.asarray(band.flat_index))
-    imgs = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
+    imgs, staging = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
     observed = band_transforms_xp(xp, imgs, flat, threads)
     ptab = xp.asarray(_particle_table(particles))
     if use_raw:
@@ -330,4 +333,5 @@ def _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms
         raise ValueError("sampling beyond the cropped reference; increase k_max_px")
     cells_dev = xp.asarray(np.asarray(cells, dtype=np.int64))
     part = reduce_cells(xp, rows, cells_dev, n_cells)
-    stats += part if xp is np else xp.asnumpy(part, stream=stream)
+    stats += part if xp is np else xp.asnumpy(part, stream=stream)  # blocking copy
+    del staging

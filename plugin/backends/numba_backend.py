@@ -8,9 +8,8 @@ rounding.
 
 Work split: ``prange`` over blocks of band pixels, so each thread owns disjoint columns of
 ``stats`` (no write races, no atomics). Inside a block the loop runs particle by particle and then
-over the block's pixels, which are neighbours on one rfft2 row: the eight trilinear taps of
-consecutive pixels hit neighbouring voxels of the reference (cache friendly), and the per-block
-sums live in a small private array that is added to ``stats`` once per batch.
+over the block's pixels (consecutive pixels of the band, mostly along one rfft2 row); the
+per-block sums live in a small private array that is added to ``stats`` once per batch.
 
 Per-particle quantities (rotation rows, mean / half-difference defocus, cos/sin of twice the
 astigmatism angle, phase shift in radians, -B/4, scale, origins) are precomputed with numpy;
@@ -38,9 +37,8 @@ import weakref
 
 import numba
 import numpy as np
-from numba import njit, prange
-
 import scipy.fft
+from numba import njit, prange
 
 from ..geometry import euler_zyz_to_matrix
 
@@ -353,9 +351,9 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
     for b in prange(n_blocks):
         p0 = b * block
         p1 = min(p0 + block, m)
-        errors[b], sinks[b] = _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
-                                      defocus_factor, p0, p1, separable, shift_x, shift_y, col,
-                                      row, qtab, cont, half_box)
+        errors[b], sinks[b] = _accumulate_block(
+            stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor, p0, p1,
+            separable, shift_x, shift_y, col, row, qtab, cont, half_box)
     # the touch sums are returned only so that the compiler keeps the touch loads
     return errors.sum(), sinks.sum()
 
