@@ -294,8 +294,6 @@ def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: floa
     """
     from cryosparc.dataset import Dataset
 
-    from relion_external.run import split_image_name
-
     groups, p = star.groups, star.particles
     for g in groups.values():
         if (np.any(g.even_zernike != 0) or np.any(g.odd_zernike != 0) or g.beam_tilt_x_mrad
@@ -307,15 +305,15 @@ def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: floa
     if uids is not None:
         dset["uid"] = np.asarray(uids, dtype=np.uint64)
     project_dir = Path(project_dir).resolve()
-    idx = np.empty(n, dtype=np.int64)
-    paths = []
-    for i, name in enumerate(star.image_names):
-        idx[i], stack = split_image_name(name, str(star.path))
+    idx = star.image_index
+    relative = []
+    for stack in star.stack_paths:
         full = (Path(base_dir) / stack).resolve()
         try:
-            paths.append(str(full.relative_to(project_dir)))
+            relative.append(str(full.relative_to(project_dir)))
         except ValueError:
-            paths.append(str(full))
+            relative.append(str(full))
+    paths = [relative[c] for c in star.stack_code]
     og = p.optics_group
     g_of = [groups[int(o)] for o in og]
     dset["blob/path"] = np.array(paths, dtype=object)

@@ -26,17 +26,34 @@ class StackReader:
     """
 
     def __init__(self, paths, indices, box: int, pixel_size_A: float | None = None):
+        names, codes = np.unique(np.asarray(paths, dtype=object).astype(str), return_inverse=True)
+        self._setup(list(names), codes, indices, box, pixel_size_A)
+
+    @classmethod
+    def from_codes(cls, stack_paths, stack_code, indices, box: int,
+                   pixel_size_A: float | None = None) -> "StackReader":
+        """From distinct stack paths and, per particle, a code into them (no per-particle strings)."""
+        reader = cls.__new__(cls)
+        reader._setup(list(stack_paths), stack_code, indices, box, pixel_size_A)
+        return reader
+
+    def _setup(self, names, codes, indices, box, pixel_size_A):
         self.indices = np.asarray(indices, dtype=np.int64)
-        paths = np.asarray(paths, dtype=str)
-        self.stack_names, self.stack_of = np.unique(paths, return_inverse=True)
+        self.stack_names = np.asarray(names, dtype=object)
+        self.stack_of = np.asarray(codes, dtype=np.int64)
         self.box = int(box)
         self._maps = {}
+        lo = np.full(len(names), np.iinfo(np.int64).max)
+        hi = np.full(len(names), -1)
+        np.minimum.at(lo, self.stack_of, self.indices)
+        np.maximum.at(hi, self.stack_of, self.indices)
         for i, name in enumerate(self.stack_names):
+            if hi[i] < 0:
+                continue
             self._maps[i] = self._open(name, pixel_size_A)
             count = self._maps[i].shape[0]
-            sel = self.stack_of == i
-            if self.indices[sel].min() < 0 or self.indices[sel].max() >= count:
-                bad = int(self.indices[sel][(self.indices[sel] < 0) | (self.indices[sel] >= count)][0])
+            if lo[i] < 0 or hi[i] >= count:
+                bad = int(hi[i] if hi[i] >= count else lo[i])
                 raise InputError(f"{name}: image {bad + 1} requested but the stack holds {count}")
 
     def _open(self, name: str, pixel_size_A):

@@ -20,38 +20,20 @@ from plugin.pipeline import RefineOptions, Refinement, refine
 from plugin.report import interpretation_text, report_dict, summary_table, write_json, write_pdf
 from plugin.zernike import rescale_beam_tilt
 
-from .star_io import ParticleStar, read_particle_star, updated_blocks, write_star_atomic
-
-
-def split_image_name(name: str, where: str) -> tuple[int, str]:
-    """RELION 'N@path' -> (0-based index, path)."""
-    if "@" not in name:
-        raise InputError(f"{where}: _rlnImageName {name!r} is not of the form N@stack")
-    number, path = name.split("@", 1)
-    try:
-        index = int(number) - 1
-    except ValueError:
-        raise InputError(f"{where}: _rlnImageName {name!r} has no image number") from None
-    if index < 0:
-        raise InputError(f"{where}: _rlnImageName {name!r}: image numbers start at 1")
-    return index, path
+from .star_io import ParticleStar, read_particle_star, write_updated_star
 
 
 def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
     """Reader of the STAR's particle images; relative stack paths are taken from ``base_dir``
     (the RELION project directory, i.e. the working directory)."""
-    idx = np.empty(len(star.image_names), dtype=np.int64)
-    paths = []
-    for i, name in enumerate(star.image_names):
-        idx[i], p = split_image_name(name, str(star.path))
-        paths.append(p if Path(p).is_absolute() else str(base_dir / p))
+    paths = [p if Path(p).is_absolute() else str(base_dir / p) for p in star.stack_paths]
     boxes = {g.box_size for g in star.groups.values()}
     if len(boxes) != 1:
         raise InputError(f"{star.path}: optics groups have different box sizes {sorted(boxes)}; "
                          f"csrefine needs one box size per run")
     pixels = {round(g.pixel_size_A, 4) for g in star.groups.values()}
     px = next(iter(star.groups.values())).pixel_size_A if len(pixels) == 1 else None
-    return StackReader(paths, idx, boxes.pop(), px)
+    return StackReader.from_codes(paths, star.stack_code, star.image_index, boxes.pop(), px)
 
 
 @dataclass
@@ -115,7 +97,6 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     refinement = refine(inputs.star.groups, inputs.star.particles, inputs.images, inputs.half_maps,
                         inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
     cs, offsets, tilts = refined_values(inputs.star, refinement)
-    blocks = updated_blocks(inputs.star, cs, offsets, tilts)
     if should_abort is not None and should_abort():
         from plugin.errors import AbortRequested
         raise AbortRequested("abort requested")
@@ -130,7 +111,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     report = report_dict(refinement, note)
     if calibration is not None:
         report = merge_into_groups(report, calibration.json)
-    write_star_atomic(blocks, out_dir / out_star_name)
+    write_updated_star(inputs.star, out_dir / out_star_name, cs, offsets, tilts)
     write_json(out_dir / "csrefine.json", report)
     write_pdf(out_dir / "logfile.pdf", refinement,
               extra_figures=calibration.figures if calibration else (),

@@ -1,15 +1,17 @@
 """Read and write RELION 3.1+ particle STAR files for csrefine.
 
-Every column is read as text (starfile's ``parse_as_string``) so that tables and columns csrefine
-does not change are written back exactly as they were; only the columns it needs are converted
-to numbers, with errors that name the file, the column and the row.
+Reading (starfile) keeps only what the refinement needs, as arrays: memory grows by about a
+hundred bytes per particle, not by the size of the table. Writing streams the *input file's text*
+and replaces only the tokens that change (Cs and beam tilt of refined optics groups, defocus U/V
+of their particles), so every other table, column, row, value and its formatting is preserved
+byte for byte.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +31,19 @@ MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 
 @dataclass
 class ParticleStar:
-    """A particle STAR file: every block as text, plus the parsed optics groups and particles.
+    """A parsed particle STAR file.
 
-    blocks : the file's data blocks (name -> DataFrame of str, or dict for simple blocks).
-    groups : optics groups by rlnOpticsGroup number.
-    particles : per-particle parameters in file order.
-    image_names : rlnImageName per particle ("N@stack").
+    groups : optics groups by rlnOpticsGroup number; particles : per-particle parameters in file
+    order; stack_paths : the distinct stack files named in rlnImageName; stack_code : (n,) index
+    into stack_paths per particle; image_index : (n,) 0-based image number within its stack.
     """
 
     path: Path
-    blocks: dict
     groups: dict[int, OpticsGroup]
     particles: Particles
-    image_names: np.ndarray
-
-    @property
-    def optics(self) -> pd.DataFrame:
-        return self.blocks["optics"]
-
-    @property
-    def table(self) -> pd.DataFrame:
-        return self.blocks["particles"]
+    stack_paths: list = field(default_factory=list)
+    stack_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _column_names(path: Path) -> list[str]:
@@ -159,10 +153,36 @@ def _particles(table: pd.DataFrame, groups: dict[int, OpticsGroup], where: str) 
         half_set=half, optics_group=og)
 
 
+STRING_COLUMNS = ["rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike", "rlnOddZernike",
+                  "rlnMicrographName"]
+
+
+def _image_locations(names: pd.Series, where: str):
+    """rlnImageName 'N@path' -> (distinct paths, code per particle, 0-based index per particle)."""
+    parts = names.astype(str).str.split("@", n=1, expand=True)
+    if parts.shape[1] != 2 or parts[1].isna().any():
+        row = int(np.flatnonzero(parts[1].isna())[0]) if parts.shape[1] == 2 else 0
+        raise InputError(f"{where}: _rlnImageName {names.iloc[row]!r} (row {row + 1}) is not of "
+                         f"the form N@stack")
+    number = pd.to_numeric(parts[0], errors="coerce").to_numpy()
+    bad = ~np.isfinite(number) | (number < 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where}: _rlnImageName {names.iloc[row]!r} (row {row + 1}) has no "
+                         f"valid image number (numbers start at 1)")
+    codes, uniques = pd.factorize(parts[1])
+    return list(uniques), codes.astype(np.int64), number.astype(np.int64) - 1
+
+
 def read_particle_star(path) -> ParticleStar:
     """Read and validate a RELION 3.1+ particle STAR file (optics + particles tables)."""
     path = Path(path)
-    blocks = read_blocks(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such STAR file")
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=STRING_COLUMNS)
+    except Exception as exc:  # starfile raises assorted parser errors
+        raise InputError(f"{path}: not a readable STAR file ({exc})") from exc
     if "optics" not in blocks:
         raise InputError(f"{path}: no data_optics table (RELION 3.1+ particle STAR expected; "
                          f"convert older files with relion_convert_star)")
@@ -173,51 +193,70 @@ def read_particle_star(path) -> ParticleStar:
         raise InputError(f"{path}: the optics and particles tables must be non-empty loops")
     groups = _optics_groups(optics, str(path))
     particles = _particles(table, groups, str(path))
-    return ParticleStar(path, blocks, groups, particles, table["rlnImageName"].to_numpy(dtype=str))
+    stack_paths, codes, index = _image_locations(table["rlnImageName"], str(path))
+    return ParticleStar(path, groups, particles, stack_paths, codes, index)
 
 
-def format_float(values) -> np.ndarray:
-    """Format numbers as RELION does (fixed, 6 decimals)."""
-    return np.array([f"{v:.6f}" for v in np.asarray(values, dtype=np.float64)], dtype=object)
+TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
 
 
-def updated_blocks(star: ParticleStar, cs_mm: dict[int, float], defocus_offset_A: dict[int, float],
-                   beam_tilt_mrad: dict[int, tuple[float, float]]) -> dict:
-    """Copies of the STAR blocks with refined values written in.
-
-    Only rlnSphericalAberration (and rlnBeamTiltX/Y where present) of refined optics groups and
-    rlnDefocusU/V of their particles change; all other text is kept.
-    """
-    blocks = {name: (block.copy() if isinstance(block, pd.DataFrame) else dict(block))
-              for name, block in star.blocks.items()}
-    optics, table = blocks["optics"], blocks["particles"]
-    ids = numeric_column(optics, "rlnOpticsGroup", str(star.path)).astype(int)
-    for row, gid in enumerate(ids):
-        if gid not in cs_mm:
+def _loop_rows(lines):
+    """Yield (block name, column names, line, is_data_row) for each line of a STAR file."""
+    block, columns, in_loop, header_done = None, [], False, False
+    for line in lines:
+        text = line.strip()
+        if text.startswith("data_"):
+            block, columns, in_loop, header_done = text[5:], [], False, False
+        elif text == "loop_":
+            columns, in_loop, header_done = [], True, False
+        elif text.startswith("_") and in_loop and not header_done:
+            columns.append(text.split()[0][1:])
+        elif in_loop and text and not text.startswith("#"):
+            header_done = True
+            yield block, columns, line, True
             continue
-        optics.loc[optics.index[row], "rlnSphericalAberration"] = f"{cs_mm[gid]:.6f}"
-        if gid in beam_tilt_mrad:
-            for column, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad[gid]):
-                if column in optics.columns:
-                    optics.loc[optics.index[row], column] = f"{value:.6f}"
-    og = star.particles.optics_group
-    for column, values in (("rlnDefocusU", star.particles.defocus_u_A),
-                           ("rlnDefocusV", star.particles.defocus_v_A)):
-        new = table[column].to_numpy(dtype=object).copy()
-        for gid, offset in defocus_offset_A.items():
-            sel = og == gid
-            new[sel] = format_float(values[sel] + offset)
-        table[column] = new
-    return blocks
+        yield block, columns, line, False
 
 
-def write_star_atomic(blocks: dict, path) -> None:
-    """Write STAR blocks to ``path`` through a temporary file in the same directory + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
+                       defocus_offset_A: dict[int, float],
+                       beam_tilt_mrad: dict[int, tuple[float, float]]) -> None:
+    """Copy ``star.path`` to ``dst`` (atomically) with the refined values written in.
+
+    Optics rows of refined groups get the new rlnSphericalAberration (and rlnBeamTiltX/Y where
+    present); particle rows of those groups get rlnDefocusU/V + offset. New numbers are written
+    with six decimals, as RELION does; every other byte of the input is copied unchanged.
+    """
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    single_group = next(iter(star.groups)) if len(star.groups) == 1 else None
+    n_rows = 0
     try:
-        starfile.write(blocks, tmp, overwrite=True)
-        os.replace(tmp, path)
+        with open(star.path, "r") as src, open(tmp, "w") as out:
+            for block, columns, line, is_row in _loop_rows(src):
+                if not is_row or block not in ("optics", "particles"):
+                    out.write(line)
+                    continue
+                tokens = TOKEN.findall(line)
+                col = {name: i for i, name in enumerate(columns)}
+                gid = int(tokens[col["rlnOpticsGroup"]]) if "rlnOpticsGroup" in col else single_group
+                if block == "optics" and gid in cs_mm:
+                    tokens[col["rlnSphericalAberration"]] = f"{cs_mm[gid]:.6f}"
+                    for name, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, ())):
+                        if name in col:
+                            tokens[col[name]] = f"{value:.6f}"
+                    line = " ".join(tokens) + "\n"
+                elif block == "particles":
+                    n_rows += 1
+                    if gid in defocus_offset_A:
+                        for name in ("rlnDefocusU", "rlnDefocusV"):
+                            tokens[col[name]] = f"{float(tokens[col[name]]) + defocus_offset_A[gid]:.6f}"
+                        line = " ".join(tokens) + "\n"
+                out.write(line)
+        if n_rows != len(star.particles):
+            raise InputError(f"{star.path}: read {len(star.particles)} particles but found "
+                             f"{n_rows} rows while copying; the file changed or is malformed")
+        os.replace(tmp, dst)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -6,7 +6,7 @@ import pytest
 import starfile
 
 from plugin.errors import InputError
-from relion_external.star_io import read_particle_star, updated_blocks, write_star_atomic
+from relion_external.star_io import read_particle_star, write_updated_star
 
 
 def _write(path, optics, particles, extra=None):
@@ -45,13 +45,18 @@ def test_reads_groups_and_particles(tmp_path):
     assert np.array_equal(star.particles.half_set, [1, 2, 1, 2])
 
 
-def test_update_changes_only_refined_columns_and_keeps_text(tmp_path):
+def test_update_changes_only_refined_tokens_and_keeps_every_other_byte(tmp_path):
     path = _write(tmp_path / "p.star", OPTICS, _particles(),
                   extra={"other": pd.DataFrame({"rlnSomething": ["a", "b"]})})
+    original = path.read_bytes()
     star = read_particle_star(path)
-    blocks = updated_blocks(star, {1: 2.9}, {1: 100.0}, {1: (0.3 * 2.7 / 2.9, -0.2 * 2.7 / 2.9)})
     out = tmp_path / "out.star"
-    write_star_atomic(blocks, out)
+    write_updated_star(star, out, {1: 2.9}, {1: 100.0}, {1: (0.3 * 2.7 / 2.9, -0.2 * 2.7 / 2.9)})
+    assert path.read_bytes() == original  # the input is untouched
+    old_lines, new_lines = original.decode().splitlines(), out.read_text().splitlines()
+    assert len(old_lines) == len(new_lines)
+    changed = [(o, n) for o, n in zip(old_lines, new_lines) if o != n]
+    assert len(changed) == 1 + 2  # the optics row of group 1 and the two particle rows of group 1
     new = starfile.read(out, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
     old = starfile.read(path, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
     assert list(new) == list(old)
@@ -64,8 +69,16 @@ def test_update_changes_only_refined_columns_and_keeps_text(tmp_path):
         if column not in ("rlnDefocusU", "rlnDefocusV"):
             assert new["particles"][column].tolist() == old["particles"][column].tolist(), column
     assert new["other"]["rlnSomething"].tolist() == ["a", "b"]
-    # the input is untouched
-    assert read_particle_star(path).groups[1].cs_mm == 2.7
+
+
+def test_image_names_are_split_into_stacks_and_indices(tmp_path):
+    star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
+    assert star.stack_paths == ["stack.mrcs"]
+    assert star.image_index.tolist() == [0, 1, 2, 3]
+    bad = _particles()
+    bad["rlnImageName"][2] = "stack.mrcs"
+    with pytest.raises(InputError, match="N@stack"):
+        read_particle_star(_write(tmp_path / "b.star", OPTICS, bad))
 
 
 @pytest.mark.parametrize("mutate, message", [
