@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from plugin.atomic_map import read_model
 from plugin.errors import AbortRequested, InputError
 from plugin.images import read_map
-from plugin.atomic_map import read_model
-from plugin.calibration_report import calibrate_refinement, merge_into_groups
 from plugin.pipeline import RefineOptions, Refinement, refine
-from plugin.report import report_dict, summary_table, write_json, write_pdf
+from plugin.preload import start_preload
+from plugin.report import build_report, write_reports
 
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
 
@@ -92,6 +92,7 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
     project_dir = Path(args.project_dir) if getattr(args, "project_dir", None) else Path(".")
     if not project_dir.is_dir():
         raise InputError(f"{project_dir}: project directory does not exist")
+    start_preload()
     model = getattr(args, "model", None)
     structure = read_model(model) if model else None
     dset = load_dataset(args.particles)
@@ -107,20 +108,10 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
             "half_maps": [str(h) for h in args.half_maps],
             "mask": str(args.mask) if getattr(args, "mask", None) else None,
             "model": str(model) if model else None}
-    report = report_dict(refinement, note)
-    calibration = None
-    if structure is not None:
-        px = next(iter(inputs.groups.values())).pixel_size_A
-        calibration = calibrate_refinement(refinement, inputs.half_maps, inputs.mask, px, structure)
-        report = merge_into_groups(report, calibration.json)
+    px = next(iter(inputs.groups.values())).pixel_size_A
+    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask, px)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_dataset_atomic(out_dset, out / "particles.cs")
-    write_json(out / "csrefine.json", report)
-    write_pdf(out / "logfile.pdf", refinement,
-              extra_figures=calibration.figures if calibration else (),
-              extra_lines=calibration.lines if calibration else ())
-    if calibration is not None:
-        progress("\n".join(calibration.lines))
-    progress(summary_table(refinement))
+    write_reports(out, refinement, report, calibration, progress)
     return refinement

@@ -194,3 +194,31 @@ def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) ->
             plt.close(fig)
         if tmp.exists():
             tmp.unlink()
+
+
+def build_report(refinement: Refinement, inputs_note: dict, structure=None, half_maps=None,
+                 mask=None, pixel_size_A: float | None = None):
+    """csrefine.json content, with the pixel-size calibration against ``structure`` (a gemmi
+    Structure docked in the half maps) when one is given. Returns (report dict, calibration
+    outcome or None)."""
+    report = report_dict(refinement, inputs_note)
+    if structure is None:
+        return report, None
+    from .calibration_report import calibrate_refinement, merge_into_groups
+    calibration = calibrate_refinement(refinement, half_maps, mask, pixel_size_A, structure)
+    return merge_into_groups(report, calibration.json), calibration
+
+
+def write_reports(out_dir, refinement: Refinement, report: dict, calibration=None,
+                  progress=None) -> None:
+    """Write csrefine.json and logfile.pdf into ``out_dir`` (atomically) and print the summary."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "csrefine.json", report)
+    write_pdf(out_dir / "logfile.pdf", refinement,
+              extra_figures=calibration.figures if calibration else (),
+              extra_lines=calibration.lines if calibration else ())
+    if progress is not None:
+        progress(interpretation_text(refinement))
+        if calibration is not None:
+            progress("\n".join(calibration.lines))
+        progress(summary_table(refinement))

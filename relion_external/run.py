@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from plugin.atomic_map import read_model
-from plugin.calibration_report import calibrate_refinement, merge_into_groups
 from plugin.errors import InputError
 from plugin.images import StackReader, read_map
 from plugin.pipeline import RefineOptions, Refinement, refine
-from plugin.report import interpretation_text, report_dict, summary_table, write_json, write_pdf
+from plugin.preload import start_preload
+from plugin.report import build_report, write_reports
 from plugin.zernike import rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
@@ -89,6 +89,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
     """
     t0 = time.monotonic()
+    start_preload()
     structure = read_model(model) if model else None
     inputs = load_inputs(particles, half1, half2, mask, base_dir)
     out_dir = Path(out_dir)
@@ -103,22 +104,10 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
             "mask": str(mask) if mask else None, "model": str(model) if model else None,
             **(inputs_note or {})}
-    calibration = None
-    if structure is not None:
-        px = next(iter(inputs.star.groups.values())).pixel_size_A
-        calibration = calibrate_refinement(refinement, inputs.half_maps, inputs.mask, px, structure)
+    px = next(iter(inputs.star.groups.values())).pixel_size_A
+    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask, px)
     refinement.timings_s["wall"] = time.monotonic() - t0
-    report = report_dict(refinement, note)
-    if calibration is not None:
-        report = merge_into_groups(report, calibration.json)
+    report["timings_s"]["wall"] = refinement.timings_s["wall"]
     write_updated_star(inputs.star, out_dir / out_star_name, cs, offsets, tilts)
-    write_json(out_dir / "csrefine.json", report)
-    write_pdf(out_dir / "logfile.pdf", refinement,
-              extra_figures=calibration.figures if calibration else (),
-              extra_lines=calibration.lines if calibration else ())
-    if progress is not None:
-        progress(interpretation_text(refinement))
-        if calibration is not None:
-            progress("\n".join(calibration.lines))
-        progress(summary_table(refinement))
+    write_reports(out_dir, refinement, report, calibration, progress)
     return refinement
