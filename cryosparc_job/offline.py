@@ -92,7 +92,7 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
     project_dir = Path(args.project_dir) if getattr(args, "project_dir", None) else Path(".")
     if not project_dir.is_dir():
         raise InputError(f"{project_dir}: project directory does not exist")
-    start_preload()
+    start_preload(options.device if options else "auto")
     model = getattr(args, "model", None)
     structure = read_model(model) if model else None
     dset = load_dataset(args.particles)

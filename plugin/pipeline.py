@@ -161,6 +161,14 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     return stats
 
 
+def load_backend(name: str):
+    """The backend module, warmed up (compiled kernels loaded) where it supports that."""
+    backend = get_backend(name)
+    if hasattr(backend, "warm_up"):
+        backend.warm_up()
+    return backend
+
+
 def reference_for(half: int, policy: str) -> int:
     """Which half map (1 or 2) predicts a particle of half set ``half``."""
     if policy == "own":
@@ -286,6 +294,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     reference_for(1, options.reference_half)  # validate before any work
     timings = {}
     t_start = time.monotonic()
+    backend_name = resolve_backend(options.device)
     particles.check_finite()
     check_geometry(groups, half_maps, map_pixel_size_A)
     box = half_maps[0].shape[0]
@@ -294,6 +303,11 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         mask = soft_spherical_mask(box, 0.4 * box - 6)
     elif mask.shape != half_maps[0].shape:
         raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
+    # Inputs are valid: import and warm the backend (numba's kernel cache) in a thread while the
+    # FFTs below, which release the GIL, run here.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-backend")
+    backend_future = loader.submit(load_backend, backend_name)
+    loader.shutdown(wait=False)
     fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
     resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
     k_max_A = options.k_max_A or resolution
@@ -301,12 +315,11 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     band_A = [float(options.k_min_A), float(k_max_A)]
     _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} A; "
                    f"fitting {options.k_min_A:.1f}-{k_max_A:.2f} A")
-    backend_name = resolve_backend(options.device)
-    backend = get_backend(backend_name)
     mag_margin = max(float(np.linalg.norm(g.mag_matrix, 2)) for g in groups.values())
     references = {h + 1: make_padded_reference(half_maps[h], px / k_max_A, options.pad,
                                                options.threads, margin=max(mag_margin, 1.0) * 1.01)
                   for h in range(2)}
+    backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results = []
     n_cells = options.subsets * options.cells_per_subset

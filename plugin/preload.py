@@ -9,7 +9,13 @@ import threading
 LATE_MODULES = ("scipy.optimize", "matplotlib.pyplot", "matplotlib.backends.backend_pdf")
 
 
-def _import_all(names):
+def _import_all(names, backend):
+    if backend:  # first: the compiled backend, needed soonest
+        try:
+            from .pipeline import load_backend
+            load_backend(backend)
+        except Exception:  # noqa: BLE001 - the run reports backend errors itself
+            pass
     import matplotlib
     matplotlib.use("Agg", force=False)
     for name in names:
@@ -19,8 +25,17 @@ def _import_all(names):
             pass
 
 
-def start_preload(names=LATE_MODULES) -> threading.Thread:
-    """Start importing ``names`` in a daemon thread; returns the thread."""
-    thread = threading.Thread(target=_import_all, args=(names,), name="csrefine-preload", daemon=True)
+def start_preload(device: str | None = None, names=LATE_MODULES) -> threading.Thread:
+    """Start importing (and warming) the backend for ``device``, then ``names``, in a daemon
+    thread; returns the thread."""
+    backend = None
+    if device is not None:
+        from .backends import resolve_backend
+        try:
+            backend = resolve_backend(device)
+        except Exception:  # noqa: BLE001 - invalid devices are reported by the run itself
+            backend = None
+    thread = threading.Thread(target=_import_all, args=(names, backend), name="csrefine-preload",
+                              daemon=True)
     thread.start()
     return thread

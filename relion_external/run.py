@@ -89,7 +89,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
     """
     t0 = time.monotonic()
-    start_preload()
+    start_preload(options.device if options else "auto")
     structure = read_model(model) if model else None
     inputs = load_inputs(particles, half1, half2, mask, base_dir)
     out_dir = Path(out_dir)
