@@ -123,9 +123,11 @@ def figures(refinement: Refinement, extra_lines=()):
 
     figs = []
     fig = plt.figure(figsize=(11, 4 + 0.9 * len(refinement.groups) + 0.3 * len(extra_lines)))
-    text = "\n".join([interpretation_text(refinement), *extra_lines])
+    import textwrap
+    lines = "\n".join([interpretation_text(refinement), *extra_lines]).splitlines()
+    text = "\n".join(textwrap.fill(line, 130, subsequent_indent="    ") for line in lines)
     fig.text(0.02, 0.98, "csrefine: Cs per optics group\n\n" + text,
-             va="top", ha="left", family="monospace", fontsize=8, wrap=True)
+             va="top", ha="left", family="monospace", fontsize=8)
     figs.append(("Summary", fig))
     fig, ax = plt.subplots(figsize=(6, 4))
     fsc = refinement.fsc
