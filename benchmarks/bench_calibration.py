@@ -62,31 +62,18 @@ def log(text: str) -> None:
 
 def particle_rows(n: int, rng: np.random.Generator):
     """True particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    import pandas as pd
+    from plugin.example import particle_table
+    from plugin.simulate import random_particles
 
-    u = rng.uniform(8000.0, 25000.0, n)
-    return pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@none.mrcs" for i in range(n)],
-        "rlnMicrographName": [f"mic{i % max(1, n // 100):04d}.mrc" for i in range(n)],
-        "rlnDefocusU": u, "rlnDefocusV": u - rng.uniform(0.0, 500.0, n),
-        "rlnDefocusAngle": rng.uniform(-180.0, 180.0, n),
-        "rlnAngleRot": rng.uniform(-180.0, 180.0, n),
-        "rlnAngleTilt": np.rad2deg(np.arccos(rng.uniform(-1.0, 1.0, n))),
-        "rlnAnglePsi": rng.uniform(-180.0, 180.0, n),
-        "rlnOriginXAngst": rng.uniform(-3.0, 3.0, n), "rlnOriginYAngst": rng.uniform(-3.0, 3.0, n),
-        "rlnOpticsGroup": np.ones(n, dtype=int),
-        "rlnRandomSubset": (np.arange(n) % 2) + 1,
-        "rlnClassNumber": np.ones(n, dtype=int)})
+    parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
+    return particle_table(parts, "none.mrcs", micrographs=max(1, n // 100))
 
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
-    import pandas as pd
+    from plugin.example import optics_table as table
+    from plugin.model import OpticsGroup
 
-    return pd.DataFrame({
-        "rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
-        "rlnMicrographPixelSize": [px], "rlnVoltage": [voltage], "rlnSphericalAberration": [cs_mm],
-        "rlnAmplitudeContrast": [0.1], "rlnImagePixelSize": [px], "rlnImageSize": [box],
-        "rlnImageDimensionality": [2]})
+    return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
 
 def docked_model(structure, box: int, p_nom: float):

@@ -35,7 +35,7 @@ from plugin.pipeline import refine
 from plugin.report import figure_raw_data, figures, summary_table
 
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
-from .offline import read_half_maps
+from plugin.images import read_half_maps
 
 TITLE = "Cs refinement"
 PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]

@@ -7,7 +7,6 @@ renames. Nothing is written if anything fails, and inputs are never modified.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 
 from plugin.atomic_map import read_model
 from plugin.errors import AbortRequested, InputError
-from plugin.images import read_map
+from plugin.atomic import atomic_output
+from plugin.images import read_half_maps
 from plugin.pipeline import RefineOptions, Refinement, refine
 from plugin.preload import start_preload
 from plugin.report import build_report, write_reports
@@ -48,17 +48,6 @@ class Inputs:
     map_pixel_size_A: float | None
 
 
-def read_half_maps(half1, half2, mask=None):
-    h1, px1 = read_map(half1, "half map A")
-    h2, _ = read_map(half2, "half map B")
-    if h1.shape != h2.shape:
-        raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
-    m = None
-    if mask:
-        m, _ = read_map(mask, "mask")
-        if m.shape != h1.shape:
-            raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
-    return (h1, h2), m, (px1 or None)
 
 
 def load_inputs(dset, project_dir, half1, half2, mask=None, what="particles") -> Inputs:
@@ -69,15 +58,8 @@ def load_inputs(dset, project_dir, half1, half2, mask=None, what="particles") ->
 
 
 def save_dataset_atomic(dset, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            dset.save(fh)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        dset.save(fh)
 
 
 def run_offline(args, options: RefineOptions | None = None, progress=None,

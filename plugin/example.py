@@ -35,7 +35,6 @@ def pseudo_atomic_map(box: int, pixel_size_A: float, rng: np.random.Generator,
     pts = rng.normal(size=(n_atoms, 3))
     pts /= np.linalg.norm(pts, axis=1, keepdims=True)
     pts *= radius_A * rng.uniform(0, 1, (n_atoms, 1)) ** (1 / 3) * np.array([1.0, 0.8, 0.65])
-    centre = box // 2
     # Sum Gaussians in Fourier space: exact, band-limited and fast.
     k = np.fft.fftfreq(box) / pixel_size_A
     kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(box) / pixel_size_A, indexing="ij")

@@ -132,6 +132,23 @@ def read_map(path, what: str = "map") -> tuple[np.ndarray, float]:
     return data, px
 
 
+def read_half_maps(half1, half2, mask=None):
+    """Two half maps (same shape) and an optional mask (same shape).
+
+    Returns ((half1, half2), mask or None, voxel size of half 1 in A or None if unset).
+    """
+    h1, px1 = read_map(half1, "half map 1")
+    h2, _ = read_map(half2, "half map 2")
+    if h1.shape != h2.shape:
+        raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
+    m = None
+    if mask:
+        m, _ = read_map(mask, "mask")
+        if m.shape != h1.shape:
+            raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
+    return (h1, h2), m, (px1 or None)
+
+
 def write_map(path, volume: np.ndarray, pixel_size_A: float) -> None:
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(np.asarray(volume, dtype=np.float32))

@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_output
 from .pipeline import Refinement, result_dict
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def _clean(value):
@@ -183,19 +176,14 @@ def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) ->
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     figs = figures(refinement, extra_lines) + list(extra_figures)
     try:
-        with PdfPages(tmp) as pdf:
+        with atomic_output(path) as tmp, PdfPages(tmp) as pdf:
             for _, fig in figs:
                 pdf.savefig(fig)
-        os.replace(tmp, path)
     finally:
         for _, fig in figs:
             plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def build_report(refinement: Refinement, inputs_note: dict, structure=None, half_maps=None,

@@ -14,7 +14,7 @@ import numpy as np
 
 from plugin.atomic_map import read_model
 from plugin.errors import InputError
-from plugin.images import StackReader, read_map
+from plugin.images import StackReader, read_half_maps
 from plugin.pipeline import RefineOptions, Refinement, refine
 from plugin.preload import start_preload
 from plugin.report import build_report, write_reports
@@ -49,15 +49,7 @@ def load_inputs(particles, half1, half2, mask=None, base_dir=".") -> Inputs:
     """Read and validate the particle STAR, its stacks, the half maps and the mask."""
     star = read_particle_star(particles)
     images = stack_reader(star, Path(base_dir))
-    h1, px1 = read_map(half1, "half map 1")
-    h2, px2 = read_map(half2, "half map 2")
-    if h1.shape != h2.shape:
-        raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
-    m = None
-    if mask:
-        m, _ = read_map(mask, "mask")
-        if m.shape != h1.shape:
-            raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
+    (h1, h2), m, px1 = read_half_maps(half1, half2, mask)
     box = h1.shape[0]
     for g in star.groups.values():
         if g.box_size != box:

@@ -9,7 +9,6 @@ byte for byte.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from plugin.atomic import atomic_output
 from plugin.errors import InputError
 from plugin.model import OpticsGroup, Particles
 
@@ -227,11 +227,9 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
     present); particle rows of those groups get rlnDefocusU/V + offset. New numbers are written
     with six decimals, as RELION does; every other byte of the input is copied unchanged.
     """
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     single_group = next(iter(star.groups)) if len(star.groups) == 1 else None
     n_rows = 0
-    try:
+    with atomic_output(dst) as tmp:
         with open(star.path, "r") as src, open(tmp, "w") as out:
             for block, columns, line, is_row in _loop_rows(src):
                 if not is_row or block not in ("optics", "particles"):
@@ -256,7 +254,3 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
         if n_rows != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "
                              f"{n_rows} rows while copying; the file changed or is malformed")
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -4,13 +4,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import pytest
 import starfile
 

@@ -1,6 +1,5 @@
 """csrefine's forward model against RELION's own: relion_project and relion_ctf_refine."""
 
-import subprocess
 
 import mrcfile
 import numpy as np
