@@ -100,6 +100,11 @@ def _optics_groups(optics: pd.DataFrame, where: str) -> dict[int, OpticsGroup]:
     for column in REQUIRED_OPTICS:
         if column not in optics.columns:
             raise InputError(f"{where}: optics table lacks _{column}")
+    if "rlnCtfDataAreCtfPremultiplied" in optics.columns:
+        flags = numeric_column(optics, "rlnCtfDataAreCtfPremultiplied", where)
+        if np.any(flags != 0):
+            raise InputError(f"{where}: _rlnCtfDataAreCtfPremultiplied is set: csrefine needs "
+                             f"images that are not pre-multiplied by the CTF")
     ids = numeric_column(optics, "rlnOpticsGroup", where).astype(int)
     num = {c: numeric_column(optics, c, where) for c in REQUIRED_OPTICS[1:]}
     tilt_x = numeric_column(optics, "rlnBeamTiltX", where, default=0.0)

@@ -89,6 +89,7 @@ def test_image_names_are_split_into_stacks_and_indices(tmp_path):
     (lambda o, p: p.__setitem__("rlnRandomSubset", [1, 3, 1, 2]), "rlnRandomSubset"),
     (lambda o, p: p.__setitem__("rlnOpticsGroup", [1, 5, 1, 2]), "optics group 5"),
     (lambda o, p: o.__setitem__("rlnVoltage", ["abc", 300]), "rlnVoltage"),
+    (lambda o, p: o.__setitem__("rlnCtfDataAreCtfPremultiplied", [1, 0]), "pre-multiplied"),
 ])
 def test_bad_tables_name_the_column(tmp_path, mutate, message):
     optics, particles = dict(OPTICS), _particles()
