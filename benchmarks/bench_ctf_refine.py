@@ -40,16 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-MODEL = Path("/work/shared/data/1BD2.cif.gz")
-if not MODEL.is_file():
-    MODEL = REPO.parents[0] / "shared/data/1BD2.cif.gz"
-
-
-def log(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODEL, REPO, log  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------

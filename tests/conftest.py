@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT.parent / "shared" / "data" / "1BD2.cif.gz"
+MODEL = ROOT / "plugin" / "data" / "1BD2.cif.gz"  # PDB 1BD2, shipped with the package
 
 RELION_TOOLS = ("relion_project", "relion_reconstruct", "relion_ctf_refine", "relion_pipeliner",
                 "relion_postprocess")
@@ -34,7 +34,7 @@ def require_relion():
 def structure():
     import gemmi
     if not MODEL.is_file():
-        pytest.skip(f"atomic model {MODEL} not found (expected in ../shared/data)")
+        pytest.fail(f"atomic model {MODEL} missing from the package")
     return gemmi.read_structure(str(MODEL))
 
 

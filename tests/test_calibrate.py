@@ -16,10 +16,9 @@ from plugin.calibrate import (_centroid_A, apply_calibration, calibrate_from_hal
                               group_verdict, model_mask, reexpress_cs_defocus)
 from plugin.errors import InputError  # noqa: E402
 
-MODEL = Path("/work/shared/data/1BD2.cif.gz")
-BOX, PX = 72, 2.0
+from plugin.example import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
 
-pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="1BD2 model not available")
+BOX, PX = 72, 2.0
 
 
 @pytest.fixture(scope="module")
