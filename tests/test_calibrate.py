@@ -4,7 +4,6 @@ Synthetic half maps of 1BD2 (box 72, 2.0 A/pixel): the true object sampled at p_
 noise per half map; the model is docked at the nominal pixel size (its centroid on voxel box//2).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
