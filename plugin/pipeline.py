@@ -15,7 +15,8 @@ import numpy as np
 from .backends import get_backend, resolve_backend
 from .ctf import electron_wavelength_A
 from .errors import AbortRequested, InputError
-from .fit import (FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma, pool)
+from .fit import (FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma,
+                  log_likelihood, pool)
 from .forward import pixel_terms
 from .fourier import make_band
 from .fsc import fsc_curve, resolution_at_threshold, soft_spherical_mask
@@ -223,7 +224,6 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     cs_axis = np.linspace(-search.cs_mm, search.cs_mm, 121)
     df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
                           best.defocus_offset_A + search.defocus_A / 4, 41)
-    from .fit import log_likelihood
     profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
     return {"best": best, "loo": loo, "subsets": subsets, "model": model, "lambda": lam,
             "profile": (cs_axis, profile), "radial": radial}
