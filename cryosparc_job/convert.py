@@ -219,9 +219,9 @@ class SignedImages:
     def __len__(self):
         return len(self.reader)
 
-    def read(self, positions):
+    def read(self, positions, out=None):
         positions = np.asarray(positions, dtype=np.int64)
-        images = self.reader.read(positions)
+        images = self.reader.read(positions, out=out)
         images *= self.signs[positions][:, None, None]
         return images
 

@@ -23,7 +23,9 @@ def add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-particles", type=int, default=100,
                    help="groups with fewer particles keep their nominal Cs (default 100)")
     p.add_argument("--j", type=int, default=1, help="threads")
-    p.add_argument("--batch-size", type=int, default=256, help="particles per batch (memory bound)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="particles per batch (bounds memory; default 256 on the CPU, by box size on "
+                        "the GPU)")
     p.add_argument("--device", default="auto", help="cpu (default), cuda, or a backend: numpy, numba, cupy")
     p.add_argument("--seed", type=int, default=0, help="seed for the random subsets")
     p.add_argument("--model", default=None,
@@ -41,7 +43,7 @@ def options_from_args(args) -> RefineOptions:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.subsets < 2:
         raise InputError(f"--subsets must be at least 2, got {args.subsets}")
-    if args.j < 1 or args.batch_size < 1:
+    if args.j < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise InputError("--j and --batch-size must be at least 1")
     return RefineOptions(k_min_A=args.kmin_A, k_max_A=args.kmax_A, subsets=args.subsets,
                          threads=args.j, batch_size=args.batch_size, device=args.device,

@@ -81,25 +81,44 @@ class StackReader:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def read(self, positions) -> np.ndarray:
+    def read(self, positions, out: np.ndarray | None = None) -> np.ndarray:
         """Images of the particles at ``positions`` (list order), float32 (k, box, box).
 
-        Raises InputError naming the stack and image if an image holds NaN or infinity.
+        ``out``: optional C-contiguous float32 array (k, box, box) to read into (a pinned
+        host buffer of the GPU backend, say); returned. Runs of consecutive images of one stack
+        are copied as slices. Raises InputError naming the stack and image if an image holds
+        NaN or infinity.
         """
         positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty((positions.size, self.box, self.box), dtype=np.float32)
+        if out is None:
+            out = np.empty((positions.size, self.box, self.box), dtype=np.float32)
+        elif out.shape != (positions.size, self.box, self.box) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {(positions.size, self.box, self.box)}, "
+                             f"got {out.dtype} {out.shape}")
         stacks = self.stack_of[positions]
-        for s in np.unique(stacks):
-            rows = np.flatnonzero(stacks == s)
-            idx = self.indices[positions[rows]]
-            order = np.argsort(idx, kind="stable")
-            out[rows[order]] = self._maps[s][idx[order]]
-        bad = ~np.isfinite(out).all(axis=(1, 2))
-        if bad.any():
-            b = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{self.stack_names[stacks[b]]}: image {self.indices[positions[b]] + 1} "
-                             f"contains NaN or infinite values")
+        for start, stop in _runs(stacks, self.indices[positions]):
+            first = self.indices[positions[start]]
+            out[start:stop] = self._maps[stacks[start]][first:first + stop - start]
+        self._check_finite(out, positions, stacks)
         return out
+
+    def _check_finite(self, out, positions, stacks):
+        # Fast pass: a float32 sum per image is finite unless the image holds NaN/inf (or its sum
+        # overflows); images it flags are checked pixel by pixel.
+        flagged = np.flatnonzero(~np.isfinite(np.einsum("ij->i", out.reshape(len(out), -1))))
+        for b in flagged.tolist():
+            if not np.isfinite(out[b]).all():
+                raise InputError(f"{self.stack_names[stacks[b]]}: image "
+                                 f"{self.indices[positions[b]] + 1} contains NaN or infinite values")
+
+
+def _runs(stacks: np.ndarray, indices: np.ndarray):
+    """(start, stop) of the maximal runs of positions that are consecutive images of one stack."""
+    if stacks.size == 0:
+        return []
+    brk = np.flatnonzero((np.diff(stacks) != 0) | (np.diff(indices) != 1)) + 1
+    edges = np.concatenate([[0], brk, [stacks.size]])
+    return zip(edges[:-1].tolist(), edges[1:].tolist())
 
 
 def write_stack(path, images: np.ndarray, pixel_size_A: float) -> None:

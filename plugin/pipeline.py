@@ -23,6 +23,7 @@ from .fsc import fsc_curve, resolution_at_threshold, soft_spherical_mask
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import OpticsGroup, Particles
 from .projection import make_padded_reference
+from .streaming import BatchStream
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RefineOptions:
     cs_search_mm : half-width of the global Cs search around the nominal value.
     min_particles : groups with fewer particles are not refined.
     max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
+    batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
+        bounded by two batches of images plus the backend's work arrays.
     reference_half : "opposite" (default) predicts each particle from the half map it did not
         contribute to; "own" from its own half map (rlnRandomSubset), as relion_ctf_refine 4.0+
         does. The own half map contains the particle's own noise, which correlates with its
@@ -48,7 +51,7 @@ class RefineOptions:
     subsets: int = 3
     cells_per_subset: int = 4
     threads: int = 1
-    batch_size: int = 256
+    batch_size: int | None = None
     device: str = "auto"
     cs_search_mm: float = 1.5
     pad: int = 2
@@ -137,29 +140,35 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     n = positions.size
     done = 0
     t0 = time.monotonic()
-    starts = list(range(0, n, options.batch_size))
-    batch_index = [np.arange(s, min(s + options.batch_size, n)) for s in starts]
-    # Read the next batch from the (memory-mapped) stacks in a background thread while this one
-    # is computed; the backends release the GIL in their FFTs and kernels.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-read")
-    pending = reader.submit(images.read, positions[batch_index[0]]) if starts else None
-    try:
-        for b, idx in enumerate(batch_index):
-            if should_abort is not None and should_abort():
-                raise AbortRequested("abort requested")
-            imgs = pending.result()
-            if b + 1 < len(batch_index):
-                pending = reader.submit(images.read, positions[batch_index[b + 1]])
-            batch = particles.subset(idx)
-            _accumulate_one(stats, cells, idx, imgs, batch, references, terms, band, group,
-                            backend, options)
-            done += idx.size
-            rate = done / max(time.monotonic() - t0, 1e-9)
-            _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
-                           f"({rate:.0f} particles/s)")
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+    # The next batch is read from the (memory-mapped) stacks in background threads while this
+    # one is computed; the backends release the GIL in their FFTs and kernels.
+    stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
+                         group.box_size, buffer=getattr(backend, "host_buffer", None),
+                         readers=reader_threads(backend, options))
+    for idx, imgs in stream:
+        if should_abort is not None and should_abort():
+            raise AbortRequested("abort requested")
+        _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms, band,
+                        group, backend, options)
+        done += idx.size
+        rate = done / max(time.monotonic() - t0, 1e-9)
+        _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
+                       f"({rate:.0f} particles/s)")
     return stats
+
+
+def batch_size_for(backend, options: RefineOptions, box: int) -> int:
+    """``options.batch_size``, or the backend's preferred batch for this box (256 if none)."""
+    if options.batch_size:
+        return int(options.batch_size)
+    preferred = getattr(backend, "default_batch_size", None)
+    return int(preferred(box)) if preferred else 256
+
+
+def reader_threads(backend, options: RefineOptions) -> int:
+    """Threads reading images: the backend's choice given ``--j`` (1 if it states none)."""
+    choose = getattr(backend, "reader_threads", None)
+    return int(choose(options.threads)) if choose else 1
 
 
 def load_backend(name: str):
@@ -179,14 +188,19 @@ def reference_for(half: int, policy: str) -> int:
     raise InputError(f"reference_half must be 'opposite' or 'own', got {policy!r}")
 
 
-def _accumulate_one(stats, cells, idx, imgs, batch, references, terms, band, group, backend,
+def _accumulate_one(stats, cells, imgs, batch, references, terms, band, group, backend,
                     options):
-    """One batch through the backend, half set by half set."""
+    """One batch through the backend: in one call where the backend takes both half sets
+    (``accumulate_halves``), else half set by half set."""
+    refs = {half: references[reference_for(half, options.reference_half)] for half in (1, 2)}
+    if hasattr(backend, "accumulate_halves"):
+        backend.accumulate_halves(stats, cells, imgs, batch, refs, terms, band,
+                                  group.pixel_size_A, options.threads)
+        return
     for half in (1, 2):
         sel = np.flatnonzero(batch.half_set == half)
         if sel.size:
-            backend.accumulate_batch(stats, cells[idx[sel]], imgs[sel], batch.subset(sel),
-                                     references[reference_for(half, options.reference_half)],
+            backend.accumulate_batch(stats, cells[sel], imgs[sel], batch.subset(sel), refs[half],
                                      terms, band, group.pixel_size_A, options.threads)
 
 

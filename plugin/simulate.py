@@ -56,5 +56,9 @@ class ArrayImages:
     def __len__(self):
         return len(self.images)
 
-    def read(self, positions):
-        return np.asarray(self.images[np.asarray(positions)], dtype=np.float32)
+    def read(self, positions, out=None):
+        images = np.asarray(self.images[np.asarray(positions)], dtype=np.float32)
+        if out is None:
+            return images
+        out[...] = images
+        return out

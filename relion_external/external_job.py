@@ -84,6 +84,8 @@ def options_from(args: dict) -> RefineOptions:
         raise InputError("kmin_A and kmax_A must be positive")
     if opts.subsets < 2:
         raise InputError(f"subsets must be at least 2, got {opts.subsets}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
     return opts
 
 

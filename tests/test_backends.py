@@ -3,8 +3,9 @@
 * numba: the fused compiled kernel, on random data with every forward-model ingredient
   (astigmatism, phase shift, B-factor, scale, origins, odd and even aberrations, magnification
   matrix, both half sets, several cells), to ~1e-9 relative;
-* cupy: the GPU driver with numpy standing in for CuPy (no GPU here: the CUDA kernel itself is
-  not exercised, see plugin/backends/cupy_backend.py);
+* cupy: the GPU driver with numpy standing in for CuPy, and the CUDA kernel source compiled as
+  C++ for the CPU (runs everywhere); on a machine with CuPy and a CUDA GPU, the real thing
+  (kernels, cuFFT, pinned buffers, the whole refinement) -- skipped, and said so, elsewhere;
 * resolve_backend / get_backend;
 * the full refinement gives the same Cs with device="numba" as with device="numpy".
 """
@@ -134,6 +135,28 @@ def test_cupy_driver_on_numpy_matches_numpy(cupy_on_numpy):
     ref = _accumulate(numpy_backend, problem)
     _assert_close(_accumulate(cupy_on_numpy, problem), ref)          # default xp ("cupy" = numpy)
     _assert_close(_accumulate(cupy_on_numpy, problem, xp=np, kernel="array"), ref)
+
+
+def test_cupy_halves_on_numpy_match_per_half_reference(cupy_on_numpy):
+    """accumulate_halves (one copy and transform per batch) == accumulate_batch per half set."""
+    group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(8)
+    ref = _accumulate(numpy_backend, problem)
+    for kernel in ("array", "auto"):
+        stats = np.zeros_like(ref)
+        cupy_on_numpy.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2,
+                                        xp=np, kernel=kernel)
+        _assert_close(stats, ref)
+    # the references really are used per half set: swapping them changes the result
+    stats = np.zeros_like(ref)
+    cupy_on_numpy.accumulate_halves(stats, cells, images, parts, {1: refs[2], 2: refs[1]}, terms,
+                                    band, PX, 2, xp=np)
+    assert not np.allclose(stats, ref)
+
+
+def test_cupy_batch_size_by_box(cupy_on_numpy):
+    assert cupy_on_numpy.default_batch_size(256) == 1024
+    assert cupy_on_numpy.default_batch_size(64) == 2048
+    assert cupy_on_numpy.default_batch_size(1024) == 64
 
 
 def test_cupy_driver_reports_sampling_beyond_reference(cupy_on_numpy):
@@ -288,3 +311,69 @@ def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path):
         assert n_bad[0] == 0
         got += cupy_on_numpy.reduce_cells(np, rows, cells[sel], n_cells)
     _assert_close(got, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Real GPU (CuPy + CUDA device): skipped without one
+# --------------------------------------------------------------------------------------------
+
+def _cuda_device():
+    try:
+        import cupy
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # ImportError, CUDARuntimeError without driver
+        return None
+
+
+gpu = pytest.mark.skipif(_cuda_device() is None,
+                         reason="no CuPy with a CUDA GPU here: the GPU backend's real kernels are "
+                                "tested only on a machine with one")
+
+
+@gpu
+@pytest.mark.parametrize("kernel", ["raw", "array"])
+def test_gpu_matches_numpy(kernel):
+    from plugin.backends import cupy_backend
+    problem = _problem(11, n=64)
+    ref = _accumulate(numpy_backend, problem)
+    # single-precision image transforms: cuFFT and pocketfft round differently (~1e-7 relative)
+    _assert_close(_accumulate(cupy_backend, problem, kernel=kernel), ref, rtol=1e-5)
+
+
+@gpu
+def test_gpu_halves_from_pinned_buffer_match_numpy():
+    from plugin.backends import cupy_backend
+    group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(12, n=96)
+    ref = _accumulate(numpy_backend, problem)
+    cupy_backend.warm_up()
+    buffer = cupy_backend.host_buffer(images.shape)
+    buffer[...] = images
+    assert cupy_backend._is_pinned(buffer[:50]) and not cupy_backend._is_pinned(images)
+    stats = np.zeros_like(ref)
+    cupy_backend.accumulate_halves(stats, cells[:50], buffer[:50], parts.subset(np.arange(50)),
+                                   refs, terms, band, PX)
+    cupy_backend.accumulate_halves(stats, cells[50:], buffer[50:], parts.subset(np.arange(50, 96)),
+                                   refs, terms, band, PX)
+    _assert_close(stats, ref, rtol=1e-5)
+
+
+@gpu
+def test_refine_cuda_and_numba_give_the_same_cs(small_map_48):
+    pytest.importorskip("numba")
+    from plugin.pipeline import RefineOptions, refine
+    from plugin.simulate import ArrayImages, simulate_images
+
+    vol, px = small_map_48
+    rng = np.random.default_rng(8)
+    truth = OpticsGroup(1, "g1", 300.0, 3.0, 0.1, px, vol.shape[0])
+    parts = random_particles(400, rng)
+    images = ArrayImages(simulate_images(vol, truth, parts, 0.5, rng))
+    halves = tuple(vol + rng.normal(0, 0.005 * vol.max(), vol.shape).astype(np.float32)
+                   for _ in range(2))
+    cs = {}
+    for device in ("cuda", "numba"):
+        res = refine({1: truth.with_cs(2.7)}, parts, images, halves,
+                     options=RefineOptions(device=device, threads=2, min_particles=50))
+        cs[device] = res.groups[0].cs_refined_mm
+    assert abs(cs["cuda"] - 3.0) < 0.1
+    assert cs["cuda"] == pytest.approx(cs["numba"], abs=1e-5)

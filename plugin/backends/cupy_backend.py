@@ -270,14 +270,59 @@ def reduce_cells(xp, rows, cells, n_cells: int):
     return (onehot @ rows.reshape(n, -1)).reshape((n_cells,) + rows.shape[1:])
 
 
+#: Host buffers handed out by :func:`host_buffer` (pinned): copied to the device without staging.
+_PINNED = weakref.WeakValueDictionary()
+
+
+def host_buffer(shape) -> np.ndarray:
+    """A float32 host array in pinned (page-locked) memory, for the pipeline to read images into;
+    its slices go to the device by DMA without a staging copy."""
+    cp = _cupy()
+    count = int(np.prod(shape))
+    memory = cp.cuda.alloc_pinned_memory(count * 4)
+    array = np.frombuffer(memory, np.float32, count).reshape(shape)  # keeps ``memory`` alive
+    _PINNED[id(array)] = array
+    return array
+
+
+def _is_pinned(array: np.ndarray) -> bool:
+    owner = array if array.base is None else array.base
+    return _PINNED.get(id(owner)) is owner and array.flags.c_contiguous
+
+
+def default_batch_size(box: int) -> int:
+    """About 256 MiB of images per batch (1024 at box 256), between 64 and 2048."""
+    return int(np.clip((256 << 20) // (4 * box * box), 64, 2048))
+
+
+def reader_threads(threads: int) -> int:
+    """With the work on the GPU, all ``--j`` threads of the host read images."""
+    return max(1, int(threads))
+
+
+def warm_up() -> None:
+    """Initialise CUDA, compile the kernel (NVRTC) and create cuFFT/cuBLAS handles."""
+    cp = _cupy()
+    kernel = _raw_kernel(cp)
+    if hasattr(kernel, "compile"):
+        kernel.compile()
+    cp.fft.rfft2(cp.zeros((1, 8, 8), dtype=cp.float32))
+    cp.ones((2, 2)) @ cp.ones((2, 2))
+    cp.cuda.Device().synchronize()
+
+
 def _to_device(xp, array, stream=None):
     """(device array, staging buffer): an asynchronous copy on ``stream`` from pinned host
-    memory; the caller keeps the staging buffer alive until the stream is synchronised."""
+    memory (the array itself if it is a :func:`host_buffer`, else a staging copy); the caller
+    keeps the staging buffer alive until the stream is synchronised."""
     if xp is np:
         return np.asarray(array), None
-    pinned = xp.cuda.alloc_pinned_memory(array.nbytes)
-    host = np.frombuffer(pinned, array.dtype, array.size).reshape(array.shape)
-    host[...] = array
+    if _is_pinned(array):
+        host, pinned = array, None
+    else:
+        pinned = xp.cuda.alloc_pinned_memory(array.nbytes)
+        host = np.frombuffer(pinned, array.dtype, array.size).reshape(array.shape)
+        host[...] = array
     out = xp.empty(array.shape, dtype=array.dtype)
     out.set(host, stream=stream)
     return out, pinned
@@ -285,7 +330,7 @@ def _to_device(xp, array, stream=None):
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
                      threads: int = 1, *, xp=None, kernel: str = "auto") -> None:
-    """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
+    """Add one batch of particles (all predicted from ``reference``) to ``stats``.
 
     Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
     ``xp``: the array module (default CuPy; numpy for the CPU stand-in used in tests);
@@ -293,19 +338,37 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     with CuPy, array otherwise). ``threads``: FFT workers of the CPU stand-in (unused on the
     device).
     """
+    _accumulate(stats, cells, images, particles, [(np.arange(len(particles)), reference)],
+                terms, band, pixel_size_A, threads, xp, kernel)
+
+
+def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
+                      threads: int = 1, *, xp=None, kernel: str = "auto") -> None:
+    """Add one batch holding both half sets: images copied and transformed once, then the
+    particles of half set h predicted from ``references[h]`` (h = 1, 2).
+
+    Equivalent to :func:`accumulate_batch` called per half set (tests/test_backends.py).
+    """
+    parts = [(np.flatnonzero(particles.half_set == h), references[h]) for h in (1, 2)]
+    _accumulate(stats, cells, images, particles, parts, terms, band, pixel_size_A, threads, xp,
+                kernel)
+
+
+def _accumulate(stats, cells, images, particles, parts, terms, band, pixel_size_A, threads, xp,
+                kernel):
     if len(particles) == 0:
         return
     xp = _cupy() if xp is None else xp
     use_raw = kernel == "raw" or (kernel == "auto" and xp is not np)
     if xp is np:
-        _accumulate_on(xp, None, stats, cells, images, particles, reference, terms, band,
+        _accumulate_on(xp, None, stats, cells, images, particles, parts, terms, band,
                        pixel_size_A, threads, use_raw)
         return
     stream = _STREAMS.get("compute")
     if stream is None:
         stream = _STREAMS["compute"] = xp.cuda.Stream(non_blocking=True)
     with stream:
-        _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms, band,
+        _accumulate_on(xp, stream, stats, cells, images, particles, parts, terms, band,
                        pixel_size_A, threads, use_raw)
         stream.synchronize()
 
@@ -313,25 +376,30 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
 _STREAMS = {}
 
 
-def _accumulate_on(xp, stream, stats, cells, images, particles, reference, terms, band,
+def _accumulate_on(xp, stream, stats, cells, images, particles, parts, terms, band,
                    pixel_size_A, threads, use_raw):
     n_cells = stats.shape[0]
-    ref = _CACHE.get(reference, ("ref", id(xp)), lambda: xp.asarray(reference.data))
     pix = _CACHE.get(terms, ("pix", id(xp), float(pixel_size_A)),
                      lambda: xp.asarray(_pixel_table(terms, pixel_size_A)))
     flat = _CACHE.get(band, ("flat", id(xp)), lambda: xp.asarray(band.flat_index))
     imgs, staging = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
     observed = band_transforms_xp(xp, imgs, flat, threads)
-    ptab = xp.asarray(_particle_table(particles))
-    if use_raw:
-        rows, n_bad = rows_raw(xp, observed, ptab, pix, ref, int(reference.radius),
-                               float(reference.scale), float(terms.defocus_factor))
-    else:
-        rows, n_bad = rows_array(xp, observed, ptab, pix, ref, int(reference.radius),
-                                 float(reference.scale), float(terms.defocus_factor))
-    if n_bad:
-        raise ValueError("sampling beyond the cropped reference; increase k_max_px")
-    cells_dev = xp.asarray(np.asarray(cells, dtype=np.int64))
-    part = reduce_cells(xp, rows, cells_dev, n_cells)
-    stats += part if xp is np else xp.asnumpy(part, stream=stream)  # blocking copy
+    del imgs
+    ptab_all = _particle_table(particles)
+    cells = np.asarray(cells, dtype=np.int64)
+    total = None
+    for sel, reference in parts:
+        if sel.size == 0:
+            continue
+        ref = _CACHE.get(reference, ("ref", id(xp)), lambda: xp.asarray(reference.data))
+        obs = observed if sel.size == len(particles) else observed[xp.asarray(sel)]
+        args = (xp, obs, xp.asarray(ptab_all[sel]), pix, ref, int(reference.radius),
+                float(reference.scale), float(terms.defocus_factor))
+        rows, n_bad = rows_raw(*args) if use_raw else rows_array(*args)
+        if n_bad:
+            raise ValueError("sampling beyond the cropped reference; increase k_max_px")
+        part = reduce_cells(xp, rows, xp.asarray(cells[sel]), n_cells)
+        total = part if total is None else total + part
+    if total is not None:
+        stats += total if xp is np else xp.asnumpy(total, stream=stream)  # blocking copy
     del staging
