@@ -18,6 +18,7 @@ Steps (all timed; data cached under --data-dir):
      difference between the GPU and CPU runs.
 
   python benchmarks/bench_gpu.py                      # 10k particles, box 256, 100k rows, --j 16
+  python benchmarks/bench_gpu.py --rows 100000,1000000   # + a 1M-row STAR (GPU only)
   python benchmarks/bench_gpu.py --box 128 --px 1.0 --rows 200000
 """
 
@@ -136,11 +137,13 @@ def read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     buffer = None
     if pinned:
         from plugin.backends import cupy_backend
+        cupy_backend.warm_up()  # CUDA initialised before the clock starts, as in csrefine
         buffer = cupy_backend.host_buffer
+    stream = BatchStream(reader, np.arange(len(reader)), batch, box, buffer=buffer,
+                         readers=readers)  # buffers allocated outside the timing
     t0 = time.monotonic()
     n = 0
-    for idx, _ in BatchStream(reader, np.arange(len(reader)), batch, box, buffer=buffer,
-                              readers=readers):
+    for idx, _ in stream:
         n += idx.size
     wall = time.monotonic() - t0
     return {"rows": n, "setup_s": setup, "wall_s": wall, "particles_per_s": n / wall,
@@ -151,9 +154,16 @@ def run_read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     import subprocess
     cmd = [sys.executable, __file__, "--read-only", str(star), "--batch", str(batch),
            "--j", str(readers)] + (["--pinned"] if pinned else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    if out.returncode != 0:
+        raise RuntimeError(f"read-only run failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _env() -> dict:
+    """The environment with the repository first on PYTHONPATH (entries already there kept)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +173,7 @@ def run_read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
 def run_csrefine(paths: dict, star: Path, device: str, threads: int, tag: str,
                  kmax_A: float, batch: int | None) -> dict:
     out = paths["dir"] / f"csrefine_{tag}"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _env()
     cmd = [sys.executable, "-m", "plugin.cli", "refine", "--particles", star.name, "--half-maps",
            paths["half1"].name, paths["half2"].name, "--mask", paths["mask"].name, "--out",
            out.name, "--j", threads, "--device", device, "--kmax-A", kmax_A]
@@ -180,7 +190,7 @@ def run_csrefine(paths: dict, star: Path, device: str, threads: int, tag: str,
 
 
 def warm_up(device: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = _env()
     code = ("from plugin.backends import resolve_backend, get_backend; "
             f"b = get_backend(resolve_backend({device!r})); "
             "getattr(b, 'warm_up', lambda: None)()")
@@ -204,8 +214,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10000, help="particles simulated (default 10000)")
     p.add_argument("--box", type=int, default=256)
     p.add_argument("--px", type=float, default=0.5)
-    p.add_argument("--rows", type=int, default=100000,
-                   help="rows of the timed STAR, re-using the simulated stacks (default 100000)")
+    p.add_argument("--rows", default="100000",
+                   help="comma-separated row counts of further STARs re-using the simulated "
+                        "stacks (default 100000)")
+    p.add_argument("--cpu-max-rows", type=int, default=100000,
+                   help="run --device cpu only on STARs of at most this many rows (default 100000)")
     p.add_argument("--j", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--kmax-A", type=float, default=2.5, help="fitted band's high-resolution end")
     p.add_argument("--cs-true", type=float, default=3.0)
@@ -230,11 +243,13 @@ def main(argv=None) -> int:
     paths = make_data(d, args.n, args.box, args.px, args.cs_true, args.cs_nominal, args.voltage,
                       args.snr, args.seed, args.j)
     sets = [(f"n{args.n}", paths["star"], args.n)]
-    if args.rows and args.rows != args.n:
-        sets.append((f"rows{args.rows}", scaled_star(paths, args.rows), args.rows))
-    cache = page_cache(d)
-    log(f"page cache: {cache['bytes'] / 1e9:.2f} GB of stacks read in {cache['wall_s']:.2f} s "
-        f"({cache['gb_per_s']:.2f} GB/s)")
+    for rows in (int(x) for x in args.rows.split(",") if x):
+        if rows != args.n:
+            sets.append((f"rows{rows}", scaled_star(paths, rows), rows))
+    for what in ("first read", "page cache"):  # the second read comes from the page cache
+        cache = page_cache(d)
+        log(f"{what}: {cache['bytes'] / 1e9:.2f} GB of stacks read in {cache['wall_s']:.2f} s "
+            f"({cache['gb_per_s']:.2f} GB/s, plain file reads, one thread)")
     devices = [x for x in args.devices.split(",") if x]
     for dev in devices:
         warm_up(dev)
@@ -254,6 +269,8 @@ def main(argv=None) -> int:
                 f"{r['gb_per_s']:.2f} GB/s (+{r['setup_s']:.2f} s STAR/stack set-up)")
         for rep in range(args.repeat):
             for dev in devices:
+                if dev != "cuda" and rows > args.cpu_max_rows:
+                    continue
                 r = run_csrefine(paths, star, dev, args.j, f"{tag}_{dev}", args.kmax_A, args.batch)
                 acc = r["timings"].get("accumulate_group1", float("nan"))
                 r.update(device=dev, set=tag, rows=rows, accumulate_s=acc,

@@ -270,24 +270,30 @@ def reduce_cells(xp, rows, cells, n_cells: int):
     return (onehot @ rows.reshape(n, -1)).reshape((n_cells,) + rows.shape[1:])
 
 
-#: Host buffers handed out by :func:`host_buffer` (pinned): copied to the device without staging.
-_PINNED = weakref.WeakValueDictionary()
+#: Address ranges (start, stop) of the pinned host buffers handed out by :func:`host_buffer`.
+_PINNED = {}
 
 
 def host_buffer(shape) -> np.ndarray:
     """A float32 host array in pinned (page-locked) memory, for the pipeline to read images into;
-    its slices go to the device by DMA without a staging copy."""
+    views of it go to the device by DMA without a staging copy."""
     cp = _cupy()
     count = int(np.prod(shape))
     memory = cp.cuda.alloc_pinned_memory(count * 4)
     array = np.frombuffer(memory, np.float32, count).reshape(shape)  # keeps ``memory`` alive
-    _PINNED[id(array)] = array
+    start = array.ctypes.data
+    _PINNED[start] = start + count * 4
+    weakref.finalize(array, _PINNED.pop, start, None)
     return array
 
 
 def _is_pinned(array: np.ndarray) -> bool:
-    owner = array if array.base is None else array.base
-    return _PINNED.get(id(owner)) is owner and array.flags.c_contiguous
+    """Whether ``array`` is a C-contiguous view into a live :func:`host_buffer`."""
+    if not array.flags.c_contiguous:
+        return False
+    lo = array.ctypes.data
+    hi = lo + array.nbytes
+    return any(start <= lo and hi <= stop for start, stop in list(_PINNED.items()))
 
 
 def default_batch_size(box: int) -> int:
