@@ -164,18 +164,19 @@ STRING_COLUMNS = ["rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike", "rlnOd
 
 def _image_locations(names: pd.Series, where: str):
     """rlnImageName 'N@path' -> (distinct paths, code per particle, 0-based index per particle)."""
-    parts = names.astype(str).str.split("@", n=1, expand=True)
-    if parts.shape[1] != 2 or parts[1].isna().any():
-        row = int(np.flatnonzero(parts[1].isna())[0]) if parts.shape[1] == 2 else 0
+    split = [str(name).partition("@") for name in names.tolist()]
+    missing = [i for i, (_, at, stack) in enumerate(split) if not at or not stack]
+    if missing:
+        row = missing[0]
         raise InputError(f"{where}: _rlnImageName {names.iloc[row]!r} (row {row + 1}) is not of "
                          f"the form N@stack")
-    number = pd.to_numeric(parts[0], errors="coerce").to_numpy()
+    number = pd.to_numeric(pd.Series([n for n, _, _ in split]), errors="coerce").to_numpy()
     bad = ~np.isfinite(number) | (number < 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"{where}: _rlnImageName {names.iloc[row]!r} (row {row + 1}) has no "
                          f"valid image number (numbers start at 1)")
-    codes, uniques = pd.factorize(parts[1])
+    codes, uniques = pd.factorize(pd.Series([stack for _, _, stack in split]))
     return list(uniques), codes.astype(np.int64), number.astype(np.int64) - 1
 
 
@@ -203,6 +204,11 @@ def read_particle_star(path) -> ParticleStar:
 
 
 TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
+
+
+def _tokens(line: str) -> list[str]:
+    """The values of a loop row (quoted values kept whole)."""
+    return TOKEN.findall(line) if ("'" in line or '"' in line) else line.split()
 
 
 def _loop_rows(lines):
@@ -236,12 +242,14 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
     n_rows = 0
     with atomic_output(dst) as tmp:
         with open(star.path, "r") as src, open(tmp, "w") as out:
+            col, col_of = {}, None
             for block, columns, line, is_row in _loop_rows(src):
                 if not is_row or block not in ("optics", "particles"):
                     out.write(line)
                     continue
-                tokens = TOKEN.findall(line)
-                col = {name: i for i, name in enumerate(columns)}
+                tokens = _tokens(line)
+                if col_of is not columns:  # a new loop: its column positions
+                    col, col_of = {name: i for i, name in enumerate(columns)}, columns
                 gid = int(tokens[col["rlnOpticsGroup"]]) if "rlnOpticsGroup" in col else single_group
                 if block == "optics" and gid in cs_mm:
                     tokens[col["rlnSphericalAberration"]] = f"{cs_mm[gid]:.6f}"
