@@ -75,10 +75,14 @@ def test_image_names_are_split_into_stacks_and_indices(tmp_path):
     star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
     assert star.stack_paths == ["stack.mrcs"]
     assert star.image_index.tolist() == [0, 1, 2, 3]
-    bad = _particles()
-    bad["rlnImageName"][2] = "stack.mrcs"
-    with pytest.raises(InputError, match="N@stack"):
-        read_particle_star(_write(tmp_path / "b.star", OPTICS, bad))
+    for name, message in (("stack.mrcs", r"'stack.mrcs' \(row 3\) is not of the form N@stack"),
+                          ("3@", r"'3@' \(row 3\) is not of the form N@stack"),
+                          ("0@stack.mrcs", r"'0@stack.mrcs' \(row 3\) has no valid image number"),
+                          ("x@stack.mrcs", r"'x@stack.mrcs' \(row 3\) has no valid image number")):
+        bad = _particles()
+        bad["rlnImageName"][2] = name
+        with pytest.raises(InputError, match=message):
+            read_particle_star(_write(tmp_path / "b.star", OPTICS, bad))
 
 
 @pytest.mark.parametrize("mutate, message", [
