@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, REPO, log  # noqa: E402
+from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def run_relion(paths: dict, star: Path, threads: int, tag: str, cs_nominal: floa
 def run_csrefine(paths: dict, star: Path, threads: int, tag: str, device: str) -> dict:
     out = paths["dir"] / f"csrefine_{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = repo_env()
     cmd = [sys.executable, "-m", "plugin.cli", "refine", "--particles", star.name, "--half-maps",
            paths["half1"].name, paths["half2"].name, "--mask", paths["mask"].name, "--out",
            out.name, "--j", threads, "--device", device]
@@ -199,17 +199,6 @@ def run_csrefine(paths: dict, star: Path, threads: int, tag: str, device: str) -
     res["timings"] = report.get("timings_s", {})
     res["backend"] = report.get("backend")
     return res
-
-
-def warm_up(device: str) -> None:
-    """Compile (or load from numba's on-disk cache) the kernels outside the timed runs."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    code = ("from plugin.backends import resolve_backend, get_backend; "
-            f"b = get_backend(resolve_backend({device!r})); "
-            "getattr(b, 'warm_up', lambda: None)()")
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    log(f"warm-up (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")
 
 
 # --------------------------------------------------------------------------------------------

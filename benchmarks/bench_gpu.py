@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ctf_refine import optics, scaled_star, timed  # noqa: E402
-from common import MODEL, REPO, log  # noqa: E402
+from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
 PER_STACK = 100
 _SIM = {}  # the map and optics group, inherited by forked workers
@@ -154,16 +154,10 @@ def run_read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     import subprocess
     cmd = [sys.executable, __file__, "--read-only", str(star), "--batch", str(batch),
            "--j", str(readers)] + (["--pinned"] if pinned else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    out = subprocess.run(cmd, capture_output=True, text=True, env=repo_env())
     if out.returncode != 0:
         raise RuntimeError(f"read-only run failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _env() -> dict:
-    """The environment with the repository first on PYTHONPATH (entries already there kept)."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +167,7 @@ def _env() -> dict:
 def run_csrefine(paths: dict, star: Path, device: str, threads: int, tag: str,
                  kmax_A: float, batch: int | None) -> dict:
     out = paths["dir"] / f"csrefine_{tag}"
-    env = _env()
+    env = repo_env()
     cmd = [sys.executable, "-m", "plugin.cli", "refine", "--particles", star.name, "--half-maps",
            paths["half1"].name, paths["half2"].name, "--mask", paths["mask"].name, "--out",
            out.name, "--j", threads, "--device", device, "--kmax-A", kmax_A]
@@ -187,17 +181,6 @@ def run_csrefine(paths: dict, star: Path, device: str, threads: int, tag: str,
     res.update(cs_mm=float(g["cs_refined_mm"]), cs_sigma_mm=g["cs_sigma_mm"],
                timings=report.get("timings_s", {}), backend=report.get("backend"))
     return res
-
-
-def warm_up(device: str) -> None:
-    env = _env()
-    code = ("from plugin.backends import resolve_backend, get_backend; "
-            f"b = get_backend(resolve_backend({device!r})); "
-            "getattr(b, 'warm_up', lambda: None)()")
-    import subprocess
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    log(f"warm-up {device} (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")
 
 
 def gpu_name() -> str:

@@ -20,9 +20,17 @@ def have_relion(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
 
 
-def run_relion(args: list, cwd=None, log=None) -> str:
-    """Run a RELION command; raise RelionError with its output tail on failure."""
-    proc = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
+def run_relion(args: list, cwd=None, log=None, timeout_s: float | None = None) -> str:
+    """Run a RELION command; raise RelionError with its output tail on failure or after
+    ``timeout_s`` seconds (relion_pipeliner waits forever for a job that dies without writing
+    its exit file)."""
+    try:
+        proc = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        raise RelionError(f"{args[0]} did not finish within {timeout_s} s:\n{out[-2000:]}") from None
     text = proc.stdout + proc.stderr
     if log is not None:
         Path(log).write_text(text)

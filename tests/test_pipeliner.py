@@ -7,7 +7,7 @@ import pytest
 import starfile
 
 from conftest import require_relion
-from relion_external.relion_tools import run_relion
+from relion_external.relion_tools import RelionError, run_relion
 
 
 @pytest.mark.relion
@@ -25,7 +25,11 @@ def test_relion_pipeliner_runs_the_external_job(example_project):
         "Param1 - label: == kmax_A", "Param1 - value: == 3.4",
         "Param2 - label: == device", "Param2 - value: == numpy"]) + ";"
     run_relion(["relion_pipeliner", "--addJob", "External", "--addJobOptions", options])
-    run_relion(["relion_pipeliner", "--RunJobs", "External/job001/"])
+    try:
+        run_relion(["relion_pipeliner", "--RunJobs", "External/job001/"], timeout_s=600)
+    except RelionError as exc:  # e.g. csrefine-relion died before writing an exit file
+        err = Path("External/job001/run.err")
+        pytest.fail(f"{exc}\nrun.err: {err.read_text() if err.exists() else '(none)'}")
     pipeline = starfile.read("default_pipeline.star", always_dict=True)
     procs = pipeline["pipeline_processes"]
     row = procs[procs["rlnPipeLineProcessName"] == "External/job001/"]

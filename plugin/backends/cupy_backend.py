@@ -1,29 +1,28 @@
-"""GPU backend (CuPy, optional extra ``csrefine[gpu]``): batched FFT, fused slice+shift+CTF kernel
-and per-cell reduction on the device.
+"""GPU backend (CuPy, optional extra ``csrefine[gpu]`` / ``csrefine[gpu-cuda13]``): batched FFT,
+fused slice+shift+CTF kernel and per-cell reduction on the device.
 
-**Status: the CUDA path has not been run or timed** -- it was written on a machine without a GPU,
-so GPU speed is unmeasured. What *is* tested (tests/test_backends.py) is the same Python-level
-driver with numpy standing in for CuPy (the test installs numpy as the ``cupy`` module, or passes
-``xp=numpy``; the "array" kernel is then used): the FFT, band gather, per-particle tables, the
-element-wise formulation of the fused kernel and the one-hot reduction over cells, against the
-numpy reference backend. The CUDA source in ``_CUDA_SOURCE`` mirrors that element-wise
-formulation line by line (double precision, complex64 reference/transforms upcast on use); a test
-compiles that source as C++ with g++ (a few lines stand in for the CUDA built-ins), runs it
-thread by thread on the CPU and checks its results against the reference too. Not checked here:
-NVRTC compilation, cuFFT, streams/pinned memory, and any speed.
+Tested in two ways (tests/test_backends.py):
+* everywhere: the same Python-level driver with numpy standing in for CuPy (the "array" kernel,
+  an element-wise formulation of the fused kernel), and the CUDA source ``_CUDA_SOURCE``
+  compiled as C++ with g++ (a few lines stand in for the CUDA built-ins) and run thread by
+  thread on the CPU, both against the numpy reference backend;
+* on a machine with CuPy and a CUDA GPU (skipped, and said so, elsewhere): the RawKernel (NVRTC),
+  cuFFT, pinned host buffers and the whole refinement, against the numpy and numba backends.
+  Run on an NVIDIA H100 (CuPy 14.2, CUDA 13): all pass; speed in README.md ("Performance").
 
-Driver per batch (all of one half set):
-  1. images -> device (from a pinned host buffer on a dedicated stream), ``rfft2(ifftshift(.))``
-     batched, gathered at the band pixels;
+Driver per batch (both half sets):
+  1. images -> device by DMA from the pinned host buffer the pipeline read them into
+     (:func:`host_buffer`; other arrays go through a pinned staging copy) on a dedicated stream;
+     ``rfft2(ifftshift(.))`` batched, gathered at the band pixels -- once for both half sets;
   2. per-particle table (rotation rows, defocus, astigmatism, phase shift, B, scale, origins) made
-     on the host (tiny) and copied; per-pixel tables and the padded reference are copied once and
-     cached on the device for the life of the reference;
-  3. a fused element-wise kernel, one thread per (particle, band pixel), writes the six terms
-     (n, 6, m);
+     on the host (tiny) and copied; per-pixel tables and the padded references are copied once
+     and cached on the device for the life of the reference;
+  3. per half set, a fused element-wise kernel, one thread per (particle, band pixel), writes the
+     six terms (n, 6, m) using that half set's reference;
   4. a one-hot (n_cells x n) matrix product reduces them per cell on the device; the small
      (n_cells, 6, m) result is copied back and added to ``stats``.
-Overlap: the pipeline reads the next batch from the memory-mapped stacks in a background thread
-while this batch is computed; CuPy releases the GIL while it waits for the device.
+Overlap: the pipeline reads the next batch with ``--j`` threads (:func:`reader_threads`) while
+this batch is computed; CuPy releases the GIL while it waits for the device.
 """
 
 from __future__ import annotations
@@ -211,8 +210,7 @@ def _raw_kernel(cp):
 
 
 def rows_raw(cp, observed, ptab, pix, ref, radius: int, ref_scale: float, defocus_factor: float):
-    """CUDA version of :func:`rows_array` (CuPy arrays in and out). Not run on this project's
-    test machines (no GPU)."""
+    """CUDA version of :func:`rows_array` (CuPy arrays in and out); tested on a GPU only."""
     n, m = observed.shape
     observed = cp.ascontiguousarray(observed, dtype=cp.complex64)
     rows = cp.empty((n, 6, m), dtype=cp.float64)
