@@ -77,6 +77,20 @@ def test_numba_matches_numpy(mag, bfactor):
     _assert_close(got, ref)
 
 
+def test_numba_halves_match_per_half_reference():
+    """accumulate_halves (one transform per batch) == the reference per half set."""
+    from plugin.backends import numba_backend
+    group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(9)
+    ref = _accumulate(numpy_backend, problem)
+    stats = np.zeros_like(ref)
+    numba_backend.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2)
+    _assert_close(stats, ref)
+    swapped = np.zeros_like(ref)
+    numba_backend.accumulate_halves(swapped, cells, images, parts, {1: refs[2], 2: refs[1]},
+                                    terms, band, PX, 2)
+    assert not np.allclose(swapped, ref)
+
+
 def test_numba_accumulates_in_place_over_batches():
     numba_backend = pytest.importorskip("plugin.backends.numba_backend")
     group, band, terms, refs, parts, images, cells, n_cells = _problem(2, n=30)

@@ -33,6 +33,7 @@ so that the misses overlap, before the interpolation proper.
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numba
@@ -358,11 +359,25 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
     return errors.sum(), sinks.sum()
 
 
-def centre_to_origin(images: np.ndarray) -> np.ndarray:
+_SCRATCH = threading.local()
+
+
+def _scratch(shape, dtype) -> np.ndarray:
+    """A per-thread work array of ``shape`` reused across batches (a fresh array of a batch's
+    size costs page faults on every batch)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    size = int(np.prod(shape))
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = _SCRATCH.buf = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def centre_to_origin(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``ifftshift`` over the last two axes (the values of ``scipy.fft.ifftshift``), copied by
     numba threads image by image (a single-threaded copy of the batch was the serial part
-    that kept the backend from scaling with ``--j``)."""
-    out = np.empty(images.shape, dtype=images.dtype)
+    that kept the backend from scaling with ``--j``). ``out``: optional array to fill."""
+    if out is None:
+        out = np.empty(images.shape, dtype=images.dtype)
     _shift_copy(images, out)
     return out
 
@@ -393,7 +408,8 @@ def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     box = band.box
     col, row = grid_indices(band)
     ncol = int(col.max()) + 1 if col.size else 1
-    half = scipy.fft.rfft(centre_to_origin(images), axis=-1, workers=threads)[:, :, :ncol]
+    shifted = centre_to_origin(images, _scratch(images.shape, images.dtype))
+    half = scipy.fft.rfft(shifted, axis=-1, workers=threads)[:, :, :ncol]
     ft = scipy.fft.fft(half, axis=-2, workers=threads, overwrite_x=True)
     iy = (row - box // 2) % box  # numpy's row order (fftfreq)
     return ft.reshape(images.shape[0], -1)[:, iy * ncol + col]
@@ -429,16 +445,43 @@ def _pixel_inputs(terms, band, pixel_size_A: float):
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
                      threads: int = 1) -> None:
-    """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
+    """Add one batch of particles (all predicted from ``reference``) to ``stats``.
 
     Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
     """
     if len(particles) == 0:
         return
     set_threads(threads)
+    _accumulate_observed(stats, cells, _observed(images, band, threads), particles, reference,
+                         terms, band, pixel_size_A)
+
+
+def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
+                      threads: int = 1) -> None:
+    """Add one batch holding both half sets: images transformed once, then the particles of
+    half set h predicted from ``references[h]`` (h = 1, 2). Same result as
+    :func:`accumulate_batch` per half set (tests/test_backends.py)."""
+    if len(particles) == 0:
+        return
+    set_threads(threads)
+    observed = _observed(images, band, threads)
+    cells = np.asarray(cells)
+    for half in (1, 2):
+        sel = np.flatnonzero(particles.half_set == half)
+        if sel.size:
+            _accumulate_observed(stats, cells[sel], observed[sel], particles.subset(sel),
+                                 references[half], terms, band, pixel_size_A)
+
+
+def _observed(images, band, threads):
     observed = np.ascontiguousarray(band_transforms(images, band, threads))
     if observed.dtype not in (np.complex64, np.complex128):
         observed = observed.astype(np.complex128)
+    return observed
+
+
+def _accumulate_observed(stats, cells, observed, particles, reference, terms, band, pixel_size_A):
+    """The fused kernel on band transforms ``observed`` (n, m)."""
     pix, lin, col, row, cont = _pixel_inputs(terms, band, pixel_size_A)
     if lin is not None:
         shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
@@ -446,11 +489,11 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     else:
         shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
         qtab = np.zeros((1, 7))
-    bad, _ = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64), observed,
-                             particle_table(particles), pix,
-                             reference.data, int(reference.radius), float(reference.scale),
-                             float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
-                             shift_x, shift_y, col, row, qtab, cont, band.box // 2)
+    bad, _ = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64),
+                                np.ascontiguousarray(observed), particle_table(particles), pix,
+                                reference.data, int(reference.radius), float(reference.scale),
+                                float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
+                                shift_x, shift_y, col, row, qtab, cont, band.box // 2)
     if bad:
         raise ValueError("sampling beyond the cropped reference; increase k_max_px")
 
