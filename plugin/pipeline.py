@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -145,15 +146,16 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
                          group.box_size, buffer=getattr(backend, "host_buffer", None),
                          readers=reader_threads(backend, options))
-    for idx, imgs in stream:
-        if should_abort is not None and should_abort():
-            raise AbortRequested("abort requested")
-        _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms, band,
-                        group, backend, options)
-        done += idx.size
-        rate = done / max(time.monotonic() - t0, 1e-9)
-        _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
-                       f"({rate:.0f} particles/s)")
+    with closing(iter(stream)) as batches:  # readers stopped at once on abort or error
+        for idx, imgs in batches:
+            if should_abort is not None and should_abort():
+                raise AbortRequested("abort requested")
+            _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms,
+                            band, group, backend, options)
+            done += idx.size
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
+                           f"({rate:.0f} particles/s)")
     return stats
 
 

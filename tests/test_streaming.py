@@ -104,3 +104,13 @@ def test_batch_stream_raises_reader_error(stacks, tmp_path):
 
 def test_batch_stream_empty():
     assert list(BatchStream(None, np.array([], int), 4, BOX)) == []
+
+
+def test_batch_stream_closed_early_stops_its_readers(stacks):
+    import threading
+    from contextlib import closing
+
+    reader, _ = _reader(stacks, np.arange(12))
+    with closing(iter(BatchStream(reader, np.arange(12), 2, BOX, readers=2))) as batches:
+        next(batches)  # an abort after the first batch, say
+    assert not [t for t in threading.enumerate() if t.name.startswith("csrefine-read")]
