@@ -87,11 +87,7 @@ def interpretation(g) -> list[str]:
         spread = float(np.std(g.cs_subsets_mm, ddof=1)) if len(g.cs_subsets_mm) > 1 else float("nan")
         lines.append(f"  Independent random subsets: {', '.join(f'{c:.3f}' for c in g.cs_subsets_mm)} mm "
                      f"(standard deviation {spread:.3f} mm).")
-    if g.pixel_size_if_cs_nominal_A:
-        rel = 100 * (g.pixel_size_if_cs_nominal_A / g.pixel_size_A - 1)
-        lines.append(f"  Alternatively, with Cs at its nominal value, a pixel size of "
-                     f"{g.pixel_size_if_cs_nominal_A:.4f} A instead of {g.pixel_size_A:.4f} A ({rel:+.2f}%) "
-                     f"explains the same CTF; only an absolute ruler (an atomic model) tells which.")
+    lines.extend(_pixel_alternative(g))
     nyquist = 2 * g.pixel_size_A
     if g.resolution_impact_A:
         lines.append(f"  The refined CTF departs from the nominal one by 45 degrees at "
@@ -100,6 +96,30 @@ def interpretation(g) -> list[str]:
         lines.append(f"  The refined and nominal CTFs differ by less than 45 degrees up to Nyquist "
                      f"({nyquist:.2f} A): the change has no practical effect at this pixel size.")
     return lines
+
+
+#: Pixel-size errors beyond this (relative) are not taken as an explanation of a Cs change: a
+#: microscope's magnification calibration is rarely off by more than a few percent.
+PLAUSIBLE_PIXEL_ERROR = 0.05
+
+
+def _pixel_alternative(g) -> list[str]:
+    """The pixel size that would explain the refined Cs instead, where that is plausible."""
+    p_alt = g.pixel_size_if_cs_nominal_A
+    if p_alt is None:
+        return []
+    if not math.isfinite(p_alt):
+        return ["  No pixel size explains this Cs with the nominal Cs (the refined Cs is not "
+                "positive): it is not a pixel-size effect."]
+    rel = p_alt / g.pixel_size_A - 1
+    text = (f"a pixel size of {p_alt:.4f} A instead of {g.pixel_size_A:.4f} A ({100 * rel:+.2f}%)")
+    if abs(rel) > PLAUSIBLE_PIXEL_ERROR:
+        return [f"  With Cs at its nominal value, only {text} would explain the same CTF: a "
+                f"pixel-size error that large is implausible, so this is not a pixel-size effect "
+                f"(Cs is a small fraction of its change, as on Cs-corrected microscopes, or the "
+                f"k^4 term absorbs another phase error)."]
+    return [f"  Alternatively, with Cs at its nominal value, {text} explains the same CTF; only "
+            f"an absolute ruler (an atomic model) tells which."]
 
 
 def interpretation_text(refinement: Refinement) -> str:
