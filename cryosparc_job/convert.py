@@ -226,17 +226,14 @@ class SignedImages:
         return images
 
 
-def open_images(dset, groups, paths, indices):
-    """Memory-mapped particle images of ``dset`` (signs applied), in dataset order."""
+def open_images(dset, groups, paths, indices, optics_group):
+    """Memory-mapped particle images of ``dset`` (signs applied), in dataset order; each
+    particle's box and pixel size are those of its group (``optics_group``, per particle)."""
     from plugin.images import StackReader
 
-    boxes = {g.box_size for g in groups.values()}
-    if len(boxes) != 1:
-        raise InputError(f"exposure groups have different box sizes {sorted(boxes)}; csrefine "
-                         f"needs one box size per run")
-    pixels = {round(g.pixel_size_A, 4) for g in groups.values()}
-    px = next(iter(groups.values())).pixel_size_A if len(pixels) == 1 else None
-    reader = StackReader(paths, indices, boxes.pop(), px)
+    from plugin.model import per_particle_geometry
+
+    reader = StackReader(paths, indices, *per_particle_geometry(groups, optics_group))
     signs = image_signs(dset)
     return reader if np.all(signs == 1) else SignedImages(reader, signs)
 

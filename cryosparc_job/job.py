@@ -144,7 +144,7 @@ def refine_in_job(job, project, args, options) -> object:
         f"project directory {project_dir}")
     groups, parts, paths, indices = relion_params_from_cryosparc(
         particles, project_dir, what=f"particles {args.particles}")
-    images = open_images(particles, groups, paths, indices)
+    images = open_images(particles, groups, paths, indices, parts.optics_group)
     half_a = _blob_path(volume, "map_half_A", project_dir, "volume")
     half_b = _blob_path(volume, "map_half_B", project_dir, "volume")
     mask_path = None
@@ -161,8 +161,8 @@ def refine_in_job(job, project, args, options) -> object:
     log(summary_table(refinement))
     plots = list(zip(figures(refinement), (json.dumps(r) for r in figure_raw_data(refinement))))
     if structure is not None:
-        px = next(iter(groups.values())).pixel_size_A
-        calibration = calibrate_refinement(refinement, half_maps, mask, px, structure)
+        calibration = calibrate_refinement(refinement, half_maps, mask,
+                                           refinement.map_pixel_size_A, structure)
         log("\n".join(calibration.lines))
         plots += [(f, json.dumps(calibration.json, default=float)) for f in calibration.figures]
     for (title, fig), raw in plots:

@@ -52,7 +52,7 @@ class Inputs:
 
 def load_inputs(dset, project_dir, half1, half2, mask=None, what="particles") -> Inputs:
     groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir, what=what)
-    images = open_images(dset, groups, paths, indices)
+    images = open_images(dset, groups, paths, indices, particles.optics_group)
     half_maps, m, px = read_half_maps(half1, half2, mask)
     return Inputs(dset, groups, particles, images, half_maps, m, px)
 
@@ -90,8 +90,8 @@ def run_offline(args, options: RefineOptions | None = None, progress=None,
             "half_maps": [str(h) for h in args.half_maps],
             "mask": str(args.mask) if getattr(args, "mask", None) else None,
             "model": str(model) if model else None}
-    px = next(iter(inputs.groups.values())).pixel_size_A
-    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask, px)
+    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask,
+                                       refinement.map_pixel_size_A)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_dataset_atomic(out_dset, out / "particles.cs")

@@ -21,17 +21,20 @@ class StackReader:
     ----------
     paths : sequence of str, one per particle (stack file).
     indices : int array (n,), 0-based image index within each stack.
-    box : expected box size; pixel_size_A : expected pixel size (checked against the MRC header
-        only when the header holds a non-zero voxel size; tolerance 0.5%).
+    box : expected box size, one for all particles or one per particle (optics groups may
+        differ); pixel_size_A : expected pixel size, likewise (None: not checked; checked against
+        the MRC header only when the header holds a non-zero voxel size; tolerance 0.5%).
+    All particles of one stack must share box and pixel size; one ``read`` call must ask for
+    images of one box size.
     """
 
-    def __init__(self, paths, indices, box: int, pixel_size_A: float | None = None):
+    def __init__(self, paths, indices, box, pixel_size_A=None):
         names, codes = np.unique(np.asarray(paths, dtype=object).astype(str), return_inverse=True)
         self._setup(list(names), codes, indices, box, pixel_size_A)
 
     @classmethod
-    def from_codes(cls, stack_paths, stack_code, indices, box: int,
-                   pixel_size_A: float | None = None) -> "StackReader":
+    def from_codes(cls, stack_paths, stack_code, indices, box,
+                   pixel_size_A=None) -> "StackReader":
         """From distinct stack paths and, per particle, a code into them (no per-particle strings)."""
         reader = cls.__new__(cls)
         reader._setup(list(stack_paths), stack_code, indices, box, pixel_size_A)
@@ -41,22 +44,37 @@ class StackReader:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.stack_names = np.asarray(names, dtype=object)
         self.stack_of = np.asarray(codes, dtype=np.int64)
-        self.box = int(box)
+        n = self.indices.size
+        boxes = np.broadcast_to(np.asarray(box, dtype=np.int64), (n,))
+        pixels = np.broadcast_to(np.asarray(np.nan if pixel_size_A is None else pixel_size_A,
+                                            dtype=np.float64), (n,))
         self._maps = {}
+        self._box_of_stack = np.zeros(len(names), dtype=np.int64)
         lo = np.full(len(names), np.iinfo(np.int64).max)
         hi = np.full(len(names), -1)
         np.minimum.at(lo, self.stack_of, self.indices)
         np.maximum.at(hi, self.stack_of, self.indices)
+        first = np.full(len(names), -1)
+        first[self.stack_of[::-1]] = np.arange(n)[::-1]  # first particle of each stack
+        box_lo = np.full(len(names), np.iinfo(np.int64).max)
+        box_hi = np.full(len(names), -1)
+        np.minimum.at(box_lo, self.stack_of, boxes)
+        np.maximum.at(box_hi, self.stack_of, boxes)
         for i, name in enumerate(self.stack_names):
             if hi[i] < 0:
                 continue
-            self._maps[i] = self._open(name, pixel_size_A)
+            if box_lo[i] != box_hi[i]:
+                raise InputError(f"{name}: particles of different optics groups in this stack "
+                                 f"have different box sizes ({box_lo[i]} and {box_hi[i]})")
+            box_i, px_i = int(box_lo[i]), float(pixels[first[i]])
+            self._box_of_stack[i] = box_i
+            self._maps[i] = self._open(name, box_i, None if np.isnan(px_i) else px_i)
             count = self._maps[i].shape[0]
             if lo[i] < 0 or hi[i] >= count:
                 bad = int(hi[i] if hi[i] >= count else lo[i])
                 raise InputError(f"{name}: image {bad + 1} requested but the stack holds {count}")
 
-    def _open(self, name: str, pixel_size_A):
+    def _open(self, name: str, box: int, pixel_size_A):
         path = Path(name)
         if not path.is_file():
             raise InputError(f"{name}: particle stack not found")
@@ -69,14 +87,21 @@ class StackReader:
         data = mrc.data
         if data.ndim == 2:
             data = data[None]
-        if data.shape[1:] != (self.box, self.box):
+        if data.shape[1:] != (box, box):
             raise InputError(f"{name}: images are {data.shape[2]}x{data.shape[1]} pixels, "
-                             f"the optics table says {self.box}")
+                             f"the optics table says {box}")
         header_px = float(mrc.voxel_size.x)
         if pixel_size_A and header_px > 0 and abs(header_px / pixel_size_A - 1) > 0.005:
             raise InputError(f"{name}: pixel size in the header is {header_px:.4f} A, "
                              f"the optics table says {pixel_size_A:.4f} A")
         return data
+
+    def box_of(self, positions) -> int:
+        """The box size of the images at ``positions`` (ValueError if they differ)."""
+        boxes = np.unique(self._box_of_stack[self.stack_of[np.asarray(positions, dtype=np.int64)]])
+        if boxes.size > 1:
+            raise ValueError(f"one read must ask for one box size, got {boxes.tolist()}")
+        return int(boxes[0]) if boxes.size else 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -90,10 +115,11 @@ class StackReader:
         NaN or infinity.
         """
         positions = np.asarray(positions, dtype=np.int64)
+        box = self.box_of(positions)
         if out is None:
-            out = np.empty((positions.size, self.box, self.box), dtype=np.float32)
-        elif out.shape != (positions.size, self.box, self.box) or out.dtype != np.float32:
-            raise ValueError(f"out must be float32 {(positions.size, self.box, self.box)}, "
+            out = np.empty((positions.size, box, box), dtype=np.float32)
+        elif out.shape != (positions.size, box, box) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {(positions.size, box, box)}, "
                              f"got {out.dtype} {out.shape}")
         stacks = self.stack_of[positions]
         for start, stop in _runs(stacks, self.indices[positions]):

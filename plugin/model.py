@@ -91,3 +91,13 @@ class Particles:
             bad = ~np.isfinite(getattr(self, name))
             if bad.any():
                 raise ValueError(f"{name} is not finite for particle {int(np.flatnonzero(bad)[0])}")
+
+
+def per_particle_geometry(groups, optics_group: np.ndarray):
+    """(box, pixel size A) arrays per particle from its optics group."""
+    box = np.zeros(optics_group.size, dtype=np.int64)
+    px = np.zeros(optics_group.size, dtype=np.float64)
+    for gid, g in groups.items():
+        sel = optics_group == gid
+        box[sel], px[sel] = g.box_size, g.pixel_size_A
+    return box, px

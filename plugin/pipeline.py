@@ -23,7 +23,7 @@ from .fourier import make_band
 from .fsc import fsc_curve, resolution_at_threshold, soft_spherical_mask
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import OpticsGroup, Particles
-from .projection import make_padded_reference
+from .projection import for_particles, make_padded_reference
 from .streaming import BatchStream
 
 
@@ -95,6 +95,7 @@ class Refinement:
     band_A: list
     backend: str
     timings_s: dict
+    map_pixel_size_A: float | None = None  # the half maps' pixel size the groups were scaled to
 
     def group(self, optics_group: int) -> GroupResult:
         return next(g for g in self.groups if g.optics_group == optics_group)
@@ -112,19 +113,46 @@ def assign_cells(n: int, subsets: int, cells_per_subset: int, seed: int) -> np.n
     return cells
 
 
-def check_geometry(groups: dict[int, OpticsGroup], half_maps, map_pixel_size_A: float | None):
-    """All groups must share the half maps' box and pixel size (within 0.5%)."""
-    box = half_maps[0].shape[0]
+#: Pixel sizes within this relative difference are taken as equal (no rescaling).
+PIXEL_TOLERANCE = 0.005
+
+
+def map_pixel_size(groups: dict[int, OpticsGroup], half_maps,
+                   map_pixel_size_A: float | None) -> float:
+    """The half maps' pixel size (A), which the optics groups are rescaled to.
+
+    Groups of one pixel size (within 0.5%): that pixel size; the header, if set, must agree.
+    Groups of several pixel sizes (data merged across detectors or magnifications, as RELION
+    3.1+ allows): the header's, which must be set and match one of the groups within 0.5%
+    (guarding against a default or foreign header, which would scale the apparent Cs by the
+    fourth power of the error). Box sizes may differ freely.
+    """
     if half_maps[1].shape != half_maps[0].shape:
         raise InputError(f"half maps differ in shape: {half_maps[0].shape} vs {half_maps[1].shape}")
-    for g in groups.values():
-        if g.box_size != box:
-            raise InputError(f"optics group {g.optics_group} ({g.name}): box {g.box_size} "
-                             f"differs from the half maps' box {box}")
-        if map_pixel_size_A and abs(g.pixel_size_A / map_pixel_size_A - 1) > 0.005:
-            raise InputError(f"optics group {g.optics_group} ({g.name}): pixel size "
-                             f"{g.pixel_size_A:.4f} A differs from the half maps' "
-                             f"{map_pixel_size_A:.4f} A")
+    sizes = sorted({g.pixel_size_A for g in groups.values()})
+    one_size = sizes[-1] / sizes[0] - 1 <= PIXEL_TOLERANCE
+    if one_size:
+        px = next(iter(groups.values())).pixel_size_A
+        if map_pixel_size_A and abs(px / map_pixel_size_A - 1) > PIXEL_TOLERANCE:
+            raise InputError(f"optics groups' pixel size {px:.4f} A differs from the half maps' "
+                             f"{map_pixel_size_A:.4f} A (header)")
+        return float(px)
+    listing = ", ".join(f"{g.optics_group}: {g.pixel_size_A:.4f} A" for g in groups.values())
+    if not map_pixel_size_A:
+        raise InputError(f"optics groups have different pixel sizes ({listing}) and the half maps' "
+                         f"header states none: cannot tell which pixel size the maps have")
+    if not any(abs(g.pixel_size_A / map_pixel_size_A - 1) <= PIXEL_TOLERANCE
+               for g in groups.values()):
+        raise InputError(f"the half maps' pixel size {map_pixel_size_A:.4f} A (header) matches "
+                         f"none of the optics groups ({listing})")
+    return float(map_pixel_size_A)
+
+
+def group_references(references: dict, group: OpticsGroup, map_px_A: float) -> dict:
+    """The half-map references as sampled for ``group`` (rescaled if its pixel size differs)."""
+    if abs(group.pixel_size_A / map_px_A - 1) <= PIXEL_TOLERANCE:
+        return references
+    return {h: for_particles(ref, map_px_A, group.pixel_size_A) for h, ref in references.items()}
 
 
 def _log(progress: ProgressFn | None, text: str):
@@ -300,7 +328,9 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     Parameters
     ----------
     groups : optics groups by RELION number; particles : all particles (file order);
-    images : object with ``read(positions) -> (k, box, box) float32`` in particle order;
+    images : object with ``read(positions, out=None) -> (k, box, box) float32`` in particle
+        order (box: the particles' optics group's; groups may differ in box and pixel size, the
+        references are rescaled as in RELION);
     half_maps : (half1, half2) real-space maps (box^3, [z, y, x]);
     mask : optional real-space mask for the FSC (a soft sphere of 0.8*box diameter if None).
     map_pixel_size_A : the half maps' pixel size if known (checked against the optics groups).
@@ -312,9 +342,8 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     t_start = time.monotonic()
     backend_name = resolve_backend(options.device)
     particles.check_finite()
-    check_geometry(groups, half_maps, map_pixel_size_A)
+    px = map_pixel_size(groups, half_maps, map_pixel_size_A)  # the maps'; groups may differ
     box = half_maps[0].shape[0]
-    px = next(iter(groups.values())).pixel_size_A
     if mask is None:
         mask = soft_spherical_mask(box, 0.4 * box - 6)
     elif mask.shape != half_maps[0].shape:
@@ -350,24 +379,28 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                         f"{max(options.min_particles, n_cells)})", band_A))
             _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
             continue
-        if k_max_A > 0.8 * options.k_min_A:
+        k_max_g = max(k_max_A, 2.0 * group.pixel_size_A)  # capped at this group's Nyquist
+        band_g = [float(options.k_min_A), float(k_max_g)]
+        if k_max_g > 0.8 * options.k_min_A:
             results.append(_not_refined(group, n, f"resolution too low: the band {options.k_min_A}"
-                                        f"-{k_max_A:.1f} A is too narrow", band_A))
+                                        f"-{k_max_g:.1f} A is too narrow", band_g))
             _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
             continue
-        band = make_band(box, px, 1.0 / options.k_min_A, 1.0 / k_max_A)
+        band = make_band(group.box_size, group.pixel_size_A, 1.0 / options.k_min_A,
+                         1.0 / k_max_g)
         sub = particles.subset(positions)
         cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
         t0 = time.monotonic()
-        stats = accumulate_group(group, positions, sub, images, references, band, cells, n_cells,
+        stats = accumulate_group(group, positions, sub, images,
+                                 group_references(references, group, px), band, cells, n_cells,
                                  backend, options, progress, should_abort)
         timings[f"accumulate_group{gid}"] = time.monotonic() - t0
         t0 = time.monotonic()
-        fitted = fit_group(group, stats, band, n_cells, n, options, 1.0 / k_max_A)
+        fitted = fit_group(group, stats, band, n_cells, n, options, 1.0 / k_max_g)
         timings[f"fit_group{gid}"] = time.monotonic() - t0
-        results.append(summarise_group(group, n, fitted, band_A, options))
+        results.append(summarise_group(group, n, fitted, band_g, options))
     timings["total"] = time.monotonic() - t_start
-    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings)
+    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px))
 
 
 def result_dict(result: GroupResult) -> dict:

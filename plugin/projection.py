@@ -15,7 +15,7 @@ sampled at pad * k gives the same values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.fft
@@ -27,18 +27,33 @@ class PaddedReference:
 
     data : complex64 array, shape (2R+1, 2R+1, R+2), indexed [z + R, y + R, x].
     radius : R, the largest |coordinate| stored, in padded-grid units.
-    box : particle box size (pixels); pad : padding factor.
+    box : the map's box size (pixels); pad : padding factor.
+    particle_scale : (map pixel size) / (particle pixel size) for particles whose pixel size
+        differs from the map's (optics groups of another detector or magnification); 1 otherwise.
     """
 
     data: np.ndarray
     radius: int
     box: int
     pad: int
+    particle_scale: float = 1.0
 
     @property
     def scale(self) -> float:
-        """Factor from cycles per particle pixel to padded-grid units (pad * box)."""
-        return float(self.pad * self.box)
+        """Factor from cycles per particle pixel to padded-grid units: pad * box *
+        particle_scale (a frequency k_px / p_particle in 1/A sits at k_px / p_particle * pad *
+        box * p_map on the padded grid)."""
+        return float(self.pad * self.box * self.particle_scale)
+
+
+def for_particles(ref: PaddedReference, map_pixel_size_A: float,
+                  particle_pixel_size_A: float) -> PaddedReference:
+    """``ref`` sampled for particles of another pixel size (same data, rescaled frequencies),
+    as RELION projects one map for optics groups of different pixel and box sizes."""
+    ratio = float(map_pixel_size_A) / float(particle_pixel_size_A)
+    if ratio == ref.particle_scale:
+        return ref
+    return replace(ref, particle_scale=ratio)
 
 
 def gridding_correct(volume: np.ndarray, pad: int) -> np.ndarray:

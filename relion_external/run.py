@@ -15,6 +15,7 @@ import numpy as np
 from plugin.atomic_map import read_model
 from plugin.errors import InputError
 from plugin.images import StackReader, read_half_maps
+from plugin.model import per_particle_geometry
 from plugin.pipeline import RefineOptions, Refinement, refine
 from plugin.preload import start_preload
 from plugin.report import build_report, write_reports
@@ -25,15 +26,11 @@ from .star_io import ParticleStar, read_particle_star, write_updated_star
 
 def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
     """Reader of the STAR's particle images; relative stack paths are taken from ``base_dir``
-    (the RELION project directory, i.e. the working directory)."""
+    (the RELION project directory, i.e. the working directory). Each particle's box and pixel
+    size are its optics group's."""
     paths = [p if Path(p).is_absolute() else str(base_dir / p) for p in star.stack_paths]
-    boxes = {g.box_size for g in star.groups.values()}
-    if len(boxes) != 1:
-        raise InputError(f"{star.path}: optics groups have different box sizes {sorted(boxes)}; "
-                         f"csrefine needs one box size per run")
-    pixels = {round(g.pixel_size_A, 4) for g in star.groups.values()}
-    px = next(iter(star.groups.values())).pixel_size_A if len(pixels) == 1 else None
-    return StackReader.from_codes(paths, star.stack_code, star.image_index, boxes.pop(), px)
+    return StackReader.from_codes(paths, star.stack_code, star.image_index,
+                                  *per_particle_geometry(star.groups, star.particles.optics_group))
 
 
 @dataclass
@@ -50,11 +47,6 @@ def load_inputs(particles, half1, half2, mask=None, base_dir=".") -> Inputs:
     star = read_particle_star(particles)
     images = stack_reader(star, Path(base_dir))
     (h1, h2), m, px1 = read_half_maps(half1, half2, mask)
-    box = h1.shape[0]
-    for g in star.groups.values():
-        if g.box_size != box:
-            raise InputError(f"{particles}: optics group {g.optics_group} has _rlnImageSize "
-                             f"{g.box_size} but {half1} is {box}^3")
     return Inputs(star, images, (h1, h2), m, px1 or None)
 
 
@@ -96,8 +88,8 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
             "mask": str(mask) if mask else None, "model": str(model) if model else None,
             **(inputs_note or {})}
-    px = next(iter(inputs.star.groups.values())).pixel_size_A
-    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask, px)
+    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask,
+                                       refinement.map_pixel_size_A)
     refinement.timings_s["wall"] = time.monotonic() - t0
     report["timings_s"]["wall"] = refinement.timings_s["wall"]
     write_updated_star(inputs.star, out_dir / out_star_name, cs, offsets, tilts)
