@@ -52,7 +52,20 @@ def mixed_project(structure, tmp_path_factory):
     return root
 
 
-def _run(root, out, half_px=None):
+def _cuda_available() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, or no driver
+        return False
+
+
+DEVICES = ["numba", pytest.param("cuda", marks=pytest.mark.skipif(
+    not _cuda_available(), reason="no CuPy with a CUDA GPU here: the GPU variant runs only on a "
+                                  "machine with one"))]
+
+
+def _run(root, out, half_px=None, device="numba"):
     halves = [root / "half1.mrc", root / "half2.mrc"]
     if half_px is not None:
         import mrcfile
@@ -62,12 +75,13 @@ def _run(root, out, half_px=None):
             halves[i] = copy
     (root / out).mkdir()
     return run(root / "parts.star", halves[0], halves[1], root / out, base_dir=root,
-               options=RefineOptions(device="numba", threads=2, k_max_A=3.6, min_particles=50),
+               options=RefineOptions(device=device, threads=2, k_max_A=3.6, min_particles=50),
                progress=lambda s: None)
 
 
-def test_each_group_recovers_its_cs(mixed_project):
-    res = _run(mixed_project, "out")
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_group_recovers_its_cs(mixed_project, device):
+    res = _run(mixed_project, f"out_{device}", device=device)
     assert res.map_pixel_size_A == pytest.approx(1.6)
     for gid in GEOMETRY:
         g = res.group(gid)
@@ -76,7 +90,8 @@ def test_each_group_recovers_its_cs(mixed_project):
               f" +- {g.cs_sigma_mm:.4f} (true {CS_TRUE[gid]})")
         assert g.cs_sigma_mm < 0.05  # a mis-scaled reference gives a poor fit (sigma ~0.4 mm)
         assert abs(g.cs_refined_mm - CS_TRUE[gid]) < 4 * g.cs_sigma_mm
-    written = starfile.read(mixed_project / "out" / "particles.star", always_dict=True)["optics"]
+    written = starfile.read(mixed_project / f"out_{device}" / "particles.star",
+                            always_dict=True)["optics"]
     np.testing.assert_allclose(written["rlnSphericalAberration"],
                                [res.group(1).cs_refined_mm, res.group(2).cs_refined_mm], atol=1e-6)
 
