@@ -16,6 +16,15 @@ RELION_TOOLS = ("relion_project", "relion_reconstruct", "relion_ctf_refine", "re
                 "relion_postprocess")
 
 
+def cuda_available() -> bool:
+    """CuPy importable and a CUDA GPU present (the GPU tests run only then)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, or no driver
+        return False
+
+
 def relion_missing() -> list[str]:
     return [t for t in RELION_TOOLS if shutil.which(t) is None]
 

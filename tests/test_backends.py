@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import cuda_available
 from plugin.backends import get_backend, numpy_backend, resolve_backend
 from plugin.errors import InputError
 from plugin.forward import pixel_terms
@@ -331,15 +332,7 @@ def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path):
 # Real GPU (CuPy + CUDA device): skipped without one
 # --------------------------------------------------------------------------------------------
 
-def _cuda_device():
-    try:
-        import cupy
-        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
-    except Exception:  # ImportError, CUDARuntimeError without driver
-        return None
-
-
-gpu = pytest.mark.skipif(_cuda_device() is None,
+gpu = pytest.mark.skipif(not cuda_available(),
                          reason="no CuPy with a CUDA GPU here: the GPU backend's real kernels are "
                                 "tested only on a machine with one")
 

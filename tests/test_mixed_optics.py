@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import starfile
 
+from conftest import cuda_available
 from plugin.atomic_map import density_map
 from plugin.errors import InputError
 from plugin.example import optics_table, particle_table
@@ -52,16 +53,8 @@ def mixed_project(structure, tmp_path_factory):
     return root
 
 
-def _cuda_available() -> bool:
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, or no driver
-        return False
-
-
 DEVICES = ["numba", pytest.param("cuda", marks=pytest.mark.skipif(
-    not _cuda_available(), reason="no CuPy with a CUDA GPU here: the GPU variant runs only on a "
+    not cuda_available(), reason="no CuPy with a CUDA GPU here: the GPU variant runs only on a "
                                   "machine with one"))]
 
 
