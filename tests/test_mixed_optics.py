@@ -98,3 +98,19 @@ def test_map_header_must_match_a_group(mixed_project):
 def test_map_without_pixel_size_is_refused_when_groups_differ(mixed_project):
     with pytest.raises(InputError, match="header states none"):
         _run(mixed_project, "no_header", half_px=0.0)
+
+
+def test_cryosparc_path_gives_the_same_cs(mixed_project):
+    """The same mixed data as a cryoSPARC .cs (two exposure groups of different blob/psize_A and
+    blob/shape) refine to the same Cs as through the STAR path."""
+    from test_cryosparc_convert import _assert_same_cs, _refine_both_paths
+
+    options = RefineOptions(device="numba", threads=2, k_max_A=3.6, min_particles=50)
+    relion, cryo, dset = _refine_both_paths(mixed_project / "parts.star",
+                                            mixed_project / "half1.mrc",
+                                            mixed_project / "half2.mrc", None, mixed_project,
+                                            options)
+    np.testing.assert_allclose(sorted(set(np.asarray(dset["blob/psize_A"]).tolist())), [1.3, 1.6],
+                               rtol=1e-6)
+    _assert_same_cs(relion, cryo, mixed_project, dset, tol_mm=1e-4)
+    assert abs(cryo.group(2).cs_refined_mm - CS_TRUE[2]) < 0.05
