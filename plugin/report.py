@@ -40,6 +40,7 @@ def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict 
         "csrefine_version": __import__("plugin").__version__,
         "inputs": inputs or {},
         "resolution_fsc_A": refinement.resolution_A,
+        "map_pixel_size_A": refinement.map_pixel_size_A,
         "band_A": refinement.band_A,
         "backend": refinement.backend,
         "groups": [result_dict(g) for g in refinement.groups],

@@ -83,6 +83,10 @@ def test_each_group_recovers_its_cs(mixed_project, device):
               f" +- {g.cs_sigma_mm:.4f} (true {CS_TRUE[gid]})")
         assert g.cs_sigma_mm < 0.05  # a mis-scaled reference gives a poor fit (sigma ~0.4 mm)
         assert abs(g.cs_refined_mm - CS_TRUE[gid]) < 4 * g.cs_sigma_mm
+    import json
+    report = json.loads((mixed_project / f"out_{device}" / "csrefine.json").read_text())
+    assert report["map_pixel_size_A"] == pytest.approx(1.6)
+    assert [g["band_A"][1] for g in report["groups"]] == pytest.approx([3.6, 3.6])
     written = starfile.read(mixed_project / f"out_{device}" / "particles.star",
                             always_dict=True)["optics"]
     np.testing.assert_allclose(written["rlnSphericalAberration"],
