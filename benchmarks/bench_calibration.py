@@ -2,8 +2,8 @@
 
 Two data sets of the 1BD2 model (~95 kDa) are simulated with RELION 3.1's relion_project and
 reconstructed with relion_reconstruct; the Cs is refined with csrefine's core
-(:func:`plugin.pipeline.refine`) and the pixel size calibrated against the docked model
-(:func:`plugin.calibrate.calibrate_from_half_maps`), then combined (:func:`apply_calibration`).
+(:func:`csrefine.pipeline.refine`) and the pixel size calibrated against the docked model
+(:func:`csrefine.calibrate.calibrate_from_half_maps`), then combined (:func:`apply_calibration`).
 
   A "pixel": the true pixel size is 2% larger than nominal (p_true = 1.02 p_nom), Cs right (2.7 mm).
      The map of the model is built at p_true (the true object sampled at p_true) and projected
@@ -54,16 +54,16 @@ from common import MODEL, REPO, log  # noqa: E402
 
 def particle_rows(n: int, rng: np.random.Generator):
     """True particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from plugin.example import particle_table
-    from plugin.simulate import random_particles
+    from csrefine.example import particle_table
+    from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
     return particle_table(parts, "none.mrcs", micrographs=max(1, n // 100))
 
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
-    from plugin.example import optics_table as table
-    from plugin.model import OpticsGroup
+    from csrefine.example import optics_table as table
+    from csrefine.model import OpticsGroup
 
     return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
@@ -72,7 +72,7 @@ def docked_model(structure, box: int, p_nom: float):
     """The model with its true geometry, docked at the nominal pixel size (centroid on box//2)."""
     import gemmi
 
-    from plugin.calibrate import atom_positions_A
+    from csrefine.calibrate import atom_positions_A
 
     st = structure.clone()
     st.remove_hydrogens()
@@ -91,9 +91,9 @@ def make_data(d: Path, structure, n: int, box: int, p_nom: float, p_true: float,
     import mrcfile
     import starfile
 
-    from plugin.atomic_map import density_map
-    from plugin.images import write_map
-    from relion_external.relion_tools import project, reconstruct_half
+    from csrefine.atomic_map import density_map
+    from csrefine.images import write_map
+    from csrefine.relion.relion_tools import project, reconstruct_half
 
     paths = {"star": d / "parts.star", "half1": d / "half1.mrc", "half2": d / "half2.mrc"}
     if not fresh and all(p.exists() for p in paths.values()):
@@ -138,10 +138,10 @@ def make_data(d: Path, structure, n: int, box: int, p_nom: float, p_true: float,
 
 
 def run_case(name: str, args, structure) -> dict:
-    from plugin.calibrate import apply_calibration, calibrate_from_half_maps
-    from plugin.images import StackReader, read_map
-    from plugin.pipeline import RefineOptions, refine, result_dict
-    from relion_external.star_io import read_particle_star
+    from csrefine.calibrate import apply_calibration, calibrate_from_half_maps
+    from csrefine.images import StackReader, read_map
+    from csrefine.pipeline import RefineOptions, refine, result_dict
+    from csrefine.relion.star_io import read_particle_star
 
     p_nom = args.px
     if name == "pixel":
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
 
     import gemmi
 
-    from relion_external.relion_tools import have_relion
+    from csrefine.relion.relion_tools import have_relion
     if not have_relion("relion_project", "relion_reconstruct"):
         log("relion_project / relion_reconstruct not found: cannot run this benchmark")
         return 2

@@ -1,7 +1,7 @@
 """Benchmark csrefine against RELION's relion_ctf_refine --fit_aberr on the same simulated data.
 
 Data (cached under benchmarks/data/, git-ignored):
-  * a map of the 1BD2 atomic model (plugin.atomic_map.density_map);
+  * a map of the 1BD2 atomic model (csrefine.atomic_map.density_map);
   * particles simulated by ``relion_project --ctf --add_noise --white_noise`` with the *true* Cs
     (default 3.0 mm) written in the STAR used for the projection;
   * ``parts.star``: the same particles stating the *nominal* Cs (default 2.7 mm), with
@@ -14,7 +14,7 @@ Runs, one after the other, with the same thread count, each as a subprocess unde
   * ``relion_ctf_refine --i parts.star --f postprocess.star --o CtfRefine/ --fit_aberr --j T``;
     its Cs is nominal + 6 c / ((pi/2) lambda^3 1e7) with c the rlnEvenZernike Z4^0 coefficient
     (index 6);
-  * ``python -m plugin.cli refine --particles parts.star --half-maps H1 H2 --mask M --out DIR
+  * ``python -m csrefine.cli refine --particles parts.star --half-maps H1 H2 --mask M --out DIR
     --j T``
     (csrefine's command line, including its JSON/STAR/PDF outputs), Cs from csrefine.json.
 
@@ -50,16 +50,16 @@ from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
 def random_rows(n: int, rng: np.random.Generator, micrographs: int):
     """Particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from plugin.example import particle_table
-    from plugin.simulate import random_particles
+    from csrefine.example import particle_table
+    from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
     return particle_table(parts, "none.mrcs", micrographs=micrographs)
 
 
 def optics(cs_mm: float, px: float, box: int, voltage: float):
-    from plugin.example import optics_table
-    from plugin.model import OpticsGroup
+    from csrefine.example import optics_table
+    from csrefine.model import OpticsGroup
 
     return optics_table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
@@ -70,10 +70,10 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     import gemmi
     import starfile
 
-    from plugin.atomic_map import density_map
-    from plugin.fsc import soft_spherical_mask
-    from plugin.images import write_map
-    from relion_external.relion_tools import postprocess, project, reconstruct_half
+    from csrefine.atomic_map import density_map
+    from csrefine.fsc import soft_spherical_mask
+    from csrefine.images import write_map
+    from csrefine.relion.relion_tools import postprocess, project, reconstruct_half
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "run_half1_class001_unfil.mrc",
              "half2": d / "run_half2_class001_unfil.mrc", "mask": d / "mask.mrc",
@@ -160,7 +160,7 @@ def timed(cmd: list, cwd: Path, env=None, log_path: Path | None = None) -> dict:
 def relion_cs(star_path: Path, cs_nominal: float, voltage: float) -> float:
     import starfile
 
-    from plugin.ctf import cs_phase_factor, electron_wavelength_A
+    from csrefine.ctf import cs_phase_factor, electron_wavelength_A
 
     opt = starfile.read(star_path, always_dict=True)["optics"]
     if "rlnEvenZernike" not in opt.columns:
@@ -188,7 +188,7 @@ def run_csrefine(paths: dict, star: Path, threads: int, tag: str, device: str) -
     out = paths["dir"] / f"csrefine_{tag}"
     shutil.rmtree(out, ignore_errors=True)
     env = repo_env()
-    cmd = [sys.executable, "-m", "plugin.cli", "refine", "--particles", star.name, "--half-maps",
+    cmd = [sys.executable, "-m", "csrefine.cli", "refine", "--particles", star.name, "--half-maps",
            paths["half1"].name, paths["half2"].name, "--mask", paths["mask"].name, "--out",
            out.name, "--j", threads, "--device", device]
     log("running " + " ".join(map(str, cmd[1:])))

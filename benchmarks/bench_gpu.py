@@ -1,7 +1,7 @@
 """GPU benchmark: csrefine --device cuda vs --device cpu on the same data, and the I/O limit.
 
 Needs no RELION (the GPU machine has none): the particles are simulated with csrefine's own
-forward model (plugin.simulate, checked against relion_project in tests/test_relion_forward.py)
+forward model (csrefine.simulate, checked against relion_project in tests/test_relion_forward.py)
 from a map of the 1BD2 model, in parallel processes, written as stacks of 100 images (one per
 "micrograph", as extraction writes them); the half maps are the map plus independent noise.
 
@@ -48,8 +48,8 @@ _SIM = {}  # the map and optics group, inherited by forked workers
 
 def _simulate_stack(job):
     """Worker: simulate one stack of particles and write it (fork start method)."""
-    from plugin.images import write_stack
-    from plugin.simulate import simulate_images
+    from csrefine.images import write_stack
+    from csrefine.simulate import simulate_images
 
     path, parts, sigma, seed = job
     rng = np.random.default_rng(seed)
@@ -63,12 +63,12 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     import gemmi
     import starfile
 
-    from plugin.atomic_map import density_map
-    from plugin.example import particle_table
-    from plugin.fsc import soft_spherical_mask
-    from plugin.images import write_map
-    from plugin.model import OpticsGroup
-    from plugin.simulate import random_particles
+    from csrefine.atomic_map import density_map
+    from csrefine.example import particle_table
+    from csrefine.fsc import soft_spherical_mask
+    from csrefine.images import write_map
+    from csrefine.model import OpticsGroup
+    from csrefine.simulate import random_particles
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "half1.mrc",
              "half2": d / "half2.mrc", "mask": d / "mask.mrc"}
@@ -125,9 +125,9 @@ def page_cache(d: Path) -> dict:
 def read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     """Stream all images of ``star`` through csrefine's reader, nothing else (run in a fresh
     process, like csrefine). ``pinned``: into the GPU backend's pinned host buffers."""
-    from plugin.streaming import BatchStream
-    from relion_external.run import stack_reader
-    from relion_external.star_io import read_particle_star
+    from csrefine.streaming import BatchStream
+    from csrefine.relion.run import stack_reader
+    from csrefine.relion.star_io import read_particle_star
 
     t0 = time.monotonic()
     s = read_particle_star(star)
@@ -136,7 +136,7 @@ def read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     box = next(iter(s.groups.values())).box_size
     buffer = None
     if pinned:
-        from plugin.backends import cupy_backend
+        from csrefine.backends import cupy_backend
         cupy_backend.warm_up()  # CUDA initialised before the clock starts, as in csrefine
         buffer = cupy_backend.host_buffer
     stream = BatchStream(reader, np.arange(len(reader)), batch, box, buffer=buffer,
@@ -168,7 +168,7 @@ def run_csrefine(paths: dict, star: Path, device: str, threads: int, tag: str,
                  kmax_A: float, batch: int | None) -> dict:
     out = paths["dir"] / f"csrefine_{tag}"
     env = repo_env()
-    cmd = [sys.executable, "-m", "plugin.cli", "refine", "--particles", star.name, "--half-maps",
+    cmd = [sys.executable, "-m", "csrefine.cli", "refine", "--particles", star.name, "--half-maps",
            paths["half1"].name, paths["half2"].name, "--mask", paths["mask"].name, "--out",
            out.name, "--j", threads, "--device", device, "--kmax-A", kmax_A]
     if batch:
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         warm_up(dev)
     gpu = "cuda" in devices
     if gpu:
-        from plugin.backends import cupy_backend  # fails early without CuPy
+        from csrefine.backends import cupy_backend  # fails early without CuPy
         batch = args.batch or cupy_backend.default_batch_size(args.box)
     else:
         batch = args.batch or 256

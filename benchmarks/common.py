@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from plugin.example import PACKAGED_MODEL  # noqa: E402
+from csrefine.example import PACKAGED_MODEL  # noqa: E402
 
 #: PDB 1BD2, shipped with the package (public-domain PDB data).
 MODEL = PACKAGED_MODEL
@@ -30,7 +30,7 @@ def repo_env() -> dict:
 
 def warm_up(device: str) -> None:
     """Compile (or load from numba's on-disk cache) a backend's kernels outside the timed runs."""
-    code = ("from plugin.backends import resolve_backend, get_backend; "
+    code = ("from csrefine.backends import resolve_backend, get_backend; "
             f"b = get_backend(resolve_backend({device!r})); "
             "getattr(b, 'warm_up', lambda: None)()")
     t0 = time.monotonic()

@@ -29,12 +29,12 @@ def _ms(f, repeat: int) -> float:
 
 
 def main(argv=None) -> int:
-    from plugin.backends import numba_backend as nb
-    from plugin.forward import pixel_terms
-    from plugin.fourier import make_band
-    from plugin.model import OpticsGroup
-    from plugin.projection import make_padded_reference
-    from plugin.simulate import random_particles
+    from csrefine.backends import numba_backend as nb
+    from csrefine.forward import pixel_terms
+    from csrefine.fourier import make_band
+    from csrefine.model import OpticsGroup
+    from csrefine.projection import make_padded_reference
+    from csrefine.simulate import random_particles
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--box", type=int, default=256)

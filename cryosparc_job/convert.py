@@ -1,7 +1,7 @@
 """The cryoSPARC <-> RELION boundary: particle datasets to csrefine's model and back.
 
 Everything cryoSPARC-specific about particle fields lives here; the core only sees
-:class:`plugin.model.OpticsGroup` / :class:`plugin.model.Particles` in RELION conventions.
+:class:`csrefine.model.OpticsGroup` / :class:`csrefine.model.Particles` in RELION conventions.
 
 Conventions (see ``cryosparc_job/README_section.md``; how each was checked is noted there):
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from plugin.errors import InputError
-from plugin.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
-from plugin.model import OpticsGroup, Particles
+from csrefine.errors import InputError
+from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
+from csrefine.model import OpticsGroup, Particles
 
 REQUIRED_FIELDS = (
     "blob/path", "blob/idx", "blob/shape", "blob/psize_A",
@@ -210,7 +210,7 @@ def image_signs(dset) -> np.ndarray:
 
 
 class SignedImages:
-    """Image source applying a per-particle sign to a :class:`plugin.images.StackReader`."""
+    """Image source applying a per-particle sign to a :class:`csrefine.images.StackReader`."""
 
     def __init__(self, reader, signs):
         self.reader = reader
@@ -229,9 +229,9 @@ class SignedImages:
 def open_images(dset, groups, paths, indices, optics_group):
     """Memory-mapped particle images of ``dset`` (signs applied), in dataset order; each
     particle's box and pixel size are those of its group (``optics_group``, per particle)."""
-    from plugin.images import StackReader
+    from csrefine.images import StackReader
 
-    from plugin.model import per_particle_geometry
+    from csrefine.model import per_particle_geometry
 
     reader = StackReader(paths, indices, *per_particle_geometry(groups, optics_group))
     signs = image_signs(dset)
@@ -282,7 +282,7 @@ PARTICLE_FIELDS_CS = [
 def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: float = 1.0, uids=None):
     """Build a cryoSPARC particle dataset (blob, ctf, alignments3D) from a parsed RELION STAR.
 
-    star : :class:`relion_external.star_io.ParticleStar`; its ``N@stack`` paths are taken
+    star : :class:`csrefine.relion.star_io.ParticleStar`; its ``N@stack`` paths are taken
         relative to ``base_dir`` (the RELION project directory) and written into ``blob/path``
         relative to ``project_dir`` (absolute if the stack is outside it).
     sign : ``blob/sign`` to record (1: the stacks hold RELION-convention, positive-protein images).

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.atomic_map import read_model
-from plugin.calibration_report import calibrate_refinement
-from plugin.cli import add_refine_options, options_from_args
-from plugin.errors import InputError
-from plugin.pipeline import refine
-from plugin.report import figure_raw_data, figures, summary_table
+from csrefine.atomic_map import read_model
+from csrefine.calibration_report import calibrate_refinement
+from csrefine.cli import add_refine_options, options_from_args
+from csrefine.errors import InputError
+from csrefine.pipeline import refine
+from csrefine.report import figure_raw_data, figures, summary_table
 
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
-from plugin.images import read_half_maps
+from csrefine.images import read_half_maps
 
 TITLE = "Cs refinement"
 PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.atomic_map import read_model
-from plugin.errors import AbortRequested, InputError
-from plugin.atomic import atomic_output
-from plugin.images import read_half_maps
-from plugin.pipeline import RefineOptions, Refinement, refine
-from plugin.preload import start_preload
-from plugin.report import build_report, write_reports
+from csrefine.atomic_map import read_model
+from csrefine.errors import AbortRequested, InputError
+from csrefine.atomic import atomic_output
+from csrefine.images import read_half_maps
+from csrefine.pipeline import RefineOptions, Refinement, refine
+from csrefine.preload import start_preload
+from csrefine.report import build_report, write_reports
 
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
 

@@ -8,7 +8,12 @@ The core follows RELION's conventions throughout (see ``docs`` in README.md):
 * spatial frequencies k in 1/Angstrom, images in numpy's rfft2 (FFTW half-complex) layout.
 
 Adapters (``relion_external``, ``cryosparc_job``) convert their inputs to these conventions at the
-boundary; nothing in this package reads files by path except :mod:`plugin.images`.
+boundary; nothing in this package reads files by path except :mod:`csrefine.images`.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("csrefine")  # the one place it is written: setup.cfg
+except PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "unknown"

@@ -53,7 +53,7 @@ Uncertainty
 None of these includes errors of the model itself (a model whose geometry is off by x% biases the
 ruler by x%).
 
-Refusal (:class:`plugin.errors.InputError`, never a wrong number)
+Refusal (:class:`csrefine.errors.InputError`, never a wrong number)
 ------------------------------------------------------------------
 * the model's atoms fall outside the map box;
 * the model does not cover the masked density: ``coverage`` (the fraction of the significant,
@@ -520,12 +520,12 @@ def calibrate_from_half_maps(half1: np.ndarray, half2: np.ndarray, mask: np.ndar
                              **options) -> PixelCalibration:
     """Adapter entry point: calibrate the half maps' pixel size against a docked model.
 
-    half1, half2 : arrays (box^3, [z, y, x]) as read by :func:`plugin.images.read_map`;
+    half1, half2 : arrays (box^3, [z, y, x]) as read by :func:`csrefine.images.read_map`;
     mask : array or None (None: soft mask around the model); pixel_size_A : the nominal pixel size
     (map header / optics table); structure : ``gemmi.read_structure(path)`` of a model docked in
     the map at the nominal pixel size; fsc : optional half-map FSC per shell;
     options : see :func:`calibrate_pixel_size` (``origin_A`` for a map with a non-zero origin).
-    Raises :class:`plugin.errors.InputError` if the model cannot serve as a ruler.
+    Raises :class:`csrefine.errors.InputError` if the model cannot serve as a ruler.
     """
     return calibrate_pixel_size(half1, half2, pixel_size_A, structure, mask=mask, fsc=fsc,
                                 **options)
@@ -627,7 +627,7 @@ def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibratio
 def apply_calibration(groups_results_dicts, calibration: PixelCalibration, **verdict_options) -> dict:
     """Re-express each group's refined Cs and defocus offset at the calibrated pixel size.
 
-    groups_results_dicts : iterable of :func:`plugin.pipeline.result_dict` dicts or GroupResult
+    groups_results_dicts : iterable of :func:`csrefine.pipeline.result_dict` dicts or GroupResult
     objects (keys used:
     optics_group, refined, cs_nominal_mm, cs_refined_mm, cs_sigma_mm, defocus_offset_A,
     pixel_size_A). Returns :func:`calibration_json`'s dict, ready to merge into csrefine.json.

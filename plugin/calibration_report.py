@@ -1,6 +1,6 @@
 """Pixel-size calibration inside a refinement run: JSON keys, report lines and the scan plot.
 
-The adapters read the model file (``plugin.atomic_map.read_model``) before any work, so a missing
+The adapters read the model file (``csrefine.atomic_map.read_model``) before any work, so a missing
 or unreadable model fails the run before anything is written. A model that cannot serve as a ruler
 (not docked, not covering the map) is reported with its reason and *no* calibration; the Cs
 refinement itself still stands.

@@ -78,12 +78,12 @@ def main(argv=None) -> int:
             return example_main([args.directory] + (["--model", args.model] if args.model else []))
         options = options_from_args(args)
         if args.particles.endswith(".cs"):
-            from cryosparc_job.offline import run_offline
+            from csrefine.cryosparc.offline import run_offline
             run_offline(args, options)
         else:
             from pathlib import Path
 
-            from relion_external.run import run
+            from csrefine.relion.run import run
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             run(args.particles, args.half_maps[0], args.half_maps[1], out, mask=args.mask,

@@ -1,6 +1,6 @@
 """A small, self-contained example data set in a RELION project layout (no download needed).
 
-``python -m plugin.example DIR`` writes, under DIR:
+``python -m csrefine.example DIR`` writes, under DIR:
   Extract/job001/particles.mrcs     simulated particle images (csrefine's forward model)
   Refine3D/job002/run_data.star     particle STAR (optics + particles tables) stating the
                                     *nominal* Cs, while the images were made with the true Cs

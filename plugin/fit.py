@@ -1,6 +1,6 @@
 """Fit delta(k) = defocus_factor * ddf * |k|^2 + cs_factor * dcs * |k|^4 to accumulated statistics.
 
-The likelihood of the statistics of :mod:`plugin.accumulate` under the model
+The likelihood of the statistics of :mod:`csrefine.accumulate` under the model
 X = alpha_s (cos(delta) u + sin(delta) v) + noise, with an amplitude alpha_s and a noise variance
 sigma_s^2 per Fourier shell s, profiled over alpha_s, is
 

@@ -10,7 +10,7 @@ For particle i and band pixel p (rfft2 layout, nominal frequency k = (kx, ky)):
               * exp(i * odd(k'))           (rlnOddZernike with beam tilt inserted)
     X_i(k) ~ CTF_i(k) * P_i(k)
 
-The accumulation in :mod:`plugin.accumulate` needs gamma and w*P (w the envelope) separately; this
+The accumulation in :mod:`csrefine.accumulate` needs gamma and w*P (w the envelope) separately; this
 module supplies both.
 """
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .atomic import atomic_output
 from .pipeline import Refinement, result_dict
 
@@ -37,7 +38,7 @@ def _clean(value):
 def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict | None = None) -> dict:
     """The csrefine.json content: per-group results, band, FSC resolution, timings."""
     out = {
-        "csrefine_version": __import__("plugin").__version__,
+        "csrefine_version": __version__,
         "inputs": inputs or {},
         "resolution_fsc_A": refinement.resolution_A,
         "map_pixel_size_A": refinement.map_pixel_size_A,

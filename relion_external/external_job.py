@@ -20,8 +20,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from plugin.errors import AbortRequested, InputError
-from plugin.pipeline import RefineOptions
+from csrefine.errors import AbortRequested, InputError
+from csrefine.pipeline import RefineOptions
 
 from .nodes import (ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, touch,
                     write_output_nodes)

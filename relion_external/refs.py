@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from plugin.errors import InputError
+from csrefine.errors import InputError
 
 from .star_io import read_blocks
 

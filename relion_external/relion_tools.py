@@ -89,12 +89,12 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
     import mrcfile
     import starfile
 
-    from plugin.atomic_map import density_map
-    from plugin.example import optics_table, particle_table
-    from plugin.fsc import soft_spherical_mask
-    from plugin.images import write_map
-    from plugin.model import OpticsGroup
-    from plugin.simulate import random_particles
+    from csrefine.atomic_map import density_map
+    from csrefine.example import optics_table, particle_table
+    from csrefine.fsc import soft_spherical_mask
+    from csrefine.images import write_map
+    from csrefine.model import OpticsGroup
+    from csrefine.simulate import random_particles
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.atomic_map import read_model
-from plugin.errors import InputError
-from plugin.images import StackReader, read_half_maps
-from plugin.model import per_particle_geometry
-from plugin.pipeline import RefineOptions, Refinement, refine
-from plugin.preload import start_preload
-from plugin.report import build_report, write_reports
-from plugin.zernike import rescale_beam_tilt
+from csrefine.atomic_map import read_model
+from csrefine.errors import InputError
+from csrefine.images import StackReader, read_half_maps
+from csrefine.model import per_particle_geometry
+from csrefine.pipeline import RefineOptions, Refinement, refine
+from csrefine.preload import start_preload
+from csrefine.report import build_report, write_reports
+from csrefine.zernike import rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
 
@@ -83,7 +83,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
                         inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
     cs, offsets, tilts = refined_values(inputs.star, refinement)
     if should_abort is not None and should_abort():
-        from plugin.errors import AbortRequested
+        from csrefine.errors import AbortRequested
         raise AbortRequested("abort requested")
     note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
             "mask": str(mask) if mask else None, "model": str(model) if model else None,

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from plugin.atomic import atomic_output
-from plugin.errors import InputError
-from plugin.model import OpticsGroup, Particles
+from csrefine.atomic import atomic_output
+from csrefine.errors import InputError
+from csrefine.model import OpticsGroup, Particles
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
                    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")

@@ -50,7 +50,7 @@ def structure():
 @pytest.fixture(scope="session")
 def small_map(structure):
     """1BD2 map, box 64, 1.6 A pixels."""
-    from plugin.atomic_map import density_map
+    from csrefine.atomic_map import density_map
     return density_map(structure, 64, 1.6, b_factor_A2=10.0)
 
 
@@ -58,7 +58,7 @@ def small_map(structure):
 def example_project(tmp_path, monkeypatch):
     """A small RELION project (2 optics groups, 600 particles each; true Cs 3.0 / 2.7, nominal
     2.7) with the working directory set to it, as RELION runs External jobs."""
-    from plugin.example import make_example
+    from csrefine.example import make_example
     info = make_example(tmp_path, n_per_group=(600, 600), model_path=MODEL, seed=3, box=64)
     monkeypatch.chdir(tmp_path)
     return info

@@ -1,4 +1,4 @@
-"""Accumulation backends agree with the numpy reference (plugin.backends.numpy_backend).
+"""Accumulation backends agree with the numpy reference (csrefine.backends.numpy_backend).
 
 * numba: the fused compiled kernel, on random data with every forward-model ingredient
   (astigmatism, phase shift, B-factor, scale, origins, odd and even aberrations, magnification
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from conftest import cuda_available
-from plugin.backends import get_backend, numpy_backend, resolve_backend
-from plugin.errors import InputError
-from plugin.forward import pixel_terms
-from plugin.fourier import make_band
-from plugin.model import OpticsGroup
-from plugin.projection import make_padded_reference
-from plugin.simulate import random_particles
+from csrefine.backends import get_backend, numpy_backend, resolve_backend
+from csrefine.errors import InputError
+from csrefine.forward import pixel_terms
+from csrefine.fourier import make_band
+from csrefine.model import OpticsGroup
+from csrefine.projection import make_padded_reference
+from csrefine.simulate import random_particles
 
 BOX, PX = 32, 1.5
 
@@ -70,7 +70,7 @@ def _assert_close(stats, reference, rtol=1e-9):
 
 @pytest.mark.parametrize("mag,bfactor", [(True, 40.0), (False, 0.0)])
 def test_numba_matches_numpy(mag, bfactor):
-    numba_backend = pytest.importorskip("plugin.backends.numba_backend")
+    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     problem = _problem(1, mag=mag, bfactor=bfactor)
     ref = _accumulate(numpy_backend, problem)
     got = _accumulate(numba_backend, problem)
@@ -80,7 +80,7 @@ def test_numba_matches_numpy(mag, bfactor):
 
 def test_numba_halves_match_per_half_reference():
     """accumulate_halves (one transform per batch) == the reference per half set."""
-    from plugin.backends import numba_backend
+    from csrefine.backends import numba_backend
     group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(9)
     ref = _accumulate(numpy_backend, problem)
     stats = np.zeros_like(ref)
@@ -93,7 +93,7 @@ def test_numba_halves_match_per_half_reference():
 
 
 def test_numba_accumulates_in_place_over_batches():
-    numba_backend = pytest.importorskip("plugin.backends.numba_backend")
+    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, refs, parts, images, cells, n_cells = _problem(2, n=30)
     ref = np.zeros((n_cells, 6, band.size))
     got = np.zeros_like(ref)
@@ -106,7 +106,7 @@ def test_numba_accumulates_in_place_over_batches():
 
 
 def test_numba_linear_frequency_map_and_fallback():
-    numba_backend = pytest.importorskip("plugin.backends.numba_backend")
+    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, *_ = _problem(3)
     lin = numba_backend.linear_frequency_map(terms, band)
     assert np.allclose(lin, group.mag_matrix, atol=1e-12)
@@ -120,7 +120,7 @@ def test_numba_linear_frequency_map_and_fallback():
 
 
 def test_numba_reports_sampling_beyond_reference():
-    numba_backend = pytest.importorskip("plugin.backends.numba_backend")
+    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, refs, parts, images, cells, n_cells = _problem(4)
     small = make_padded_reference(np.zeros((BOX,) * 3, np.float32), 0.1)
     stats = np.zeros((n_cells, 6, band.size))
@@ -133,16 +133,16 @@ def cupy_on_numpy(monkeypatch):
     """The cupy backend module, imported with numpy installed as ``cupy`` (CPU stand-in)."""
     monkeypatch.setitem(sys.modules, "cupy", np)
     _forget_cupy_backend()
-    module = importlib.import_module("plugin.backends.cupy_backend")
+    module = importlib.import_module("csrefine.backends.cupy_backend")
     yield module
     _forget_cupy_backend()
 
 
 def _forget_cupy_backend():
-    import plugin.backends
-    sys.modules.pop("plugin.backends.cupy_backend", None)
-    if hasattr(plugin.backends, "cupy_backend"):
-        delattr(plugin.backends, "cupy_backend")
+    import csrefine.backends
+    sys.modules.pop("csrefine.backends.cupy_backend", None)
+    if hasattr(csrefine.backends, "cupy_backend"):
+        delattr(csrefine.backends, "cupy_backend")
 
 
 def test_cupy_driver_on_numpy_matches_numpy(cupy_on_numpy):
@@ -222,8 +222,8 @@ def test_get_backend_cupy_without_cupy(monkeypatch):
 
 def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
     pytest.importorskip("numba")
-    from plugin.pipeline import RefineOptions, refine
-    from plugin.simulate import ArrayImages, simulate_images
+    from csrefine.pipeline import RefineOptions, refine
+    from csrefine.simulate import ArrayImages, simulate_images
 
     vol, px = small_map_48
     box = vol.shape[0]
@@ -251,7 +251,7 @@ def small_map_48():
     import gemmi
 
     from conftest import MODEL
-    from plugin.atomic_map import density_map
+    from csrefine.atomic_map import density_map
     if not MODEL.is_file():
         pytest.skip(f"atomic model {MODEL} not found")
     px = 1.6
@@ -340,7 +340,7 @@ gpu = pytest.mark.skipif(not cuda_available(),
 @gpu
 @pytest.mark.parametrize("kernel", ["raw", "array"])
 def test_gpu_matches_numpy(kernel):
-    from plugin.backends import cupy_backend
+    from csrefine.backends import cupy_backend
     problem = _problem(11, n=64)
     ref = _accumulate(numpy_backend, problem)
     # single-precision image transforms: cuFFT and pocketfft round differently (~1e-7 relative)
@@ -349,7 +349,7 @@ def test_gpu_matches_numpy(kernel):
 
 @gpu
 def test_gpu_halves_from_pinned_buffer_match_numpy():
-    from plugin.backends import cupy_backend
+    from csrefine.backends import cupy_backend
     group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(12, n=96)
     ref = _accumulate(numpy_backend, problem)
     cupy_backend.warm_up()
@@ -367,8 +367,8 @@ def test_gpu_halves_from_pinned_buffer_match_numpy():
 @gpu
 def test_refine_cuda_and_numba_give_the_same_cs(small_map_48):
     pytest.importorskip("numba")
-    from plugin.pipeline import RefineOptions, refine
-    from plugin.simulate import ArrayImages, simulate_images
+    from csrefine.pipeline import RefineOptions, refine
+    from csrefine.simulate import ArrayImages, simulate_images
 
     vol, px = small_map_48
     rng = np.random.default_rng(8)

@@ -1,4 +1,4 @@
-"""Pixel-size calibration against a docked atomic model (plugin.calibrate).
+"""Pixel-size calibration against a docked atomic model (csrefine.calibrate).
 
 Synthetic half maps of 1BD2 (box 72, 2.0 A/pixel): the true object sampled at p_true, plus white
 noise per half map; the model is docked at the nominal pixel size (its centroid on voxel box//2).
@@ -10,12 +10,12 @@ import pytest
 
 gemmi = pytest.importorskip("gemmi")
 
-from plugin.atomic_map import density_map  # noqa: E402
-from plugin.calibrate import (_centroid_A, apply_calibration, calibrate_from_half_maps,  # noqa: E402
+from csrefine.atomic_map import density_map  # noqa: E402
+from csrefine.calibrate import (_centroid_A, apply_calibration, calibrate_from_half_maps,  # noqa: E402
                               group_verdict, model_mask, reexpress_cs_defocus)
-from plugin.errors import InputError  # noqa: E402
+from csrefine.errors import InputError  # noqa: E402
 
-from plugin.example import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
+from csrefine.example import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
 
 BOX, PX = 72, 2.0
 
@@ -152,7 +152,7 @@ def test_verdict_practical_floor_and_not_refined():
 
 
 def test_apply_calibration_keys():
-    from plugin.calibrate import PixelCalibration
+    from csrefine.calibrate import PixelCalibration
 
     cal = PixelCalibration(1.0, 1.02, 0.0008, 0.0005, 0.0006, 1.0195, 1.0205, 0.7, 0.8, 0.875, 0.9,
                            60.0, [0.0, 0.0, 0.0], 0.98, 3.5, [20.0, 3.5], [1.0], [0.5])

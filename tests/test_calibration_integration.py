@@ -7,13 +7,13 @@ import gemmi
 import pytest
 
 from conftest import MODEL
-from plugin.cli import main as cli_main
-from relion_external.external_job import main as job_main
+from csrefine.cli import main as cli_main
+from csrefine.relion.external_job import main as job_main
 
 
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
-    from plugin.example import make_example
+    from csrefine.example import make_example
     if not MODEL.is_file():
         pytest.skip(f"atomic model {MODEL} not found")
     info = make_example(tmp_path, n_per_group=(500, 500), model_path=MODEL, seed=5, box=88)

@@ -10,15 +10,15 @@ import pytest
 from cryosparc.dataset import Dataset
 from scipy.spatial.transform import Rotation
 
-from cryosparc_job.convert import (PARTICLE_FIELDS_CS, cryosparc_dataset_from_relion,
+from csrefine.cryosparc.convert import (PARTICLE_FIELDS_CS, cryosparc_dataset_from_relion,
                                    euler_deg_to_pose, pose_to_euler_deg, pose_to_relion_matrix,
                                    relion_params_from_cryosparc, updated_dataset)
-from plugin.errors import InputError
-from plugin.forward import band_to_images, pixel_terms, predict_band, shifted_projections
-from plugin.fourier import make_band
-from plugin.geometry import euler_zyz_to_matrix
-from plugin.model import OpticsGroup
-from plugin.projection import make_padded_reference
+from csrefine.errors import InputError
+from csrefine.forward import band_to_images, pixel_terms, predict_band, shifted_projections
+from csrefine.fourier import make_band
+from csrefine.geometry import euler_zyz_to_matrix
+from csrefine.model import OpticsGroup
+from csrefine.projection import make_padded_reference
 
 DATA = Path(__file__).parent / "data"
 T20S_JSON = DATA / "cryosparc_t20s_particles.json"
@@ -145,9 +145,9 @@ def test_projection_geometry_from_cryosparc_fields():
 def test_prediction_same_via_cryosparc_fields(small_map, tmp_path):
     """predict_band on particles converted RELION -> .cs -> RELION equals the RELION-path one
     (float32 storage of the .cs fields is the only difference)."""
-    from relion_external.star_io import read_particle_star
-    from plugin.example import optics_table, particle_table
-    from plugin.simulate import random_particles
+    from csrefine.relion.star_io import read_particle_star
+    from csrefine.example import optics_table, particle_table
+    from csrefine.simulate import random_particles
     import starfile
 
     box, px = 64, 1.6
@@ -265,7 +265,7 @@ def test_export_marker_and_missing_split():
 
 
 def test_updated_dataset_writes_cs_and_defocus_per_group():
-    from plugin.pipeline import GroupResult, Refinement
+    from csrefine.pipeline import GroupResult, Refinement
 
     dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
     dset["ctf/exp_group_id"] = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
@@ -289,15 +289,15 @@ def test_updated_dataset_writes_cs_and_defocus_per_group():
 
 # ----------------------------------------------------------------------------- cross-path
 def _refine_both_paths(star_path, half1, half2, mask, root, options, *, negate_copy=False):
-    """Refine via the RELION path (relion_external.run.run) and via the cryoSPARC path
-    (STAR -> .cs with the reverse converter -> cryosparc_job.offline.run_offline)."""
+    """Refine via the RELION path (csrefine.relion.run.run) and via the cryoSPARC path
+    (STAR -> .cs with the reverse converter -> csrefine.cryosparc.offline.run_offline)."""
     import types
 
     import mrcfile
 
-    from cryosparc_job.offline import run_offline
-    from relion_external.run import run
-    from relion_external.star_io import read_particle_star
+    from csrefine.cryosparc.offline import run_offline
+    from csrefine.relion.run import run
+    from csrefine.relion.star_io import read_particle_star
 
     out_r = root / "outR"
     out_r.mkdir()
@@ -309,7 +309,7 @@ def _refine_both_paths(star_path, half1, half2, mask, root, options, *, negate_c
             with mrcfile.open(root / stack) as m:
                 data, vox = -np.asarray(m.data), float(m.voxel_size.x)
             neg = Path(stack).with_name("negated_" + Path(stack).name)
-            from plugin.images import write_stack
+            from csrefine.images import write_stack
             write_stack(root / neg, data, vox)
         dset["blob/path"] = np.array([str(Path(p).with_name("negated_" + Path(p).name))
                                       for p in dset["blob/path"]], dtype=object)
@@ -326,7 +326,7 @@ def _refine_both_paths(star_path, half1, half2, mask, root, options, *, negate_c
 
 
 def _assert_same_cs(relion, cryo, root, dset, tol_mm=1e-3):
-    from cryosparc_job.offline import load_dataset
+    from csrefine.cryosparc.offline import load_dataset
 
     lines = []
     for gr, gc in zip(relion.groups, cryo.groups):
@@ -354,8 +354,8 @@ def test_cross_path_same_cs_simulated(tmp_path, negate):
     """A simulated RELION data set (2 optics groups, true Cs 3.0 / 2.7 mm, nominal 2.7) refines to
     the same Cs per group through the cryoSPARC path as through the RELION path (< 0.001 mm)."""
     from conftest import MODEL
-    from plugin.example import make_example
-    from plugin.pipeline import RefineOptions
+    from csrefine.example import make_example
+    from csrefine.pipeline import RefineOptions
 
     info = make_example(tmp_path, n_per_group=(400, 400), model_path=MODEL, seed=3)
     options = RefineOptions(device="numpy", min_particles=50)
@@ -374,17 +374,17 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map):
     require_relion()
     import starfile
 
-    from plugin.example import optics_table, particle_table
-    from plugin.fsc import soft_spherical_mask
-    from plugin.images import write_map
-    from plugin.pipeline import RefineOptions
-    from plugin.simulate import random_particles
-    from relion_external.relion_tools import project
+    from csrefine.example import optics_table, particle_table
+    from csrefine.fsc import soft_spherical_mask
+    from csrefine.images import write_map
+    from csrefine.pipeline import RefineOptions
+    from csrefine.simulate import random_particles
+    from csrefine.relion.relion_tools import project
 
     box, px = 64, 1.6
     rng = np.random.default_rng(11)
     parts = [random_particles(250, rng, optics_group=g) for g in (1, 2)]
-    from plugin.model import Particles
+    from csrefine.model import Particles
     p = Particles(**{f: np.concatenate([getattr(q, f) for q in parts])
                      for f in parts[0].__dataclass_fields__})
     true = [OpticsGroup(1, "g1", 300.0, 3.0, 0.1, px, box), OpticsGroup(2, "g2", 300.0, 2.7, 0.1, px, box)]
@@ -411,8 +411,8 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map):
 def test_cli_cs_input_error_writes_nothing(tmp_path, capsys):
     """``csrefine refine --particles X.cs`` with a missing stack: one-line error, exit 2, no
     output directory, input untouched."""
-    from plugin.cli import main
-    from plugin.images import write_map
+    from csrefine.cli import main
+    from csrefine.images import write_map
 
     dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
     dset["blob/shape"] = np.full((10, 2), 32)

@@ -26,9 +26,9 @@ from cryosparc.models.user import Email, User
 from cryosparc.tools import CryoSPARC
 
 from conftest import MODEL
-from cryosparc_job.convert import cryosparc_dataset_from_relion
-from cryosparc_job.job import build_parser, main, run_job
-from plugin.cli import options_from_args
+from csrefine.cryosparc.convert import cryosparc_dataset_from_relion
+from csrefine.cryosparc.job import build_parser, main, run_job
+from csrefine.cli import options_from_args
 
 CTF_FIELDS = [("ctf/type", "O"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"),
               ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
@@ -95,8 +95,8 @@ def api(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def project_data(tmp_path_factory):
     """A small simulated project: 2 exposure groups (true Cs 3.0 / 2.7 mm, nominal 2.7)."""
-    from plugin.example import make_example
-    from relion_external.star_io import read_particle_star
+    from csrefine.example import make_example
+    from csrefine.relion.star_io import read_particle_star
 
     root = tmp_path_factory.mktemp("cs_project")
     info = make_example(root, n_per_group=(300, 300), model_path=MODEL, seed=4)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from plugin.ctf import (amplitude_contrast_phase, astigmatic_defocus_A, cs_phase_factor, ctf_gamma,
+from csrefine.ctf import (amplitude_contrast_phase, astigmatic_defocus_A, cs_phase_factor, ctf_gamma,
                         ctf_value, electron_wavelength_A)
 
 

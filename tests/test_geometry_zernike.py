@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from plugin.ctf import electron_wavelength_A
-from plugin.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
-from plugin.zernike import (even_zernike_phase, insert_beam_tilt, odd_zernike_phase,
+from csrefine.ctf import electron_wavelength_A
+from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
+from csrefine.zernike import (even_zernike_phase, insert_beam_tilt, odd_zernike_phase,
                             rescale_beam_tilt, zernike_nm)
 
 

@@ -14,14 +14,14 @@ import pytest
 import starfile
 
 from conftest import cuda_available
-from plugin.atomic_map import density_map
-from plugin.errors import InputError
-from plugin.example import optics_table, particle_table
-from plugin.images import write_map, write_stack
-from plugin.model import OpticsGroup
-from plugin.pipeline import RefineOptions
-from plugin.simulate import random_particles, simulate_images
-from relion_external.run import run
+from csrefine.atomic_map import density_map
+from csrefine.errors import InputError
+from csrefine.example import optics_table, particle_table
+from csrefine.images import write_map, write_stack
+from csrefine.model import OpticsGroup
+from csrefine.pipeline import RefineOptions
+from csrefine.simulate import random_particles, simulate_images
+from csrefine.relion.run import run
 
 N = 1200
 GEOMETRY = {1: (64, 1.6), 2: (80, 1.3)}  # box, pixel size (A): 102 A and 104 A boxes

@@ -7,7 +7,7 @@ import pytest
 import starfile
 
 from conftest import require_relion
-from relion_external.relion_tools import RelionError, run_relion
+from csrefine.relion.relion_tools import RelionError, run_relion
 
 
 @pytest.mark.relion

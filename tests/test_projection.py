@@ -4,8 +4,8 @@ import pytest
 import numpy as np
 import scipy.fft
 
-from plugin.fourier import make_band
-from plugin.projection import (central_slice_coordinates, make_padded_reference,
+from csrefine.fourier import make_band
+from csrefine.projection import (central_slice_coordinates, make_padded_reference,
                                sample_trilinear)
 
 
@@ -41,7 +41,7 @@ def test_rotation_by_90_degrees_about_y_projects_along_x():
     band = make_band(box, 1.0, 0.0, 0.3)
     ref = make_padded_reference(vol, 0.3)
     # A = Ry(90): the observation's z axis is the reference's -x or +x axis.
-    from plugin.geometry import euler_zyz_to_matrix
+    from csrefine.geometry import euler_zyz_to_matrix
     a = euler_zyz_to_matrix(0.0, 90.0, 0.0)[None]
     slice_ = sample_trilinear(ref, central_slice_coordinates(a, band.kx_px, band.ky_px, ref.scale))[0]
     # Project the rotated volume directly: observation(x) = reference(A^T x).
@@ -69,7 +69,7 @@ def _reference_by_full_fft(vol, k_max_px, pad, margin):
     """The padded reference computed the plain way: rfftn of the whole padded cube, then crop."""
     box = vol.shape[0]
     size = pad * box
-    from plugin.projection import gridding_correct
+    from csrefine.projection import gridding_correct
     padded = np.zeros((size,) * 3, np.float32)
     lo = size // 2 - box // 2
     padded[lo:lo + box, lo:lo + box, lo:lo + box] = gridding_correct(vol, pad)

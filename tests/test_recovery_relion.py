@@ -9,10 +9,10 @@ import json
 import pytest
 
 from conftest import require_relion
-from plugin.interpret import apparent_cs_mm
-from plugin.pipeline import RefineOptions
-from relion_external.relion_tools import simulate_dataset
-from relion_external.run import run
+from csrefine.interpret import apparent_cs_mm
+from csrefine.pipeline import RefineOptions
+from csrefine.relion.relion_tools import simulate_dataset
+from csrefine.relion.run import run
 
 N = 10_000
 

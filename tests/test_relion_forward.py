@@ -8,12 +8,12 @@ import pytest
 import starfile
 
 from conftest import require_relion
-from plugin.forward import band_to_images, predict_band
-from plugin.fourier import make_band
-from plugin.images import write_map
-from plugin.projection import make_padded_reference
-from relion_external.relion_tools import project
-from relion_external.star_io import read_particle_star
+from csrefine.forward import band_to_images, predict_band
+from csrefine.fourier import make_band
+from csrefine.images import write_map
+from csrefine.projection import make_padded_reference
+from csrefine.relion.relion_tools import project
+from csrefine.relion.star_io import read_particle_star
 
 BOX, PX = 64, 2.0
 
@@ -80,12 +80,12 @@ def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, sm
     """Odd aberrations (which relion_project ignores): images made by csrefine's forward model
     with a known beam tilt are fitted by relion_ctf_refine --fit_beamtilt to that tilt."""
     require_relion()
-    from plugin.example import optics_table, particle_table
-    from plugin.fsc import soft_spherical_mask
-    from plugin.images import write_stack
-    from plugin.model import OpticsGroup
-    from plugin.simulate import random_particles, simulate_images
-    from relion_external.relion_tools import postprocess, run_relion
+    from csrefine.example import optics_table, particle_table
+    from csrefine.fsc import soft_spherical_mask
+    from csrefine.images import write_stack
+    from csrefine.model import OpticsGroup
+    from csrefine.simulate import random_particles, simulate_images
+    from csrefine.relion.relion_tools import postprocess, run_relion
 
     rng = np.random.default_rng(11)
     px, box, tilt = 1.6, 64, (0.8, -0.5)

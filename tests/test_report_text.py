@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.interpret import apparent_cs_mm, pixel_size_if_cs_nominal_A
-from plugin.pipeline import GroupResult
-from plugin.report import PLAUSIBLE_PIXEL_ERROR, interpretation
+from csrefine.interpret import apparent_cs_mm, pixel_size_if_cs_nominal_A
+from csrefine.pipeline import GroupResult
+from csrefine.report import PLAUSIBLE_PIXEL_ERROR, interpretation
 
 
 def _group(cs_nominal_mm, cs_refined_mm, pixel_size_A=1.0):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import starfile
 
-from plugin.errors import InputError
-from relion_external.star_io import read_particle_star, write_updated_star
+from csrefine.errors import InputError
+from csrefine.relion.star_io import read_particle_star, write_updated_star
 
 
 def _write(path, optics, particles, extra=None):

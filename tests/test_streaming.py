@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugin.errors import InputError
-from plugin.images import StackReader, write_stack
-from plugin.streaming import BatchStream, batch_slices
+from csrefine.errors import InputError
+from csrefine.images import StackReader, write_stack
+from csrefine.streaming import BatchStream, batch_slices
 
 BOX = 16
 

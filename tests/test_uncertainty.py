@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from plugin.model import OpticsGroup
-from plugin.pipeline import RefineOptions, refine
-from plugin.simulate import ArrayImages, random_particles, simulate_images
+from csrefine.model import OpticsGroup
+from csrefine.pipeline import RefineOptions, refine
+from csrefine.simulate import ArrayImages, random_particles, simulate_images
 
 REPLICATES = 40
 

@@ -1,7 +1,7 @@
 """Accumulation backends: the hot loop (image transforms, central slices, CTF, statistics).
 
 Every backend implements ``accumulate_batch(stats, cells, images, particles, reference, terms,
-band, pixel_size_A, threads)`` with the semantics of :func:`plugin.backends.numpy_backend.accumulate_batch`
+band, pixel_size_A, threads)`` with the semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch`
 and must agree with it to floating-point accuracy (tests/test_backends.py).
 """
 

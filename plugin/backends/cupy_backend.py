@@ -43,7 +43,7 @@ def _cupy():
 
 
 def _particle_table(particles) -> np.ndarray:
-    """Same columns as :func:`plugin.backends.numba_backend.particle_table` (numpy only)."""
+    """Same columns as :func:`csrefine.backends.numba_backend.particle_table` (numpy only)."""
     from ..geometry import euler_zyz_to_matrix
 
     n = len(particles)
@@ -336,7 +336,7 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
                      threads: int = 1, *, xp=None, kernel: str = "auto") -> None:
     """Add one batch of particles (all predicted from ``reference``) to ``stats``.
 
-    Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
+    Same arguments and result as :func:`csrefine.backends.numpy_backend.accumulate_batch`.
     ``xp``: the array module (default CuPy; numpy for the CPU stand-in used in tests);
     ``kernel``: "raw" (CUDA RawKernel), "array" (element-wise xp operations) or "auto" (raw
     with CuPy, array otherwise). ``threads``: FFT workers of the CPU stand-in (unused on the

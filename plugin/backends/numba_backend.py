@@ -1,6 +1,6 @@
 """CPU backend: one fused, multi-threaded numba kernel (slice + shift + CTF + statistics).
 
-Semantics are those of :func:`plugin.backends.numpy_backend.accumulate_batch` (the reference);
+Semantics are those of :func:`csrefine.backends.numpy_backend.accumulate_batch` (the reference);
 tests/test_backends.py checks agreement to ~1e-9 relative. The kernel reproduces the reference's
 operation order (float64 arithmetic, complex64 reference and image transforms upcast on use, and
 ``F = |X|^2`` evaluated in float32 like numpy does for complex64 input) so that the two agree to
@@ -398,7 +398,7 @@ def _shift_copy(src, out):
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     """rfft2(ifftshift(images)) at the band pixels, (n, m) complex (complex64 for float32 input).
 
-    Same values as :func:`plugin.backends.numpy_backend.band_transforms` (bit for bit: pocketfft's
+    Same values as :func:`csrefine.backends.numpy_backend.band_transforms` (bit for bit: pocketfft's
     rfft2 is a real transform along x followed by complex transforms along y, done here the same
     way), but the transforms along y are done only for the columns up to the band's largest kx.
     """
@@ -447,7 +447,7 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
                      threads: int = 1) -> None:
     """Add one batch of particles (all predicted from ``reference``) to ``stats``.
 
-    Same arguments and result as :func:`plugin.backends.numpy_backend.accumulate_batch`.
+    Same arguments and result as :func:`csrefine.backends.numpy_backend.accumulate_batch`.
     """
     if len(particles) == 0:
         return

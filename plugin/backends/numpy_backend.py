@@ -20,8 +20,8 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
 
     stats : (n_cells, 6, m) float64, modified in place; cells : (n,) int; images : (n, box, box)
-    real, centred at box//2; particles : :class:`plugin.model.Particles` of the batch;
-    reference : :class:`plugin.projection.PaddedReference`; terms : :class:`plugin.forward.PixelTerms`.
+    real, centred at box//2; particles : :class:`csrefine.model.Particles` of the batch;
+    reference : :class:`csrefine.projection.PaddedReference`; terms : :class:`csrefine.forward.PixelTerms`.
     """
     observed = band_transforms(images, band, threads)
     proj = shifted_projections(terms, particles, reference, pixel_size_A)
