@@ -3,7 +3,7 @@
 Two data sets of the 1BD2 model (~95 kDa) are simulated with RELION 3.1's relion_project and
 reconstructed with relion_reconstruct; the Cs is refined with csrefine's core
 (:func:`csrefine.pipeline.refine`) and the pixel size calibrated against the docked model
-(:func:`csrefine.calibrate.calibrate_from_half_maps`), then combined (:func:`apply_calibration`).
+(:func:`csrefine.calibrate.calibrate_pixel_size`), then combined (:func:`apply_calibration`).
 
   A "pixel": the true pixel size is 2% larger than nominal (p_true = 1.02 p_nom), Cs right (2.7 mm).
      The map of the model is built at p_true (the true object sampled at p_true) and projected
@@ -54,7 +54,7 @@ from common import MODEL, REPO, log  # noqa: E402
 
 def particle_rows(n: int, rng: np.random.Generator):
     """True particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from csrefine.example import particle_table
+    from csrefine.relion.star_io import particle_table
     from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
@@ -62,7 +62,7 @@ def particle_rows(n: int, rng: np.random.Generator):
 
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
-    from csrefine.example import optics_table as table
+    from csrefine.relion.star_io import optics_table as table
     from csrefine.model import OpticsGroup
 
     return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
@@ -138,9 +138,10 @@ def make_data(d: Path, structure, n: int, box: int, p_nom: float, p_true: float,
 
 
 def run_case(name: str, args, structure) -> dict:
-    from csrefine.calibrate import apply_calibration, calibrate_from_half_maps
+    from csrefine.calibrate import apply_calibration, calibrate_pixel_size
     from csrefine.images import StackReader, read_map
-    from csrefine.pipeline import RefineOptions, refine, result_dict
+    from csrefine.options import RefineOptions
+    from csrefine.pipeline import refine, result_dict
     from csrefine.relion.star_io import read_particle_star
 
     p_nom = args.px
@@ -164,7 +165,7 @@ def run_case(name: str, args, structure) -> dict:
     index = [int(s.split("@", 1)[0]) - 1 for s in names]
     images = StackReader(stack, index, box, p_nom)
     refinement = refine(star.groups, star.particles, images, (h1, h2), None, px1 or None,
-                        RefineOptions(k_min_A=20.0, threads=args.j, device=args.device,
+                        RefineOptions(resolution_low_A=20.0, threads=args.j, device=args.device,
                                       reference_half="opposite"),
                         progress=None)
     timings["cs_refine_s"] = time.monotonic() - t0
@@ -175,7 +176,7 @@ def run_case(name: str, args, structure) -> dict:
         f"{refinement.resolution_A:.2f} A; band {refinement.band_A}")
 
     t0 = time.monotonic()
-    cal = calibrate_from_half_maps(h1, h2, None, p_nom, docked_model(structure, box, p_nom))
+    cal = calibrate_pixel_size(h1, h2, p_nom, docked_model(structure, box, p_nom))
     timings["calibration_s"] = time.monotonic() - t0
     report = apply_calibration([result_dict(g)], cal)
     err_rel = cal.pixel_size_calibrated_A / p_true - 1.0

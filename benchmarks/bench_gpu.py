@@ -64,7 +64,7 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     import starfile
 
     from csrefine.atomic_map import density_map
-    from csrefine.example import particle_table
+    from csrefine.relion.star_io import particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.model import OpticsGroup

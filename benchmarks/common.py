@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from csrefine.example import PACKAGED_MODEL  # noqa: E402
+from csrefine.atomic_map import PACKAGED_MODEL  # noqa: E402
 
 #: PDB 1BD2, shipped with the package (public-domain PDB data).
 MODEL = PACKAGED_MODEL

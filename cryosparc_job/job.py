@@ -27,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from csrefine import __version__
 from csrefine.atomic_map import read_model
-from csrefine.calibration_report import calibrate_refinement
-from csrefine.cli import add_refine_options, options_from_args
 from csrefine.errors import InputError
-from csrefine.pipeline import refine
-from csrefine.report import figure_raw_data, figures, summary_table
-
-from .convert import open_images, relion_params_from_cryosparc, updated_dataset
 from csrefine.images import read_half_maps
+from csrefine.options import add_option_arguments, options_from_namespace
+from csrefine.report import figure_raw_data, figures
+from csrefine.run import RefinementInputs, RunResult, run_refinement
+
+from .convert import (open_images, relion_params_from_cryosparc, resolve_blob_paths,
+                      updated_dataset)
 
 TITLE = "Cs refinement"
 PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=TITLE, help=f"job title (default {TITLE!r})")
     p.add_argument("--project-dir", default=None,
                    help="where this machine sees the project directory (default: as cryoSPARC reports it)")
-    add_refine_options(p)
+    p.add_argument("--model", default=None,
+                   help="atomic model (mmCIF/PDB) docked in the map: calibrate the pixel size "
+                        "against it and say whether the Cs departure is pixel size or Cs")
+    p.add_argument("--version", action="version", version=f"csrefine {__version__}")
+    add_option_arguments(p, style="cli")
     return p
 
 
@@ -106,9 +111,7 @@ def _blob_path(dset, slot: str, project_dir: Path, what: str) -> Path:
     field = f"{slot}/path"
     if field not in dset.fields() or len(dset) == 0:
         raise InputError(f"{what}: no {slot} in the connected output")
-    p = str(dset[field][0])
-    p = p[1:] if p.startswith(">") else p
-    path = Path(p) if os.path.isabs(p) else project_dir / p
+    path = Path(resolve_blob_paths([dset[field][0]], project_dir)[0])
     if not path.is_file():
         raise InputError(f"{what}: {slot} file {path} not found (is the project directory "
                          f"mounted here? see --project-dir)")
@@ -128,15 +131,11 @@ class JobLog:
             self.job.log(text)
 
 
-def refine_in_job(job, project, args, options) -> object:
-    """Everything inside ``with job.run()``: load, refine, log, save. Returns the Refinement."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def load_job_inputs(job, project, args) -> RefinementInputs:
+    """The job's connected inputs (particles, volume, optional mask) and the optional model,
+    read from the project directory into the core's inputs."""
     project_dir = Path(args.project_dir) if args.project_dir else Path(str(project.dir))
-    model = getattr(args, "model", None)
-    structure = read_model(model) if model else None
+    structure = read_model(args.model) if args.model else None
     particles = job.load_input("particles", PARTICLE_SLOTS)
     volume = job.load_input("volume", VOLUME_SLOTS)
     log = JobLog(job)
@@ -157,32 +156,59 @@ def refine_in_job(job, project, args, options) -> object:
         g = groups[gid]
         log(f"exposure group {gid - 1}: {int(np.sum(parts.optics_group == gid))} particles, "
             f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
-    refinement = refine(groups, parts, images, half_maps, mask, map_px or None, options, log)
-    log(summary_table(refinement))
-    plots = list(zip(figures(refinement), (json.dumps(r) for r in figure_raw_data(refinement))))
-    if structure is not None:
-        calibration = calibrate_refinement(refinement, half_maps, mask,
-                                           refinement.map_pixel_size_A, structure)
-        log("\n".join(calibration.lines))
-        plots += [(f, json.dumps(calibration.json, default=float)) for f in calibration.figures]
-    for (title, fig), raw in plots:
-        try:
-            job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw, raw_data_format="json")
-        finally:
-            plt.close(fig)
-    new = updated_dataset(particles, refinement)
-    out = job.add_output("particle", "particles", passthrough="particles", slots=["ctf"],
-                         alloc=particles)
-    if not np.array_equal(np.asarray(out["uid"]), np.asarray(new["uid"])):
-        raise RuntimeError("allocated output rows do not match the input particles")
-    for field in out.fields():
-        if field != "uid" and field in new.fields():
-            out[field] = new[field]
-    job.save_output("particles", out)
-    refined = [g for g in refinement.groups if g.refined]
-    log(f"saved particles with refined Cs for {len(refined)} of {len(refinement.groups)} "
-        f"exposure group(s)")
-    return refinement
+    sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
+               "model": args.model, "project_dir": str(project_dir)}
+    return RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
+                            sources, source=particles)
+
+
+class JobOutputs:
+    """A :class:`csrefine.run.ResultWriter` into the External job: plots (with their data)
+    into the event log, then the ``particles`` output (input passed through, new ``ctf``)."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def prepare(self, inputs: RefinementInputs) -> None:
+        pass  # the job's outputs live in cryoSPARC's database, nothing to check here
+
+    def write(self, result: RunResult, should_abort) -> None:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        refinement, calibration = result.refinement, result.calibration
+        plots = list(zip(figures(refinement),
+                         (json.dumps(r) for r in figure_raw_data(refinement))))
+        if calibration is not None:
+            plots += [(f, json.dumps(calibration.json, default=float))
+                      for f in calibration.figures]
+        for (title, fig), raw in plots:
+            try:
+                self.job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw,
+                                  raw_data_format="json")
+            finally:
+                plt.close(fig)
+        particles = result.inputs.source
+        new = updated_dataset(particles, refinement)
+        out = self.job.add_output("particle", "particles", passthrough="particles",
+                                  slots=["ctf"], alloc=particles)
+        if not np.array_equal(np.asarray(out["uid"]), np.asarray(new["uid"])):
+            raise RuntimeError("allocated output rows do not match the input particles")
+        for field in out.fields():
+            if field != "uid" and field in new.fields():
+                out[field] = new[field]
+        self.job.save_output("particles", out)
+        refined = [g for g in refinement.groups if g.refined]
+        self.job.log(f"saved particles with refined Cs for {len(refined)} of "
+                     f"{len(refinement.groups)} exposure group(s)")
+
+
+def refine_in_job(job, project, args, options) -> object:
+    """Everything inside ``with job.run()``: load, refine, log, save. Returns the Refinement."""
+    result = run_refinement(lambda: load_job_inputs(job, project, args), options,
+                            JobOutputs(job), JobLog(job))
+    return result.refinement
 
 
 def run_job(cs, args, options):
@@ -223,7 +249,7 @@ def run_job(cs, args, options):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        options = options_from_args(args)
+        options = options_from_namespace(args)
         cs = connect(args.url)
     except InputError as exc:
         print(f"csrefine-cryosparc: error: {exc}", file=sys.stderr)

@@ -1,8 +1,16 @@
-"""Electron-scattering density maps of atomic models on an exact box and pixel size (gemmi)."""
+"""Atomic models: reading them (gemmi), docking them in a box, and their electron-scattering
+density maps on an exact box and pixel size."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from .errors import InputError
+
+#: PDB entry 1BD2 (public-domain PDB data), shipped with the package for the example.
+PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "1BD2.cif.gz"
 
 
 def structure_centre_A(structure) -> np.ndarray:
@@ -66,11 +74,7 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
 
 def read_model(path):
     """Read an atomic model (mmCIF or PDB, optionally gzipped) with gemmi; InputError if unusable."""
-    from pathlib import Path
-
     import gemmi
-
-    from .errors import InputError
 
     path = Path(path)
     if not path.is_file():

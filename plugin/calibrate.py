@@ -87,7 +87,7 @@ from scipy import ndimage, optimize
 
 from .atomic_map import density_map
 from .errors import InputError
-from .fsc import fsc_curve, resolution_at_threshold
+from .fsc import FSC_THRESHOLD, fsc_curve, resolution_at_threshold
 
 __all__ = ["PixelCalibration", "GroupCalibration", "calibrate_from_half_maps", "calibrate_pixel_size",
            "model_mask", "reexpress_cs_defocus", "group_verdict", "apply_calibration",
@@ -155,8 +155,9 @@ def atom_positions_A(structure) -> np.ndarray:
     return np.asarray(pos, dtype=np.float64)
 
 
-def _centroid_A(structure) -> np.ndarray:
-    # density_map() removes hydrogens before centring; use the same atoms.
+def centroid_A(structure) -> np.ndarray:
+    """Mean non-hydrogen atom position (x, y, z), Å: the centre density_map() docks (it
+    removes hydrogens before centring)."""
     return atom_positions_A(structure).mean(axis=0)
 
 
@@ -246,7 +247,7 @@ class _Calibrator:
         self.box = box
         self.p_nom = p_nom
         self.grid = _Grid(box)
-        self.centre_A = _centroid_A(structure)
+        self.centre_A = centroid_A(structure)
         cvox_xyz = (self.centre_A - np.asarray(origin_A, float)) / p_nom
         self.d_zyx = (cvox_xyz - box // 2)[::-1]
         self.d_phase = self.grid.phase(self.d_zyx)
@@ -399,7 +400,7 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
                          max_shift_A: float = 6.0, b_model_A2: float = 20.0,
                          min_relative_correlation: float = 0.35, min_coverage: float = 0.5,
                          envelope_A: float = 6.0, max_sigma_rel: float = 0.01,
-                         fsc_threshold: float = 0.143,
+                         fsc_threshold: float = FSC_THRESHOLD,
                          systematic_rel: float = 1e-4) -> PixelCalibration:
     """Pixel size of the half maps (nominal ``pixel_size_A``) calibrated against ``structure``.
 
@@ -513,22 +514,6 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
         shift_A=[float(v) for v in (t_best[::-1] * p_best)], coverage=coverage,
         resolution_A=float(resolution), band_A=[float(low_res_A), float(resolution)],
         scan_pixel_size_A=[float(v) for v in p_nom * scales], scan_score=[float(v) for v in scan])
-
-
-def calibrate_from_half_maps(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None,
-                             pixel_size_A: float, structure, fsc: np.ndarray | None = None,
-                             **options) -> PixelCalibration:
-    """Adapter entry point: calibrate the half maps' pixel size against a docked model.
-
-    half1, half2 : arrays (box^3, [z, y, x]) as read by :func:`csrefine.images.read_map`;
-    mask : array or None (None: soft mask around the model); pixel_size_A : the nominal pixel size
-    (map header / optics table); structure : ``gemmi.read_structure(path)`` of a model docked in
-    the map at the nominal pixel size; fsc : optional half-map FSC per shell;
-    options : see :func:`calibrate_pixel_size` (``origin_A`` for a map with a non-zero origin).
-    Raises :class:`csrefine.errors.InputError` if the model cannot serve as a ruler.
-    """
-    return calibrate_pixel_size(half1, half2, pixel_size_A, structure, mask=mask, fsc=fsc,
-                                **options)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Pixel-size calibration inside a refinement run: JSON keys, report lines and the scan plot.
 
-The adapters read the model file (``csrefine.atomic_map.read_model``) before any work, so a missing
+The adapters read the model file (:func:`csrefine.atomic_map.read_model`) before any work, so a missing
 or unreadable model fails the run before anything is written. A model that cannot serve as a ruler
 (not docked, not covering the map) is reported with its reason and *no* calibration; the Cs
 refinement itself still stands.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .calibrate import apply_calibration, calibrate_from_half_maps
+from .calibrate import apply_calibration, calibrate_pixel_size
 from .errors import InputError
 
 WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged (RELION advises "
@@ -34,8 +34,8 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
     the groups by :func:`merge_into_groups`), plain report lines, and the scan figure.
     """
     try:
-        cal = calibrate_from_half_maps(half_maps[0], half_maps[1], mask, pixel_size_A, structure,
-                                       fsc=refinement.fsc)
+        cal = calibrate_pixel_size(half_maps[0], half_maps[1], pixel_size_A, structure, mask=mask,
+                                   fsc=refinement.fsc)
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
                                   [f"Pixel-size calibration NOT done: {exc}"])

@@ -66,11 +66,6 @@ def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, vol
             + even_phase_rad)
 
 
-def ctf_envelope(k2, bfactor_A2=0.0, scale=1.0):
-    """exp(-B*|k|^2/4) * scale; k2 = |k|^2 in 1/A^2, B in A^2."""
-    return scale * np.exp(-0.25 * bfactor_A2 * k2)
-
-
 def ctf_value(gamma, envelope=1.0):
     """CTF = -sin(gamma) * envelope."""
     return -np.sin(gamma) * envelope

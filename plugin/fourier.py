@@ -42,14 +42,6 @@ class Band:
     def size(self) -> int:
         return int(self.flat_index.size)
 
-    @property
-    def kx_per_A(self) -> np.ndarray:
-        return self.kx_px / self.pixel_size_A
-
-    @property
-    def ky_per_A(self) -> np.ndarray:
-        return self.ky_px / self.pixel_size_A
-
 
 def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: float) -> Band:
     """Select the rfft2 pixels with k_min <= |k| <= k_max (1/A), capped at Nyquist."""
@@ -68,8 +60,3 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     self_conjugate = np.isin(kxs, (0.0, 0.5)) & np.isin(np.abs(kys), (0.0, 0.5))
     weight = np.where(self_conjugate, 1.0, 2.0)
     return Band(box, float(pixel_size_A), float(k_min_per_A), float(k_max), flat, kxs, kys, weight)
-
-
-def shift_phase(kx_per_A, ky_per_A, shift_x_A, shift_y_A):
-    """exp(-2*pi*i*k.s): multiplying a transform by this translates the image by +s (Angstrom)."""
-    return np.exp(-2j * np.pi * (kx_per_A * shift_x_A + ky_per_A * shift_y_A))

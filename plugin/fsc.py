@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
+#: The half-map FSC threshold that defines the data's resolution (the "gold standard", 0.143).
+FSC_THRESHOLD = 0.143
+
 
 def soft_spherical_mask(box: int, radius_px: float, edge_px: float = 6.0) -> np.ndarray:
     """Spherical mask (1 inside radius, raised-cosine edge of edge_px), centre box//2, float32."""
@@ -12,6 +15,13 @@ def soft_spherical_mask(box: int, radius_px: float, edge_px: float = 6.0) -> np.
     r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     mask = np.clip((radius_px + edge_px - r) / edge_px, 0.0, 1.0)
     return (0.5 - 0.5 * np.cos(np.pi * mask)).astype(np.float32)
+
+
+def default_mask(box: int) -> np.ndarray:
+    """The mask used when the user gives none: a soft sphere of radius 0.4 * box - 6 pixels
+    with a 6-pixel raised-cosine edge, i.e. 80% of the box across including the edge, which
+    leaves room for the particle and keeps the box corners' noise out of the FSC."""
+    return soft_spherical_mask(box, 0.4 * box - 6)
 
 
 def fsc_curve(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None = None,
@@ -38,7 +48,7 @@ def fsc_curve(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None = No
 
 
 def resolution_at_threshold(fsc: np.ndarray, box: int, pixel_size_A: float,
-                            threshold: float = 0.143, first_shell: int = 2) -> float:
+                            threshold: float = FSC_THRESHOLD, first_shell: int = 2) -> float:
     """Resolution (A) of the last shell before the FSC first drops below ``threshold``
     (searching from ``first_shell``); Nyquist if it never does."""
     below = np.flatnonzero(fsc[first_shell:] < threshold)

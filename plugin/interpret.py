@@ -20,11 +20,6 @@ def apparent_cs_mm(cs_true_mm: float, pixel_nominal_A: float, pixel_true_A: floa
     return cs_true_mm * (pixel_nominal_A / pixel_true_A) ** 4
 
 
-def apparent_defocus_A(defocus_true_A: float, pixel_nominal_A: float, pixel_true_A: float) -> float:
-    """Defocus a CTF fit returns when the pixel size is wrong: defocus * (p_nominal / p_true)^2."""
-    return defocus_true_A * (pixel_nominal_A / pixel_true_A) ** 2
-
-
 def resolution_impact_A(defocus_factor: float, cs_factor: float, defocus_offset_A: float,
                         cs_change_mm: float, k_limit_per_A: float,
                         threshold_rad: float = np.pi / 4, samples: int = 20000) -> float | None:

@@ -9,6 +9,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+#: Pixel sizes within this relative difference are taken as equal (no rescaling between optics
+#: groups and maps; stack headers within it agree with the optics table).
+PIXEL_TOLERANCE = 0.005
+
+
+def nyquist_A(pixel_size_A: float) -> float:
+    """The Nyquist resolution, 2 * pixel size (Å)."""
+    return 2.0 * pixel_size_A
+
 
 @dataclass(frozen=True)
 class OpticsGroup:

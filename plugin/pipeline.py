@@ -1,6 +1,7 @@
-"""One refinement run: FSC band, streaming accumulation per optics group, fit, uncertainty.
+"""The refinement proper: FSC band, streaming accumulation per optics group, fit, uncertainty.
 
-Adapters call :func:`refine` with arrays and plain objects; it never touches paths.
+:func:`refine` takes arrays and records and never touches paths; :mod:`csrefine.run` wraps it
+into the one run that every entry point uses (inputs, calibration, reports, outputs).
 """
 
 from __future__ import annotations
@@ -14,58 +15,40 @@ from typing import Callable
 import numpy as np
 
 from .backends import get_backend, resolve_backend
-from .ctf import electron_wavelength_A
 from .errors import AbortRequested, InputError
 from .fit import (FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma,
                   log_likelihood, pool)
 from .forward import pixel_terms
 from .fourier import make_band
-from .fsc import fsc_curve, resolution_at_threshold, soft_spherical_mask
+from .fsc import default_mask, fsc_curve, resolution_at_threshold
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import OpticsGroup, Particles
+from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
+from .options import RefineOptions
 from .projection import for_particles, make_padded_reference
 from .streaming import BatchStream
 
 
-@dataclass
-class RefineOptions:
-    """User-facing settings (units in the names).
-
-    k_min_A / k_max_A : band limits in Angstrom (k_max_A None: from the half-map FSC at 0.143).
-    subsets : independent random subsets refined separately; cells_per_subset : jackknife blocks
-        per subset (the jackknife uses subsets * cells_per_subset blocks).
-    cs_search_mm : half-width of the global Cs search around the nominal value.
-    min_particles : groups with fewer particles are not refined.
-    max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
-    batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
-        bounded by two batches of images plus the backend's work arrays.
-    reference_half : "opposite" (default) predicts each particle from the half map it did not
-        contribute to; "own" from its own half map (rlnRandomSubset), as relion_ctf_refine 4.0+
-        does. The own half map contains the particle's own noise, which correlates with its
-        nominal CTF and biases the fit toward the reconstruction's CTF: on 10k relion_project
-        particles (box 128, 2.5 A) true Cs 3.0 from nominal 2.7 gave 2.70 with the own half map
-        and 3.001 with the opposite one.
-    """
-
-    k_min_A: float = 20.0
-    k_max_A: float | None = None
-    subsets: int = 3
-    cells_per_subset: int = 4
-    threads: int = 1
-    batch_size: int | None = None
-    device: str = "auto"
-    cs_search_mm: float = 1.5
-    pad: int = 2
-    seed: int = 0
-    min_particles: int = 100
-    max_cs_sigma_mm: float = 0.5
-    fsc_threshold: float = 0.143
-    reference_half: str = "opposite"
+#: Points of the log-likelihood profile along Cs drawn in the report (over +-cs_search_mm).
+PROFILE_CS_POINTS = 121
+#: Defocus points (over +-1/4 of the defocus search) over which that profile is maximised.
+PROFILE_DEFOCUS_POINTS = 41
+#: A group is fitted only if its band spans at least this factor in resolution: with
+#: resolution_high_A > BAND_MIN_RATIO * resolution_low_A the k^4 term cannot be told from
+#: defocus (k^2) over the few shells left.
+BAND_MIN_RATIO = 0.8
+#: Extra radius of the cropped 3D references beyond the highest sampled frequency (1%), so
+#: that trilinear interpolation at the band's edge stays inside the stored shell.
+REFERENCE_MARGIN = 1.01
 
 
 @dataclass
 class GroupResult:
-    """Refinement of one optics group; the JSON report holds these fields."""
+    """Refinement of one optics group; the JSON report holds these fields (but ``curves``).
+
+    cs_refined_mm is the nominal Cs where the group was not refined; cs_sigma_mm is the
+    jackknife standard error, cs_sigma_curvature_mm the one from the likelihood's curvature;
+    band_A is the group's fitted band (its high end capped at the group's Nyquist).
+    """
 
     optics_group: int
     name: str
@@ -89,6 +72,8 @@ class GroupResult:
 
 @dataclass
 class Refinement:
+    """Result of :func:`refine`: per-group results, the half-map FSC and the band."""
+
     groups: list
     fsc: np.ndarray
     resolution_A: float
@@ -111,10 +96,6 @@ def assign_cells(n: int, subsets: int, cells_per_subset: int, seed: int) -> np.n
     cells = np.empty(n, dtype=np.int64)
     cells[rng.permutation(n)] = np.arange(n) % n_cells
     return cells
-
-
-#: Pixel sizes within this relative difference are taken as equal (no rescaling).
-PIXEL_TOLERANCE = 0.005
 
 
 def map_pixel_size(groups: dict[int, OpticsGroup], half_maps,
@@ -244,66 +225,93 @@ def _curvature_sigma(fit: FitResult) -> tuple[float | None, float | None]:
     return float(np.sqrt(cov[1, 1])), float(np.sqrt(cov[0, 0]))
 
 
+@dataclass(frozen=True)
+class GroupFit:
+    """Fits of one group's statistics.
+
+    best : all particles; leave_one_out : (cells, 2) [defocus offset A, Cs change mm] with
+    each jackknife cell left out; subsets : one fit per random subset; profile_cs_mm /
+    profile_log_likelihood : the likelihood along the Cs change (mm, relative to nominal),
+    defocus re-optimised; radial : the pooled statistics.
+    """
+
+    best: FitResult
+    leave_one_out: np.ndarray
+    subsets: list
+    model: PhaseModel
+    profile_cs_change_mm: np.ndarray
+    profile_log_likelihood: np.ndarray
+    radial: object
+
+
 def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
-              options: RefineOptions, k_max_per_A: float) -> dict:
+              options: RefineOptions) -> GroupFit:
     """Fit the pooled statistics: all particles, leave-one-cell-out, and each subset."""
-    lam = electron_wavelength_A(group.voltage_kv)
     terms = pixel_terms(group, band)
     model = PhaseModel(terms.defocus_factor, terms.cs_factor)
     k_box = np.hypot(band.kx_px, band.ky_px) * band.box
     radial = pool(stats, terms.k2, k_box, band.friedel_weight, n_particles)
     sums = radial.sums  # (n_cells, 5, n_bins)
     total = sums.sum(axis=0)
-    k_max_phys = float(np.sqrt(terms.k2.max()))
-    search = default_search_range(model, k_max_phys, options.cs_search_mm)
-    best = fit_phase(radial, total, model, k_max_phys, search)
+    k_max_per_A = float(np.sqrt(terms.k2.max()))
+    search = default_search_range(model, k_max_per_A, options.cs_search_mm)
+    best = fit_phase(radial, total, model, k_max_per_A, search)
     start = (best.defocus_offset_A, best.cs_change_mm)
     loo = np.array([[f.defocus_offset_A, f.cs_change_mm] for f in
-                    (fit_phase(radial, total - sums[j], model, k_max_phys, search, start=start)
+                    (fit_phase(radial, total - sums[j], model, k_max_per_A, search, start=start)
                      for j in range(cells_count))])
     per = options.cells_per_subset
-    subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_phys, search)
+    subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_per_A, search)
                for s in range(options.subsets)]
     # Log-likelihood along Cs (defocus re-optimised on the grid) for the report's plot.
-    cs_axis = np.linspace(-search.cs_mm, search.cs_mm, 121)
+    cs_axis = np.linspace(-search.cs_mm, search.cs_mm, PROFILE_CS_POINTS)
     df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
-                          best.defocus_offset_A + search.defocus_A / 4, 41)
+                          best.defocus_offset_A + search.defocus_A / 4, PROFILE_DEFOCUS_POINTS)
     profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
-    return {"best": best, "loo": loo, "subsets": subsets, "model": model, "lambda": lam,
-            "profile": (cs_axis, profile), "radial": radial}
+    return GroupFit(best, loo, subsets, model, cs_axis, profile, radial)
 
 
 def _not_refined(group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
-    return GroupResult(group.optics_group, group.name, n, False, reason, group.cs_mm, group.cs_mm,
-                       None, None, [], 0.0, None, group.pixel_size_A, None, None, list(band_A),
-                       group.voltage_kv)
+    return GroupResult(
+        optics_group=group.optics_group, name=group.name, n_particles=n, refined=False,
+        reason=reason, cs_nominal_mm=group.cs_mm, cs_refined_mm=group.cs_mm, cs_sigma_mm=None,
+        cs_sigma_curvature_mm=None, cs_subsets_mm=[], defocus_offset_A=0.0,
+        defocus_offset_sigma_A=None, pixel_size_A=group.pixel_size_A,
+        pixel_size_if_cs_nominal_A=None, resolution_impact_A=None, band_A=list(band_A),
+        voltage_kv=group.voltage_kv)
 
 
-def summarise_group(group: OpticsGroup, n: int, fitted: dict, band_A, options) -> GroupResult:
-    best, loo = fitted["best"], fitted["loo"]
+def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
+                    options: RefineOptions) -> GroupResult:
+    """The group's result from its fits: Cs +- jackknife sigma, subsets, interpretation."""
+    best, loo = fitted.best, fitted.leave_one_out
     cs_ref = group.cs_mm + best.cs_change_mm
     cs_sigma = jackknife_sigma(loo[:, 1])
     df_sigma = jackknife_sigma(loo[:, 0])
     cs_curv, _ = _curvature_sigma(best)
-    model = fitted["model"]
-    nyquist = 0.5 / group.pixel_size_A
+    model = fitted.model
     impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
-                                 best.cs_change_mm, nyquist)
+                                 best.cs_change_mm, 1.0 / nyquist_A(group.pixel_size_A))
     refined, reason = True, "refined"
     if not np.isfinite(cs_sigma) or cs_sigma > options.max_cs_sigma_mm:
         refined, reason = False, (f"too uncertain: jackknife sigma {cs_sigma:.3f} mm exceeds "
                                   f"{options.max_cs_sigma_mm} mm (too few particles or too low "
                                   f"resolution)")
     result = GroupResult(
-        group.optics_group, group.name, n, refined, reason, group.cs_mm,
-        cs_ref if refined else group.cs_mm, cs_sigma, cs_curv,
-        [group.cs_mm + s.cs_change_mm for s in fitted["subsets"]],
-        best.defocus_offset_A if refined else 0.0, df_sigma, group.pixel_size_A,
-        pixel_size_if_cs_nominal_A(group.pixel_size_A, group.cs_mm, cs_ref), impact, list(band_A),
-        group.voltage_kv)
-    radial = fitted["radial"]
-    result.curves = {"cs_axis_mm": (group.cs_mm + fitted["profile"][0]).tolist(),
-                     "log_likelihood": (fitted["profile"][1] - fitted["profile"][1].max()).tolist(),
+        optics_group=group.optics_group, name=group.name, n_particles=n, refined=refined,
+        reason=reason, cs_nominal_mm=group.cs_mm,
+        cs_refined_mm=cs_ref if refined else group.cs_mm, cs_sigma_mm=cs_sigma,
+        cs_sigma_curvature_mm=cs_curv,
+        cs_subsets_mm=[group.cs_mm + s.cs_change_mm for s in fitted.subsets],
+        defocus_offset_A=best.defocus_offset_A if refined else 0.0,
+        defocus_offset_sigma_A=df_sigma, pixel_size_A=group.pixel_size_A,
+        pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(group.pixel_size_A, group.cs_mm,
+                                                              cs_ref),
+        resolution_impact_A=impact, band_A=list(band_A), voltage_kv=group.voltage_kv)
+    radial = fitted.radial
+    profile = fitted.profile_log_likelihood
+    result.curves = {"cs_axis_mm": (group.cs_mm + fitted.profile_cs_change_mm).tolist(),
+                     "log_likelihood": (profile - profile.max()).tolist(),
                      "cs_fitted_mm": cs_ref, "k2": radial.k2.tolist(),
                      "fit_delta_rad": model.delta(best.defocus_offset_A, best.cs_change_mm,
                                                   radial.k2).tolist(),
@@ -332,12 +340,11 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         order (box: the particles' optics group's; groups may differ in box and pixel size, the
         references are rescaled as in RELION);
     half_maps : (half1, half2) real-space maps (box^3, [z, y, x]);
-    mask : optional real-space mask for the FSC (a soft sphere of 0.8*box diameter if None).
+    mask : optional real-space mask for the FSC (:func:`csrefine.fsc.default_mask` if None).
     map_pixel_size_A : the half maps' pixel size if known (checked against the optics groups).
     progress : called with plain-text progress lines; should_abort : polled between batches.
     """
-    options = options or RefineOptions()
-    reference_for(1, options.reference_half)  # validate before any work
+    options = (options or RefineOptions()).validate()
     timings = {}
     t_start = time.monotonic()
     backend_name = resolve_backend(options.device)
@@ -345,7 +352,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     px = map_pixel_size(groups, half_maps, map_pixel_size_A)  # the maps'; groups may differ
     box = half_maps[0].shape[0]
     if mask is None:
-        mask = soft_spherical_mask(box, 0.4 * box - 6)
+        mask = default_mask(box)
     elif mask.shape != half_maps[0].shape:
         raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
     # Inputs are valid: import and warm the backend (numba's kernel cache) in a thread while the
@@ -355,14 +362,16 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     loader.shutdown(wait=False)
     fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
     resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
-    k_max_A = options.k_max_A or resolution
-    k_max_A = max(k_max_A, 2.0 * px)
-    band_A = [float(options.k_min_A), float(k_max_A)]
+    low_A = options.resolution_low_A
+    # The band's high-resolution end: the user's, else the FSC's, never beyond the maps' Nyquist.
+    high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
+    band_A = [float(low_A), float(high_A)]
     _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} A; "
-                   f"fitting {options.k_min_A:.1f}-{k_max_A:.2f} A")
+                   f"fitting {low_A:.1f}-{high_A:.2f} A")
     mag_margin = max(float(np.linalg.norm(g.mag_matrix, 2)) for g in groups.values())
-    references = {h + 1: make_padded_reference(half_maps[h], px / k_max_A, options.pad,
-                                               options.threads, margin=max(mag_margin, 1.0) * 1.01)
+    references = {h + 1: make_padded_reference(half_maps[h], px / high_A, options.pad,
+                                               options.threads,
+                                               margin=max(mag_margin, 1.0) * REFERENCE_MARGIN)
                   for h in range(2)}
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
@@ -379,15 +388,14 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                         f"{max(options.min_particles, n_cells)})", band_A))
             _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
             continue
-        k_max_g = max(k_max_A, 2.0 * group.pixel_size_A)  # capped at this group's Nyquist
-        band_g = [float(options.k_min_A), float(k_max_g)]
-        if k_max_g > 0.8 * options.k_min_A:
-            results.append(_not_refined(group, n, f"resolution too low: the band {options.k_min_A}"
-                                        f"-{k_max_g:.1f} A is too narrow", band_g))
+        high_g_A = max(high_A, nyquist_A(group.pixel_size_A))  # capped at this group's Nyquist
+        band_g = [float(low_A), float(high_g_A)]
+        if high_g_A > BAND_MIN_RATIO * low_A:
+            results.append(_not_refined(group, n, f"resolution too low: the band {low_A}"
+                                        f"-{high_g_A:.1f} A is too narrow", band_g))
             _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
             continue
-        band = make_band(group.box_size, group.pixel_size_A, 1.0 / options.k_min_A,
-                         1.0 / k_max_g)
+        band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
         sub = particles.subset(positions)
         cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
         t0 = time.monotonic()
@@ -396,7 +404,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                  backend, options, progress, should_abort)
         timings[f"accumulate_group{gid}"] = time.monotonic() - t0
         t0 = time.monotonic()
-        fitted = fit_group(group, stats, band, n_cells, n, options, 1.0 / k_max_g)
+        fitted = fit_group(group, stats, band, n_cells, n, options)
         timings[f"fit_group{gid}"] = time.monotonic() - t0
         results.append(summarise_group(group, n, fitted, band_g, options))
     timings["total"] = time.monotonic() - t_start

@@ -1,6 +1,7 @@
 """Reports of a refinement: JSON, a plain-text table, and figures (PDF/PNG).
 
-All writers are atomic: they write a temporary file in the target directory and rename it.
+Writers are atomic (:mod:`csrefine.io_atomic`); :mod:`csrefine.run` stages them with the
+particle file and moves them into place together.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_output
+from .fsc import FSC_THRESHOLD
+from .io_atomic import atomic_output, atomic_write_bytes
 from .pipeline import Refinement, result_dict
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        Path(tmp).write_bytes(data)
 
 
 def _clean(value):
@@ -148,7 +145,7 @@ def figures(refinement: Refinement, extra_lines=()):
     fsc = refinement.fsc
     shells = np.arange(1, len(fsc))
     ax.plot(shells, fsc[1:], label="half-map FSC (masked)")
-    ax.axhline(0.143, color="grey", ls=":", label="0.143")
+    ax.axhline(FSC_THRESHOLD, color="grey", ls=":", label=f"{FSC_THRESHOLD}")
     ax.set_xlabel("Fourier shell (pixels)")
     ax.set_ylabel("FSC")
     ax.set_title(f"Half-map FSC: {refinement.resolution_A:.2f} A; fitted band "
@@ -206,31 +203,3 @@ def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) ->
     finally:
         for _, fig in figs:
             plt.close(fig)
-
-
-def build_report(refinement: Refinement, inputs_note: dict, structure=None, half_maps=None,
-                 mask=None, pixel_size_A: float | None = None):
-    """csrefine.json content, with the pixel-size calibration against ``structure`` (a gemmi
-    Structure docked in the half maps) when one is given. Returns (report dict, calibration
-    outcome or None)."""
-    report = report_dict(refinement, inputs_note)
-    if structure is None:
-        return report, None
-    from .calibration_report import calibrate_refinement, merge_into_groups
-    calibration = calibrate_refinement(refinement, half_maps, mask, pixel_size_A, structure)
-    return merge_into_groups(report, calibration.json), calibration
-
-
-def write_reports(out_dir, refinement: Refinement, report: dict, calibration=None,
-                  progress=None) -> None:
-    """Write csrefine.json and logfile.pdf into ``out_dir`` (atomically) and print the summary."""
-    out_dir = Path(out_dir)
-    write_json(out_dir / "csrefine.json", report)
-    write_pdf(out_dir / "logfile.pdf", refinement,
-              extra_figures=calibration.figures if calibration else (),
-              extra_lines=calibration.lines if calibration else ())
-    if progress is not None:
-        progress(interpretation_text(refinement))
-        if calibration is not None:
-            progress("\n".join(calibration.lines))
-        progress(summary_table(refinement))

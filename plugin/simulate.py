@@ -6,6 +6,8 @@ these images follow RELION's conventions.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .forward import band_to_images, predict_band
@@ -62,3 +64,32 @@ class ArrayImages:
             return images
         out[...] = images
         return out
+
+
+def pseudo_atomic_map(box: int, pixel_size_A: float, rng: np.random.Generator,
+                      n_atoms: int = 4000, radius_A: float | None = None,
+                      b_factor_A2: float = 15.0) -> np.ndarray:
+    """Gaussian 'atoms' (carbon-like) scattered in an ellipsoid: a protein-like test map."""
+    radius_A = radius_A or 0.3 * box * pixel_size_A
+    pts = rng.normal(size=(n_atoms, 3))
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    pts *= radius_A * rng.uniform(0, 1, (n_atoms, 1)) ** (1 / 3) * np.array([1.0, 0.8, 0.65])
+    # Sum Gaussians in Fourier space: exact, band-limited and fast.
+    k = np.fft.fftfreq(box) / pixel_size_A
+    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(box) / pixel_size_A, indexing="ij")
+    ft = np.zeros(kz.shape, dtype=np.complex128)
+    for chunk in np.array_split(pts, max(1, n_atoms // 500)):
+        phase = (kx[..., None] * chunk[:, 0] + ky[..., None] * chunk[:, 1] + kz[..., None] * chunk[:, 2])
+        ft += np.exp(-2j * np.pi * phase).sum(axis=-1)
+    ft *= np.exp(-0.25 * b_factor_A2 * (kx**2 + ky**2 + kz**2))
+    vol = np.fft.irfftn(ft, s=(box,) * 3)
+    return np.fft.fftshift(vol).astype(np.float32) * (box**3 / n_atoms) * 0.02
+
+
+def model_map(box: int, pixel_size_A: float, rng, model_path: Path | None = None) -> np.ndarray:
+    if model_path is not None and model_path.is_file():
+        import gemmi
+
+        from .atomic_map import density_map
+        return density_map(gemmi.read_structure(str(model_path)), box, pixel_size_A, b_factor_A2=10.0)
+    return pseudo_atomic_map(box, pixel_size_A, rng)

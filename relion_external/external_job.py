@@ -2,117 +2,95 @@
 
 RELION calls ``csrefine-relion --o External/jobNNN/ --in_parts P.star --in_3dref R.mrc
 [--in_mask M.mrc] [--LABEL VALUE ...] --j N [--pipeline_control DIR]`` from the project directory.
-User parameters (the GUI's label/value pairs): ``kmin_A`` (20), ``kmax_A`` (FSC 0.143),
-``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5), ``min_particles``
-(100), ``device`` (cpu), ``batch_size``, ``reference_half`` (opposite | own), ``model`` (an atomic
-model docked in the map: calibrates the pixel size).
+User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --help``:
+``resolution_low_A`` (20), ``resolution_high_A`` (FSC 0.143; ``kmin_A``/``kmax_A`` are accepted
+as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
+``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
+(opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
-``RELION_OUTPUT_NODES.star``, then ``RELION_JOB_EXIT_SUCCESS``; on error
-``RELION_JOB_EXIT_FAILURE``; when ``RELION_JOB_ABORT_NOW`` appears, stop between batches, remove
-it, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind.
+``RELION_OUTPUT_NODES.star`` (staged, moved into place together), then
+``RELION_JOB_EXIT_SUCCESS``; on error ``RELION_JOB_EXIT_FAILURE``; when ``RELION_JOB_ABORT_NOW``
+appears, stop, remove it, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from pathlib import Path
 
+from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError
-from csrefine.pipeline import RefineOptions
+from csrefine.io_atomic import atomic_write_bytes
+from csrefine.options import add_option_arguments, options_from_namespace
 
-from .nodes import (ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, touch,
-                    write_output_nodes)
+from .nodes import (ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, OUTPUT_NODES,
+                    output_nodes_text, touch)
 from .refs import resolve_half_maps
 
-PARAMETERS = {
-    "kmin_A": float, "kmax_A": float, "half1": str, "half2": str, "postprocess": str,
-    "subsets": int, "cs_search_mm": float, "min_particles": int, "device": str, "batch_size": int,
-    "seed": int, "reference_half": str, "model": str,
-}
 OUTPUT_STAR = "particles_csrefine.star"
+#: Input nodes RELION's External job may pass; csrefine uses in_parts, in_3dref and in_mask.
+RELION_INPUTS = ("in_parts", "in_3dref", "in_mask", "in_movies", "in_mics", "in_coords")
 
 
-def parse_args(argv: list[str]) -> dict:
-    """RELION's External-job command line -> dict. Unknown labels are an error (typos would
-    otherwise be silently ignored); a label with no value is a bare flag (value '')."""
-    args = {"j": 1}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--"):
-            raise InputError(f"unexpected argument {token!r}")
-        key = token[2:]
-        value = ""
-        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        if key in ("o", "in_parts", "in_3dref", "in_mask", "pipeline_control", "in_movies",
-                   "in_mics", "in_coords"):
-            args[key] = value
-        elif key == "j":
-            args["j"] = _convert("j", value, int)
-        elif key in PARAMETERS:
-            args[key] = _convert(key, value, PARAMETERS[key])
-        else:
-            raise InputError(f"unknown parameter --{key} (known: {', '.join(sorted(PARAMETERS))})")
-    for required in ("o", "in_parts"):
-        if not args.get(required):
-            raise InputError(f"missing --{required}")
-    return args
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises InputError instead of exiting, so that the job can still write
+    RELION_JOB_EXIT_FAILURE."""
+
+    def error(self, message):
+        raise InputError(message)
 
 
-def _convert(key, value, kind):
-    try:
-        return kind(value)
-    except ValueError:
-        raise InputError(f"parameter {key}: cannot read {value!r} as {kind.__name__}") from None
+def build_parser() -> argparse.ArgumentParser:
+    """RELION's External-job command line: its fixed options and csrefine's parameters as
+    ``--LABEL VALUE`` pairs (a typo in a label is an error, not silently ignored)."""
+    p = _Parser(prog="csrefine-relion", allow_abbrev=False,
+                description="Refine Cs per optics group as a RELION External job (run from the "
+                            "RELION project directory).")
+    p.add_argument("--version", action="version", version=f"csrefine {__version__}")
+    p.add_argument("--o", required=True, metavar="DIR", help="the job directory, External/jobNNN/")
+    p.add_argument("--in_parts", required=True, metavar="STAR",
+                   help="particles (Refine3D run_data.star)")
+    p.add_argument("--in_3dref", metavar="MRC|STAR",
+                   help="Refine3D run_class001.mrc (half maps beside it) or postprocess.star")
+    p.add_argument("--in_mask", metavar="MRC", help="mask for the half-map FSC")
+    for name in RELION_INPUTS[3:]:
+        p.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline_control", metavar="DIR", help="set by RELION's pipeliner")
+    p.add_argument("--half1", metavar="MRC", help="explicit unfiltered half map 1")
+    p.add_argument("--half2", metavar="MRC", help="explicit unfiltered half map 2")
+    p.add_argument("--postprocess", metavar="STAR", help="PostProcess STAR naming both half maps "
+                                                         "and the mask")
+    p.add_argument("--model", metavar="CIF|PDB",
+                   help="atomic model docked in the map: calibrate the pixel size against it")
+    add_option_arguments(p, style="relion")
+    return p
 
 
-def options_from(args: dict) -> RefineOptions:
-    opts = RefineOptions(threads=max(int(args.get("j", 1)), 1))
-    for key, attr in (("kmin_A", "k_min_A"), ("kmax_A", "k_max_A"), ("subsets", "subsets"),
-                      ("cs_search_mm", "cs_search_mm"), ("min_particles", "min_particles"),
-                      ("device", "device"), ("batch_size", "batch_size"), ("seed", "seed"),
-                      ("reference_half", "reference_half")):
-        if key in args:
-            setattr(opts, attr, args[key])
-    if opts.k_min_A <= 0 or (opts.k_max_A is not None and opts.k_max_A <= 0):
-        raise InputError("kmin_A and kmax_A must be positive")
-    if opts.subsets < 2:
-        raise InputError(f"subsets must be at least 2, got {opts.subsets}")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
-    return opts
-
-
-def run_job(args: dict) -> None:
+def run_job(args: argparse.Namespace) -> None:
     """Do the job's work; raise InputError/AbortRequested on bad input or abort."""
     from .run import run
 
-    out_dir = Path(args["o"])
-    if not out_dir.is_dir():
-        out_dir.mkdir(parents=True, exist_ok=True)
-    options = options_from(args)
-    half1, half2, mask = resolve_half_maps(args.get("in_3dref"), args.get("half1"),
-                                           args.get("half2"), args.get("postprocess"),
-                                           args.get("in_mask"))
-    abort_file = out_dir / ABORT_NOW
-    print(f"csrefine: particles {args['in_parts']}, half maps {half1} {half2}, "
+    out_dir = Path(args.o)
+    options = options_from_namespace(args)
+    half1, half2, mask = resolve_half_maps(args.in_3dref, args.half1, args.half2,
+                                           args.postprocess, args.in_mask)
+    print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
-    run(args["in_parts"], half1, half2, out_dir, mask=mask, options=options,
+    nodes = output_nodes_text(args.o, [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")])
+    run(args.in_parts, half1, half2, out_dir, mask=mask, options=options,
         out_star_name=OUTPUT_STAR, progress=lambda s: print(s, flush=True),
-        should_abort=abort_file.exists, model=args.get("model"))
-    write_output_nodes(out_dir, [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")])
+        should_abort=(out_dir / ABORT_NOW).exists, model=args.model,
+        extra_files={OUTPUT_NODES: lambda path, _: atomic_write_bytes(path, nodes.encode())})
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_args(argv)
+        args = build_parser().parse_args(argv)
     except InputError as exc:
         print(f"csrefine-relion: error: {exc}", file=sys.stderr, flush=True)
         out = _out_dir_guess(argv)
@@ -120,13 +98,13 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             touch(out / EXIT_FAILURE)
         return 2
-    out_dir = Path(args["o"])
+    out_dir = Path(args.o)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
         (out_dir / stale).unlink(missing_ok=True)
     try:
         run_job(args)
     except AbortRequested:
-        _remove_outputs(out_dir)
         (out_dir / ABORT_NOW).unlink(missing_ok=True)
         touch(out_dir / EXIT_ABORTED)
         print("csrefine-relion: aborted by the user", file=sys.stderr, flush=True)
@@ -149,11 +127,6 @@ def _out_dir_guess(argv):
         if i + 1 < len(argv):
             return Path(argv[i + 1])
     return None
-
-
-def _remove_outputs(out_dir: Path) -> None:
-    for name in (OUTPUT_STAR, "csrefine.json", "logfile.pdf", "RELION_OUTPUT_NODES.star"):
-        (out_dir / name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from csrefine.report import atomic_write_bytes
-
 EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
+OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
 
 # RELION 3.1 integer node types and RELION 4/5 node type labels.
 NODE_TYPES = {
@@ -23,14 +22,13 @@ def touch(path) -> None:
     Path(path).touch()
 
 
-def write_output_nodes(out_dir, nodes) -> None:
-    """Write RELION_OUTPUT_NODES.star for (file name, kind) pairs; node names are the output
+def output_nodes_text(out_dir, nodes) -> str:
+    """RELION_OUTPUT_NODES.star for (file name, kind) pairs; node names are the output
     directory as RELION gave it (relative to the project) joined with the file name."""
-    out_dir = Path(out_dir)
     prefix = str(out_dir).rstrip("/") + "/"
     lines = ["", "# version 30001", "", "data_output_nodes", "", "loop_",
              "_rlnPipeLineNodeName #1", "_rlnPipeLineNodeType #2", "_rlnPipeLineNodeTypeLabel #3"]
     for name, kind in nodes:
         number, label = NODE_TYPES[kind]
         lines.append(f"{prefix}{name} {number} {label}")
-    atomic_write_bytes(out_dir / "RELION_OUTPUT_NODES.star", ("\n".join(lines) + "\n\n").encode())
+    return "\n".join(lines) + "\n\n"

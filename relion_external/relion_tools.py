@@ -90,11 +90,12 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
     import starfile
 
     from csrefine.atomic_map import density_map
-    from csrefine.example import optics_table, particle_table
-    from csrefine.fsc import soft_spherical_mask
+    from csrefine.fsc import default_mask
     from csrefine.images import write_map
     from csrefine.model import OpticsGroup
     from csrefine.simulate import random_particles
+
+    from .star_io import optics_table, particle_table
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
     nominal = OpticsGroup(1, "opticsGroup1", voltage_kv, cs_nominal_mm, 0.1, pixel_nominal_A, box)
     starfile.write({"optics": optics_table([nominal]), "particles": particle_table(parts, "proj.mrcs")},
                    d / "particles.star", overwrite=True)
-    write_map(d / "mask.mrc", soft_spherical_mask(box, 0.42 * box - 6), pixel_nominal_A)
+    write_map(d / "mask.mrc", default_mask(box), pixel_nominal_A)
     info = {"dir": d, "star": d / "particles.star", "mask": d / "mask.mrc",
             "half1": d / "run_half1_class001_unfil.mrc", "half2": d / "run_half2_class001_unfil.mrc"}
     if reconstruct:

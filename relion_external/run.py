@@ -1,27 +1,28 @@
-"""Run a refinement on RELION inputs and write the outputs (shared by the CLI and External job).
+"""RELION inputs into the core's run, the core's results into RELION files.
 
-Order of work: read and validate every input, refine, then write outputs atomically. Nothing is
-written before the refinement has succeeded, and inputs are never modified.
+:func:`load_inputs` reads a particle STAR, its stacks, the half maps, the mask and an optional
+atomic model into :class:`csrefine.run.RefinementInputs`; :func:`output_directory` writes the
+updated STAR beside csrefine.json and logfile.pdf; :func:`run` does both around
+:func:`csrefine.run.run_refinement`. Stack paths in rlnImageName are relative to the RELION
+project directory (``base_dir``, the working directory).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from csrefine.atomic_map import read_model
-from csrefine.errors import InputError
 from csrefine.images import StackReader, read_half_maps
 from csrefine.model import per_particle_geometry
-from csrefine.pipeline import RefineOptions, Refinement, refine
-from csrefine.preload import start_preload
-from csrefine.report import build_report, write_reports
+from csrefine.options import RefineOptions
+from csrefine.pipeline import Refinement
+from csrefine.run import (FileWriter, OutputDirectory, RefinementInputs, RunResult,
+                          run_refinement)
 from csrefine.zernike import rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
+
+DEFAULT_STAR_NAME = "particles.star"
 
 
 def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
@@ -33,21 +34,19 @@ def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
                                   *per_particle_geometry(star.groups, star.particles.optics_group))
 
 
-@dataclass
-class Inputs:
-    star: ParticleStar
-    images: StackReader
-    half_maps: tuple
-    mask: np.ndarray | None
-    map_pixel_size_A: float | None
-
-
-def load_inputs(particles, half1, half2, mask=None, base_dir=".") -> Inputs:
-    """Read and validate the particle STAR, its stacks, the half maps and the mask."""
+def load_inputs(particles, half1, half2, mask=None, model=None,
+                base_dir=".") -> RefinementInputs:
+    """Read and validate the particle STAR, its stacks, the half maps, the mask and the model."""
+    structure = read_model(model) if model else None
     star = read_particle_star(particles)
     images = stack_reader(star, Path(base_dir))
-    (h1, h2), m, px1 = read_half_maps(half1, half2, mask)
-    return Inputs(star, images, (h1, h2), m, px1 or None)
+    (h1, h2), m, px = read_half_maps(half1, half2, mask)
+    sources = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
+               "mask": str(mask) if mask else None, "model": str(model) if model else None}
+    return RefinementInputs(star.groups, star.particles, images, (h1, h2), m, px, structure,
+                            sources, source=star,
+                            input_paths=tuple(p for p in (particles, half1, half2, mask, model)
+                                              if p))
 
 
 def refined_values(star: ParticleStar, refinement: Refinement):
@@ -65,33 +64,26 @@ def refined_values(star: ParticleStar, refinement: Refinement):
     return cs, offsets, tilts
 
 
+def write_star(path: Path, result: RunResult) -> None:
+    """The input STAR with the refined values (see :func:`write_updated_star`)."""
+    star = result.inputs.source
+    write_updated_star(star, path, *refined_values(star, result.refinement))
+
+
+def output_directory(out_dir, star_name: str = DEFAULT_STAR_NAME,
+                     extra_files: dict[str, FileWriter] | None = None) -> OutputDirectory:
+    """The run's outputs in ``out_dir``: ``star_name``, csrefine.json, logfile.pdf (+ extras)."""
+    return OutputDirectory(out_dir, star_name, write_star, extra_files)
+
+
 def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions | None = None,
-        out_star_name="particles.star", base_dir=".", progress=None, should_abort=None,
-        inputs_note: dict | None = None, model=None) -> Refinement:
+        out_star_name: str = DEFAULT_STAR_NAME, base_dir=".", progress=None, should_abort=None,
+        model=None, extra_files: dict[str, FileWriter] | None = None) -> Refinement:
     """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``.
 
     ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
     """
-    t0 = time.monotonic()
-    start_preload(options.device if options else "auto")
-    structure = read_model(model) if model else None
-    inputs = load_inputs(particles, half1, half2, mask, base_dir)
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise InputError(f"{out_dir}: output directory does not exist")
-    refinement = refine(inputs.star.groups, inputs.star.particles, inputs.images, inputs.half_maps,
-                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
-    cs, offsets, tilts = refined_values(inputs.star, refinement)
-    if should_abort is not None and should_abort():
-        from csrefine.errors import AbortRequested
-        raise AbortRequested("abort requested")
-    note = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
-            "mask": str(mask) if mask else None, "model": str(model) if model else None,
-            **(inputs_note or {})}
-    report, calibration = build_report(refinement, note, structure, inputs.half_maps, inputs.mask,
-                                       refinement.map_pixel_size_A)
-    refinement.timings_s["wall"] = time.monotonic() - t0
-    report["timings_s"]["wall"] = refinement.timings_s["wall"]
-    write_updated_star(inputs.star, out_dir / out_star_name, cs, offsets, tilts)
-    write_reports(out_dir, refinement, report, calibration, progress)
-    return refinement
+    result = run_refinement(lambda: load_inputs(particles, half1, half2, mask, model, base_dir),
+                            options, output_directory(out_dir, out_star_name, extra_files),
+                            progress, should_abort)
+    return result.refinement

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from csrefine.atomic import atomic_output
+from csrefine.io_atomic import atomic_output
 from csrefine.errors import InputError
 from csrefine.model import OpticsGroup, Particles
 
@@ -267,3 +267,32 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
         if n_rows != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "
                              f"{n_rows} rows while copying; the file changed or is malformed")
+
+
+# ----------------------------------------------------------------------------- new tables
+def particle_table(particles: Particles, stack: str, micrographs: int = 10) -> pd.DataFrame:
+    n = len(particles)
+    return pd.DataFrame({
+        "rlnImageName": [f"{i + 1:06d}@{stack}" for i in range(n)],
+        "rlnMicrographName": [f"mic{i % micrographs:03d}.mrc" for i in range(n)],
+        "rlnDefocusU": particles.defocus_u_A, "rlnDefocusV": particles.defocus_v_A,
+        "rlnDefocusAngle": particles.defocus_angle_deg, "rlnPhaseShift": particles.phase_shift_deg,
+        "rlnCtfBfactor": particles.bfactor_A2, "rlnCtfScalefactor": particles.ctf_scale,
+        "rlnAngleRot": particles.rot_deg, "rlnAngleTilt": particles.tilt_deg,
+        "rlnAnglePsi": particles.psi_deg, "rlnOriginXAngst": particles.origin_x_A,
+        "rlnOriginYAngst": particles.origin_y_A, "rlnOpticsGroup": particles.optics_group,
+        "rlnRandomSubset": particles.half_set,
+        "rlnClassNumber": np.ones(n, dtype=int)})
+
+
+def optics_table(groups: list[OpticsGroup]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "rlnOpticsGroupName": [g.name for g in groups],
+        "rlnOpticsGroup": [g.optics_group for g in groups],
+        "rlnMicrographPixelSize": [g.pixel_size_A for g in groups],
+        "rlnVoltage": [g.voltage_kv for g in groups],
+        "rlnSphericalAberration": [g.cs_mm for g in groups],
+        "rlnAmplitudeContrast": [g.amplitude_contrast for g in groups],
+        "rlnImagePixelSize": [g.pixel_size_A for g in groups],
+        "rlnImageSize": [g.box_size for g in groups],
+        "rlnImageDimensionality": [2 for _ in groups]})

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import cuda_available
 from csrefine.backends import get_backend, numpy_backend, resolve_backend
 from csrefine.errors import InputError
 from csrefine.forward import pixel_terms
@@ -222,7 +221,8 @@ def test_get_backend_cupy_without_cupy(monkeypatch):
 
 def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
     pytest.importorskip("numba")
-    from csrefine.pipeline import RefineOptions, refine
+    from csrefine.options import RefineOptions
+    from csrefine.pipeline import refine
     from csrefine.simulate import ArrayImages, simulate_images
 
     vol, px = small_map_48
@@ -250,8 +250,7 @@ def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
 def small_map_48():
     import gemmi
 
-    from conftest import MODEL
-    from csrefine.atomic_map import density_map
+        from csrefine.atomic_map import density_map
     if not MODEL.is_file():
         pytest.skip(f"atomic model {MODEL} not found")
     px = 1.6
@@ -367,7 +366,8 @@ def test_gpu_halves_from_pinned_buffer_match_numpy():
 @gpu
 def test_refine_cuda_and_numba_give_the_same_cs(small_map_48):
     pytest.importorskip("numba")
-    from csrefine.pipeline import RefineOptions, refine
+    from csrefine.options import RefineOptions
+    from csrefine.pipeline import refine
     from csrefine.simulate import ArrayImages, simulate_images
 
     vol, px = small_map_48

@@ -11,11 +11,11 @@ import pytest
 gemmi = pytest.importorskip("gemmi")
 
 from csrefine.atomic_map import density_map  # noqa: E402
-from csrefine.calibrate import (_centroid_A, apply_calibration, calibrate_from_half_maps,  # noqa: E402
+from csrefine.calibrate import (centroid_A, apply_calibration, calibrate_pixel_size,  # noqa: E402
                               group_verdict, model_mask, reexpress_cs_defocus)
 from csrefine.errors import InputError  # noqa: E402
 
-from csrefine.example import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
+from csrefine.atomic_map import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
 
 BOX, PX = 72, 2.0
 
@@ -29,7 +29,7 @@ def structure():
 
 def transformed(st, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), chains=None):
     """Copy of ``st`` rotated about its centroid, then shifted (A); optionally only ``chains``."""
-    c = _centroid_A(st)
+    c = centroid_A(st)
     out = st.clone()
     for model in out:
         if chains:
@@ -46,7 +46,7 @@ def transformed(st, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), chains=None):
 @pytest.fixture(scope="module")
 def docked(structure):
     """The model docked at the nominal pixel size: centroid at voxel BOX//2."""
-    return transformed(structure, shift=(BOX // 2) * PX - _centroid_A(structure))
+    return transformed(structure, shift=(BOX // 2) * PX - centroid_A(structure))
 
 
 def half_maps(structure, pixel_true, seed, noise=3.0):
@@ -65,7 +65,7 @@ def maps_right(structure):
 def test_pixel_size_2pct_larger_is_calibrated(structure, docked):
     p_true = 1.02 * PX
     h1, h2 = half_maps(structure, p_true, seed=2)
-    cal = calibrate_from_half_maps(h1, h2, None, PX, docked)
+    cal = calibrate_pixel_size(h1, h2, PX, docked)
     assert abs(cal.pixel_size_calibrated_A / p_true - 1) < 0.002
     assert 0 < cal.pixel_size_sigma_A < 0.002 * p_true
     for p in (cal.pixel_size_half1_A, cal.pixel_size_half2_A):
@@ -80,7 +80,7 @@ def test_pixel_size_2pct_larger_is_calibrated(structure, docked):
 
 def test_correct_pixel_size_is_confirmed(docked, maps_right):
     h1, h2 = maps_right
-    cal = calibrate_from_half_maps(h1, h2, None, PX, docked)
+    cal = calibrate_pixel_size(h1, h2, PX, docked)
     assert abs(cal.pixel_size_calibrated_A / PX - 1) < 0.002
     assert abs(cal.relative_error) < 0.002
 
@@ -90,7 +90,7 @@ def test_docked_with_small_offset_and_given_mask(docked, maps_right):
     h1, h2 = maps_right
     moved = transformed(docked, shift=(1.5, -1.0, 0.5))
     mask = model_mask(docked, BOX, PX)
-    cal = calibrate_from_half_maps(h1, h2, mask, PX, moved)
+    cal = calibrate_pixel_size(h1, h2, PX, moved, mask=mask)
     assert abs(cal.pixel_size_calibrated_A / PX - 1) < 0.002
     assert np.allclose(cal.shift_A, [-1.5, 1.0, -0.5], atol=0.3)
 
@@ -103,7 +103,7 @@ def test_model_not_matching_is_refused(docked, maps_right, what):
     else:
         model = transformed(docked, shift=(15.0, 0.0, 0.0), chains=["D", "E"])
     with pytest.raises(InputError, match="does not match this map"):
-        calibrate_from_half_maps(h1, h2, None, PX, model)
+        calibrate_pixel_size(h1, h2, PX, model)
 
 
 def test_model_not_covering_the_mask_is_refused(docked, maps_right):
@@ -111,13 +111,13 @@ def test_model_not_covering_the_mask_is_refused(docked, maps_right):
     h1, h2 = maps_right
     part = transformed(docked, chains=["B"])
     with pytest.raises(InputError, match="covers only"):
-        calibrate_from_half_maps(h1, h2, model_mask(docked, BOX, PX), PX, part)
+        calibrate_pixel_size(h1, h2, PX, part, mask=model_mask(docked, BOX, PX))
 
 
 def test_model_outside_the_box_is_refused(docked, maps_right):
     h1, h2 = maps_right
     with pytest.raises(InputError, match="outside"):
-        calibrate_from_half_maps(h1, h2, None, PX, transformed(docked, shift=(200.0, 0, 0)))
+        calibrate_pixel_size(h1, h2, PX, transformed(docked, shift=(200.0, 0, 0)))
 
 
 def test_reexpress_cs_and_defocus():

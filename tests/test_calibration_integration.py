@@ -6,17 +6,15 @@ from pathlib import Path
 import gemmi
 import pytest
 
-from conftest import MODEL
+from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.cli import main as cli_main
 from csrefine.relion.external_job import main as job_main
 
 
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
-    from csrefine.example import make_example
-    if not MODEL.is_file():
-        pytest.skip(f"atomic model {MODEL} not found")
-    info = make_example(tmp_path, n_per_group=(500, 500), model_path=MODEL, seed=5, box=88)
+    from csrefine.relion.example import make_example
+    info = make_example(tmp_path, n_per_group=(500, 500), model_path=PACKAGED_MODEL, seed=5, box=88)
     monkeypatch.chdir(tmp_path)
     return info
 

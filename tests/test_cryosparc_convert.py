@@ -10,6 +10,7 @@ import pytest
 from cryosparc.dataset import Dataset
 from scipy.spatial.transform import Rotation
 
+from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.cryosparc.convert import (PARTICLE_FIELDS_CS, cryosparc_dataset_from_relion,
                                    euler_deg_to_pose, pose_to_euler_deg, pose_to_relion_matrix,
                                    relion_params_from_cryosparc, updated_dataset)
@@ -146,7 +147,7 @@ def test_prediction_same_via_cryosparc_fields(small_map, tmp_path):
     """predict_band on particles converted RELION -> .cs -> RELION equals the RELION-path one
     (float32 storage of the .cs fields is the only difference)."""
     from csrefine.relion.star_io import read_particle_star
-    from csrefine.example import optics_table, particle_table
+    from csrefine.relion.star_io import optics_table, particle_table
     from csrefine.simulate import random_particles
     import starfile
 
@@ -288,96 +289,32 @@ def test_updated_dataset_writes_cs_and_defocus_per_group():
 
 
 # ----------------------------------------------------------------------------- cross-path
-def _refine_both_paths(star_path, half1, half2, mask, root, options, *, negate_copy=False):
-    """Refine via the RELION path (csrefine.relion.run.run) and via the cryoSPARC path
-    (STAR -> .cs with the reverse converter -> csrefine.cryosparc.offline.run_offline)."""
-    import types
-
-    import mrcfile
-
-    from csrefine.cryosparc.offline import run_offline
-    from csrefine.relion.run import run
-    from csrefine.relion.star_io import read_particle_star
-
-    out_r = root / "outR"
-    out_r.mkdir()
-    relion = run(star_path, half1, half2, out_r, mask=mask, options=options, base_dir=root)
-    star = read_particle_star(star_path)
-    dset = cryosparc_dataset_from_relion(star, root, base_dir=root)
-    if negate_copy:  # cryoSPARC-extracted stacks hold dark protein with blob/sign = -1
-        for stack in sorted(set(str(p) for p in dset["blob/path"])):
-            with mrcfile.open(root / stack) as m:
-                data, vox = -np.asarray(m.data), float(m.voxel_size.x)
-            neg = Path(stack).with_name("negated_" + Path(stack).name)
-            from csrefine.images import write_stack
-            write_stack(root / neg, data, vox)
-        dset["blob/path"] = np.array([str(Path(p).with_name("negated_" + Path(p).name))
-                                      for p in dset["blob/path"]], dtype=object)
-        dset["blob/sign"] = -1.0
-    cs_file = root / "J7_particles.cs"
-    dset.save(cs_file)
-    before = cs_file.read_bytes()
-    args = types.SimpleNamespace(particles=str(cs_file), project_dir=str(root),
-                                 half_maps=[str(half1), str(half2)], mask=str(mask) if mask else None,
-                                 out=str(root / "outC"))
-    cryo = run_offline(args, options, progress=lambda s: None)
-    assert cs_file.read_bytes() == before  # input untouched
-    return relion, cryo, dset
-
-
-def _assert_same_cs(relion, cryo, root, dset, tol_mm=1e-3):
-    from csrefine.cryosparc.offline import load_dataset
-
-    lines = []
-    for gr, gc in zip(relion.groups, cryo.groups):
-        assert gr.optics_group == gc.optics_group and gr.refined and gc.refined
-        assert abs(gr.cs_refined_mm - gc.cs_refined_mm) < tol_mm, (gr.cs_refined_mm, gc.cs_refined_mm)
-        lines.append(f"group {gr.optics_group}: RELION path {gr.cs_refined_mm:.5f} mm, "
-                     f"cryoSPARC path {gc.cs_refined_mm:.5f} mm")
-    print("\n".join(lines))
-    out = load_dataset(root / "outC" / "particles.cs")
-    assert out.fields() == dset.fields() and len(out) == len(dset)
-    np.testing.assert_array_equal(out["uid"], dset["uid"])
-    for g in cryo.groups:
-        sel = np.asarray(out["ctf/exp_group_id"]) == g.optics_group - 1
-        np.testing.assert_allclose(out["ctf/cs_mm"][sel], g.cs_refined_mm, rtol=1e-6)
-        np.testing.assert_allclose(out["ctf/df1_A"][sel],
-                                   np.asarray(dset["ctf/df1_A"][sel], float) + g.defocus_offset_A,
-                                   atol=5e-3)
-    for f in ("alignments3D/pose", "blob/path", "ctf/df_angle_rad"):
-        np.testing.assert_array_equal(out[f], dset[f])
-    assert (root / "outC" / "csrefine.json").is_file() and (root / "outC" / "logfile.pdf").is_file()
-
-
 @pytest.mark.parametrize("negate", [False, True], ids=["sign+1", "sign-1"])
-def test_cross_path_same_cs_simulated(tmp_path, negate):
+def test_cross_path_same_cs_simulated(tmp_path, negate, cross_paths):
     """A simulated RELION data set (2 optics groups, true Cs 3.0 / 2.7 mm, nominal 2.7) refines to
     the same Cs per group through the cryoSPARC path as through the RELION path (< 0.001 mm)."""
-    from conftest import MODEL
-    from csrefine.example import make_example
-    from csrefine.pipeline import RefineOptions
+        from csrefine.relion.example import make_example
+    from csrefine.options import RefineOptions
 
-    info = make_example(tmp_path, n_per_group=(400, 400), model_path=MODEL, seed=3)
+    info = make_example(tmp_path, n_per_group=(400, 400), model_path=PACKAGED_MODEL, seed=3)
     options = RefineOptions(device="numpy", min_particles=50)
-    relion, cryo, dset = _refine_both_paths(info["star"], info["half1"], info["half2"],
+    relion, cryo, dset = cross_paths.refine_both(info["star"], info["half1"], info["half2"],
                                             info["mask"], tmp_path, options, negate_copy=negate)
-    _assert_same_cs(relion, cryo, tmp_path, dset)
+    cross_paths.assert_same_cs(relion, cryo, tmp_path, dset)
     assert abs(cryo.group(1).cs_refined_mm - 3.0) < 0.1
     assert abs(cryo.group(2).cs_refined_mm - 2.7) < 0.1
 
 
 @pytest.mark.relion
-def test_cross_path_same_cs_relion_project(tmp_path, small_map):
+def test_cross_path_same_cs_relion_project(tmp_path, small_map, relion, cross_paths):
     """~500 particles simulated by relion_project (true Cs 3.0 / 2.7 mm, nominal 2.7 in the STAR
     given to csrefine): both paths give the same Cs per group."""
-    from conftest import require_relion
-    require_relion()
     import starfile
 
-    from csrefine.example import optics_table, particle_table
+    from csrefine.relion.star_io import optics_table, particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
-    from csrefine.pipeline import RefineOptions
+    from csrefine.options import RefineOptions
     from csrefine.simulate import random_particles
     from csrefine.relion.relion_tools import project
 
@@ -400,10 +337,10 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map):
         write_map(tmp_path / f"half{h}.mrc", noisy.astype(np.float32), px)
     write_map(tmp_path / "mask.mrc", soft_spherical_mask(box, 0.4 * box - 4), px)
     options = RefineOptions(device="numpy", min_particles=50)
-    relion, cryo, dset = _refine_both_paths(tmp_path / "nominal.star", tmp_path / "half1.mrc",
+    relion, cryo, dset = cross_paths.refine_both(tmp_path / "nominal.star", tmp_path / "half1.mrc",
                                             tmp_path / "half2.mrc", tmp_path / "mask.mrc",
                                             tmp_path, options)
-    _assert_same_cs(relion, cryo, tmp_path, dset)
+    cross_paths.assert_same_cs(relion, cryo, tmp_path, dset)
     assert abs(cryo.group(1).cs_refined_mm - 3.0) < 0.15
     assert abs(cryo.group(2).cs_refined_mm - 2.7) < 0.15
 

@@ -25,10 +25,10 @@ from cryosparc.models.project import Project
 from cryosparc.models.user import Email, User
 from cryosparc.tools import CryoSPARC
 
-from conftest import MODEL
+from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.cryosparc.convert import cryosparc_dataset_from_relion
 from csrefine.cryosparc.job import build_parser, main, run_job
-from csrefine.cli import options_from_args
+from csrefine.options import options_from_namespace
 
 CTF_FIELDS = [("ctf/type", "O"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"),
               ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
@@ -95,11 +95,11 @@ def api(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def project_data(tmp_path_factory):
     """A small simulated project: 2 exposure groups (true Cs 3.0 / 2.7 mm, nominal 2.7)."""
-    from csrefine.example import make_example
+    from csrefine.relion.example import make_example
     from csrefine.relion.star_io import read_particle_star
 
     root = tmp_path_factory.mktemp("cs_project")
-    info = make_example(root, n_per_group=(300, 300), model_path=MODEL, seed=4)
+    info = make_example(root, n_per_group=(300, 300), model_path=PACKAGED_MODEL, seed=4)
     particles = cryosparc_dataset_from_relion(read_particle_star(info["star"]), root, base_dir=root)
     volume = Dataset.allocate(1, [("map_half_A/path", "O"), ("map_half_A/psize_A", "<f4"),
                                   ("map_half_B/path", "O"), ("map_half_B/psize_A", "<f4")])
@@ -114,7 +114,7 @@ def _args(root, *extra):
         ["--project", "P3", "--workspace", "W2", "--particles", "J42.particles", "--volume",
          "J42.volume", "--device", "numpy", "--min-particles", "50", "--project-dir", str(root),
          *extra])
-    return args, options_from_args(args)
+    return args, options_from_namespace(args)
 
 
 def _cs():

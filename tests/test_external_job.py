@@ -156,9 +156,8 @@ def test_unknown_parameter_is_refused(example_project, capsys):
 
 def test_abort_stops_and_leaves_no_outputs(example_project):
     """RELION's abort: RELION_JOB_ABORT_NOW appears while running."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-m", "csrefine.relion.external_job", *_args(example_project, "--batch_size", "16")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = Path(JOB)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until it is accumulating

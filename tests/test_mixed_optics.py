@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import starfile
 
-from conftest import cuda_available
 from csrefine.atomic_map import density_map
 from csrefine.errors import InputError
-from csrefine.example import optics_table, particle_table
+from csrefine.relion.star_io import optics_table, particle_table
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup
-from csrefine.pipeline import RefineOptions
+from csrefine.options import RefineOptions
 from csrefine.simulate import random_particles, simulate_images
 from csrefine.relion.run import run
 
@@ -53,9 +52,7 @@ def mixed_project(structure, tmp_path_factory):
     return root
 
 
-DEVICES = ["numba", pytest.param("cuda", marks=pytest.mark.skipif(
-    not cuda_available(), reason="no CuPy with a CUDA GPU here: the GPU variant runs only on a "
-                                  "machine with one"))]
+DEVICES = ["numba", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _run(root, out, half_px=None, device="numba"):
@@ -68,7 +65,7 @@ def _run(root, out, half_px=None, device="numba"):
             halves[i] = copy
     (root / out).mkdir()
     return run(root / "parts.star", halves[0], halves[1], root / out, base_dir=root,
-               options=RefineOptions(device=device, threads=2, k_max_A=3.6, min_particles=50),
+               options=RefineOptions(device=device, threads=2, resolution_high_A=3.6, min_particles=50),
                progress=lambda s: None)
 
 
@@ -104,17 +101,15 @@ def test_map_without_pixel_size_is_refused_when_groups_differ(mixed_project):
         _run(mixed_project, "no_header", half_px=0.0)
 
 
-def test_cryosparc_path_gives_the_same_cs(mixed_project):
+def test_cryosparc_path_gives_the_same_cs(mixed_project, cross_paths):
     """The same mixed data as a cryoSPARC .cs (two exposure groups of different blob/psize_A and
     blob/shape) refine to the same Cs as through the STAR path."""
-    from test_cryosparc_convert import _assert_same_cs, _refine_both_paths
-
-    options = RefineOptions(device="numba", threads=2, k_max_A=3.6, min_particles=50)
-    relion, cryo, dset = _refine_both_paths(mixed_project / "parts.star",
+    options = RefineOptions(device="numba", threads=2, resolution_high_A=3.6, min_particles=50)
+    relion, cryo, dset = cross_paths.refine_both(mixed_project / "parts.star",
                                             mixed_project / "half1.mrc",
                                             mixed_project / "half2.mrc", None, mixed_project,
                                             options)
     np.testing.assert_allclose(sorted(set(np.asarray(dset["blob/psize_A"]).tolist())), [1.3, 1.6],
                                rtol=1e-6)
-    _assert_same_cs(relion, cryo, mixed_project, dset, tol_mm=1e-4)
+    cross_paths.assert_same_cs(relion, cryo, mixed_project, dset, tol_mm=1e-4)
     assert abs(cryo.group(2).cs_refined_mm - CS_TRUE[2]) < 0.05

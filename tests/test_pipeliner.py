@@ -6,13 +6,11 @@ from pathlib import Path
 import pytest
 import starfile
 
-from conftest import require_relion
 from csrefine.relion.relion_tools import RelionError, run_relion
 
 
 @pytest.mark.relion
-def test_relion_pipeliner_runs_the_external_job(example_project):
-    require_relion()
+def test_relion_pipeliner_runs_the_external_job(example_project, relion):
     if shutil.which("csrefine-relion") is None:
         pytest.fail("csrefine-relion is not on PATH: install the package (pip install -e .)")
     Path("default_pipeline.star").write_text(

@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-from conftest import require_relion
 from csrefine.interpret import apparent_cs_mm
-from csrefine.pipeline import RefineOptions
+from csrefine.options import RefineOptions
 from csrefine.relion.relion_tools import simulate_dataset
 from csrefine.relion.run import run
 
@@ -30,8 +29,7 @@ def _refine(info, tmp_path):
 @pytest.mark.relion
 @pytest.mark.slow
 @pytest.mark.parametrize("cs_true, cs_nominal", [(3.0, 2.7), (2.7, 2.0)])
-def test_cs_is_recovered_from_relion_simulations(tmp_path, structure, cs_true, cs_nominal):
-    require_relion()
+def test_cs_is_recovered_from_relion_simulations(tmp_path, structure, cs_true, cs_nominal, relion):
     info = simulate_dataset(tmp_path / "data", structure, n=N, cs_true_mm=cs_true,
                             cs_nominal_mm=cs_nominal, seed=int(cs_true * 10))
     res, g = _refine(info, tmp_path)
@@ -44,10 +42,9 @@ def test_cs_is_recovered_from_relion_simulations(tmp_path, structure, cs_true, c
 
 @pytest.mark.relion
 @pytest.mark.slow
-def test_pixel_size_error_gives_the_predicted_apparent_cs(tmp_path, structure):
+def test_pixel_size_error_gives_the_predicted_apparent_cs(tmp_path, structure, relion):
     """True pixel 2% larger than nominal, Cs right: the refined (apparent) Cs is Cs*(p_nom/p_true)^4
     and pixel_size_if_cs_nominal_A recovers the true pixel size."""
-    require_relion()
     p_nom, p_true = 1.1, 1.1 * 1.02
     info = simulate_dataset(tmp_path / "data", structure, n=N, cs_true_mm=2.7, cs_nominal_mm=2.7,
                             pixel_nominal_A=p_nom, pixel_true_A=p_true, seed=7)

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import starfile
 
-from conftest import require_relion
 from csrefine.forward import band_to_images, predict_band
 from csrefine.fourier import make_band
 from csrefine.images import write_map
@@ -46,10 +45,9 @@ def _correlations(a, b):
 
 @pytest.mark.relion
 @pytest.mark.parametrize("with_mag", [False, True])
-def test_prediction_matches_relion_project(tmp_path, small_map, with_mag):
+def test_prediction_matches_relion_project(tmp_path, small_map, with_mag, relion):
     """Astigmatism, phase shift, B-factor, scale, origins, even Zernike (incl. Z4^0) and, in the
     second case, a magnification matrix: per-image correlation >= 0.999."""
-    require_relion()
     rng = np.random.default_rng(5)
     vol = small_map
     extra = {"rlnEvenZernike": "[0.0,0.1,-0.2,0.3,0.2,-0.1,50.0,30,-20]"}
@@ -76,11 +74,10 @@ def test_prediction_matches_relion_project(tmp_path, small_map, with_mag):
 
 
 @pytest.mark.relion
-def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, small_map):
+def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, small_map, relion):
     """Odd aberrations (which relion_project ignores): images made by csrefine's forward model
     with a known beam tilt are fitted by relion_ctf_refine --fit_beamtilt to that tilt."""
-    require_relion()
-    from csrefine.example import optics_table, particle_table
+    from csrefine.relion.star_io import optics_table, particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_stack
     from csrefine.model import OpticsGroup

@@ -1,0 +1,221 @@
+"""The one refinement run that every entry point uses.
+
+An adapter (RELION STAR, cryoSPARC .cs, cryoSPARC job) reads its format into
+:class:`RefinementInputs` and calls :func:`run_refinement` with a :class:`ResultWriter` for its
+own output format. The run is:
+
+1. validate the options; start importing what is needed late (plots, the compiled backend)
+   in the background;
+2. load the inputs (the adapter's loader: every file read and checked before heavy work);
+3. let the writer check its destination (exists, writable, no input overwritten);
+4. refine (:func:`csrefine.pipeline.refine`), polling ``should_abort`` between batches;
+5. calibrate the pixel size against the atomic model, if one was given;
+6. build the report (csrefine.json content) and hand everything to the writer, which stages its
+   files and moves them into place only when all are complete;
+7. print the interpretation and the per-group table through ``progress``.
+
+The core calls back only through the writer, ``progress`` and ``should_abort``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .errors import AbortRequested, InputError
+from .io_atomic import commit, staging_directory
+from .model import OpticsGroup, Particles
+from .options import RefineOptions
+from .pipeline import Refinement, refine
+from .preload import start_preload
+from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
+
+ProgressFn = Callable[[str], None]
+AbortFn = Callable[[], bool]
+
+
+class ImageSource(Protocol):
+    """Particle images in particle order: ``read(positions, out=None) -> (k, box, box)``."""
+
+    def read(self, positions, out=None) -> np.ndarray: ...
+
+
+@dataclass
+class RefinementInputs:
+    """Everything a run reads, in the core's conventions (RELION's; units in the names).
+
+    groups : optics groups by RELION number; particles : all particles, file order;
+    images : their images; half_maps : (half 1, half 2) real-space maps, [z, y, x];
+    mask : optional FSC mask (same shape); map_pixel_size_A : the maps' header pixel size if
+    set; structure : optional gemmi Structure docked in the map (pixel-size calibration);
+    sources : what was read, for csrefine.json's ``inputs`` (file names, as given);
+    source : the adapter's own parsed input (a ParticleStar, a cryoSPARC Dataset), which its
+    writer uses to write the updated particles; input_paths : files the outputs must never
+    replace.
+    """
+
+    groups: dict[int, OpticsGroup]
+    particles: Particles
+    images: ImageSource
+    half_maps: tuple[np.ndarray, np.ndarray]
+    mask: np.ndarray | None = None
+    map_pixel_size_A: float | None = None
+    structure: object | None = None
+    sources: dict = field(default_factory=dict)
+    source: object | None = None
+    input_paths: tuple = ()
+
+
+@dataclass
+class RunResult:
+    """A finished run: the refinement, csrefine.json's content and the calibration (or None)."""
+
+    inputs: RefinementInputs
+    refinement: Refinement
+    report: dict
+    calibration: object | None = None
+
+
+class ResultWriter(Protocol):
+    """Where a run's results go (a directory of files, a cryoSPARC job)."""
+
+    def prepare(self, inputs: RefinementInputs) -> None:
+        """Check the destination before any heavy work (raise InputError if unusable)."""
+
+    def write(self, result: RunResult, should_abort: AbortFn) -> None:
+        """Write every output, or nothing: raise (AbortRequested on abort) before anything is
+        in place."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _check_abort(should_abort: AbortFn) -> None:
+    if should_abort():
+        raise AbortRequested("abort requested")
+
+
+def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
+                   options: RefineOptions | None, writer: ResultWriter,
+                   progress: ProgressFn | None = None,
+                   should_abort: AbortFn | None = None) -> RunResult:
+    """Refine Cs per optics group and write the results (see the module docstring).
+
+    inputs : the inputs, or a function that loads them (then their reading overlaps with the
+    background imports). Raises InputError on bad input, AbortRequested on abort; in both
+    cases the writer has put nothing in place.
+    """
+    t0 = time.monotonic()
+    options = (options or RefineOptions()).validate()
+    should_abort = should_abort or _never
+    start_preload(options.device)
+    if callable(inputs):
+        inputs = inputs()
+    writer.prepare(inputs)
+    refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
+                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
+    _check_abort(should_abort)
+    report = report_dict(refinement, inputs.sources)
+    calibration = None
+    if inputs.structure is not None:
+        t_cal = time.monotonic()
+        calibration = calibrate(refinement, inputs, progress)
+        report = merge_calibration(report, calibration.json)
+        refinement.timings_s["calibration"] = time.monotonic() - t_cal
+    refinement.timings_s["wall"] = time.monotonic() - t0
+    report["timings_s"] = dict(refinement.timings_s)
+    result = RunResult(inputs, refinement, report, calibration)
+    writer.write(result, should_abort)
+    if progress is not None:
+        progress(interpretation_text(refinement))
+        if calibration is not None:
+            progress("\n".join(calibration.lines))
+        progress(summary_table(refinement))
+    return result
+
+
+def calibrate(refinement: Refinement, inputs: RefinementInputs, progress: ProgressFn | None):
+    """The pixel-size calibration against ``inputs.structure`` (a CalibrationOutcome)."""
+    from .calibration_report import calibrate_refinement
+
+    if progress is not None:
+        progress("calibrating the pixel size against the atomic model")
+    return calibrate_refinement(refinement, inputs.half_maps, inputs.mask,
+                                refinement.map_pixel_size_A, inputs.structure)
+
+
+def merge_calibration(report: dict, extra: dict) -> dict:
+    """csrefine.json with the calibration's keys, and each group's calibrated Cs and verdict."""
+    from .calibration_report import merge_into_groups
+
+    return merge_into_groups(report, extra)
+
+
+# ------------------------------------------------------------------------------------------
+# A directory of files (the RELION and .cs paths)
+
+FileWriter = Callable[[Path, RunResult], None]
+REPORT_JSON = "csrefine.json"
+REPORT_PDF = "logfile.pdf"
+
+
+def _write_report_json(path: Path, result: RunResult) -> None:
+    write_json(path, result.report)
+
+
+def _write_report_pdf(path: Path, result: RunResult) -> None:
+    cal = result.calibration
+    write_pdf(path, result.refinement, extra_figures=cal.figures if cal else (),
+              extra_lines=cal.lines if cal else ())
+
+
+class OutputDirectory:
+    """A :class:`ResultWriter` for a directory (created when the inputs are valid): the particle file, csrefine.json, logfile.pdf
+    and any ``extra_files``, staged in a hidden directory inside ``out_dir`` and moved into
+    place only when all are written (nothing is left behind on error or abort).
+
+    particles_name / write_particles : the adapter's particle file and the function writing it
+    (``write_particles(path, result)``); extra_files : more {name: function} (e.g. RELION's
+    output nodes).
+    """
+
+    def __init__(self, out_dir, particles_name: str, write_particles: FileWriter,
+                 extra_files: dict[str, FileWriter] | None = None):
+        self.out_dir = Path(out_dir)
+        self.files: dict[str, FileWriter] = {particles_name: write_particles,
+                                             REPORT_JSON: _write_report_json,
+                                             REPORT_PDF: _write_report_pdf,
+                                             **(extra_files or {})}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def prepare(self, inputs: RefinementInputs) -> None:
+        """Create the directory (the inputs are read and valid by now) and check that it is
+        writable and that no output would replace an input."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{self.out_dir}: cannot create the output directory "
+                             f"({exc.strerror})") from None
+        if not os.access(self.out_dir, os.W_OK | os.X_OK):
+            raise InputError(f"{self.out_dir}: output directory is not writable")
+        outputs = {(self.out_dir / n).resolve() for n in self.names}
+        for path in inputs.input_paths:
+            if path and Path(path).resolve() in outputs:
+                raise InputError(f"{path}: this input would be overwritten by an output of the "
+                                 f"same name; choose another output directory")
+
+    def write(self, result: RunResult, should_abort: AbortFn) -> None:
+        with staging_directory(self.out_dir) as staging:
+            for name, write_file in self.files.items():
+                write_file(staging / name, result)
+                _check_abort(should_abort)
+            commit(staging, self.out_dir, self.names)

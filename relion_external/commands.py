@@ -1,0 +1,34 @@
+"""The RELION adapter's part of the ``csrefine`` command (entry point ``csrefine.adapters``):
+``csrefine refine --particles P.star ...`` and ``csrefine example DIR``."""
+
+from __future__ import annotations
+
+PARTICLE_SUFFIXES = (".star",)
+
+
+def refine_files(args, options, progress):
+    """``csrefine refine`` with a particle STAR (stack paths relative to the working
+    directory, the RELION project directory)."""
+    from .run import run
+
+    return run(args.particles, args.half_maps[0], args.half_maps[1], args.out, mask=args.mask,
+               options=options, progress=progress, model=args.model)
+
+
+def add_commands(subparsers) -> dict:
+    """``csrefine example DIR``: the bundled example RELION project."""
+    e = subparsers.add_parser("example", help="write a small simulated RELION project to try "
+                                              "csrefine on",
+                              description="Write a small simulated RELION project (two optics "
+                                          "groups, true Cs 3.0 and 2.7 mm, both labelled 2.7).")
+    e.add_argument("directory")
+    e.add_argument("--model", default=None,
+                   help="atomic model to build the map from (default: the packaged PDB 1BD2)")
+    return {"example": _example}
+
+
+def _example(args) -> int:
+    from .example import write_example
+
+    write_example(args.directory, args.model)
+    return 0

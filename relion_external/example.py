@@ -1,0 +1,79 @@
+"""The bundled example: a small simulated RELION project (no download needed).
+
+``csrefine example DIR`` writes, under DIR:
+  Extract/job001/particles.mrcs     simulated particle images (csrefine's forward model)
+  Refine3D/job002/run_data.star     particle STAR (optics + particles tables) stating the
+                                    *nominal* Cs, while the images were made with the true Cs
+  Refine3D/job002/run_class001.mrc and run_half{1,2}_class001_unfil.mrc, MaskCreate/job003/mask.mrc
+  Refine3D/job002/model_docked.cif  the atomic model docked in the map (when a model was used)
+The map comes from the atomic model shipped with the package (PDB entry 1BD2, public-domain PDB
+data, ``plugin/data/1BD2.cif.gz``), or from a pseudo-atomic model generated here if it is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import starfile
+
+from csrefine.atomic_map import PACKAGED_MODEL
+from csrefine.fsc import default_mask
+from csrefine.images import write_map, write_stack
+from csrefine.model import OpticsGroup, Particles
+from csrefine.simulate import model_map, random_particles, simulate_images
+
+from .star_io import optics_table, particle_table
+
+
+def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_nominal_mm=2.7,
+                 box=88, pixel_size_A=1.6, noise_sigma=1.0, half_map_noise=0.002, seed=0,
+                 model_path: Path | None = None, voltage_kv=300.0) -> dict:
+    """Write the example project under ``root``; returns its paths and the truth."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    vol = model_map(box, pixel_size_A, rng, model_path)
+    parts, images, groups = [], [], []
+    for g, (n, cs_true) in enumerate(zip(n_per_group, cs_true_mm), start=1):
+        truth = OpticsGroup(g, f"opticsGroup{g}", voltage_kv, cs_true, 0.1, pixel_size_A, box)
+        p = random_particles(n, rng, optics_group=g)
+        images.append(simulate_images(vol, truth, p, noise_sigma, rng))
+        parts.append(p)
+        groups.append(OpticsGroup(g, truth.name, voltage_kv, cs_nominal_mm, 0.1, pixel_size_A, box))
+    particles = Particles(**{f: np.concatenate([getattr(p, f) for p in parts])
+                             for f in parts[0].__dataclass_fields__})
+    for d in ("Extract/job001", "Refine3D/job002", "MaskCreate/job003"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    stack = "Extract/job001/particles.mrcs"
+    write_stack(root / stack, np.concatenate(images), pixel_size_A)
+    star = root / "Refine3D/job002/run_data.star"
+    starfile.write({"optics": optics_table(groups), "particles": particle_table(particles, stack)},
+                   star, overwrite=True)
+    for h in (1, 2):
+        noisy = vol + rng.normal(0, half_map_noise * float(vol.max()), vol.shape).astype(np.float32)
+        write_map(root / f"Refine3D/job002/run_half{h}_class001_unfil.mrc", noisy, pixel_size_A)
+    write_map(root / "Refine3D/job002/run_class001.mrc", vol, pixel_size_A)
+    write_map(root / "MaskCreate/job003/mask.mrc", default_mask(box), pixel_size_A)
+    model_out = None
+    if model_path is not None and Path(model_path).is_file():
+        import gemmi
+
+        from csrefine.atomic_map import docked_structure
+        model_out = root / "Refine3D/job002/model_docked.cif"
+        docked = docked_structure(gemmi.read_structure(str(model_path)), box, pixel_size_A)
+        docked.make_mmcif_document().write_file(str(model_out))
+    return {"model": model_out,"root": root, "star": star, "map": root / "Refine3D/job002/run_class001.mrc",
+            "half1": root / "Refine3D/job002/run_half1_class001_unfil.mrc",
+            "half2": root / "Refine3D/job002/run_half2_class001_unfil.mrc",
+            "mask": root / "MaskCreate/job003/mask.mrc", "cs_true_mm": list(cs_true_mm),
+            "volume": vol}
+
+
+def write_example(directory, model=None) -> dict:
+    """``csrefine example DIR``: the example project, its map from ``model`` (default: the
+    packaged 1BD2 model); prints where it is and the truth."""
+    default_model = PACKAGED_MODEL if PACKAGED_MODEL.is_file() else None
+    info = make_example(directory, model_path=Path(model) if model else default_model)
+    print(f"example project in {info['root']}: true Cs per optics group {info['cs_true_mm']} mm, "
+          f"nominal 2.7 mm in {Path(info['star']).relative_to(info['root'])}")
+    return info

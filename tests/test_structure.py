@@ -1,0 +1,64 @@
+"""The package's structure: one import name, and dependencies that run one way (adapters ->
+core, never core -> adapter)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import csrefine
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTER_MODULES = ("csrefine.relion", "csrefine.cryosparc", "relion_external", "cryosparc_job")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = "csrefine" + "".join("." + p for p in path.relative_to(ROOT / "plugin").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_core_module_imports_an_adapter():
+    core = sorted((ROOT / "plugin").rglob("*.py"))
+    assert len(core) > 20
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in _imported_modules(p)
+                                                  if m.startswith(ADAPTER_MODULES))
+                 for p in core}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_import_name_is_csrefine_and_adapters_are_its_subpackages():
+    import csrefine.cryosparc
+    import csrefine.relion
+
+    assert Path(csrefine.__file__).parent == ROOT / "plugin"
+    assert Path(csrefine.relion.__file__).parent == ROOT / "relion_external"
+    assert Path(csrefine.cryosparc.__file__).parent == ROOT / "cryosparc_job"
+    assert csrefine.__version__ not in ("", "unknown")
+    for generic in ("plugin", "relion_external", "cryosparc_job"):
+        code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({generic!r}) is not None)"
+        # run outside the repository so that the folders themselves are not on sys.path
+        assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0, generic
+
+
+def test_adapters_are_found_through_entry_points():
+    from csrefine.cli import load_adapters
+
+    adapters = load_adapters()
+    assert adapters["relion"].PARTICLE_SUFFIXES == (".star",)
+    assert adapters["cryosparc"].PARTICLE_SUFFIXES == (".cs",)
