@@ -45,3 +45,18 @@ def test_astigmatism_follows_defocus_angle():
     t = np.deg2rad(ang)
     assert astigmatic_defocus_A(np.cos(t), np.sin(t), 20000, 18000, ang) == pytest.approx(20000)
     assert astigmatic_defocus_A(-np.sin(t), np.cos(t), 20000, 18000, ang) == pytest.approx(18000)
+
+
+def test_astigmatism_decomposition_matches_astigmatic_defocus():
+    """mean + half_difference * cos(2 (theta - phi)) == dfU cos^2(theta - phi) + dfV sin^2."""
+    from csrefine.ctf import astigmatic_defocus_A, astigmatism
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(5000, 30000, (2, 7, 1))
+    angle = rng.uniform(-180, 180, (7, 1))
+    kx, ky = rng.normal(size=(2, 50))
+    ast = astigmatism(u, v, angle)
+    theta2 = 2.0 * np.arctan2(ky, kx)
+    df = ast.mean_A + ast.half_difference_A * (np.cos(theta2) * ast.cos_2phi
+                                               + np.sin(theta2) * ast.sin_2phi)
+    np.testing.assert_allclose(df, astigmatic_defocus_A(kx, ky, u, v, angle), rtol=1e-12)
+    assert np.all(ast.half_difference_A * np.sign(u - v) >= 0)
