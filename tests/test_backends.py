@@ -188,10 +188,10 @@ def test_cuda_source_defines_are_the_tables_indices(cupy_on_numpy):
     kernel body reads the tables through those names only (no literal column or row)."""
     import re
 
-    from csrefine.backends import _tables
     from csrefine.accumulate import N_STATS
+    from csrefine.backends import _tables
     src = cupy_on_numpy._CUDA_SOURCE
-    defines = dict(re.findall(r"^#define (CSREFINE_\w+) (\d+)$", src, flags=re.M))
+    defines = dict(re.findall(r"^#define (CSREFINE_\w+) (\d+)$", src, flags=re.MULTILINE))
     expected = {f"CSREFINE_PT_{c.name}": str(int(c)) for c in _tables.ParticleColumn}
     expected.update({f"CSREFINE_PX_{r.name}": str(int(r)) for r in _tables.PixelRow})
     expected.update(CSREFINE_N_PARTICLE_COLUMNS=str(_tables.N_PARTICLE_COLUMNS),
@@ -275,7 +275,7 @@ def test_protocol_rejects_an_incomplete_backend():
 
 def test_numpy_halves_equal_per_half_batches():
     """numpy accumulate_halves == accumulate_batch per half set, bit for bit."""
-    group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(10)
+    _, band, terms, refs, parts, images, cells, _ = problem = _problem(10)
     ref = _accumulate(numpy_backend, problem)
     stats = np.zeros_like(ref)
     numpy_backend.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2)
@@ -286,7 +286,7 @@ def test_numba_refuses_a_kernel_compiled_for_another_layout(monkeypatch):
     """numba's cache is keyed on numba_backend.py, not _tables.py: a kernel compiled with an
     older table layout must not be used silently."""
     numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
-    group, band, terms, refs, parts, images, cells, n_cells = _problem(4)
+    _, band, terms, refs, parts, images, cells, n_cells = _problem(4)
     stats = np.zeros((n_cells, 6, band.size))
     numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
     monkeypatch.setattr(numba_backend, "LAYOUT_ID", numba_backend.LAYOUT_ID + 1)
