@@ -19,13 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Number of statistics per pixel and cell (A..F above, in that order).
 N_STATS = 6
-STAT_NAMES = ("A", "B", "C", "D", "E", "F")
-
-
-def new_statistics(n_cells: int, n_pixels: int) -> np.ndarray:
-    """Zeroed statistics array, shape (n_cells, 6, n_pixels), float64."""
-    return np.zeros((n_cells, N_STATS, n_pixels), dtype=np.float64)
 
 
 def accumulate_numpy(stats: np.ndarray, cells: np.ndarray, observed: np.ndarray,

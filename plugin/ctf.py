@@ -10,6 +10,8 @@ lambda the relativistic electron wavelength in Angstrom and Cs in Angstrom (1 mm
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 MM_TO_A = 1.0e7
@@ -51,6 +53,45 @@ def astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg):
     phi = np.deg2rad(defocus_angle_deg)
     c2 = np.cos(theta - phi) ** 2
     return defocus_u_A * c2 + defocus_v_A * (1.0 - c2)
+
+
+class Astigmatism(NamedTuple):
+    """Defocus of an astigmatic CTF as df(theta) = mean + half_difference * cos(2 (theta - phi)).
+
+    All fields have the shape of the inputs of :func:`astigmatism`.
+
+    mean_A : (dfU + dfV) / 2, Angstrom (positive = underfocus).
+    half_difference_A : (dfU - dfV) / 2, Angstrom (positive when dfU > dfV).
+    cos_2phi, sin_2phi : cos and sin of twice the astigmatism angle phi (dimensionless).
+    """
+
+    mean_A: np.ndarray
+    half_difference_A: np.ndarray
+    cos_2phi: np.ndarray
+    sin_2phi: np.ndarray
+
+
+def astigmatism(defocus_u_A, defocus_v_A, defocus_angle_deg) -> Astigmatism:
+    """Split RELION's (dfU, dfV, phi) into mean defocus, half difference and the doubled angle.
+
+    With theta the direction of k, df(theta) = dfU cos^2(theta - phi) + dfV sin^2(theta - phi)
+    = mean + half_difference * (cos(2 theta) cos(2 phi) + sin(2 theta) sin(2 phi)).
+
+    Parameters
+    ----------
+    defocus_u_A, defocus_v_A : array_like, Angstrom (positive = underfocus), same shape.
+    defocus_angle_deg : array_like, degrees, angle phi of the dfU axis from the x axis.
+
+    Returns
+    -------
+    Astigmatism
+        Arrays of the inputs' (broadcast) shape; float64 for float64 inputs. The operation order
+        (0.5 * (u + v), 0.5 * (u - v), cos/sin of deg2rad(2 * phi)) is that every backend uses,
+        so their results agree bit for bit.
+    """
+    phi2 = np.deg2rad(2.0 * defocus_angle_deg)
+    return Astigmatism(0.5 * (defocus_u_A + defocus_v_A), 0.5 * (defocus_u_A - defocus_v_A),
+                       np.cos(phi2), np.sin(phi2))
 
 
 def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, voltage_kv,

@@ -20,8 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ctf import (amplitude_contrast_phase, cs_phase_factor, defocus_phase_factor,
-                  electron_wavelength_A)
+from .ctf import (
+    amplitude_contrast_phase,
+    astigmatism,
+    cs_phase_factor,
+    defocus_phase_factor,
+    electron_wavelength_A,
+)
 from .fourier import Band
 from .geometry import euler_zyz_to_matrix
 from .model import OpticsGroup, Particles
@@ -87,10 +92,10 @@ def pixel_terms(group: OpticsGroup, band: Band, cs_mm: float | None = None,
 
 def particle_gamma(terms: PixelTerms, particles: Particles) -> np.ndarray:
     """gamma for each particle and pixel, shape (n, m), radians."""
-    mean = 0.5 * (particles.defocus_u_A + particles.defocus_v_A)[:, None]
-    half_diff = 0.5 * (particles.defocus_u_A - particles.defocus_v_A)[:, None]
-    phi2 = np.deg2rad(2.0 * particles.defocus_angle_deg)[:, None]
-    defocus = mean + half_diff * (terms.cos2 * np.cos(phi2) + terms.sin2 * np.sin(phi2))
+    ast = astigmatism(particles.defocus_u_A, particles.defocus_v_A, particles.defocus_angle_deg)
+    mean, half_diff = ast.mean_A[:, None], ast.half_difference_A[:, None]
+    defocus = mean + half_diff * (terms.cos2 * ast.cos_2phi[:, None]
+                                  + terms.sin2 * ast.sin_2phi[:, None])
     return (terms.defocus_factor * defocus * terms.k2 + terms.gamma_static
             - np.deg2rad(particles.phase_shift_deg)[:, None])
 

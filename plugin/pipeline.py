@@ -153,7 +153,7 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     # The next batch is read from the (memory-mapped) stacks in background threads while this
     # one is computed; the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
-                         group.box_size, buffer=getattr(backend, "host_buffer", None),
+                         group.box_size, buffer=backend.host_buffer,
                          readers=reader_threads(backend, options))
     with closing(iter(stream)) as batches:  # readers stopped at once on abort or error
         for idx, imgs in batches:
@@ -169,24 +169,21 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
 
 
 def batch_size_for(backend, options: RefineOptions, box: int) -> int:
-    """``options.batch_size``, or the backend's preferred batch for this box (256 if none)."""
+    """``options.batch_size``, or the backend's preferred batch for this box."""
     if options.batch_size:
         return int(options.batch_size)
-    preferred = getattr(backend, "default_batch_size", None)
-    return int(preferred(box)) if preferred else 256
+    return int(backend.default_batch_size(box))
 
 
 def reader_threads(backend, options: RefineOptions) -> int:
-    """Threads reading images: the backend's choice given ``--j`` (1 if it states none)."""
-    choose = getattr(backend, "reader_threads", None)
-    return int(choose(options.threads)) if choose else 1
+    """Threads reading images: the backend's choice given ``--j``."""
+    return int(backend.reader_threads(options.threads))
 
 
 def load_backend(name: str):
-    """The backend module, warmed up (compiled kernels loaded) where it supports that."""
+    """The backend (a :class:`csrefine.backends.Backend`), warmed up (kernels compiled or loaded)."""
     backend = get_backend(name)
-    if hasattr(backend, "warm_up"):
-        backend.warm_up()
+    backend.warm_up()
     return backend
 
 
@@ -201,18 +198,11 @@ def reference_for(half: int, policy: str) -> int:
 
 def _accumulate_one(stats, cells, imgs, batch, references, terms, band, group, backend,
                     options):
-    """One batch through the backend: in one call where the backend takes both half sets
-    (``accumulate_halves``), else half set by half set."""
+    """One batch (both half sets) through the backend's ``accumulate_halves``, each half set
+    predicted from the half map :func:`reference_for` names."""
     refs = {half: references[reference_for(half, options.reference_half)] for half in (1, 2)}
-    if hasattr(backend, "accumulate_halves"):
-        backend.accumulate_halves(stats, cells, imgs, batch, refs, terms, band,
-                                  group.pixel_size_A, options.threads)
-        return
-    for half in (1, 2):
-        sel = np.flatnonzero(batch.half_set == half)
-        if sel.size:
-            backend.accumulate_batch(stats, cells[sel], imgs[sel], batch.subset(sel), refs[half],
-                                     terms, band, group.pixel_size_A, options.threads)
+    backend.accumulate_halves(stats, cells, imgs, batch, refs, terms, band,
+                              group.pixel_size_A, options.threads)
 
 
 def _curvature_sigma(fit: FitResult) -> tuple[float | None, float | None]:

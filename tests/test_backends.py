@@ -182,13 +182,138 @@ def test_cupy_driver_reports_sampling_beyond_reference(cupy_on_numpy):
                                        xp=np)
 
 
-def test_cupy_cuda_source_mirrors_array_kernel(cupy_on_numpy):
-    """Static check of the (untested here) CUDA kernel: it computes the same six terms."""
+def test_cuda_source_defines_are_the_tables_indices(cupy_on_numpy):
+    """The CUDA source's table indices are generated from csrefine.backends._tables, and its
+    kernel body reads the tables through those names only (no literal column or row)."""
+    import re
+
+    from csrefine.accumulate import N_STATS
+    from csrefine.backends import _tables
     src = cupy_on_numpy._CUDA_SOURCE
-    for line in ("out[0] = pp * sg * sg", "out[(long long)m] = pp * sg * cg",
-                 "out[2LL * m] = pp * cg * cg", "out[3LL * m] = -xpr * sg",
-                 "out[4LL * m] = -xpr * cg", "out[5LL * m] = (double)(xr * xr + xi * xi)"):
-        assert line in src
+    defines = dict(re.findall(r"^#define (CSREFINE_\w+) (\d+)$", src, flags=re.MULTILINE))
+    expected = {f"CSREFINE_PT_{c.name}": str(int(c)) for c in _tables.ParticleColumn}
+    expected.update({f"CSREFINE_PX_{r.name}": str(int(r)) for r in _tables.PixelRow})
+    expected.update(CSREFINE_N_PARTICLE_COLUMNS=str(_tables.N_PARTICLE_COLUMNS),
+                    CSREFINE_N_STATS=str(N_STATS))
+    assert defines == expected
+    body = cupy_on_numpy._CUDA_KERNEL
+    assert not re.search(r"\b(t|pix)\[\s*\d", body), "literal table index in the CUDA kernel"
+    assert not re.search(r"\b(t|pix)\[[^\]]*\b\d+\s*\*\s*m\b", body)
+    # another layout gives another source
+    assert cupy_on_numpy.cuda_source(*_permuted_layouts()) != src
+
+
+def _permuted_layouts(seed=0):
+    """ParticleColumn and PixelRow with the same names in a random order where no name keeps
+    its index (IntEnums)."""
+    from enum import IntEnum
+
+    from csrefine.backends import _tables
+    rng = np.random.default_rng(seed)
+    layouts = []
+    for enum in (_tables.ParticleColumn, _tables.PixelRow):
+        order = np.arange(len(enum))
+        while np.any(order == np.arange(len(enum))):
+            order = rng.permutation(len(enum))
+        layouts.append(IntEnum(enum.__name__, {m.name: int(order[m]) for m in enum}))
+    return tuple(layouts)
+
+
+def _relayout(table, enum, new_enum, axis):
+    """``table`` (columns or rows ``enum`` along ``axis``) rearranged to ``new_enum``."""
+    out = np.empty_like(table)
+    for member in enum:
+        index = [slice(None)] * table.ndim
+        source = list(index)
+        index[axis], source[axis] = int(new_enum[member.name]), int(member)
+        out[tuple(index)] = table[tuple(source)]
+    return np.ascontiguousarray(out)
+
+
+def _check_backend_interface(module, name):
+    """``module`` implements csrefine.backends.Backend: isinstance (runtime_checkable) and each
+    method's positional parameters are the Protocol's (names, order, defaults)."""
+    import inspect
+
+    from csrefine.backends import Backend
+    assert isinstance(module, Backend)
+    assert module.name == name
+    for method in ("accumulate_batch", "accumulate_halves", "default_batch_size",
+                   "reader_threads", "host_buffer", "warm_up"):
+        want = list(inspect.signature(getattr(Backend, method)).parameters.values())[1:]
+        got = [q for q in inspect.signature(getattr(module, method)).parameters.values()
+               if q.kind is not q.KEYWORD_ONLY]
+        assert [(q.name, q.default) for q in got] == [(q.name, q.default) for q in want], method
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_cpu_backends_implement_the_protocol(name):
+    if name == "numba":
+        pytest.importorskip("numba")
+    module = get_backend(name)
+    _check_backend_interface(module, name)
+    assert module.default_batch_size(256) == 256
+    assert module.reader_threads(8) == 1
+    buffer = module.host_buffer((3, 4, 4))
+    assert buffer.shape == (3, 4, 4) and buffer.dtype == np.float32
+    assert module.warm_up() is None
+
+
+def test_cupy_backend_implements_the_protocol(cupy_on_numpy):
+    _check_backend_interface(cupy_on_numpy, "cupy")
+    assert cupy_on_numpy.reader_threads(8) == 8
+
+
+def test_protocol_rejects_an_incomplete_backend():
+    import types
+
+    from csrefine.backends import Backend
+    partial = types.SimpleNamespace(name="x", accumulate_batch=numpy_backend.accumulate_batch)
+    assert not isinstance(partial, Backend)
+
+
+def test_numpy_halves_equal_per_half_batches():
+    """numpy accumulate_halves == accumulate_batch per half set, bit for bit."""
+    _, band, terms, refs, parts, images, cells, _ = problem = _problem(10)
+    ref = _accumulate(numpy_backend, problem)
+    stats = np.zeros_like(ref)
+    numpy_backend.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2)
+    assert np.array_equal(stats, ref)
+
+
+def test_numba_refuses_a_kernel_compiled_for_another_layout(monkeypatch):
+    """numba's cache is keyed on numba_backend.py, not _tables.py: a kernel compiled with an
+    older table layout must not be used silently."""
+    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
+    _, band, terms, refs, parts, images, cells, n_cells = _problem(4)
+    stats = np.zeros((n_cells, 6, band.size))
+    numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
+    monkeypatch.setattr(numba_backend, "LAYOUT_ID", numba_backend.LAYOUT_ID + 1)
+    with pytest.raises(RuntimeError, match="table layout"):
+        numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
+
+
+def test_particle_table_columns():
+    from csrefine.backends import _tables
+    from csrefine.ctf import astigmatism
+    from csrefine.geometry import euler_zyz_to_matrix
+    parts = _problem(3)[4]
+    table = _tables.particle_table(parts)
+    c = _tables.ParticleColumn
+    assert table.shape == (len(parts), _tables.N_PARTICLE_COLUMNS) == (len(parts), len(c))
+    ast = astigmatism(parts.defocus_u_A, parts.defocus_v_A, parts.defocus_angle_deg)
+    rot = euler_zyz_to_matrix(parts.rot_deg, parts.tilt_deg, parts.psi_deg)
+    for column, value in ((c.MEAN_DEFOCUS_A, ast.mean_A), (c.SIN_2PHI, ast.sin_2phi),
+                          (c.NEG_QUARTER_B_A2, -0.25 * parts.bfactor_A2),
+                          (c.ORIGIN_Y_A, parts.origin_y_A), (c.R01, rot[:, 0, 1]),
+                          (c.R12, rot[:, 1, 2])):
+        assert np.array_equal(table[:, column], value), column.name
+    terms = _problem(3)[2]
+    full = _tables.pixel_table(terms, PX, with_trig=True)
+    base = _tables.pixel_table(terms, PX, with_trig=False)
+    assert full.shape[0] == _tables.N_PIXEL_ROWS and base.shape[0] == _tables.N_BASE_PIXEL_ROWS
+    assert np.array_equal(full[:_tables.N_BASE_PIXEL_ROWS], base)
+    assert np.array_equal(full[_tables.PixelRow.SIN_GAMMA_STATIC], np.sin(terms.gamma_static))
 
 
 def test_resolve_backend():
@@ -285,17 +410,28 @@ extern "C" void run_all(const complex<float>* obs, const double* ptab, const dou
 """
 
 
-def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path):
+@pytest.mark.parametrize("layout", ["tables", "permuted"])
+def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path, layout):
     """The CUDA kernel's source, compiled as C++ (g++) with a tiny CPU stand-in for the CUDA
     built-ins and run thread by thread, matches the numpy reference: checks the kernel's maths
-    and indexing without a GPU (not its speed, nor NVRTC-specific behaviour)."""
+    and indexing without a GPU (not its speed, nor NVRTC-specific behaviour).
+
+    "permuted": the source generated for a random reordering of the particle columns and pixel
+    rows, fed tables reordered the same way, gives the same result -- so the kernel reads the
+    tables only through the indices generated from csrefine.backends._tables."""
     import ctypes
     import shutil
     import subprocess
 
+    from csrefine.backends import _tables
     if shutil.which("g++") is None:
         pytest.skip("g++ not available")
-    src = cupy_on_numpy._CUDA_SOURCE.replace("#include <cupy/complex.cuh>", _CPU_STUB)
+    columns, rows_enum = ((_tables.ParticleColumn, _tables.PixelRow) if layout == "tables"
+                          else _permuted_layouts(1))
+    src = cupy_on_numpy.cuda_source(columns, rows_enum)
+    if layout == "tables":
+        assert src == cupy_on_numpy._CUDA_SOURCE
+    src = src.replace("#include <cupy/complex.cuh>", _CPU_STUB)
     (tmp_path / "k.cpp").write_text(src + _CPU_DRIVER)
     lib_path = tmp_path / "k.so"
     subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-D_GNU_SOURCE", "-o", str(lib_path),
@@ -310,8 +446,10 @@ def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path):
         ref = refs[half]
         observed = np.ascontiguousarray(numpy_backend.band_transforms(images[sel], band, 1),
                                         dtype=np.complex64)
-        ptab = np.ascontiguousarray(cupy_on_numpy._particle_table(parts.subset(sel)))
-        pix = cupy_on_numpy._pixel_table(terms, PX)
+        ptab = _relayout(_tables.particle_table(parts.subset(sel)), _tables.ParticleColumn,
+                         columns, axis=1)
+        pix = _relayout(_tables.pixel_table(terms, PX, with_trig=True), _tables.PixelRow,
+                        rows_enum, axis=0)
         data = np.ascontiguousarray(ref.data)
         n, m = observed.shape
         rows = np.empty((n, 6, m))

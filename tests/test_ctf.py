@@ -73,3 +73,18 @@ def test_the_pipelines_gamma_is_the_ctf_formula():
                          even_phase_rad=even_zernike_phase(even, kx, ky))
     np.testing.assert_allclose(particle_gamma(pixel_terms(group, band), parts), expected,
                                rtol=0, atol=1e-9)
+
+
+def test_astigmatism_decomposition_matches_astigmatic_defocus():
+    """mean + half_difference * cos(2 (theta - phi)) == dfU cos^2(theta - phi) + dfV sin^2."""
+    from csrefine.ctf import astigmatic_defocus_A, astigmatism
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(5000, 30000, (2, 7, 1))
+    angle = rng.uniform(-180, 180, (7, 1))
+    kx, ky = rng.normal(size=(2, 50))
+    ast = astigmatism(u, v, angle)
+    theta2 = 2.0 * np.arctan2(ky, kx)
+    df = ast.mean_A + ast.half_difference_A * (np.cos(theta2) * ast.cos_2phi
+                                               + np.sin(theta2) * ast.sin_2phi)
+    np.testing.assert_allclose(df, astigmatic_defocus_A(kx, ky, u, v, angle), rtol=1e-12)
+    assert np.all(ast.half_difference_A * np.sign(u - v) >= 0)

@@ -1,13 +1,64 @@
 """Accumulation backends: the hot loop (image transforms, central slices, CTF, statistics).
 
-Every backend implements ``accumulate_batch(stats, cells, images, particles, reference, terms,
-band, pixel_size_A, threads)`` with the semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch`
-and must agree with it to floating-point accuracy (tests/test_backends.py).
+Every backend is a module implementing :class:`Backend`; its ``accumulate_batch`` has the
+semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch` and must agree with it to
+floating-point accuracy (tests/test_backends.py).
 """
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
 from ..errors import InputError
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the pipeline needs of a backend (implemented by the backend modules themselves).
+
+    Shapes: n particles in the batch, m band pixels, box the image size in pixels.
+    """
+
+    #: The backend's name, as in :data:`BACKENDS`.
+    name: str
+
+    def accumulate_batch(self, stats: np.ndarray, cells: np.ndarray, images: np.ndarray,
+                         particles, reference, terms, band, pixel_size_A: float,
+                         threads: int = 1) -> None:
+        """Add one batch, all of one half set and predicted from ``reference``, to ``stats``.
+
+        stats : (n_cells, 6, m) float64, added to in place; cells : (n,) int; images :
+        (n, box, box) float32, centred at box // 2; particles : :class:`csrefine.model.Particles`
+        (n); reference : :class:`csrefine.projection.PaddedReference`; terms :
+        :class:`csrefine.forward.PixelTerms` on ``band`` (:class:`csrefine.fourier.Band`, m
+        pixels); pixel_size_A : Angstrom; threads : CPU threads the backend may use.
+        """
+
+    def accumulate_halves(self, stats: np.ndarray, cells: np.ndarray, images: np.ndarray,
+                          particles, references: dict, terms, band, pixel_size_A: float,
+                          threads: int = 1) -> None:
+        """Add one batch holding both half sets: the particles of half set h (h = 1, 2) are
+        predicted from ``references[h]``; same result as :meth:`accumulate_batch` per half set."""
+
+    def default_batch_size(self, box: int) -> int:
+        """Particles per batch when the user sets none, for images of ``box`` pixels."""
+
+    def reader_threads(self, threads: int) -> int:
+        """Threads reading images ahead while the backend computes, given ``--j threads``."""
+
+    def host_buffer(self, shape: tuple) -> np.ndarray:
+        """A float32 host array of ``shape`` for the pipeline to read images into (called twice
+        per optics group; pinned memory on the GPU, a plain ``numpy.empty`` on the CPU)."""
+
+    def warm_up(self) -> None:
+        """Compile or load kernels and initialise devices before the first batch."""
+
+
+def empty_host_buffer(shape: tuple) -> np.ndarray:
+    """``numpy.empty(shape, float32)``: the host buffer of backends that need no special one."""
+    return np.empty(shape, dtype=np.float32)
 
 BACKENDS = ("numpy", "numba", "cupy")
 
@@ -28,8 +79,8 @@ def resolve_backend(device: str) -> str:
     raise InputError(f"unknown device {device!r}: use cpu, cuda, numpy, numba or cupy")
 
 
-def get_backend(name: str):
-    """The module implementing backend ``name``."""
+def get_backend(name: str) -> Backend:
+    """The module implementing backend ``name`` (a :class:`Backend`)."""
     if name == "numpy":
         from . import numpy_backend
         return numpy_backend

@@ -31,6 +31,9 @@ import weakref
 
 import numpy as np
 
+from ..accumulate import N_STATS
+from ._tables import ParticleColumn, PixelRow, cuda_defines, particle_table, pixel_table
+
 try:
     import cupy as _cupy_module
 except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -38,37 +41,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
                       "(cupy-cuda12x), or use --device cpu") from exc
 
 
+name = "cupy"
+
+
 def _cupy():
     return _cupy_module
-
-
-def _particle_table(particles) -> np.ndarray:
-    """Same columns as :func:`csrefine.backends.numba_backend.particle_table` (numpy only)."""
-    from ..geometry import euler_zyz_to_matrix
-
-    n = len(particles)
-    table = np.empty((n, 15), dtype=np.float64)
-    table[:, 0] = 0.5 * (particles.defocus_u_A + particles.defocus_v_A)
-    table[:, 1] = 0.5 * (particles.defocus_u_A - particles.defocus_v_A)
-    phi2 = np.deg2rad(2.0 * particles.defocus_angle_deg)
-    table[:, 2] = np.cos(phi2)
-    table[:, 3] = np.sin(phi2)
-    table[:, 4] = np.deg2rad(particles.phase_shift_deg)
-    table[:, 5] = -0.25 * particles.bfactor_A2
-    table[:, 6] = particles.ctf_scale
-    table[:, 7] = particles.origin_x_A
-    table[:, 8] = particles.origin_y_A
-    rot = euler_zyz_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
-    table[:, 9:12] = rot[:, 0, :]
-    table[:, 12:15] = rot[:, 1, :]
-    return table
-
-
-def _pixel_table(terms, pixel_size_A: float) -> np.ndarray:
-    """(9, m): kx_px, ky_px, kx, ky (1/A), k2, cos2, sin2, gamma_static, odd_phase."""
-    return np.ascontiguousarray(np.stack([
-        terms.kx_px, terms.ky_px, terms.kx_px / pixel_size_A, terms.ky_px / pixel_size_A,
-        terms.k2, terms.cos2, terms.sin2, terms.gamma_static, terms.odd_phase]).astype(np.float64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,14 +56,18 @@ def rows_array(xp, observed, ptab, pix, ref, radius: int, ref_scale: float,
                defocus_factor: float):
     """The six terms per particle and pixel, (n, 6, m) float64, with array operations.
 
-    observed (n, m) complex64/128 band transforms; ptab (n, 15); pix (9, m); ref the padded
-    reference data (complex64, [z + R, y + R, x]). Returns (rows, n_out_of_range).
+    observed (n, m) complex64/128 band transforms; ptab (n, N_PARTICLE_COLUMNS), columns
+    :class:`~csrefine.backends._tables.ParticleColumn`; pix (rows, m), rows
+    :class:`~csrefine.backends._tables.PixelRow` (with or without the trigonometric rows);
+    ref the padded reference data (complex64, [z + R, y + R, x]).
+    Returns (rows, n_out_of_range).
     """
+    c, w = ParticleColumn, PixelRow
     t = ptab[:, :, None]
-    kxp, kyp = pix[0][None, :], pix[1][None, :]
-    x = (t[:, 9] * kxp + t[:, 12] * kyp) * ref_scale
-    y = (t[:, 10] * kxp + t[:, 13] * kyp) * ref_scale
-    z = (t[:, 11] * kxp + t[:, 14] * kyp) * ref_scale
+    kxp, kyp = pix[w.KX_PX][None, :], pix[w.KY_PX][None, :]
+    x = (t[:, c.R00] * kxp + t[:, c.R10] * kyp) * ref_scale
+    y = (t[:, c.R01] * kxp + t[:, c.R11] * kyp) * ref_scale
+    z = (t[:, c.R02] * kxp + t[:, c.R12] * kyp) * ref_scale
     flip = x < 0
     x, y, z = xp.where(flip, -x, x), xp.where(flip, -y, y), xp.where(flip, -z, z)
     r = radius
@@ -113,15 +94,19 @@ def rows_array(xp, observed, ptab, pix, ref, radius: int, ref_scale: float,
             sr = sr + w1 * v1.real.astype(np.float64)
             si = si + w1 * v1.imag.astype(np.float64)
     si = xp.where(flip, -si, si)
-    arg = 2.0 * np.pi * (pix[2][None, :] * t[:, 7] + pix[3][None, :] * t[:, 8]) + pix[8][None, :]
+    arg = (2.0 * np.pi * (pix[w.KX_PER_A][None, :] * t[:, c.ORIGIN_X_A]
+                          + pix[w.KY_PER_A][None, :] * t[:, c.ORIGIN_Y_A])
+           + pix[w.ODD_PHASE][None, :])
     ca, sa = xp.cos(arg), xp.sin(arg)
     pr = sr * ca - si * sa
     pim = sr * sa + si * ca
-    k2 = pix[4][None, :]
-    defocus = t[:, 0] + t[:, 1] * (pix[5][None, :] * t[:, 2] + pix[6][None, :] * t[:, 3])
-    g = defocus_factor * defocus * k2 + pix[7][None, :] - t[:, 4]
+    k2 = pix[w.K2][None, :]
+    defocus = t[:, c.MEAN_DEFOCUS_A] + t[:, c.HALF_ASTIGMATISM_A] * (
+        pix[w.COS_2THETA][None, :] * t[:, c.COS_2PHI]
+        + pix[w.SIN_2THETA][None, :] * t[:, c.SIN_2PHI])
+    g = defocus_factor * defocus * k2 + pix[w.GAMMA_STATIC][None, :] - t[:, c.PHASE_SHIFT_RAD]
     sg, cg = xp.sin(g), xp.cos(g)
-    env = t[:, 6] * xp.exp(t[:, 5] * k2)
+    env = t[:, c.SCALE] * xp.exp(t[:, c.NEG_QUARTER_B_A2] * k2)
     xr, xi = observed.real, observed.imag  # float32 for complex64 input, as in the reference
     pp = env * env * (pr * pr + pim * pim)
     xpr = env * (xr.astype(np.float64) * pr + xi.astype(np.float64) * pim)
@@ -131,9 +116,13 @@ def rows_array(xp, observed, ptab, pix, ref, radius: int, ref_scale: float,
     return rows, n_bad
 
 
-_CUDA_SOURCE = r"""
-#include <cupy/complex.cuh>
+#: The kernel body; it reads the tables only through the names CSREFINE_PT_<column> (index in
+#: a particle's row ``t``) and CSREFINE_PX_<row> (row of ``pix``) that
+#: :func:`csrefine.backends._tables.cuda_defines` generates.
+_CUDA_KERNEL = r"""
 #define CSREFINE_PI 3.141592653589793238462643383279502884
+#define PT(name) t[CSREFINE_PT_##name]
+#define PX(name) pix[(long long)CSREFINE_PX_##name * m + p]
 extern "C" __global__
 void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restrict__ ptab,
                    const double* __restrict__ pix, const complex<float>* __restrict__ ref,
@@ -145,18 +134,18 @@ void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restr
     if (idx >= (long long)n * m) return;
     const int i = (int)(idx / m);
     const int p = (int)(idx % m);
-    const double* t = ptab + 15LL * i;
-    const double kxp = pix[p], kyp = pix[m + p];
-    double x = (t[9] * kxp + t[12] * kyp) * ref_scale;
-    double y = (t[10] * kxp + t[13] * kyp) * ref_scale;
-    double z = (t[11] * kxp + t[14] * kyp) * ref_scale;
+    const double* t = ptab + (long long)CSREFINE_N_PARTICLE_COLUMNS * i;
+    const double kxp = PX(KX_PX), kyp = PX(KY_PX);
+    double x = (PT(R00) * kxp + PT(R10) * kyp) * ref_scale;
+    double y = (PT(R01) * kxp + PT(R11) * kyp) * ref_scale;
+    double z = (PT(R02) * kxp + PT(R12) * kyp) * ref_scale;
     const bool flip = x < 0;
     if (flip) { x = -x; y = -y; z = -z; }
-    double* out = rows + (long long)i * 6 * m + p;
+    double* out = rows + (long long)i * CSREFINE_N_STATS * m + p;
     const double r = radius;
     if (x > r || fabs(y) > r - 1 || fabs(z) > r - 1) {
         atomicAdd(n_bad, 1ULL);
-        for (int s = 0; s < 6; ++s) out[(long long)s * m] = 0.0;
+        for (int s = 0; s < CSREFINE_N_STATS; ++s) out[(long long)s * m] = 0.0;
         return;
     }
     y += r; z += r;
@@ -176,17 +165,19 @@ void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restr
         }
     }
     if (flip) si = -si;
-    const double arg = 2.0 * CSREFINE_PI * (pix[2 * m + p] * t[7] + pix[3 * m + p] * t[8])
-                       + pix[8 * m + p];
+    const double arg = 2.0 * CSREFINE_PI * (PX(KX_PER_A) * PT(ORIGIN_X_A)
+                                            + PX(KY_PER_A) * PT(ORIGIN_Y_A))
+                       + PX(ODD_PHASE);
     double sa, ca;
     sincos(arg, &sa, &ca);
     const double pr = sr * ca - si * sa, pim = sr * sa + si * ca;
-    const double k2 = pix[4 * m + p];
-    const double defocus = t[0] + t[1] * (pix[5 * m + p] * t[2] + pix[6 * m + p] * t[3]);
-    const double g = defocus_factor * defocus * k2 + pix[7 * m + p] - t[4];
+    const double k2 = PX(K2);
+    const double defocus = PT(MEAN_DEFOCUS_A)
+        + PT(HALF_ASTIGMATISM_A) * (PX(COS_2THETA) * PT(COS_2PHI) + PX(SIN_2THETA) * PT(SIN_2PHI));
+    const double g = defocus_factor * defocus * k2 + PX(GAMMA_STATIC) - PT(PHASE_SHIFT_RAD);
     double sg, cg;
     sincos(g, &sg, &cg);
-    const double env = t[6] * exp(t[5] * k2);
+    const double env = PT(SCALE) * exp(PT(NEG_QUARTER_B_A2) * k2);
     const complex<float> xv = obs[(long long)i * m + p];
     const float xr = xv.real(), xi = xv.imag();
     const double pp = env * env * (pr * pr + pim * pim);
@@ -199,6 +190,18 @@ void csrefine_rows(const complex<float>* __restrict__ obs, const double* __restr
     out[5LL * m] = (double)(xr * xr + xi * xi);
 }
 """
+
+
+def cuda_source(particle_columns=ParticleColumn, pixel_rows=PixelRow) -> str:
+    """The CUDA source of the fused kernel for the given table layouts (default: those of
+    :mod:`csrefine.backends._tables`): CuPy's complex header, the generated index ``#define``
+    lines, then :data:`_CUDA_KERNEL`. Tests pass a permuted layout to check that the kernel
+    reads the tables only through the generated names."""
+    return ("#include <cupy/complex.cuh>\n" + cuda_defines(particle_columns, pixel_rows)
+            + _CUDA_KERNEL)
+
+
+_CUDA_SOURCE = cuda_source()
 
 _KERNELS = {}
 
@@ -213,7 +216,7 @@ def rows_raw(cp, observed, ptab, pix, ref, radius: int, ref_scale: float, defocu
     """CUDA version of :func:`rows_array` (CuPy arrays in and out); tested on a GPU only."""
     n, m = observed.shape
     observed = cp.ascontiguousarray(observed, dtype=cp.complex64)
-    rows = cp.empty((n, 6, m), dtype=cp.float64)
+    rows = cp.empty((n, N_STATS, m), dtype=cp.float64)
     n_bad = cp.zeros(1, dtype=cp.uint64)
     threads = 256
     blocks = (n * m + threads - 1) // threads
@@ -384,18 +387,19 @@ def _accumulate_on(xp, stream, stats, cells, images, particles, parts, terms, ba
                    pixel_size_A, threads, use_raw):
     n_cells = stats.shape[0]
     pix = _CACHE.get(terms, ("pix", id(xp), float(pixel_size_A)),
-                     lambda: xp.asarray(_pixel_table(terms, pixel_size_A)))
+                     lambda: xp.asarray(pixel_table(terms, pixel_size_A,
+                                                              with_trig=False)))
     flat = _CACHE.get(band, ("flat", id(xp)), lambda: xp.asarray(band.flat_index))
     imgs, staging = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
     observed = band_transforms_xp(xp, imgs, flat, threads)
     del imgs
-    ptab_all = _particle_table(particles)
+    ptab_all = particle_table(particles)
     cells = np.asarray(cells, dtype=np.int64)
     total = None
     for sel, reference in parts:
         if sel.size == 0:
             continue
-        ref = _CACHE.get(reference, ("ref", id(xp)), lambda: xp.asarray(reference.data))
+        ref = _CACHE.get(reference, ("ref", id(xp)), lambda r=reference: xp.asarray(r.data))
         obs = observed if sel.size == len(particles) else observed[xp.asarray(sel)]
         args = (xp, obs, xp.asarray(ptab_all[sel]), pix, ref, int(reference.radius),
                 float(reference.scale), float(terms.defocus_factor))

@@ -12,7 +12,8 @@ over the block's pixels (consecutive pixels of the band, mostly along one rfft2 
 per-block sums live in a small private array that is added to ``stats`` once per batch.
 
 Per-particle quantities (rotation rows, mean / half-difference defocus, cos/sin of twice the
-astigmatism angle, phase shift in radians, -B/4, scale, origins) are precomputed with numpy;
+astigmatism angle, phase shift in radians, -B/4, scale, origins) are precomputed with numpy
+into the tables of :mod:`csrefine.backends._tables`, which the kernel reads by column name;
 image transforms are batched with scipy.fft (``workers=threads``), bit-identical to the
 reference's ``rfft2(ifftshift(.))`` but transforming along y only the columns the band uses.
 
@@ -41,45 +42,18 @@ import numpy as np
 import scipy.fft
 from numba import njit, prange
 
-from ..geometry import euler_zyz_to_matrix
+from ..accumulate import N_STATS
+from ..ctf import astigmatism
+from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+from ._tables import LAYOUT_ID, ParticleColumn, PixelRow, particle_table, pixel_table
+
+name = "numba"
+
+# Short names of the table layouts for the kernel (IntEnum members are compile-time constants).
+_P = ParticleColumn
+_X = PixelRow
 
 PIXEL_BLOCK = 64
-
-# Columns of the per-particle parameter table passed to the kernel.
-(_MEAN, _HALF, _CPHI, _SPHI, _PHASE, _NEG_B4, _SCALE, _OX, _OY, _R00, _R01, _R02, _R10, _R11,
- _R12) = range(15)
-N_PARTICLE_COLUMNS = 15
-
-
-def particle_table(particles) -> np.ndarray:
-    """Per-particle kernel inputs, (n, 15) float64, computed exactly as the numpy reference does."""
-    n = len(particles)
-    table = np.empty((n, N_PARTICLE_COLUMNS), dtype=np.float64)
-    table[:, _MEAN] = 0.5 * (particles.defocus_u_A + particles.defocus_v_A)
-    table[:, _HALF] = 0.5 * (particles.defocus_u_A - particles.defocus_v_A)
-    phi2 = np.deg2rad(2.0 * particles.defocus_angle_deg)
-    table[:, _CPHI] = np.cos(phi2)
-    table[:, _SPHI] = np.sin(phi2)
-    table[:, _PHASE] = np.deg2rad(particles.phase_shift_deg)
-    table[:, _NEG_B4] = -0.25 * particles.bfactor_A2
-    table[:, _SCALE] = particles.ctf_scale
-    table[:, _OX] = particles.origin_x_A
-    table[:, _OY] = particles.origin_y_A
-    rot = euler_zyz_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
-    table[:, _R00:_R02 + 1] = rot[:, 0, :]
-    table[:, _R10:_R12 + 1] = rot[:, 1, :]
-    return table
-
-
-def pixel_table(terms, pixel_size_A: float) -> np.ndarray:
-    """Per-pixel kernel inputs, (13, m) float64: kx_px, ky_px, kx, ky (1/A), k2, cos2, sin2,
-    gamma_static, odd_phase, cos(odd_phase), sin(odd_phase), cos(gamma_static),
-    sin(gamma_static)."""
-    return np.ascontiguousarray(np.stack([
-        terms.kx_px, terms.ky_px, terms.kx_px / pixel_size_A, terms.ky_px / pixel_size_A,
-        terms.k2, terms.cos2, terms.sin2, terms.gamma_static, terms.odd_phase,
-        np.cos(terms.odd_phase), np.sin(terms.odd_phase), np.cos(terms.gamma_static),
-        np.sin(terms.gamma_static)]).astype(np.float64))
 
 
 def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
@@ -91,12 +65,11 @@ def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
     is k'^T S k' with S = defocus_factor * [[mean + h cos2phi, h sin2phi],
     [h sin2phi, mean - h cos2phi]] (h: half the astigmatism). Columns: uSu, uSv, vSv,
     cos(2 uSu), sin(2 uSu), cos(phase shift), sin(phase shift)."""
-    mean = 0.5 * (particles.defocus_u_A + particles.defocus_v_A)
-    half = 0.5 * (particles.defocus_u_A - particles.defocus_v_A)
-    phi2 = np.deg2rad(2.0 * particles.defocus_angle_deg)
-    sxx = defocus_factor * (mean + half * np.cos(phi2))
-    syy = defocus_factor * (mean - half * np.cos(phi2))
-    sxy = defocus_factor * half * np.sin(phi2)
+    ast = astigmatism(particles.defocus_u_A, particles.defocus_v_A, particles.defocus_angle_deg)
+    mean, half = ast.mean_A, ast.half_difference_A
+    sxx = defocus_factor * (mean + half * ast.cos_2phi)
+    syy = defocus_factor * (mean - half * ast.cos_2phi)
+    sxy = defocus_factor * half * ast.sin_2phi
     u = lin[:, 0] / (band.box * pixel_size_A)
     v = lin[:, 1] / (band.box * pixel_size_A)
     suu = u[0] * u[0] * sxx + 2.0 * u[0] * u[1] * sxy + u[1] * u[1] * syy
@@ -165,7 +138,7 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
     two_pi = 2.0 * np.pi
     r = radius
     width = p1 - p0
-    acc = np.zeros((n_cells, 6, width), dtype=np.float64)
+    acc = np.zeros((n_cells, N_STATS, width), dtype=np.float64)
     touch = np.zeros(1)  # keeps the touch loads alive
     ix = np.empty(width, dtype=np.int64)
     iy = np.empty(width, dtype=np.int64)
@@ -179,19 +152,19 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
     bad = 0
     for i in range(n):
         c = cells[i]
-        a00 = ptab[i, 9]
-        a01 = ptab[i, 10]
-        a02 = ptab[i, 11]
-        a10 = ptab[i, 12]
-        a11 = ptab[i, 13]
-        a12 = ptab[i, 14]
+        a00 = ptab[i, _P.R00]
+        a01 = ptab[i, _P.R01]
+        a02 = ptab[i, _P.R02]
+        a10 = ptab[i, _P.R10]
+        a11 = ptab[i, _P.R11]
+        a12 = ptab[i, _P.R12]
         # Touch pass: read one value from each of the four cache lines every sample needs, in a
         # loop with independent iterations, so the cache misses of the whole block are in
         # flight together; the gather below then hits the cache.
         tsum = 0.0
         for q in range(width):
-            kxp = pix[0, p0 + q]
-            kyp = pix[1, p0 + q]
+            kxp = pix[_X.KX_PX, p0 + q]
+            kyp = pix[_X.KY_PX, p0 + q]
             x = (a00 * kxp + a10 * kyp) * ref_scale
             y = (a01 * kxp + a11 * kyp) * ref_scale
             z = (a02 * kxp + a12 * kyp) * ref_scale
@@ -250,15 +223,15 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
                 si = -si
             buf_r[q] = sr
             buf_i[q] = si
-        mean = ptab[i, 0]
-        half = ptab[i, 1]
-        cphi = ptab[i, 2]
-        sphi = ptab[i, 3]
-        ph = ptab[i, 4]
-        nb4 = ptab[i, 5]
-        sc = ptab[i, 6]
-        ox = ptab[i, 7]
-        oy = ptab[i, 8]
+        mean = ptab[i, _P.MEAN_DEFOCUS_A]
+        half = ptab[i, _P.HALF_ASTIGMATISM_A]
+        cphi = ptab[i, _P.COS_2PHI]
+        sphi = ptab[i, _P.SIN_2PHI]
+        ph = ptab[i, _P.PHASE_SHIFT_RAD]
+        nb4 = ptab[i, _P.NEG_QUARTER_B_A2]
+        sc = ptab[i, _P.SCALE]
+        ox = ptab[i, _P.ORIGIN_X_A]
+        oy = ptab[i, _P.ORIGIN_Y_A]
         suu = qtab[i, 0]
         suv = qtab[i, 1]
         svv = qtab[i, 2]
@@ -277,21 +250,21 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
             # origin shift and odd phase
             if separable:
                 # exp(i 2pi k.o) = ex[col] * ey[row] (k linear in the grid indices), times
-                # exp(i odd) precomputed per pixel (pix[9], pix[10])
+                # exp(i odd) precomputed per pixel (cos/sin of the odd phase)
                 ex = shift_x[i, col[p]]
                 ey = shift_y[i, row[p]]
                 er = ex.real * ey.real - ex.imag * ey.imag
                 ei = ex.real * ey.imag + ex.imag * ey.real
-                ca = er * pix[9, p] - ei * pix[10, p]
-                sa = er * pix[10, p] + ei * pix[9, p]
+                ca = er * pix[_X.COS_ODD_PHASE, p] - ei * pix[_X.SIN_ODD_PHASE, p]
+                sa = er * pix[_X.SIN_ODD_PHASE, p] + ei * pix[_X.COS_ODD_PHASE, p]
             else:
-                arg = two_pi * (pix[2, p] * ox + pix[3, p] * oy) + pix[8, p]
+                arg = two_pi * (pix[_X.KX_PER_A, p] * ox + pix[_X.KY_PER_A, p] * oy) + pix[_X.ODD_PHASE, p]
                 ca = np.cos(arg)
                 sa = np.sin(arg)
             pr = sr * ca - si * sa
             pim = sr * sa + si * ca
             # CTF phase and envelope
-            k2 = pix[4, p]
+            k2 = pix[_X.K2, p]
             if separable:
                 # exp(i gamma) = exp(i D) exp(i gamma_static) exp(-i phase_shift), with the
                 # defocus phase D a quadratic in the column j along a row: exp(i D) advances by
@@ -312,13 +285,13 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
                     nr = tr * wr - ti * wi
                     ti = tr * wi + ti * wr
                     tr = nr
-                er = rr * pix[11, p] - ri * pix[12, p]
-                ei = rr * pix[12, p] + ri * pix[11, p]
+                er = rr * pix[_X.COS_GAMMA_STATIC, p] - ri * pix[_X.SIN_GAMMA_STATIC, p]
+                ei = rr * pix[_X.SIN_GAMMA_STATIC, p] + ri * pix[_X.COS_GAMMA_STATIC, p]
                 cg = er * pcos + ei * psin
                 sg = ei * pcos - er * psin
             else:
-                defocus = mean + half * (pix[5, p] * cphi + pix[6, p] * sphi)
-                g = defocus_factor * defocus * k2 + pix[7, p] - ph
+                defocus = mean + half * (pix[_X.COS_2THETA, p] * cphi + pix[_X.SIN_2THETA, p] * sphi)
+                g = defocus_factor * defocus * k2 + pix[_X.GAMMA_STATIC, p] - ph
                 sg = np.sin(g)
                 cg = np.cos(g)
             env = sc if nb4 == 0.0 else sc * np.exp(nb4 * k2)
@@ -334,7 +307,7 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
             acc[c, 4, q] += -xp * cg
             acc[c, 5, q] += np.float64(xr * xr + xi * xi)
     for c in range(n_cells):
-        for s in range(6):
+        for s in range(N_STATS):
             for q in range(width):
                 stats[c, s, p0 + q] += acc[c, s, q]
     return bad, touch[0]
@@ -344,7 +317,8 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
 def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
                        block, separable, shift_x, shift_y, col, row, qtab, cont, half_box):
     """stats (n_cells, 6, m) += sums over particles; prange over blocks of pixels (each thread
-    owns disjoint columns of stats). Returns (number of out-of-range samples, touch sum)."""
+    owns disjoint columns of stats). Returns (number of out-of-range samples, touch sum,
+    table layout compiled with)."""
     m = observed.shape[1]
     n_blocks = (m + block - 1) // block
     errors = np.zeros(n_blocks, dtype=np.int64)
@@ -355,8 +329,9 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
         errors[b], sinks[b] = _accumulate_block(
             stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor, p0, p1,
             separable, shift_x, shift_y, col, row, qtab, cont, half_box)
-    # the touch sums are returned only so that the compiler keeps the touch loads
-    return errors.sum(), sinks.sum()
+    # the touch sums are returned only so that the compiler keeps the touch loads; LAYOUT_ID is
+    # the table layout this kernel was compiled with (numba's cache may predate _tables.py)
+    return errors.sum(), sinks.sum(), LAYOUT_ID
 
 
 _SCRATCH = threading.local()
@@ -489,19 +464,32 @@ def _accumulate_observed(stats, cells, observed, particles, reference, terms, ba
     else:
         shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
         qtab = np.zeros((1, 7))
-    bad, _ = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64),
+    bad, _, layout = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64),
                                 np.ascontiguousarray(observed), particle_table(particles), pix,
                                 reference.data, int(reference.radius), float(reference.scale),
                                 float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
                                 shift_x, shift_y, col, row, qtab, cont, band.box // 2)
+    if layout != LAYOUT_ID:
+        raise RuntimeError("numba's cached kernel was compiled for another table layout than "
+                           "csrefine/backends/_tables.py's: delete csrefine/backends/__pycache__")
     if bad:
         raise ValueError("sampling beyond the cropped reference; increase k_max_px")
 
 
+def default_batch_size(box: int) -> int:
+    """256 particles per batch, whatever the box."""
+    return 256
+
+
+def reader_threads(threads: int) -> int:
+    """One thread reads images ahead; the kernel uses the ``threads`` numba threads."""
+    return 1
+
+
 def warm_up() -> None:
     """Compile the kernel (or load it from numba's on-disk cache) with a tiny batch."""
-    from ..fourier import make_band
     from ..forward import pixel_terms
+    from ..fourier import make_band
     from ..model import OpticsGroup, Particles
     from ..projection import make_padded_reference
 
@@ -512,6 +500,6 @@ def warm_up() -> None:
     parts = Particles(one * 1e4, one * 1e4, 0 * one, 0 * one, 0 * one, one, 0 * one, 0 * one,
                       0 * one, 0 * one, 0 * one, one.astype(int), one.astype(int))
     ref = make_padded_reference(np.zeros((box,) * 3, np.float32), 0.5, margin=1.01)
-    stats = np.zeros((1, 6, band.size))
+    stats = np.zeros((1, N_STATS, band.size))
     accumulate_batch(stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32), parts, ref,
                      pixel_terms(group, band), band, px, 1)

@@ -7,6 +7,9 @@ import scipy.fft
 
 from ..accumulate import accumulate_numpy
 from ..forward import particle_envelope, particle_gamma, shifted_projections
+from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+
+name = "numpy"
 
 
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
@@ -27,3 +30,32 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
     proj = shifted_projections(terms, particles, reference, pixel_size_A)
     accumulate_numpy(stats, cells, observed, proj, particle_gamma(terms, particles),
                      particle_envelope(terms, particles))
+
+
+def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
+                      threads: int = 1) -> None:
+    """Add one batch holding both half sets: :func:`accumulate_batch` on the particles of half
+    set h (h = 1, 2) with ``references[h]``, half set 1 first.
+
+    Arguments as :func:`accumulate_batch`, but ``references`` maps half set -> reference and
+    ``cells`` (n,) int is indexed per half set.
+    """
+    for half in (1, 2):
+        sel = np.flatnonzero(particles.half_set == half)
+        if sel.size:
+            accumulate_batch(stats, cells[sel], images[sel], particles.subset(sel),
+                             references[half], terms, band, pixel_size_A, threads)
+
+
+def default_batch_size(box: int) -> int:
+    """256 particles per batch, whatever the box."""
+    return 256
+
+
+def reader_threads(threads: int) -> int:
+    """One thread reads images ahead (the computation uses the others)."""
+    return 1
+
+
+def warm_up() -> None:
+    """Nothing to compile."""

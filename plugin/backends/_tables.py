@@ -1,0 +1,181 @@
+"""The kernel inputs of the compiled backends: THE definition of their tables' layout.
+
+Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CuPy array
+formulation, CUDA source):
+
+* the per-particle table, (n, N_PARTICLE_COLUMNS), one row per particle, columns
+  :class:`ParticleColumn`;
+* the per-pixel table, (rows, m), one column per band pixel, rows :class:`PixelRow` (the first
+  ``N_BASE_PIXEL_ROWS`` always; the trigonometric rows only ``with_trig``).
+
+Every kernel reads these tables through the names defined here: the numba kernel uses the enum
+members (compile-time constants), the CuPy array kernel indexes with them, and the CUDA source
+gets ``#define`` lines generated from them by :func:`cuda_defines`, so reordering a table here
+reorders every kernel's reads.
+
+numba's on-disk cache (``cache=True``) is keyed on the source file of the compiled function,
+not on this module: after editing a layout here, the numba kernel compiled with the old one
+would be loaded again. The kernel therefore returns :data:`LAYOUT_ID` as it was compiled, and
+the numba backend refuses results from a kernel compiled with another layout.
+"""
+
+from __future__ import annotations
+
+import zlib
+from enum import IntEnum
+
+import numpy as np
+
+from ..accumulate import N_STATS
+from ..ctf import astigmatism
+from ..geometry import euler_zyz_to_matrix
+
+
+class ParticleColumn(IntEnum):
+    """Columns of the per-particle table (float64).
+
+    MEAN_DEFOCUS_A : (dfU + dfV) / 2, Angstrom, positive = underfocus.
+    HALF_ASTIGMATISM_A : (dfU - dfV) / 2, Angstrom.
+    COS_2PHI, SIN_2PHI : cos and sin of twice the astigmatism angle.
+    PHASE_SHIFT_RAD : phase-plate shift, radians (subtracted from gamma).
+    NEG_QUARTER_B_A2 : -B / 4, Angstrom^2 (envelope exp(-B |k|^2 / 4)).
+    SCALE : CTF scale factor (dimensionless).
+    ORIGIN_X_A, ORIGIN_Y_A : particle origin, Angstrom (shift phase exp(+2 pi i k.origin)).
+    R00 ... R12 : first two rows of the particle's rotation matrix A (ZYZ Euler angles);
+        the slice samples the map at A^T (kx, ky, 0).
+    """
+
+    MEAN_DEFOCUS_A = 0
+    HALF_ASTIGMATISM_A = 1
+    COS_2PHI = 2
+    SIN_2PHI = 3
+    PHASE_SHIFT_RAD = 4
+    NEG_QUARTER_B_A2 = 5
+    SCALE = 6
+    ORIGIN_X_A = 7
+    ORIGIN_Y_A = 8
+    R00 = 9
+    R01 = 10
+    R02 = 11
+    R10 = 12
+    R11 = 13
+    R12 = 14
+
+
+N_PARTICLE_COLUMNS = len(ParticleColumn)
+
+
+class PixelRow(IntEnum):
+    """Rows of the per-pixel table (float64); see :class:`csrefine.forward.PixelTerms`.
+
+    KX_PX, KY_PX : projection frequencies, cycles per pixel (after the magnification matrix).
+    KX_PER_A, KY_PER_A : the same in 1/Angstrom (KX_PX / pixel size), for the origin shift.
+    K2 : |k'|^2, 1/Angstrom^2.
+    COS_2THETA, SIN_2THETA : cos and sin of 2 atan2(ky', kx').
+    GAMMA_STATIC : CTF phase common to all particles (Cs, even aberrations, -K3), radians.
+    ODD_PHASE : odd aberration phase (odd Zernike and beam tilt), radians.
+    COS_ODD_PHASE ... SIN_GAMMA_STATIC : cos and sin of the two phases (``with_trig`` only).
+    """
+
+    KX_PX = 0
+    KY_PX = 1
+    KX_PER_A = 2
+    KY_PER_A = 3
+    K2 = 4
+    COS_2THETA = 5
+    SIN_2THETA = 6
+    GAMMA_STATIC = 7
+    ODD_PHASE = 8
+    COS_ODD_PHASE = 9
+    SIN_ODD_PHASE = 10
+    COS_GAMMA_STATIC = 11
+    SIN_GAMMA_STATIC = 12
+
+
+#: Rows computed with trigonometry, present only in ``pixel_table(..., with_trig=True)``.
+TRIG_PIXEL_ROWS = (PixelRow.COS_ODD_PHASE, PixelRow.SIN_ODD_PHASE, PixelRow.COS_GAMMA_STATIC,
+                   PixelRow.SIN_GAMMA_STATIC)
+N_PIXEL_ROWS = len(PixelRow)
+N_BASE_PIXEL_ROWS = N_PIXEL_ROWS - len(TRIG_PIXEL_ROWS)
+if sorted(TRIG_PIXEL_ROWS) != list(range(N_BASE_PIXEL_ROWS, N_PIXEL_ROWS)):
+    raise ImportError("the trigonometric pixel rows must come last (the table without them is "
+                      "a prefix of the full one)")
+
+#: Checksum of both layouts; the numba kernel returns the value it was compiled with.
+LAYOUT_ID = zlib.crc32(repr([(c.name, int(c)) for c in ParticleColumn]
+                            + [(r.name, int(r)) for r in PixelRow] + [N_STATS]).encode())
+
+
+def particle_table(particles) -> np.ndarray:
+    """Per-particle kernel inputs.
+
+    Parameters
+    ----------
+    particles : :class:`csrefine.model.Particles` of n particles.
+
+    Returns
+    -------
+    np.ndarray
+        (n, N_PARTICLE_COLUMNS) float64, C-contiguous, columns :class:`ParticleColumn`; the
+        values are computed exactly as the numpy reference backend computes them.
+    """
+    n = len(particles)
+    table = np.empty((n, N_PARTICLE_COLUMNS), dtype=np.float64)
+    ast = astigmatism(particles.defocus_u_A, particles.defocus_v_A, particles.defocus_angle_deg)
+    rot = euler_zyz_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
+    c = ParticleColumn
+    columns = {
+        c.MEAN_DEFOCUS_A: ast.mean_A, c.HALF_ASTIGMATISM_A: ast.half_difference_A,
+        c.COS_2PHI: ast.cos_2phi, c.SIN_2PHI: ast.sin_2phi,
+        c.PHASE_SHIFT_RAD: np.deg2rad(particles.phase_shift_deg),
+        c.NEG_QUARTER_B_A2: -0.25 * particles.bfactor_A2, c.SCALE: particles.ctf_scale,
+        c.ORIGIN_X_A: particles.origin_x_A, c.ORIGIN_Y_A: particles.origin_y_A,
+        c.R00: rot[:, 0, 0], c.R01: rot[:, 0, 1], c.R02: rot[:, 0, 2],
+        c.R10: rot[:, 1, 0], c.R11: rot[:, 1, 1], c.R12: rot[:, 1, 2],
+    }
+    for column in ParticleColumn:
+        table[:, column] = columns[column]
+    return table
+
+
+def pixel_table(terms, pixel_size_A: float, with_trig: bool = True) -> np.ndarray:
+    """Per-pixel kernel inputs.
+
+    Parameters
+    ----------
+    terms : :class:`csrefine.forward.PixelTerms` on a band of m pixels.
+    pixel_size_A : pixel size in Angstrom (converts cycles per pixel to 1/Angstrom).
+    with_trig : also the rows :data:`TRIG_PIXEL_ROWS` (cos/sin of the odd and static phases).
+
+    Returns
+    -------
+    np.ndarray
+        (N_PIXEL_ROWS, m) float64 with ``with_trig``, else (N_BASE_PIXEL_ROWS, m); rows
+        :class:`PixelRow`, C-contiguous.
+    """
+    r = PixelRow
+    rows = {
+        r.KX_PX: terms.kx_px, r.KY_PX: terms.ky_px, r.KX_PER_A: terms.kx_px / pixel_size_A,
+        r.KY_PER_A: terms.ky_px / pixel_size_A, r.K2: terms.k2, r.COS_2THETA: terms.cos2,
+        r.SIN_2THETA: terms.sin2, r.GAMMA_STATIC: terms.gamma_static, r.ODD_PHASE: terms.odd_phase,
+    }
+    if with_trig:
+        rows.update({r.COS_ODD_PHASE: np.cos(terms.odd_phase),
+                     r.SIN_ODD_PHASE: np.sin(terms.odd_phase),
+                     r.COS_GAMMA_STATIC: np.cos(terms.gamma_static),
+                     r.SIN_GAMMA_STATIC: np.sin(terms.gamma_static)})
+    return np.ascontiguousarray(np.stack([rows[row] for row in sorted(rows)]).astype(np.float64))
+
+
+def cuda_defines(particle_columns=ParticleColumn, pixel_rows=PixelRow) -> str:
+    """``#define`` lines naming the tables' indices, for the CUDA kernel source.
+
+    ``CSREFINE_PT_<column>`` (index into a particle's row), ``CSREFINE_PX_<row>`` (row of the
+    pixel table), ``CSREFINE_N_PARTICLE_COLUMNS`` and ``CSREFINE_N_STATS``. The arguments exist
+    so that tests can generate the source for another layout (an IntEnum with the same names).
+    """
+    lines = [f"#define CSREFINE_PT_{c.name} {int(c)}" for c in particle_columns]
+    lines += [f"#define CSREFINE_PX_{r.name} {int(r)}" for r in pixel_rows]
+    lines += [f"#define CSREFINE_N_PARTICLE_COLUMNS {len(particle_columns)}",
+              f"#define CSREFINE_N_STATS {N_STATS}"]
+    return "\n".join(lines) + "\n"
