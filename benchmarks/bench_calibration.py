@@ -62,8 +62,8 @@ def particle_rows(n: int, rng: np.random.Generator):
 
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
-    from csrefine.relion.star_io import optics_table as table
     from csrefine.model import OpticsGroup
+    from csrefine.relion.star_io import optics_table as table
 
     return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 

@@ -43,7 +43,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
-
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
@@ -58,8 +57,8 @@ def random_rows(n: int, rng: np.random.Generator, micrographs: int):
 
 
 def optics(cs_mm: float, px: float, box: int, voltage: float):
-    from csrefine.relion.star_io import optics_table
     from csrefine.model import OpticsGroup
+    from csrefine.relion.star_io import optics_table
 
     return optics_table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
@@ -241,7 +240,7 @@ def main(argv=None) -> int:
     if not args.skip_csrefine:
         warm_up(args.device)
     for tag, star, rows, with_relion in sets:
-        for rep in range(args.repeat):
+        for _rep in range(args.repeat):
             if with_relion and not args.skip_relion:
                 r = run_relion(paths, star, args.j, tag, args.cs_nominal, args.voltage)
                 runs.append({"program": "relion_ctf_refine", "set": tag, "rows": rows, **r})

@@ -64,10 +64,10 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     import starfile
 
     from csrefine.atomic_map import density_map
-    from csrefine.relion.star_io import particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.model import OpticsGroup
+    from csrefine.relion.star_io import particle_table
     from csrefine.simulate import random_particles
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "half1.mrc",
@@ -125,9 +125,9 @@ def page_cache(d: Path) -> dict:
 def read_only(star: Path, batch: int, readers: int, pinned: bool) -> dict:
     """Stream all images of ``star`` through csrefine's reader, nothing else (run in a fresh
     process, like csrefine). ``pinned``: into the GPU backend's pinned host buffers."""
-    from csrefine.streaming import BatchStream
     from csrefine.relion.run import stack_reader
     from csrefine.relion.star_io import read_particle_star
+    from csrefine.streaming import BatchStream
 
     t0 = time.monotonic()
     s = read_particle_star(star)
@@ -188,7 +188,7 @@ def gpu_name() -> str:
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(0)
         return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    except Exception as exc:  # noqa: BLE001 - informative only
+    except Exception as exc:  # informative only
         return f"no GPU ({exc.__class__.__name__})"
 
 
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
             log(f"I/O alone {tag} ({'pinned' if pinned else 'pageable'} buffers, batch "
                 f"{batch}, {args.j} readers): {r['particles_per_s']:.0f} particles/s, "
                 f"{r['gb_per_s']:.2f} GB/s (+{r['setup_s']:.2f} s STAR/stack set-up)")
-        for rep in range(args.repeat):
+        for _rep in range(args.repeat):
             for dev in devices:
                 if dev != "cuda" and rows > args.cpu_max_rows:
                     continue

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402,F401 - puts the repository on sys.path
 
 
 def _ms(f, repeat: int) -> float:
@@ -64,9 +63,9 @@ def main(argv=None) -> int:
     for threads in (int(t) for t in args.threads.split(",")):
         nb.set_threads(threads)
         shift = _ms(lambda: nb.centre_to_origin(images), args.repeat)
-        transforms = _ms(lambda: nb.band_transforms(images, band, threads), args.repeat)
-        whole = _ms(lambda: nb.accumulate_batch(stats, cells, images, parts, ref, terms, band, px,
-                                                threads), args.repeat)
+        transforms = _ms(lambda t=threads: nb.band_transforms(images, band, t), args.repeat)
+        whole = _ms(lambda t=threads: nb.accumulate_batch(stats, cells, images, parts, ref, terms,
+                                                          band, px, t), args.repeat)
         print(f"{threads:>7} {shift:>9.1f} {transforms:>14.1f} {whole:>9.1f} "
               f"{args.batch / whole * 1e3:>12.0f}")
     return 0

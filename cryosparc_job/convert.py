@@ -230,7 +230,6 @@ def open_images(dset, groups, paths, indices, optics_group):
     """Memory-mapped particle images of ``dset`` (signs applied), in dataset order; each
     particle's box and pixel size are those of its group (``optics_group``, per particle)."""
     from csrefine.images import StackReader
-
     from csrefine.model import per_particle_geometry
 
     reader = StackReader(paths, indices, *per_particle_geometry(groups, optics_group))

@@ -35,8 +35,7 @@ from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.run import RefinementInputs, RunResult, run_refinement
 
-from .convert import (open_images, relion_params_from_cryosparc, resolve_blob_paths,
-                      updated_dataset)
+from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
 
 TITLE = "Cs refinement"
 PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]

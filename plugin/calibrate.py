@@ -73,7 +73,7 @@ the refined Cs sigma and the pixel sigma); each is significant if it exceeds ``n
 its sigma *and* a practical floor ``floor_mm`` (0.01 mm). Verdict: "pixel size", "Cs", "both" or
 "neither".
 
-Entry points for the adapters: :func:`calibrate_from_half_maps` (arrays + gemmi Structure) and
+Entry points: :func:`calibrate_pixel_size` (arrays + gemmi Structure) and
 :func:`apply_calibration` (group result dicts -> the csrefine.json keys).
 """
 
@@ -89,7 +89,7 @@ from .atomic_map import density_map
 from .errors import InputError
 from .fsc import FSC_THRESHOLD, fsc_curve, resolution_at_threshold
 
-__all__ = ["PixelCalibration", "GroupCalibration", "calibrate_from_half_maps", "calibrate_pixel_size",
+__all__ = ["PixelCalibration", "GroupCalibration", "calibrate_pixel_size",
            "model_mask", "reexpress_cs_defocus", "group_verdict", "apply_calibration",
            "calibration_json", "atom_positions_A"]
 

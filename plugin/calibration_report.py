@@ -68,7 +68,8 @@ def _scan_figure(cal):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(cal.scan_pixel_size_A, cal.scan_score, ".-")
-    ax.axvline(cal.pixel_size_nominal_A, color="grey", ls=":", label=f"nominal {cal.pixel_size_nominal_A:.4f} A")
+    ax.axvline(cal.pixel_size_nominal_A, color="grey", ls=":",
+               label=f"nominal {cal.pixel_size_nominal_A:.4f} A")
     ax.axvline(cal.pixel_size_calibrated_A, color="C3",
                label=f"calibrated {cal.pixel_size_calibrated_A:.4f} +- {cal.pixel_size_sigma_A:.4f} A")
     ax.set_xlabel("pixel size (A)")

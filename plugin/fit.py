@@ -8,14 +8,15 @@ sigma_s^2 per Fourier shell s, profiled over alpha_s, is
     Ql_s = sum_{p in s} f_p (c_p D_p + s_p E_p)
     Qq_s = sum_{p in s} f_p (c_p^2 A_p + 2 c_p s_p B_p + s_p^2 C_p),   c_p, s_p = cos, sin delta(k_p)
 
-(f_p the Friedel weight). alpha_s is signed on purpose: half maps reconstructed with the nominal Cs
-are attenuated by cos(delta) (averaged over defoci), which changes sign beyond delta = pi/2 for a
-large Cs error; a signed per-shell amplitude absorbs that, and the smooth delta(k) still fixes
-delta (delta and delta + pi cannot both fit across shells). sigma_s^2 comes from the same data: the residual of the unconstrained
-per-pixel least-squares fit of (c, s). Because delta depends on |k'| only, pixels are pooled into
-fine radial bins (``bins_per_shell`` per Fourier shell) before the search, which makes every
-evaluation cheap. A grid search over (ddf, dcs), with steps small enough that the phase at k_max
-moves by at most pi/6 per step, precedes a local refinement, so phase wrapping cannot trap the fit.
+(f_p the Friedel weight). alpha_s is signed on purpose: half maps reconstructed with the nominal
+Cs are attenuated by cos(delta) (averaged over defoci), which changes sign beyond delta = pi/2 for
+a large Cs error; a signed per-shell amplitude absorbs that, and the smooth delta(k) still fixes
+delta (delta and delta + pi cannot both fit across shells). sigma_s^2 comes from the same data:
+the residual of the unconstrained per-pixel least-squares fit of (c, s). Because delta depends on
+|k'| only, pixels are pooled into fine radial bins (``bins_per_shell`` per Fourier shell) before
+the search, which makes every evaluation cheap. A grid search over (ddf, dcs), with steps small
+enough that the phase at k_max moves by at most pi/6 per step, precedes a local refinement, so
+phase wrapping cannot trap the fit.
 """
 
 from __future__ import annotations

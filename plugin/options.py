@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 
 from .errors import InputError
 from .fsc import FSC_THRESHOLD
+
 REFERENCE_HALF_CHOICES = ("opposite", "own")
 
 

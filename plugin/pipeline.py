@@ -16,8 +16,7 @@ import numpy as np
 
 from .backends import get_backend, resolve_backend
 from .errors import AbortRequested, InputError
-from .fit import (FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma,
-                  log_likelihood, pool)
+from .fit import FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma, log_likelihood, pool
 from .forward import pixel_terms
 from .fourier import make_band
 from .fsc import default_mask, fsc_curve, resolution_at_threshold
@@ -26,7 +25,6 @@ from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
 from .projection import for_particles, make_padded_reference
 from .streaming import BatchStream
-
 
 #: Points of the log-likelihood profile along Cs drawn in the report (over +-cs_search_mm).
 PROFILE_CS_POINTS = 121

@@ -14,14 +14,14 @@ def _import_all(names, backend):
         try:
             from .pipeline import load_backend
             load_backend(backend)
-        except Exception:  # noqa: BLE001 - the run reports backend errors itself
+        except Exception:  # the run reports backend errors itself
             pass
     import matplotlib
     matplotlib.use("Agg", force=False)
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a failed preload only means the import happens later
+        except Exception:  # a failed preload only means the import happens later
             pass
 
 
@@ -33,7 +33,7 @@ def start_preload(device: str | None = None, names=LATE_MODULES) -> threading.Th
         from .backends import resolve_backend
         try:
             backend = resolve_backend(device)
-        except Exception:  # noqa: BLE001 - invalid devices are reported by the run itself
+        except Exception:  # invalid devices are reported by the run itself
             backend = None
     thread = threading.Thread(target=_import_all, args=(names, backend), name="csrefine-preload",
                               daemon=True)

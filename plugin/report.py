@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -54,7 +53,9 @@ def write_json(path, content: dict) -> None:
 
 
 def _fmt(value, spec, none="-"):
-    return none if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return none
+    return format(value, spec)
 
 
 def summary_table(refinement: Refinement) -> str:

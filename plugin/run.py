@@ -176,9 +176,10 @@ def _write_report_pdf(path: Path, result: RunResult) -> None:
 
 
 class OutputDirectory:
-    """A :class:`ResultWriter` for a directory (created when the inputs are valid): the particle file, csrefine.json, logfile.pdf
-    and any ``extra_files``, staged in a hidden directory inside ``out_dir`` and moved into
-    place only when all are written (nothing is left behind on error or abort).
+    """A :class:`ResultWriter` for a directory (created once the inputs are valid): the
+    particle file, csrefine.json, logfile.pdf and any ``extra_files``, staged in a hidden
+    directory inside ``out_dir`` and moved into place only when all are written (nothing is left
+    behind on error or abort).
 
     particles_name / write_particles : the adapter's particle file and the function writing it
     (``write_particles(path, result)``); extra_files : more {name: function} (e.g. RELION's

@@ -27,8 +27,7 @@ from csrefine.errors import AbortRequested, InputError
 from csrefine.io_atomic import atomic_write_bytes
 from csrefine.options import add_option_arguments, options_from_namespace
 
-from .nodes import (ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, OUTPUT_NODES,
-                    output_nodes_text, touch)
+from .nodes import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, OUTPUT_NODES, output_nodes_text, touch
 from .refs import resolve_half_maps
 
 OUTPUT_STAR = "particles_csrefine.star"

@@ -85,8 +85,8 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
     them (defocus * (p_nom/p_true)^2, origins * p_nom/p_true); the stack header states the nominal
     pixel size. Half maps come from ``relion_reconstruct --ctf --subset 1|2`` of the user's STAR.
     """
-    import numpy as np
     import mrcfile
+    import numpy as np
     import starfile
 
     from csrefine.atomic_map import density_map

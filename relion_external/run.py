@@ -16,8 +16,7 @@ from csrefine.images import StackReader, read_half_maps
 from csrefine.model import per_particle_geometry
 from csrefine.options import RefineOptions
 from csrefine.pipeline import Refinement
-from csrefine.run import (FileWriter, OutputDirectory, RefinementInputs, RunResult,
-                          run_refinement)
+from csrefine.run import FileWriter, OutputDirectory, RefinementInputs, RunResult, run_refinement
 from csrefine.zernike import rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star

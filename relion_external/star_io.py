@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from csrefine.io_atomic import atomic_output
 from csrefine.errors import InputError
+from csrefine.io_atomic import atomic_output
 from csrefine.model import OpticsGroup, Particles
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
@@ -113,12 +113,14 @@ def _optics_groups(optics: pd.DataFrame, where: str) -> dict[int, OpticsGroup]:
     mags = [numeric_column(optics, c, where) for c in MAG_COLUMNS] if has_mag else None
     groups = {}
     for row, gid in enumerate(ids):
-        def vec(column):
+        def vec(column, row=row, gid=gid):
             if column not in optics.columns:
                 return np.zeros(0)
             return parse_vector(optics[column].iloc[row], f"{where}: _{column} of optics group {gid}")
-        name = str(optics["rlnOpticsGroupName"].iloc[row]) if "rlnOpticsGroupName" in optics else f"opticsGroup{gid}"
-        mag = np.array([[mags[0][row], mags[1][row]], [mags[2][row], mags[3][row]]]) if has_mag else np.eye(2)
+        name = (str(optics["rlnOpticsGroupName"].iloc[row]) if "rlnOpticsGroupName" in optics
+                else f"opticsGroup{gid}")
+        mag = (np.array([[mags[0][row], mags[1][row]], [mags[2][row], mags[3][row]]]) if has_mag
+               else np.eye(2))
         groups[int(gid)] = OpticsGroup(
             optics_group=int(gid), name=name, voltage_kv=num["rlnVoltage"][row],
             cs_mm=num["rlnSphericalAberration"][row],

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from csrefine.backends import get_backend, numpy_backend, resolve_backend
+from csrefine.atomic_map import PACKAGED_MODEL
+from csrefine.backends import get_backend, numba_backend, numpy_backend, resolve_backend
 from csrefine.errors import InputError
 from csrefine.forward import pixel_terms
 from csrefine.fourier import make_band
@@ -69,7 +70,6 @@ def _assert_close(stats, reference, rtol=1e-9):
 
 @pytest.mark.parametrize("mag,bfactor", [(True, 40.0), (False, 0.0)])
 def test_numba_matches_numpy(mag, bfactor):
-    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     problem = _problem(1, mag=mag, bfactor=bfactor)
     ref = _accumulate(numpy_backend, problem)
     got = _accumulate(numba_backend, problem)
@@ -92,7 +92,6 @@ def test_numba_halves_match_per_half_reference():
 
 
 def test_numba_accumulates_in_place_over_batches():
-    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, refs, parts, images, cells, n_cells = _problem(2, n=30)
     ref = np.zeros((n_cells, 6, band.size))
     got = np.zeros_like(ref)
@@ -105,7 +104,6 @@ def test_numba_accumulates_in_place_over_batches():
 
 
 def test_numba_linear_frequency_map_and_fallback():
-    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, *_ = _problem(3)
     lin = numba_backend.linear_frequency_map(terms, band)
     assert np.allclose(lin, group.mag_matrix, atol=1e-12)
@@ -119,7 +117,6 @@ def test_numba_linear_frequency_map_and_fallback():
 
 
 def test_numba_reports_sampling_beyond_reference():
-    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     group, band, terms, refs, parts, images, cells, n_cells = _problem(4)
     small = make_padded_reference(np.zeros((BOX,) * 3, np.float32), 0.1)
     stats = np.zeros((n_cells, 6, band.size))
@@ -248,8 +245,6 @@ def _check_backend_interface(module, name):
 
 @pytest.mark.parametrize("name", ["numpy", "numba"])
 def test_cpu_backends_implement_the_protocol(name):
-    if name == "numba":
-        pytest.importorskip("numba")
     module = get_backend(name)
     _check_backend_interface(module, name)
     assert module.default_batch_size(256) == 256
@@ -284,7 +279,6 @@ def test_numpy_halves_equal_per_half_batches():
 def test_numba_refuses_a_kernel_compiled_for_another_layout(monkeypatch):
     """numba's cache is keyed on numba_backend.py, not _tables.py: a kernel compiled with an
     older table layout must not be used silently."""
-    numba_backend = pytest.importorskip("csrefine.backends.numba_backend")
     _, band, terms, refs, parts, images, cells, n_cells = _problem(4)
     stats = np.zeros((n_cells, 6, band.size))
     numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
@@ -345,7 +339,6 @@ def test_get_backend_cupy_without_cupy(monkeypatch):
 
 
 def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
-    pytest.importorskip("numba")
     from csrefine.options import RefineOptions
     from csrefine.pipeline import refine
     from csrefine.simulate import ArrayImages, simulate_images
@@ -375,11 +368,9 @@ def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
 def small_map_48():
     import gemmi
 
-        from csrefine.atomic_map import density_map
-    if not MODEL.is_file():
-        pytest.skip(f"atomic model {MODEL} not found")
+    from csrefine.atomic_map import density_map
     px = 1.6
-    return density_map(gemmi.read_structure(str(MODEL)), 48, px, b_factor_A2=10.0), px
+    return density_map(gemmi.read_structure(str(PACKAGED_MODEL)), 48, px, b_factor_A2=10.0), px
 
 
 _CPU_STUB = r"""
@@ -469,9 +460,9 @@ def test_cuda_kernel_source_compiled_for_the_cpu(cupy_on_numpy, tmp_path, layout
 # Real GPU (CuPy + CUDA device): skipped without one
 # --------------------------------------------------------------------------------------------
 
-gpu = pytest.mark.skipif(not cuda_available(),
-                         reason="no CuPy with a CUDA GPU here: the GPU backend's real kernels are "
-                                "tested only on a machine with one")
+# the real kernels run only on a machine with CuPy and a CUDA GPU (tests/conftest.py skips
+# them, with the reason, elsewhere)
+gpu = pytest.mark.gpu
 
 
 @gpu
@@ -503,7 +494,6 @@ def test_gpu_halves_from_pinned_buffer_match_numpy():
 
 @gpu
 def test_refine_cuda_and_numba_give_the_same_cs(small_map_48):
-    pytest.importorskip("numba")
     from csrefine.options import RefineOptions
     from csrefine.pipeline import refine
     from csrefine.simulate import ArrayImages, simulate_images

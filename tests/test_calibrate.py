@@ -5,30 +5,35 @@ noise per half map; the model is docked at the nominal pixel size (its centroid 
 """
 
 
+import gemmi
 import numpy as np
 import pytest
 
-gemmi = pytest.importorskip("gemmi")
-
-from csrefine.atomic_map import density_map  # noqa: E402
-from csrefine.calibrate import (centroid_A, apply_calibration, calibrate_pixel_size,  # noqa: E402
-                              group_verdict, model_mask, reexpress_cs_defocus)
-from csrefine.errors import InputError  # noqa: E402
-
-from csrefine.atomic_map import PACKAGED_MODEL as MODEL  # noqa: E402  (shipped with the package)
+from csrefine.atomic_map import PACKAGED_MODEL, density_map
+from csrefine.calibrate import (
+    apply_calibration,
+    calibrate_pixel_size,
+    centroid_A,
+    group_verdict,
+    model_mask,
+    reexpress_cs_defocus,
+)
+from csrefine.errors import InputError
 
 BOX, PX = 72, 2.0
 
 
 @pytest.fixture(scope="module")
 def structure():
-    st = gemmi.read_structure(str(MODEL))
+    st = gemmi.read_structure(str(PACKAGED_MODEL))
     st.remove_hydrogens()
     return st
 
 
-def transformed(st, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), chains=None):
-    """Copy of ``st`` rotated about its centroid, then shifted (A); optionally only ``chains``."""
+def transformed(st, rotation=None, shift=(0.0, 0.0, 0.0), chains=None):
+    """Copy of ``st`` rotated about its centroid (``rotation``: 3x3, default none), then shifted
+    (A); optionally only ``chains``."""
+    rotation = np.eye(3) if rotation is None else rotation
     c = centroid_A(st)
     out = st.clone()
     for model in out:

@@ -11,9 +11,15 @@ from cryosparc.dataset import Dataset
 from scipy.spatial.transform import Rotation
 
 from csrefine.atomic_map import PACKAGED_MODEL
-from csrefine.cryosparc.convert import (PARTICLE_FIELDS_CS, cryosparc_dataset_from_relion,
-                                   euler_deg_to_pose, pose_to_euler_deg, pose_to_relion_matrix,
-                                   relion_params_from_cryosparc, updated_dataset)
+from csrefine.cryosparc.convert import (
+    PARTICLE_FIELDS_CS,
+    cryosparc_dataset_from_relion,
+    euler_deg_to_pose,
+    pose_to_euler_deg,
+    pose_to_relion_matrix,
+    relion_params_from_cryosparc,
+    updated_dataset,
+)
 from csrefine.errors import InputError
 from csrefine.forward import band_to_images, pixel_terms, predict_band, shifted_projections
 from csrefine.fourier import make_band
@@ -146,10 +152,10 @@ def test_projection_geometry_from_cryosparc_fields():
 def test_prediction_same_via_cryosparc_fields(small_map, tmp_path):
     """predict_band on particles converted RELION -> .cs -> RELION equals the RELION-path one
     (float32 storage of the .cs fields is the only difference)."""
-    from csrefine.relion.star_io import read_particle_star
-    from csrefine.relion.star_io import optics_table, particle_table
-    from csrefine.simulate import random_particles
     import starfile
+
+    from csrefine.relion.star_io import optics_table, particle_table, read_particle_star
+    from csrefine.simulate import random_particles
 
     box, px = 64, 1.6
     rng = np.random.default_rng(5)
@@ -293,8 +299,8 @@ def test_updated_dataset_writes_cs_and_defocus_per_group():
 def test_cross_path_same_cs_simulated(tmp_path, negate, cross_paths):
     """A simulated RELION data set (2 optics groups, true Cs 3.0 / 2.7 mm, nominal 2.7) refines to
     the same Cs per group through the cryoSPARC path as through the RELION path (< 0.001 mm)."""
-        from csrefine.relion.example import make_example
     from csrefine.options import RefineOptions
+    from csrefine.relion.example import make_example
 
     info = make_example(tmp_path, n_per_group=(400, 400), model_path=PACKAGED_MODEL, seed=3)
     options = RefineOptions(device="numpy", min_particles=50)
@@ -311,12 +317,12 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map, relion, cross_pa
     given to csrefine): both paths give the same Cs per group."""
     import starfile
 
-    from csrefine.relion.star_io import optics_table, particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.options import RefineOptions
-    from csrefine.simulate import random_particles
     from csrefine.relion.relion_tools import project
+    from csrefine.relion.star_io import optics_table, particle_table
+    from csrefine.simulate import random_particles
 
     box, px = 64, 1.6
     rng = np.random.default_rng(11)

@@ -19,8 +19,7 @@ from cryosparc.api import APIClient
 from cryosparc.dataset import Dataset
 from cryosparc.models.auth import Token
 from cryosparc.models.job import Job
-from cryosparc.models.job_spec import (JobSpec, Output, OutputResult, Outputs, Params,
-                                       ResourceSpec)
+from cryosparc.models.job_spec import JobSpec, Output, OutputResult, Outputs, Params, ResourceSpec
 from cryosparc.models.project import Project
 from cryosparc.models.user import Email, User
 from cryosparc.tools import CryoSPARC

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from csrefine.ctf import (amplitude_contrast_phase, astigmatic_defocus_A, cs_phase_factor, ctf_gamma,
-                        ctf_value, electron_wavelength_A)
+from csrefine.ctf import (
+    amplitude_contrast_phase,
+    astigmatic_defocus_A,
+    cs_phase_factor,
+    ctf_gamma,
+    ctf_value,
+    electron_wavelength_A,
+)
 
 
 @pytest.mark.parametrize("kv, expected", [(300, 0.019687), (200, 0.025079), (100, 0.037014)])

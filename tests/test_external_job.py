@@ -1,7 +1,6 @@
 """The RELION External-job protocol, run as RELION runs it (working directory = project)."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -156,7 +155,8 @@ def test_unknown_parameter_is_refused(example_project, capsys):
 
 def test_abort_stops_and_leaves_no_outputs(example_project):
     """RELION's abort: RELION_JOB_ABORT_NOW appears while running."""
-    cmd = [sys.executable, "-m", "csrefine.relion.external_job", *_args(example_project, "--batch_size", "16")]
+    cmd = [sys.executable, "-m", "csrefine.relion.external_job",
+           *_args(example_project, "--batch_size", "16")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = Path(JOB)
     deadline = time.monotonic() + 60
@@ -189,4 +189,5 @@ def test_group_without_signal_keeps_nominal_cs_and_others_proceed(example_projec
     assert not g2["refined"] and "too uncertain" in g2["reason"]
     assert g2["cs_refined_mm"] == 2.7 and g2["defocus_offset_A"] == 0.0
     star = starfile.read(Path(JOB, "particles_csrefine.star"), always_dict=True)
-    assert star["optics"]["rlnSphericalAberration"].tolist() == [pytest.approx(g1["cs_refined_mm"], abs=1e-6), 2.7]
+    assert star["optics"]["rlnSphericalAberration"].tolist() == [
+        pytest.approx(g1["cs_refined_mm"], abs=1e-6), 2.7]

@@ -5,8 +5,13 @@ import pytest
 
 from csrefine.ctf import electron_wavelength_A
 from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
-from csrefine.zernike import (even_zernike_phase, insert_beam_tilt, odd_zernike_phase,
-                            rescale_beam_tilt, zernike_nm)
+from csrefine.zernike import (
+    even_zernike_phase,
+    insert_beam_tilt,
+    odd_zernike_phase,
+    rescale_beam_tilt,
+    zernike_nm,
+)
 
 
 def test_euler_matrix_is_a_rotation_and_round_trips():

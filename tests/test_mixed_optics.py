@@ -15,12 +15,12 @@ import starfile
 
 from csrefine.atomic_map import density_map
 from csrefine.errors import InputError
-from csrefine.relion.star_io import optics_table, particle_table
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
-from csrefine.simulate import random_particles, simulate_images
 from csrefine.relion.run import run
+from csrefine.relion.star_io import optics_table, particle_table
+from csrefine.simulate import random_particles, simulate_images
 
 N = 1200
 GEOMETRY = {1: (64, 1.6), 2: (80, 1.3)}  # box, pixel size (A): 102 A and 104 A boxes

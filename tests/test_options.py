@@ -7,10 +7,10 @@ import argparse
 import pytest
 
 from csrefine.cli import build_parser as cli_parser
-from csrefine.cli import load_adapters, main as cli_main
+from csrefine.cli import load_adapters
+from csrefine.cli import main as cli_main
 from csrefine.errors import InputError
-from csrefine.options import (USER_OPTIONS, RefineOptions, add_option_arguments,
-                              options_from_namespace)
+from csrefine.options import USER_OPTIONS, RefineOptions, add_option_arguments, options_from_namespace
 from csrefine.relion.external_job import build_parser as relion_parser
 from csrefine.relion.external_job import main as relion_main
 

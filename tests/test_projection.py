@@ -1,12 +1,10 @@
 """Central-slice projector: agreement with real-space projection along z."""
-import pytest
-
 import numpy as np
+import pytest
 import scipy.fft
 
 from csrefine.fourier import make_band
-from csrefine.projection import (central_slice_coordinates, make_padded_reference,
-                               sample_trilinear)
+from csrefine.projection import central_slice_coordinates, make_padded_reference, sample_trilinear
 
 
 def _blob_map(box, rng):

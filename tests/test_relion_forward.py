@@ -77,12 +77,12 @@ def test_prediction_matches_relion_project(tmp_path, small_map, with_mag, relion
 def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, small_map, relion):
     """Odd aberrations (which relion_project ignores): images made by csrefine's forward model
     with a known beam tilt are fitted by relion_ctf_refine --fit_beamtilt to that tilt."""
-    from csrefine.relion.star_io import optics_table, particle_table
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_stack
     from csrefine.model import OpticsGroup
-    from csrefine.simulate import random_particles, simulate_images
     from csrefine.relion.relion_tools import postprocess, run_relion
+    from csrefine.relion.star_io import optics_table, particle_table
+    from csrefine.simulate import random_particles, simulate_images
 
     rng = np.random.default_rng(11)
     px, box, tilt = 1.6, 64, (0.8, -0.5)

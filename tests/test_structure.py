@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import csrefine
-
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_MODULES = ("csrefine.relion", "csrefine.cryosparc", "relion_external", "cryosparc_job")
 
