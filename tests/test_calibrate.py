@@ -67,6 +67,7 @@ def maps_right(structure):
     return half_maps(structure, PX, seed=1)
 
 
+@pytest.mark.slow
 def test_pixel_size_2pct_larger_is_calibrated(structure, docked):
     p_true = 1.02 * PX
     h1, h2 = half_maps(structure, p_true, seed=2)
@@ -83,6 +84,7 @@ def test_pixel_size_2pct_larger_is_calibrated(structure, docked):
     assert np.all(np.abs(cal.shift_A) < 1.0)
 
 
+@pytest.mark.slow
 def test_correct_pixel_size_is_confirmed(docked, maps_right):
     h1, h2 = maps_right
     cal = calibrate_pixel_size(h1, h2, PX, docked)
@@ -90,6 +92,7 @@ def test_correct_pixel_size_is_confirmed(docked, maps_right):
     assert abs(cal.relative_error) < 0.002
 
 
+@pytest.mark.slow
 def test_docked_with_small_offset_and_given_mask(docked, maps_right):
     """A model docked 1.5 A off still calibrates (the translation is refined), with a user mask."""
     h1, h2 = maps_right
@@ -100,6 +103,7 @@ def test_docked_with_small_offset_and_given_mask(docked, maps_right):
     assert np.allclose(cal.shift_A, [-1.5, 1.0, -0.5], atol=0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["rotated 90 deg", "TCR chains moved"])
 def test_model_not_matching_is_refused(docked, maps_right, what):
     h1, h2 = maps_right

@@ -25,6 +25,7 @@ def _cli(info, model, out="out"):
                      "--kmax-A", "3.4", "--device", "numpy", "--model", str(model)])
 
 
+@pytest.mark.slow
 def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project):
     assert _cli(project, project["model"]) == 0
     report = json.loads(Path("out/csrefine.json").read_text())
@@ -37,6 +38,7 @@ def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project):
     print(g1["verdict"], "|", g2["verdict"])
 
 
+@pytest.mark.slow
 def test_undocked_model_gets_no_calibration_but_the_refinement_stands(project, tmp_path, capsys):
     st = gemmi.read_structure(str(project["model"]))
     st.setup_entities()

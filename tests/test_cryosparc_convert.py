@@ -295,6 +295,7 @@ def test_updated_dataset_writes_cs_and_defocus_per_group():
 
 
 # ----------------------------------------------------------------------------- cross-path
+@pytest.mark.slow
 @pytest.mark.parametrize("negate", [False, True], ids=["sign+1", "sign-1"])
 def test_cross_path_same_cs_simulated(tmp_path, negate, cross_paths):
     """A simulated RELION data set (2 optics groups, true Cs 3.0 / 2.7 mm, nominal 2.7) refines to

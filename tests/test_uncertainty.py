@@ -10,6 +10,7 @@ from csrefine.pipeline import refine
 from csrefine.simulate import ArrayImages, random_particles, simulate_images
 
 REPLICATES = 40
+pytestmark = pytest.mark.slow  # 40 replicate refinements
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ floating-point accuracy (tests/test_backends.py).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -54,6 +56,21 @@ class Backend(Protocol):
 
     def warm_up(self) -> None:
         """Compile or load kernels and initialise devices before the first batch."""
+
+
+def kernel_cache_dir() -> Path:
+    """Where compiled CPU kernels are cached: ``$CSREFINE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/csrefine`` (``~/.cache/csrefine``), subfolder ``numba``.
+
+    Never inside the installed package: a cache there is not in the wheel's RECORD, survives
+    ``pip uninstall`` and turns the package folder into a namespace package that shadows a later
+    editable install. ``NUMBA_CACHE_DIR``, when set, still takes precedence (numba's own rule).
+    """
+    base = os.environ.get("CSREFINE_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = os.path.join(xdg, "csrefine")
+    return Path(base) / "numba"
 
 
 def empty_host_buffer(shape: tuple) -> np.ndarray:

@@ -34,6 +34,7 @@ so that the misses overlap, before the interpolation proper.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -45,7 +46,13 @@ from numba import njit, prange
 from ..accumulate import N_STATS
 from ..ctf import astigmatism
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+from . import kernel_cache_dir
 from ._tables import LAYOUT_ID, ParticleColumn, PixelRow, particle_table, pixel_table
+
+# numba reads its cache directory when a cached function is decorated (below): point it at the
+# user's cache, never the installed package, unless the user chose one with NUMBA_CACHE_DIR.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    numba.config.CACHE_DIR = str(kernel_cache_dir())
 
 name = "numba"
 
