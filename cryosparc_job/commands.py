@@ -14,3 +14,8 @@ def refine_files(args, options, progress):
     return run(args.particles, args.half_maps[0], args.half_maps[1], args.out, mask=args.mask,
                model=args.model, project_dir=args.project_dir or ".", options=options,
                progress=progress)
+
+
+def add_commands(subparsers) -> dict:
+    """No subcommands of its own (the cryoSPARC job is ``csrefine-cryosparc``)."""
+    return {}

@@ -8,7 +8,7 @@ them. An adapter module provides:
 
 * ``PARTICLE_SUFFIXES`` — the particle-file suffixes it reads (e.g. ``(".star",)``);
 * ``refine_files(args, options, progress) -> Refinement`` — ``csrefine refine`` for those files;
-* optionally ``add_commands(subparsers) -> {name: function(args) -> int}`` — more subcommands.
+* ``add_commands(subparsers) -> {name: function(args) -> int}`` — its own subcommands, if any.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Callable, Protocol
 
 from . import __version__
 from .errors import AbortRequested, InputError
@@ -25,7 +26,17 @@ from .options import add_option_arguments, options_from_namespace
 ADAPTER_GROUP = "csrefine.adapters"
 
 
-def load_adapters() -> dict:
+class Adapter(Protocol):
+    """What an entry point of the ``csrefine.adapters`` group provides (a module)."""
+
+    PARTICLE_SUFFIXES: tuple[str, ...]
+
+    def refine_files(self, args: argparse.Namespace, options, progress) -> object: ...
+
+    def add_commands(self, subparsers) -> dict[str, Callable[[argparse.Namespace], int]]: ...
+
+
+def load_adapters() -> dict[str, Adapter]:
     """Installed adapter modules by entry-point name (e.g. ``relion``, ``cryosparc``)."""
     return {ep.name: ep.load() for ep in entry_points(group=ADAPTER_GROUP)}
 
@@ -55,8 +66,7 @@ def build_parser(adapters: dict) -> tuple[argparse.ArgumentParser, dict]:
     add_option_arguments(p, style="cli")
     commands = {}
     for adapter in adapters.values():
-        if hasattr(adapter, "add_commands"):
-            commands.update(adapter.add_commands(sub))
+        commands.update(adapter.add_commands(sub))
     return parser, commands
 
 

@@ -12,6 +12,7 @@ import mrcfile
 import numpy as np
 
 from .errors import InputError
+from .model import PIXEL_TOLERANCE
 
 
 class StackReader:
@@ -91,7 +92,7 @@ class StackReader:
             raise InputError(f"{name}: images are {data.shape[2]}x{data.shape[1]} pixels, "
                              f"the optics table says {box}")
         header_px = float(mrc.voxel_size.x)
-        if pixel_size_A and header_px > 0 and abs(header_px / pixel_size_A - 1) > 0.005:
+        if pixel_size_A and header_px > 0 and abs(header_px / pixel_size_A - 1) > PIXEL_TOLERANCE:
             raise InputError(f"{name}: pixel size in the header is {header_px:.4f} A, "
                              f"the optics table says {pixel_size_A:.4f} A")
         return data

@@ -138,16 +138,19 @@ def add_option_arguments(parser: argparse.ArgumentParser, style: str = "cli") ->
     """Add every :data:`USER_OPTIONS` entry to ``parser``.
 
     style "cli": ``--resolution-high-A`` (dashes); style "relion": ``--resolution_high_A``
-    (RELION's parameter labels); aliases follow the name. Defaults are those of
+    (RELION's parameter labels; a label without a value, which RELION passes for an empty
+    value field, leaves the default); aliases follow the name. Defaults are those of
     :class:`RefineOptions`, shown in the help; an option not given is left at its default.
     """
     for opt in USER_OPTIONS:
         default = _DEFAULTS[opt.field]
         shown = "from the data" if default is None else default
         names = [_flag(opt.name, style)] + [_flag(a, style) for a in opt.aliases]
+        # RELION passes a parameter whose value field is empty as a bare flag: the default then.
+        bare = {"nargs": "?", "const": None} if style == "relion" else {}
         parser.add_argument(*names, dest=opt.field, type=opt.kind, choices=opt.choices,
                             default=None, metavar=None if opt.choices else _METAVARS[opt.kind],
-                            help=f"{opt.help} (default: {shown})")
+                            help=f"{opt.help} (default: {shown})", **bare)
 
 
 _METAVARS = {float: "X", int: "N", str: "NAME"}

@@ -79,6 +79,7 @@ class Refinement:
     backend: str
     timings_s: dict
     map_pixel_size_A: float | None = None  # the half maps' pixel size the groups were scaled to
+    warnings: list = field(default_factory=list)  # each also printed through progress
 
     def group(self, optics_group: int) -> GroupResult:
         return next(g for g in self.groups if g.optics_group == optics_group)

@@ -56,7 +56,9 @@ class RefinementInputs:
     sources : what was read, for csrefine.json's ``inputs`` (file names, as given);
     source : the adapter's own parsed input (a ParticleStar, a cryoSPARC Dataset), which its
     writer uses to write the updated particles; input_paths : files the outputs must never
-    replace.
+    replace; warnings : what the adapter found worth telling while reading (printed, and listed
+    in csrefine.json's ``warnings``); report_extra : adapter facts for csrefine.json (top-level
+    keys, e.g. the conventions a conversion used).
     """
 
     groups: dict[int, OpticsGroup]
@@ -69,6 +71,8 @@ class RefinementInputs:
     sources: dict = field(default_factory=dict)
     source: object | None = None
     input_paths: tuple = ()
+    warnings: list = field(default_factory=list)
+    report_extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +94,11 @@ class ResultWriter(Protocol):
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
         """Write every output, or nothing: raise (AbortRequested on abort) before anything is
         in place."""
+
+
+def _warn(progress: ProgressFn | None, text: str) -> None:
+    if progress is not None:
+        progress(f"WARNING: {text}")
 
 
 def _never() -> bool:
@@ -118,10 +127,14 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
     if callable(inputs):
         inputs = inputs()
     writer.prepare(inputs)
+    for text in inputs.warnings:
+        _warn(progress, text)
     refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
                         inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
     _check_abort(should_abort)
-    report = report_dict(refinement, inputs.sources)
+    report = report_dict(refinement, inputs.sources,
+                         {**inputs.report_extra,
+                          "warnings": list(inputs.warnings) + list(refinement.warnings)})
     calibration = None
     if inputs.structure is not None:
         t_cal = time.monotonic()

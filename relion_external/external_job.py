@@ -59,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in RELION_INPUTS[3:]:
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
     p.add_argument("--pipeline_control", metavar="DIR", help="set by RELION's pipeliner")
-    p.add_argument("--half1", metavar="MRC", help="explicit unfiltered half map 1")
-    p.add_argument("--half2", metavar="MRC", help="explicit unfiltered half map 2")
-    p.add_argument("--postprocess", metavar="STAR", help="PostProcess STAR naming both half maps "
-                                                         "and the mask")
-    p.add_argument("--model", metavar="CIF|PDB",
+    # csrefine's own parameters; RELION passes an empty value field as a bare flag (= not given)
+    p.add_argument("--half1", metavar="MRC", nargs="?", help="explicit unfiltered half map 1")
+    p.add_argument("--half2", metavar="MRC", nargs="?", help="explicit unfiltered half map 2")
+    p.add_argument("--postprocess", metavar="STAR", nargs="?",
+                   help="PostProcess STAR naming both half maps and the mask")
+    p.add_argument("--model", metavar="CIF|PDB", nargs="?",
                    help="atomic model docked in the map: calibrate the pixel size against it")
     add_option_arguments(p, style="relion")
     return p

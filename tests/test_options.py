@@ -78,6 +78,13 @@ def test_records_are_validated_where_they_are_built_in_code():
         RefineOptions(seed=1.5).validate()
 
 
+def test_relion_bare_label_means_the_default():
+    """RELION passes a parameter with an empty value field as a bare --LABEL."""
+    args = relion_parser().parse_args(REQUIRED_RELION + ["--resolution_high_A", "--model", "--j", "2"])
+    assert options_from_namespace(args) == RefineOptions(threads=2)
+    assert args.model is None
+
+
 def test_cli_style_and_relion_style_flags():
     p = argparse.ArgumentParser()
     add_option_arguments(p, style="relion")
