@@ -15,16 +15,27 @@ from typing import Callable
 import numpy as np
 
 from .backends import get_backend, resolve_backend
+from .ctf import cs_phase_factor, electron_wavelength_A
 from .errors import AbortRequested, InputError
 from .fit import FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma, log_likelihood, pool
 from .forward import pixel_terms
 from .fourier import make_band
 from .fsc import default_mask, fsc_curve, resolution_at_threshold
+from .halfsets import (
+    INDEPENDENT,
+    OTHER_SPLIT,
+    SWAPPED,
+    HalfMapCheck,
+    decide,
+    own_noise_statistics,
+    sample_positions,
+)
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
 from .projection import for_particles, make_padded_reference
 from .streaming import BatchStream
+from .zernike import isotropic_k4_rad
 
 #: Points of the log-likelihood profile along Cs drawn in the report (over +-cs_search_mm).
 PROFILE_CS_POINTS = 121
@@ -43,9 +54,17 @@ REFERENCE_MARGIN = 1.01
 class GroupResult:
     """Refinement of one optics group; the JSON report holds these fields (but ``curves``).
 
-    cs_refined_mm is the nominal Cs where the group was not refined; cs_sigma_mm is the
-    jackknife standard error, cs_sigma_curvature_mm the one from the likelihood's curvature;
-    band_A is the group's fitted band (its high end capped at the group's Nyquist).
+    cs_nominal_mm : the optics table's Cs (rlnSphericalAberration / ctf/cs_mm);
+    cs_zernike_mm : the Cs equivalent of the isotropic k^4 part the input's even aberrations
+        already held (RELION's Z4^0 after CtfRefine's 4th-order fit; 0 if none);
+    cs_refined_mm : the total refined k^4 coefficient, i.e. the microscope's apparent Cs
+        (cs_nominal_mm + cs_zernike_mm + the change the data asked for); where the group was not
+        refined, the input's effective Cs (cs_nominal_mm + cs_zernike_mm);
+    cs_sigma_mm : the jackknife standard error; cs_sigma_curvature_mm : from the likelihood's
+        curvature; cs_change_z : (cs_refined_mm - cs_nominal_mm) / cs_sigma_mm;
+    band_A : the group's fitted band (its high end capped at the group's Nyquist);
+    half_maps : the check of the half maps against the particles' half sets
+        (:class:`csrefine.halfsets.HalfMapCheck` as a dict; empty if not made).
     """
 
     optics_group: int
@@ -65,6 +84,9 @@ class GroupResult:
     resolution_impact_A: float | None
     band_A: list
     voltage_kv: float
+    cs_zernike_mm: float = 0.0
+    cs_change_z: float | None = None
+    half_maps: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict, repr=False)
 
 
@@ -260,10 +282,18 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     return GroupFit(best, loo, subsets, model, cs_axis, profile, radial)
 
 
+def zernike_cs_mm(group: OpticsGroup) -> float:
+    """The Cs equivalent (mm) of the isotropic k^4 part of the group's even aberrations."""
+    k4 = isotropic_k4_rad(group.even_zernike)
+    return k4 / cs_phase_factor(electron_wavelength_A(group.voltage_kv)) if k4 else 0.0
+
+
 def _not_refined(group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
+    cs_zernike = zernike_cs_mm(group)
     return GroupResult(
         optics_group=group.optics_group, name=group.name, n_particles=n, refined=False,
-        reason=reason, cs_nominal_mm=group.cs_mm, cs_refined_mm=group.cs_mm, cs_sigma_mm=None,
+        reason=reason, cs_nominal_mm=group.cs_mm, cs_refined_mm=group.cs_mm + cs_zernike,
+        cs_zernike_mm=cs_zernike, cs_sigma_mm=None,
         cs_sigma_curvature_mm=None, cs_subsets_mm=[], defocus_offset_A=0.0,
         defocus_offset_sigma_A=None, pixel_size_A=group.pixel_size_A,
         pixel_size_if_cs_nominal_A=None, resolution_impact_A=None, band_A=list(band_A),
@@ -274,13 +304,15 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
                     options: RefineOptions) -> GroupResult:
     """The group's result from its fits: Cs +- jackknife sigma, subsets, interpretation."""
     best, loo = fitted.best, fitted.leave_one_out
-    cs_ref = group.cs_mm + best.cs_change_mm
+    cs_zernike = zernike_cs_mm(group)
+    cs_input = group.cs_mm + cs_zernike  # the effective Cs of the input optics
+    cs_ref = cs_input + best.cs_change_mm
     cs_sigma = jackknife_sigma(loo[:, 1])
     df_sigma = jackknife_sigma(loo[:, 0])
     cs_curv, _ = _curvature_sigma(best)
     model = fitted.model
     impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
-                                 best.cs_change_mm, 1.0 / nyquist_A(group.pixel_size_A))
+                                 cs_ref - group.cs_mm, 1.0 / nyquist_A(group.pixel_size_A))
     refined, reason = True, "refined"
     if not np.isfinite(cs_sigma) or cs_sigma > options.max_cs_sigma_mm:
         refined, reason = False, (f"too uncertain: jackknife sigma {cs_sigma:.3f} mm exceeds "
@@ -289,9 +321,10 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
     result = GroupResult(
         optics_group=group.optics_group, name=group.name, n_particles=n, refined=refined,
         reason=reason, cs_nominal_mm=group.cs_mm,
-        cs_refined_mm=cs_ref if refined else group.cs_mm, cs_sigma_mm=cs_sigma,
-        cs_sigma_curvature_mm=cs_curv,
-        cs_subsets_mm=[group.cs_mm + s.cs_change_mm for s in fitted.subsets],
+        cs_refined_mm=cs_ref if refined else cs_input, cs_zernike_mm=cs_zernike,
+        cs_sigma_mm=cs_sigma, cs_sigma_curvature_mm=cs_curv,
+        cs_change_z=(cs_ref - group.cs_mm) / cs_sigma if cs_sigma > 0 else None,
+        cs_subsets_mm=[cs_input + s.cs_change_mm for s in fitted.subsets],
         defocus_offset_A=best.defocus_offset_A if refined else 0.0,
         defocus_offset_sigma_A=df_sigma, pixel_size_A=group.pixel_size_A,
         pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(group.pixel_size_A, group.cs_mm,
@@ -299,13 +332,51 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
         resolution_impact_A=impact, band_A=list(band_A), voltage_kv=group.voltage_kv)
     radial = fitted.radial
     profile = fitted.profile_log_likelihood
-    result.curves = {"cs_axis_mm": (group.cs_mm + fitted.profile_cs_change_mm).tolist(),
+    result.curves = {"cs_axis_mm": (cs_input + fitted.profile_cs_change_mm).tolist(),
                      "log_likelihood": (profile - profile.max()).tolist(),
                      "cs_fitted_mm": cs_ref, "k2": radial.k2.tolist(),
                      "fit_delta_rad": model.delta(best.defocus_offset_A, best.cs_change_mm,
                                                   radial.k2).tolist(),
                      "measured_delta_rad": _binned_phase(radial).tolist()}
     return result
+
+
+def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
+                    references: dict, band, backend, threads: int = 1) -> HalfMapCheck:
+    """Measure whether the half maps match the group's half sets (:mod:`csrefine.halfsets`), on
+    an evenly spread sample of the group's particles."""
+    sample = sample_positions(positions)
+    d, v = own_noise_statistics(backend, images.read(sample), particles.subset(sample),
+                                references, pixel_terms(group, band), band, group.pixel_size_A,
+                                threads)
+    return decide(d, v)
+
+
+def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,
+                          progress) -> tuple[dict, str | None]:
+    """The references to use after the check, and the reason not to refine (None: refine)."""
+    figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} +- {check.excess_sigma:.3f}"
+    text = None
+    if check.verdict == SWAPPED:
+        references = {1: references[2], 2: references[1]}
+        text = (f"optics group {gid}: the half maps were given the other way round ({figures}): "
+                f"each particle correlates better with the half map of the other half set; "
+                f"they were swapped for the refinement")
+    elif check.verdict == INDEPENDENT:
+        text = (f"optics group {gid}: neither half map shows these particles' noise ({figures}): "
+                f"they were not reconstructed from these particles (e.g. simulated maps), "
+                f"which biases nothing")
+    if text:
+        warnings.append(text)
+        _log(progress, f"WARNING: {text}")
+    if check.verdict == OTHER_SPLIT:
+        return references, (f"the half maps do not match the particles' half sets "
+                            f"(rlnRandomSubset / alignments3D/split): they contain these "
+                            f"particles' noise in another split ({figures}), e.g. half maps of "
+                            f"another refinement; every prediction would be biased toward the "
+                            f"nominal Cs. Give the half maps of the refinement these particles "
+                            f"come from")
+    return references, None
 
 
 def _binned_phase(radial) -> np.ndarray:
@@ -364,7 +435,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                   for h in range(2)}
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
-    results = []
+    results, warnings = [], []
     n_cells = options.subsets * options.cells_per_subset
     for gid in sorted(groups):
         group = groups[gid]
@@ -386,18 +457,30 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
             continue
         band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
         sub = particles.subset(positions)
+        refs_g = group_references(references, group, px)
+        t0 = time.monotonic()
+        check = check_half_maps(group, positions, particles, images, refs_g, band, backend,
+                                options.threads)
+        timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
+        refs_g, problem = _apply_half_map_check(check, gid, refs_g, warnings, progress)
+        if problem:
+            results.append(_not_refined(group, n, problem, band_g))
+            results[-1].half_maps = check.as_dict()
+            _log(progress, f"optics group {gid}: not refined ({problem})")
+            continue
         cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
         t0 = time.monotonic()
-        stats = accumulate_group(group, positions, sub, images,
-                                 group_references(references, group, px), band, cells, n_cells,
+        stats = accumulate_group(group, positions, sub, images, refs_g, band, cells, n_cells,
                                  backend, options, progress, should_abort)
         timings[f"accumulate_group{gid}"] = time.monotonic() - t0
         t0 = time.monotonic()
         fitted = fit_group(group, stats, band, n_cells, n, options)
         timings[f"fit_group{gid}"] = time.monotonic() - t0
         results.append(summarise_group(group, n, fitted, band_g, options))
+        results[-1].half_maps = check.as_dict()
     timings["total"] = time.monotonic() - t_start
-    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px))
+    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px),
+                      warnings)
 
 
 def result_dict(result: GroupResult) -> dict:

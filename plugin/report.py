@@ -80,9 +80,13 @@ def interpretation(g) -> list[str]:
     head = f"Optics group {g.optics_group} ({g.name}, {g.n_particles} particles):"
     if not g.refined:
         return [head, f"  not refined: {g.reason}; Cs stays at the nominal {g.cs_nominal_mm:.3f} mm."]
-    lines = [head, f"  Cs = {g.cs_refined_mm:.3f} +- {_fmt(g.cs_sigma_mm, '.3f')} mm (jackknife; "
-                   f"nominal {g.cs_nominal_mm:.3f} mm, change {g.cs_refined_mm - g.cs_nominal_mm:+.3f} mm), "
-                   f"defocus offset {g.defocus_offset_A:+.1f} A."]
+    held = (f", of which {g.cs_zernike_mm:.3f} mm were held by Z4^0 (rlnEvenZernike) in the input"
+            if g.cs_zernike_mm else "")
+    lines = [head, f"  Cs = {g.cs_refined_mm:.3f} +- {_fmt(g.cs_sigma_mm, '.3f')} mm{held} "
+                   f"(jackknife; nominal {g.cs_nominal_mm:.3f} mm, change "
+                   f"{g.cs_refined_mm - g.cs_nominal_mm:+.3f} mm), defocus offset "
+                   f"{g.defocus_offset_A:+.1f} A."]
+    lines.append(_significance(g))
     if g.cs_subsets_mm:
         spread = float(np.std(g.cs_subsets_mm, ddof=1)) if len(g.cs_subsets_mm) > 1 else float("nan")
         lines.append(f"  Independent random subsets: {', '.join(f'{c:.3f}' for c in g.cs_subsets_mm)} mm "
@@ -96,6 +100,21 @@ def interpretation(g) -> list[str]:
         lines.append(f"  The refined and nominal CTFs differ by less than 45 degrees up to Nyquist "
                      f"({nyquist:.2f} A): the change has no practical effect at this pixel size.")
     return lines
+
+
+#: A change of Cs is called significant when it exceeds this many standard errors.
+SIGNIFICANT_Z = 3.0
+
+
+def _significance(g) -> str:
+    """Whether the data show a change of Cs at all, whatever the point estimate."""
+    z = g.cs_change_z
+    if z is None or not math.isfinite(z):
+        return "  The significance of the change cannot be judged (no standard error)."
+    if abs(z) < SIGNIFICANT_Z:
+        return (f"  No significant change: the change is {abs(z):.1f} standard errors "
+                f"(|z| < {SIGNIFICANT_Z:g}); the data are consistent with the nominal Cs.")
+    return f"  The change is significant: {abs(z):.1f} standard errors (z = {z:+.1f})."
 
 
 #: Pixel-size errors beyond this (relative) are not taken as an explanation of a Cs change: a

@@ -84,3 +84,56 @@ def rescale_beam_tilt(beam_tilt_mrad, cs_old_mm: float, cs_new_mm: float):
     if cs_new_mm == 0.0:
         raise ValueError("cannot express a beam tilt with Cs = 0")
     return np.asarray(beam_tilt_mrad, dtype=np.float64) * (cs_old_mm / cs_new_mm)
+
+
+# ----------------------------------------------------------------------------------------------
+# The isotropic (m = 0) even terms as a polynomial in |k|^2: the k^4 part is a Cs.
+
+def _radial_power_series(n: int) -> np.ndarray:
+    """Coefficients a[j] of R_n^0(rho) = sum_j a[j] rho^(2j), j = 0..n/2 (n even)."""
+    a = np.zeros(n // 2 + 1)
+    for s in range(n // 2 + 1):
+        a[(n - 2 * s) // 2] += (-1) ** s * factorial(n - s) / (
+            factorial(s) * factorial(n // 2 - s) ** 2)
+    return a
+
+
+def _isotropic_positions(count: int) -> dict[int, int]:
+    """{n: index of Z_n^0 in RELION's even order} for the first ``count`` even terms."""
+    return {n: i for i, (n, m) in enumerate(_indices(0, count)) if m == 0}
+
+
+def isotropic_power_series(even_coefficients) -> np.ndarray:
+    """The m = 0 even terms as sum_j p[j] |k|^(2j) (radians, |k| in 1/Å), j = 0..n_max/2."""
+    c = np.ravel(np.asarray(even_coefficients, dtype=np.float64))
+    positions = _isotropic_positions(c.size)
+    p = np.zeros(max(positions, default=0) // 2 + 1)
+    for n, i in positions.items():
+        a = _radial_power_series(n)
+        p[:a.size] += c[i] * a
+    return p
+
+
+def isotropic_k4_rad(even_coefficients) -> float:
+    """The coefficient of |k|^4 (radians Å^4) in the even Zernike phase: the part of the phase
+    that a Cs produces (Z4^0 = 6 rho^4 - 6 rho^2 + 1 holds 6 c; Z6^0 holds -30 c, ...)."""
+    p = isotropic_power_series(even_coefficients)
+    return float(p[2]) if p.size > 2 else 0.0
+
+
+def fold_out_k4(even_coefficients) -> np.ndarray:
+    """Even Zernike coefficients (RELION order, same length) whose phase equals the input's minus
+    its isotropic |k|^4 part: that part then belongs to Cs (rlnSphericalAberration), and the
+    lower orders it came with (Z4^0's -6 rho^2 + 1) move to Z2^0 and Z0^0. Anisotropic terms are
+    unchanged."""
+    c = np.array(np.ravel(even_coefficients), dtype=np.float64)
+    positions = _isotropic_positions(c.size)
+    p = isotropic_power_series(c)
+    if p.size <= 2 or p[2] == 0.0:
+        return c
+    p[2] = 0.0
+    for n in sorted(positions, reverse=True):  # triangular: Z_n^0 is the only term with rho^n
+        a = _radial_power_series(n)
+        c[positions[n]] = p[n // 2] / a[n // 2]
+        p[:a.size] -= c[positions[n]] * a
+    return c

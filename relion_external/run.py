@@ -17,7 +17,7 @@ from csrefine.model import per_particle_geometry
 from csrefine.options import RefineOptions
 from csrefine.pipeline import Refinement
 from csrefine.run import FileWriter, OutputDirectory, RefinementInputs, RunResult, run_refinement
-from csrefine.zernike import rescale_beam_tilt
+from csrefine.zernike import fold_out_k4, rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
 
@@ -49,8 +49,14 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
 
 
 def refined_values(star: ParticleStar, refinement: Refinement):
-    """New Cs, defocus offsets and rescaled beam tilts for the refined groups."""
-    cs, offsets, tilts = {}, {}, {}
+    """New Cs, defocus offsets, rescaled beam tilts and even Zernike terms of the refined groups.
+
+    The optics table gets the total refined Cs; an isotropic k^4 part of rlnEvenZernike (Z4^0
+    after CtfRefine's 4th-order fit) is folded out of the Zernike terms into that Cs, its lower
+    orders moved to Z2^0/Z0^0, so that RELION's phase changes only by the refined change. Beam
+    tilts are rescaled by Cs_old/Cs_new (RELION derives the coma from the table's Cs).
+    """
+    cs, offsets, tilts, even = {}, {}, {}, {}
     for g in refinement.groups:
         if not g.refined:
             continue
@@ -60,7 +66,9 @@ def refined_values(star: ParticleStar, refinement: Refinement):
         if group.has_beam_tilt:
             tilts[g.optics_group] = tuple(rescale_beam_tilt(
                 [group.beam_tilt_x_mrad, group.beam_tilt_y_mrad], group.cs_mm, g.cs_refined_mm))
-    return cs, offsets, tilts
+        if g.cs_zernike_mm:
+            even[g.optics_group] = fold_out_k4(group.even_zernike)
+    return cs, offsets, tilts, even
 
 
 def write_star(path: Path, result: RunResult) -> None:

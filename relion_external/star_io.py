@@ -231,15 +231,24 @@ def _loop_rows(lines):
         yield block, columns, line, False
 
 
+def format_vector(values) -> str:
+    """A RELION vector cell, '[a,b,...]', each number exact (shortest round-trip form)."""
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
 def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
                        defocus_offset_A: dict[int, float],
-                       beam_tilt_mrad: dict[int, tuple[float, float]]) -> None:
+                       beam_tilt_mrad: dict[int, tuple[float, float]],
+                       even_zernike: dict[int, np.ndarray] | None = None) -> None:
     """Copy ``star.path`` to ``dst`` (atomically) with the refined values written in.
 
     Optics rows of refined groups get the new rlnSphericalAberration (and rlnBeamTiltX/Y where
-    present); particle rows of those groups get rlnDefocusU/V + offset. New numbers are written
-    with six decimals, as RELION does; every other byte of the input is copied unchanged.
+    present, and rlnEvenZernike where ``even_zernike`` has the group); particle rows of those
+    groups get rlnDefocusU/V + offset. New numbers are written with six decimals, as RELION does,
+    but Cs and beam tilt with nine (a 1e-6 mm step of Cs moves the phase by ~4e-6 rad at 2 Å) and Zernike
+    coefficients exactly; every other byte of the input is copied unchanged.
     """
+    even_zernike = even_zernike or {}
     single_group = next(iter(star.groups)) if len(star.groups) == 1 else None
     n_rows = 0
     with atomic_output(dst) as tmp:
@@ -254,10 +263,12 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
                     col, col_of = {name: i for i, name in enumerate(columns)}, columns
                 gid = int(tokens[col["rlnOpticsGroup"]]) if "rlnOpticsGroup" in col else single_group
                 if block == "optics" and gid in cs_mm:
-                    tokens[col["rlnSphericalAberration"]] = f"{cs_mm[gid]:.6f}"
+                    tokens[col["rlnSphericalAberration"]] = f"{cs_mm[gid]:.9f}"
                     for name, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, ())):
                         if name in col:
-                            tokens[col[name]] = f"{value:.6f}"
+                            tokens[col[name]] = f"{value:.9f}"
+                    if gid in even_zernike and "rlnEvenZernike" in col:
+                        tokens[col["rlnEvenZernike"]] = format_vector(even_zernike[gid])
                     line = " ".join(tokens) + "\n"
                 elif block == "particles":
                     n_rows += 1

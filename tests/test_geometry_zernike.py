@@ -63,3 +63,26 @@ def test_rescaled_beam_tilt_keeps_the_coma_when_cs_changes():
     assert np.allclose(before, after)
     with pytest.raises(ValueError):
         rescale_beam_tilt([0.1, 0.1], 2.7, 0.0)
+
+
+def test_z40_holds_six_c_of_k4_and_folding_it_out_keeps_the_rest_of_the_phase():
+    """RELION's Z4^0 = 6 rho^4 - 6 rho^2 + 1: its k^4 part is 6 c; folding it out leaves a phase
+    that differs from the input's by exactly that k^4 term, anisotropic terms untouched (also
+    with Z6^0, whose k^4 part is -30 c)."""
+    from csrefine.zernike import even_zernike_phase, fold_out_k4, isotropic_k4_rad
+
+    rng = np.random.default_rng(4)
+    for count in (7, 9, 15):  # up to Z4^0, up to Z4^4, up to Z6^...
+        c = rng.normal(0, 0.5, count)
+        k4 = isotropic_k4_rad(c)
+        expected_k4 = 6 * c[6] - (30 * c[12] if count > 12 else 0.0)
+        assert k4 == pytest.approx(expected_k4, rel=1e-12)
+        folded = fold_out_k4(c)
+        assert folded.shape == c.shape and isotropic_k4_rad(folded) == pytest.approx(0, abs=1e-12)
+        kx, ky = rng.uniform(-0.4, 0.4, (2, 500))
+        k2 = kx * kx + ky * ky
+        np.testing.assert_allclose(even_zernike_phase(c, kx, ky) - even_zernike_phase(folded, kx, ky),
+                                   k4 * k2 * k2, atol=1e-12)
+        anisotropic = [i for i, (n, m) in enumerate(
+            [(n, m) for n in range(0, 8, 2) for m in range(-n, n + 1, 2)][:count]) if m != 0]
+        np.testing.assert_array_equal(folded[anisotropic], c[anisotropic])

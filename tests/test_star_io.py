@@ -108,3 +108,43 @@ def test_star_without_optics_table_is_refused(tmp_path):
     starfile.write(pd.DataFrame(_particles()), path)
     with pytest.raises(InputError, match="no data_optics table"):
         read_particle_star(path)
+
+
+def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_change(tmp_path):
+    """Data after CtfRefine's 4th-order fit: rlnEvenZernike holds a Z4^0 (part of the Cs) and
+    every other even term. The output optics carry the total Cs, Z4^0's k^4 part folded out, and
+    RELION's gamma (beam tilt, all even terms, per particle) equals the input's plus exactly the
+    refined change (Cs change and defocus offset), to 1e-6 rad over the band."""
+    from csrefine.forward import particle_gamma, pixel_terms
+    from csrefine.fourier import make_band
+    from csrefine.pipeline import Refinement, _not_refined, zernike_cs_mm
+    from csrefine.relion.run import refined_values
+    from csrefine.relion.star_io import format_vector
+    from csrefine.zernike import isotropic_k4_rad
+
+    even = [0.05, 0.02, -0.3, 0.04, 0.01, -0.02, 0.35, 0.03, -0.01]
+    optics = dict(OPTICS, rlnEvenZernike=[format_vector(even), "[]"])
+    star = read_particle_star(_write(tmp_path / "p.star", optics, _particles()))
+    g_in = star.groups[1]
+    cs_zernike = zernike_cs_mm(g_in)
+    assert cs_zernike == pytest.approx(0.35 * 6 / (0.5 * np.pi * 1e7 * 0.0196875**3), rel=1e-3)
+    change_mm, offset_A = 0.012, -35.0  # what the fit asked for, relative to the input optics
+    result = _not_refined(g_in, 100, "", [20.0, 3.0])
+    result.refined, result.defocus_offset_A = True, offset_A
+    result.cs_refined_mm = g_in.cs_mm + cs_zernike + change_mm
+    write_updated_star(star, tmp_path / "out.star",
+                       *refined_values(star, Refinement([result], None, 3.0, [20, 3], "", {})))
+    out = read_particle_star(tmp_path / "out.star")
+    g_out = out.groups[1]
+    assert g_out.cs_mm == pytest.approx(result.cs_refined_mm, abs=1e-6)
+    assert isotropic_k4_rad(g_out.even_zernike) == pytest.approx(0.0, abs=1e-12)
+    assert g_out.even_zernike[6] == 0.0 and g_out.even_zernike[8] == even[8]
+    band = make_band(64, 1.0, 1 / 30.0, 1 / 2.0)
+    sel = star.particles.optics_group == 1
+    before = particle_gamma(pixel_terms(g_in, band), star.particles.subset(sel))
+    after = particle_gamma(pixel_terms(g_out, band), out.particles.subset(sel))
+    terms = pixel_terms(g_in, band)
+    expected = before + terms.cs_factor * change_mm * terms.k2**2 + terms.defocus_factor * offset_A * terms.k2
+    assert np.abs(after - expected).max() < 1e-6
+    # and the coma RELION derives from the beam tilt and the table's Cs is unchanged
+    np.testing.assert_allclose(pixel_terms(g_out, band).odd_phase, terms.odd_phase, atol=1e-6)

@@ -1,0 +1,126 @@
+"""Do the half maps match the particles' half sets? Measured from the data.
+
+A half map reconstructed from a half set contains the noise of every particle of that set, so a
+particle correlates better with its own half map than with the other one. Per particle i of half
+set h (rlnRandomSubset), with X its image transform and P_1, P_2 the CTF-modulated predictions
+from the two half maps over the fitted band (Friedel weights w):
+
+    d_i = sum_p w_p Re(X_p conj(P_own,p - P_other,p)),   own = h, other = 3 - h
+
+Under the null hypothesis that neither map contains the particle's noise, a = CTF (P_1 - P_2)
+is the projection of the two maps' independent noise, of random phase relative to X, so d_i has
+mean zero and variance v_i = sum_p w_p^2 |X_p|^2 |a_p|^2 / 2 (the particle's own signal and
+noise both count).
+Two statistics follow, over a sample of the group's particles:
+
+* z = mean(d) / (std(d) / sqrt(n)), the t statistic of the d_i: the direction. z >> 0: the maps
+  are as given; z << 0: they were given the other way round (each particle correlates better
+  with the map labelled *other*). Its standard error is the d_i's own scatter, so a split the
+  maps do not follow (each particle's noise in either map at random) gives z ~ N(0, 1);
+* excess = mean(d_i^2 / v_i) - 1: the size of the own-noise term, whatever the assignment. Half
+  maps from another refinement (another random split) contain each particle's noise in one map
+  or the other at random: z ~ 0 but the excess stays; maps that contain none of these particles'
+  noise (simulated, or from other particles) have z ~ 0 and excess ~ 0, and bias nothing.
+
+Predicting a particle from a half map that contains its own noise biases the fitted Cs toward
+the nominal one (the reconstruction's CTF): with z ~ 0 and a clear excess, the group cannot be
+refined without bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .accumulate import N_STATS
+from .projection import PaddedReference
+
+#: |z| beyond which the assignment (as given / swapped) is taken as established.
+Z_DECIDED = 5.0
+#: Excess beyond which (in standard errors) the maps are taken to contain these particles' noise.
+EXCESS_DECIDED = 5.0
+#: Particles per group used for the check (evenly spread over the group).
+SAMPLE_PARTICLES = 400
+
+AS_GIVEN, SWAPPED, OTHER_SPLIT, INDEPENDENT = "as given", "swapped", "another split", "independent"
+
+
+@dataclass(frozen=True)
+class HalfMapCheck:
+    """The measured relation of the half maps to a group's half sets.
+
+    verdict : "as given", "swapped", "another split" (the maps contain these particles' noise in
+        a split other than rlnRandomSubset's: no unbiased prediction), or "independent" (no
+        particle's noise in either map: no bias, e.g. simulated maps);
+    z : the direction statistic; excess, excess_sigma : the own-noise excess and its standard
+        error; n_particles : the particles used.
+    """
+
+    verdict: str
+    z: float
+    excess: float
+    excess_sigma: float
+    n_particles: int
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def sample_positions(positions: np.ndarray, limit: int = SAMPLE_PARTICLES) -> np.ndarray:
+    """Up to ``limit`` of ``positions``, evenly spread (deterministic)."""
+    if positions.size <= limit:
+        return positions
+    return positions[np.linspace(0, positions.size - 1, limit).round().astype(np.int64)]
+
+
+def combined_reference(references: dict, a: float, b: float) -> PaddedReference:
+    """a * half 1 + b * half 2 as one padded reference (projection is linear in the map)."""
+    r1, r2 = references[1], references[2]
+    return replace(r1, data=(a * r1.data + b * r2.data).astype(r1.data.dtype))
+
+
+def own_noise_statistics(backend, images, particles, references: dict, terms, band,
+                         pixel_size_A: float, threads: int = 1,
+                         batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(d_i, v_i) of the module docstring for ``particles`` (their ``images``: (n, box, box)),
+    computed with the accumulation backend against the difference of the half maps, one
+    statistics cell per particle: with a = CTF (P_1 - P_2), the cell's D = sum Re(X conj a) and
+    A = |a|^2, F = |X|^2 per pixel. Returns two arrays of shape (n,)."""
+    n, m = len(particles), band.size
+    w = band.friedel_weight
+    diff_ref = combined_reference(references, 1.0, -1.0)
+    d, v = np.zeros(n), np.zeros(n)
+    for lo in range(0, n, batch):
+        idx = np.arange(lo, min(lo + batch, n))
+        per = np.zeros((idx.size, N_STATS, m))
+        parts = particles.subset(idx)
+        backend.accumulate_batch(per, np.arange(idx.size), images[idx], parts, diff_ref, terms,
+                                 band, pixel_size_A, threads)
+        own_sign = np.where(parts.half_set == 1, 1.0, -1.0)
+        d[idx] = own_sign * (w * per[:, 3, :]).sum(axis=1)
+        v[idx] = 0.5 * (w * w * per[:, 0, :] * per[:, 5, :]).sum(axis=1)
+    return d, v
+
+
+def decide(d: np.ndarray, v: np.ndarray) -> HalfMapCheck:
+    """The verdict from the per-particle statistics (see the module docstring)."""
+    d, v = np.asarray(d, float), np.asarray(v, float)
+    keep = v > 0
+    d, v = d[keep], v[keep]
+    n = int(d.size)
+    if n < 10:
+        return HalfMapCheck("not checked", float("nan"), float("nan"), float("nan"), n)
+    z = float(d.mean() / (d.std(ddof=1) / np.sqrt(n)))
+    t2 = d * d / v
+    excess = float(t2.mean() - 1.0)
+    excess_sigma = float(t2.std(ddof=1) / np.sqrt(n))
+    if z >= Z_DECIDED:
+        verdict = AS_GIVEN
+    elif z <= -Z_DECIDED:
+        verdict = SWAPPED
+    elif excess > EXCESS_DECIDED * excess_sigma:
+        verdict = OTHER_SPLIT
+    else:
+        verdict = INDEPENDENT
+    return HalfMapCheck(verdict, z, excess, excess_sigma, n)
