@@ -22,8 +22,9 @@ Conventions (see ``cryosparc_job/README_section.md``; how each was checked is no
   wavelength in Å) become the optics group's rlnOddZernike / rlnEvenZernike (RELION's order and
   un-normalised polynomials, :mod:`csrefine.zernike`) and magnification matrix
   (:func:`cryosparc_aberrations`); zero fields add nothing (no Zernike arrays, identity matrix).
-  Magnitudes and polynomial forms follow public sources (``/work/shared/notes/cryosparc.md``);
-  signs and directions are unverified, so a :class:`Convention` names them, and
+  Magnitudes and polynomial forms follow public sources (pyem, cryoSPARC staff posts,
+  teamtomo torch-ctf; see the README's conventions section); signs and directions are
+  unverified, so a :class:`Convention` names them, and
   :func:`csrefine.cryosparc.aberration_choice.choose_conventions` lets the particles choose
   (:data:`MOST_LIKELY_CONVENTION` where they cannot tell):
 
@@ -308,7 +309,8 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
 
     Returns
     -------
-    groups : dict optics_group (exp_group_id + 1) -> OpticsGroup
+    groups : dict optics_group (exp_group_id + 1) -> OpticsGroup, higher-order fields under
+        :data:`MOST_LIKELY_CONVENTION` (the loaders then let the particles choose)
     particles : Particles in dataset order
     paths : list of stack paths, one per particle
     indices : int64 array, 0-based image index within each stack (``blob/idx``)
