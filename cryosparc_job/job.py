@@ -35,6 +35,7 @@ from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.run import RefinementInputs, RunResult, run_refinement
 
+from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
 
 TITLE = "Cs refinement"
@@ -130,9 +131,10 @@ class JobLog:
             self.job.log(text)
 
 
-def load_job_inputs(job, project, args) -> RefinementInputs:
+def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
     """The job's connected inputs (particles, volume, optional mask) and the optional model,
-    read from the project directory into the core's inputs."""
+    read from the project directory into the core's inputs; non-zero higher-order CTF fields
+    get the conventions the particles choose (decisions logged; ``options``: band, backend)."""
     project_dir = Path(args.project_dir) if args.project_dir else Path(str(project.dir))
     structure = read_model(args.model) if args.model else None
     particles = job.load_input("particles", PARTICLE_SLOTS)
@@ -157,8 +159,9 @@ def load_job_inputs(job, project, args) -> RefinementInputs:
             f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
     sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
                "model": args.model, "project_dir": str(project_dir)}
-    return RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
-                            sources, source=particles)
+    inputs = RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
+                              sources, source=particles)
+    return choose_conventions(inputs, options, log)
 
 
 class JobOutputs:
@@ -205,7 +208,7 @@ class JobOutputs:
 
 def refine_in_job(job, project, args, options) -> object:
     """Everything inside ``with job.run()``: load, refine, log, save. Returns the Refinement."""
-    result = run_refinement(lambda: load_job_inputs(job, project, args), options,
+    result = run_refinement(lambda: load_job_inputs(job, project, args, options), options,
                             JobOutputs(job), JobLog(job))
     return result.refinement
 

@@ -20,6 +20,7 @@ from csrefine.options import RefineOptions
 from csrefine.pipeline import Refinement
 from csrefine.run import OutputDirectory, RefinementInputs, RunResult, run_refinement
 
+from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
 
 OUTPUT_DATASET = "particles.cs"
@@ -38,9 +39,12 @@ def load_dataset(path):
         raise InputError(f"{path}: not a readable cryoSPARC dataset ({exc})") from exc
 
 
-def load_inputs(particles, half1, half2, mask=None, model=None,
-                project_dir=".") -> RefinementInputs:
-    """Read and validate the dataset, its stacks, the half maps, the mask and the model."""
+def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".", *,
+                options: RefineOptions | None = None, progress=None) -> RefinementInputs:
+    """Read and validate the dataset, its stacks, the half maps, the mask and the model; then
+    let the particles choose the conventions of non-zero higher-order CTF fields
+    (:func:`csrefine.cryosparc.aberration_choice.choose_conventions`, with ``options``'s band
+    and backend; its decisions go through ``progress``)."""
     project_dir = Path(project_dir)
     if not project_dir.is_dir():
         raise InputError(f"{project_dir}: project directory does not exist")
@@ -53,10 +57,11 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
     sources = {"particles": str(particles), "project_dir": str(project_dir),
                "half_maps": [str(half1), str(half2)], "mask": str(mask) if mask else None,
                "model": str(model) if model else None}
-    return RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
-                            source=dset,
-                            input_paths=tuple(p for p in (particles, half1, half2, mask, model)
-                                              if p))
+    inputs = RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
+                              source=dset,
+                              input_paths=tuple(p for p in (particles, half1, half2, mask, model)
+                                                if p))
+    return choose_conventions(inputs, options, progress)
 
 
 def write_dataset(path: Path, result: RunResult) -> None:
@@ -78,6 +83,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, model=None, project_dir=
     ``project_dir`` resolves relative ``blob/path`` values (default: the working directory).
     """
     result = run_refinement(
-        lambda: load_inputs(particles, half1, half2, mask, model, project_dir), options,
+        lambda: load_inputs(particles, half1, half2, mask, model, project_dir, options=options,
+                            progress=progress), options,
         output_directory(out_dir), progress, should_abort)
     return result.refinement

@@ -234,20 +234,6 @@ def test_real_t20s_rows_map_without_loss():
         np.testing.assert_array_equal(out[f], raw[f])
 
 
-@pytest.mark.parametrize("field,value", [("ctf/tilt_A", [0.1, 0.0]), ("ctf/trefoil_A", [0.0, 0.2]),
-                                         ("ctf/tetra_A", [0, 0, 0.3, 0]),
-                                         ("ctf/anisomag", [0.01, 0, 0, -0.01]),
-                                         ("ctf/shift_A", [0.5, 0])])
-def test_unverified_higher_order_terms_refused(field, value):
-    dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
-    relion_params_from_cryosparc(dset)  # zeros are fine
-    col = np.array(dset[field])
-    col[3] = value
-    dset[field] = col
-    with pytest.raises(InputError, match=field.replace("/", "/") + " is non-zero.*row 4"):
-        relion_params_from_cryosparc(dset)
-
-
 def test_mixed_cs_within_exposure_group_refused():
     dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
     cs = np.array(dset["ctf/cs_mm"])

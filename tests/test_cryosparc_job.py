@@ -239,3 +239,25 @@ def test_volume_without_half_maps_fails_job(api, project_data):
         run_job(_cs(), *_args(project_data.root))
     _assert_failed_nothing_saved(api, "volume: output J42.volume lacks map_half_A, map_half_B")
     api.jobs.load_input.assert_not_called()
+
+
+def test_job_loader_honours_higher_order_fields(project_data):
+    """load_job_inputs gives non-zero Global-CTF-Refinement fields to the core (group 0 only)
+    and records the convention decision in the event log or the warnings, and in report_extra."""
+    from csrefine.cryosparc.aberration_choice import REPORT_KEY
+    from csrefine.cryosparc.job import load_job_inputs
+
+    p = project_data.particles.copy()
+    tilt = np.array(p["ctf/tilt_A"])
+    tilt[np.asarray(p["ctf/exp_group_id"]) == 0] = [1500.0, -500.0]
+    p["ctf/tilt_A"] = tilt
+    logged = []
+    job = types.SimpleNamespace(
+        load_input=lambda name, slots: {"particles": p, "volume": project_data.volume}[name],
+        log=lambda text, **kw: logged.append(text))
+    args, options = _args(project_data.root)
+    inputs = load_job_inputs(job, types.SimpleNamespace(dir=project_data.root), args, options)
+    assert inputs.groups[1].odd_zernike.size == 6 and inputs.groups[2].odd_zernike.size == 0
+    decision = inputs.report_extra[REPORT_KEY]["0"]["ctf/tilt_A"]
+    assert decision["values"] == [1500.0, -500.0] and set(inputs.report_extra[REPORT_KEY]) == {"0"}
+    assert any("ctf/tilt_A" in line for line in logged + inputs.warnings)

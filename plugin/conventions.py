@@ -1,0 +1,143 @@
+"""Let the particles decide between candidate optics models of one group.
+
+Where an adapter cannot verify how a field of its format maps onto the core's model (a sign, a
+direction), it builds one :class:`csrefine.model.OpticsGroup` per candidate and asks
+:func:`score_candidates` which fits the data best. Each candidate is scored by the maximised
+log-likelihood of the Cs/defocus fit (:func:`csrefine.fit.fit_phase`) over the same
+deterministic subsample of the group's particles, with the same FSC band, references, backend
+and options as :func:`csrefine.pipeline.refine`, so that a wrong candidate fits measurably worse
+than the right one once its aberration matters. Cs and defocus are re-fitted for every
+candidate: a wrong nominal Cs does not bias the choice.
+
+The log-likelihoods share one noise variance per shell (that of the first candidate scored, or
+one passed in), so that their differences are log-likelihood ratios of the same noise model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from .backends import resolve_backend
+from .fit import PhaseModel, default_search_range, fit_phase, pool
+from .forward import pixel_terms
+from .fourier import Band, make_band
+from .fsc import default_mask, fsc_curve, resolution_at_threshold
+from .model import OpticsGroup, Particles, nyquist_A
+from .options import RefineOptions
+from .pipeline import (
+    REFERENCE_MARGIN,
+    accumulate_group,
+    group_references,
+    load_backend,
+    map_pixel_size,
+)
+from .projection import PaddedReference, make_padded_reference
+
+#: Particles of a group used to score candidates (evenly spaced through the group).
+SCORING_PARTICLES = 2000
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What scoring shares with the refinement: references at the maps' pixel size, the band
+    (low, high resolution in Å, as :func:`csrefine.pipeline.refine` chooses it), the backend
+    and the options."""
+
+    references: dict[int, PaddedReference]
+    map_pixel_size_A: float
+    band_A: tuple[float, float]
+    backend: object
+    options: RefineOptions
+
+
+def scoring_context(groups: dict[int, OpticsGroup], half_maps, mask=None,
+                    map_pixel_size_A: float | None = None, options: RefineOptions | None = None,
+                    mag_matrices: Sequence[np.ndarray] = ()) -> ScoringContext:
+    """References, band and backend as :func:`csrefine.pipeline.refine` sets them up.
+
+    mag_matrices : (2, 2) magnification matrices the candidates will use (besides the groups'),
+    so that the references hold every frequency any candidate samples.
+    """
+    options = (options or RefineOptions()).validate()
+    px = map_pixel_size(groups, half_maps, map_pixel_size_A)
+    box = half_maps[0].shape[0]
+    mask = default_mask(box) if mask is None else mask
+    fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
+    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
+    high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
+    matrices = [g.mag_matrix for g in groups.values()] + list(mag_matrices)
+    margin = max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
+    references = {h + 1: make_padded_reference(half_maps[h], px / high_A, options.pad,
+                                               options.threads, margin=margin)
+                  for h in range(2)}
+    backend = load_backend(resolve_backend(options.device))
+    return ScoringContext(references, float(px), (float(options.resolution_low_A), float(high_A)),
+                          backend, options)
+
+
+def subsample_positions(particles: Particles, optics_group: int,
+                        max_particles: int = SCORING_PARTICLES) -> np.ndarray:
+    """Indices (into ``particles``) of at most ``max_particles`` of the group, evenly spaced
+    through it (deterministic)."""
+    positions = np.flatnonzero(particles.optics_group == optics_group)
+    if positions.size <= max_particles:
+        return positions
+    return positions[np.linspace(0, positions.size - 1, max_particles).round().astype(np.int64)]
+
+
+def group_band(group: OpticsGroup, context: ScoringContext) -> Band:
+    """The group's band (its high end capped at the group's Nyquist), as in the refinement."""
+    low_A, high_A = context.band_A
+    high_g_A = max(high_A, nyquist_A(group.pixel_size_A))
+    return make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate's fit on the subsample: log_likelihood (shared noise model), the fitted Cs
+    change (mm) and defocus offset (Å) from the candidate's nominal values, and the noise
+    variance per shell the log-likelihood used (pass it on to score more candidates
+    comparably)."""
+
+    log_likelihood: float
+    cs_change_mm: float
+    defocus_offset_A: float
+    noise_variance: np.ndarray
+
+
+def score_candidates(candidates: Sequence[OpticsGroup], positions: np.ndarray,
+                     particles: Particles, images, context: ScoringContext,
+                     noise_variance: np.ndarray | None = None) -> list[CandidateScore]:
+    """Score each candidate model of one optics group on the particles at ``positions``.
+
+    candidates : the group under each candidate (same group number, box and pixel size; they
+    differ in aberrations, magnification or Cs). Returns one :class:`CandidateScore` each, in
+    order; log-likelihoods use ``noise_variance`` per shell (from an earlier score), else the
+    first candidate's.
+    """
+    sub = particles.subset(positions)
+    n = positions.size
+    options = context.options
+    scores, noise_var = [], noise_variance
+    for group in candidates:
+        band = group_band(group, context)
+        refs = group_references(context.references, group, context.map_pixel_size_A)
+        stats = accumulate_group(group, positions, sub, images, refs, band,
+                                 np.zeros(n, dtype=np.int64), 1, context.backend, options)
+        terms = pixel_terms(group, band)
+        radial = pool(stats, terms.k2, np.hypot(band.kx_px, band.ky_px) * band.box,
+                      band.friedel_weight, n)
+        if noise_var is None:
+            noise_var = radial.noise_var
+        radial = replace(radial, noise_var=noise_var)
+        model = PhaseModel(terms.defocus_factor, terms.cs_factor)
+        k_max = float(np.sqrt(terms.k2.max()))
+        fit = fit_phase(radial, radial.sums.sum(axis=0), model, k_max,
+                        default_search_range(model, k_max, options.cs_search_mm))
+        scores.append(CandidateScore(fit.log_likelihood, fit.cs_change_mm, fit.defocus_offset_A,
+                                     noise_var))
+    return scores
+
