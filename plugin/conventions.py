@@ -24,17 +24,10 @@ from .backends import resolve_backend
 from .fit import PhaseModel, default_search_range, fit_phase, pool
 from .forward import pixel_terms
 from .fourier import Band, make_band
-from .fsc import default_mask, fsc_curve, resolution_at_threshold
 from .model import OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
-from .pipeline import (
-    REFERENCE_MARGIN,
-    accumulate_group,
-    group_references,
-    load_backend,
-    map_pixel_size,
-)
-from .projection import PaddedReference, make_padded_reference
+from .pipeline import accumulate_group, group_references, load_backend, prepare_references
+from .projection import PaddedReference
 
 #: Particles of a group used to score candidates (evenly spaced through the group).
 SCORING_PARTICLES = 2000
@@ -62,20 +55,10 @@ def scoring_context(groups: dict[int, OpticsGroup], half_maps, mask=None,
     so that the references hold every frequency any candidate samples.
     """
     options = (options or RefineOptions()).validate()
-    px = map_pixel_size(groups, half_maps, map_pixel_size_A)
-    box = half_maps[0].shape[0]
-    mask = default_mask(box) if mask is None else mask
-    fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
-    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
-    high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
-    matrices = [g.mag_matrix for g in groups.values()] + list(mag_matrices)
-    margin = max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
-    references = {h + 1: make_padded_reference(half_maps[h], px / high_A, options.pad,
-                                               options.threads, margin=margin)
-                  for h in range(2)}
+    setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options, mag_matrices)
     backend = load_backend(resolve_backend(options.device))
-    return ScoringContext(references, float(px), (float(options.resolution_low_A), float(high_A)),
-                          backend, options)
+    return ScoringContext(setup.references, setup.map_pixel_size_A, setup.band_A, backend,
+                          options)
 
 
 def subsample_positions(particles: Particles, optics_group: int,

@@ -387,6 +387,48 @@ def _binned_phase(radial) -> np.ndarray:
     return np.arctan2((a * e - b * d) / det, (c * d - b * e) / det)
 
 
+@dataclass(frozen=True)
+class ReferenceSetup:
+    """What every group's fit shares: the half-map FSC, the resolution it reaches, the maps'
+    pixel size (Å), the band (low, high resolution in Å) and the padded half-map references."""
+
+    fsc: np.ndarray
+    resolution_A: float
+    map_pixel_size_A: float
+    band_A: tuple[float, float]
+    references: dict
+
+
+def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
+                       map_pixel_size_A: float | None = None,
+                       options: RefineOptions | None = None,
+                       mag_matrices=()) -> ReferenceSetup:
+    """The masked half-map FSC, the band and the padded references, as every fit uses them.
+
+    The band's high-resolution end is the user's, else where the FSC drops below the
+    threshold, never beyond the maps' Nyquist. mag_matrices : more (2, 2) magnification
+    matrices than the groups' that predictions will use (the references then hold every
+    frequency any of them samples).
+    """
+    options = options or RefineOptions()
+    px = map_pixel_size(groups, half_maps, map_pixel_size_A)  # the maps'; groups may differ
+    box = half_maps[0].shape[0]
+    if mask is None:
+        mask = default_mask(box)
+    elif mask.shape != half_maps[0].shape:
+        raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
+    fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
+    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
+    high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
+    matrices = [g.mag_matrix for g in groups.values()] + list(mag_matrices)
+    margin = max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
+    references = {h + 1: make_padded_reference(half_maps[h], px / high_A, options.pad,
+                                               options.threads, margin=margin)
+                  for h in range(2)}
+    return ReferenceSetup(fsc, float(resolution), float(px),
+                          (float(options.resolution_low_A), float(high_A)), references)
+
+
 def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
            mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
            options: RefineOptions | None = None, progress: ProgressFn | None = None,
@@ -409,30 +451,19 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     t_start = time.monotonic()
     backend_name = resolve_backend(options.device)
     particles.check_finite()
-    px = map_pixel_size(groups, half_maps, map_pixel_size_A)  # the maps'; groups may differ
-    box = half_maps[0].shape[0]
-    if mask is None:
-        mask = default_mask(box)
-    elif mask.shape != half_maps[0].shape:
-        raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
+    map_pixel_size(groups, half_maps, map_pixel_size_A)  # validate before starting the backend
     # Inputs are valid: import and warm the backend (numba's kernel cache) in a thread while the
-    # FFTs below, which release the GIL, run here.
+    # FFTs of the set-up, which release the GIL, run here.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-backend")
     backend_future = loader.submit(load_backend, backend_name)
     loader.shutdown(wait=False)
-    fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
-    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
-    low_A = options.resolution_low_A
-    # The band's high-resolution end: the user's, else the FSC's, never beyond the maps' Nyquist.
-    high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
+    setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options)
+    fsc, resolution, px, references = (setup.fsc, setup.resolution_A, setup.map_pixel_size_A,
+                                       setup.references)
+    low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
     _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} A; "
                    f"fitting {low_A:.1f}-{high_A:.2f} A")
-    mag_margin = max(float(np.linalg.norm(g.mag_matrix, 2)) for g in groups.values())
-    references = {h + 1: make_padded_reference(half_maps[h], px / high_A, options.pad,
-                                               options.threads,
-                                               margin=max(mag_margin, 1.0) * REFERENCE_MARGIN)
-                  for h in range(2)}
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results, warnings = [], []
