@@ -406,6 +406,10 @@ class SignedImages:
     def __len__(self):
         return len(self.reader)
 
+    @property
+    def warnings(self) -> list[str]:
+        return self.reader.warnings
+
     def read(self, positions, out=None):
         positions = np.asarray(positions, dtype=np.int64)
         images = self.reader.read(positions, out=out)

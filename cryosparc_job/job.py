@@ -160,7 +160,7 @@ def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
     sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
                "model": args.model, "project_dir": str(project_dir)}
     inputs = RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
-                              sources, source=particles)
+                              sources, source=particles, warnings=list(images.warnings))
     return choose_conventions(inputs, options, log)
 
 

@@ -58,7 +58,7 @@ def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".",
                "half_maps": [str(half1), str(half2)], "mask": str(mask) if mask else None,
                "model": str(model) if model else None}
     inputs = RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
-                              source=dset,
+                              source=dset, warnings=list(images.warnings),
                               input_paths=tuple(p for p in (particles, half1, half2, mask, model)
                                                 if p))
     return choose_conventions(inputs, options, progress)

@@ -23,10 +23,11 @@ class StackReader:
     paths : sequence of str, one per particle (stack file).
     indices : int array (n,), 0-based image index within each stack.
     box : expected box size, one for all particles or one per particle (optics groups may
-        differ); pixel_size_A : expected pixel size, likewise (None: not checked; checked against
-        the MRC header only when the header holds a non-zero voxel size; tolerance 0.5%).
+        differ); pixel_size_A : the pixel size the particles have (the optics table's), likewise.
     All particles of one stack must share box and pixel size; one ``read`` call must ask for
-    images of one box size.
+    images of one box size. As in RELION, the optics table's pixel size rules: a stack header
+    stating another one (beyond 0.5%; 0 means unset) is no error, but is summarised in
+    ``warnings`` with both figures.
     """
 
     def __init__(self, paths, indices, box, pixel_size_A=None):
@@ -50,6 +51,7 @@ class StackReader:
         pixels = np.broadcast_to(np.asarray(np.nan if pixel_size_A is None else pixel_size_A,
                                             dtype=np.float64), (n,))
         self._maps = {}
+        self._header_mismatch = {}  # stack name -> (header pixel size, optics table's)
         self._box_of_stack = np.zeros(len(names), dtype=np.int64)
         lo = np.full(len(names), np.iinfo(np.int64).max)
         hi = np.full(len(names), -1)
@@ -93,9 +95,19 @@ class StackReader:
                              f"the optics table says {box}")
         header_px = float(mrc.voxel_size.x)
         if pixel_size_A and header_px > 0 and abs(header_px / pixel_size_A - 1) > PIXEL_TOLERANCE:
-            raise InputError(f"{name}: pixel size in the header is {header_px:.4f} A, "
-                             f"the optics table says {pixel_size_A:.4f} A")
+            self._header_mismatch[name] = (header_px, float(pixel_size_A))
         return data
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line summarising stacks whose header pixel size differs from the optics table."""
+        if not self._header_mismatch:
+            return []
+        name, (header, table) = next(iter(self._header_mismatch.items()))
+        count = len(self._header_mismatch)
+        return [f"{count} of {len(self._maps)} particle stack(s) state another pixel size in their "
+                f"header than the optics table (e.g. {name}: header {header:.4f} Å, optics table "
+                f"{table:.4f} Å); as RELION does, csrefine uses the optics table's"]
 
     def box_of(self, positions) -> int:
         """The box size of the images at ``positions`` (ValueError if they differ)."""
@@ -184,9 +196,13 @@ def read_half_maps(half1, half2, mask=None):
     Returns ((half1, half2), mask or None, voxel size of half 1 in A or None if unset).
     """
     h1, px1 = read_map(half1, "half map 1")
-    h2, _ = read_map(half2, "half map 2")
+    h2, px2 = read_map(half2, "half map 2")
     if h1.shape != h2.shape:
         raise InputError(f"{half2}: shape {h2.shape} differs from {half1}'s {h1.shape}")
+    if px1 > 0 and px2 > 0 and abs(px2 / px1 - 1) > PIXEL_TOLERANCE:
+        raise InputError(f"{half2}: pixel size {px2:.4f} Å in the header differs from {half1}'s "
+                         f"{px1:.4f} Å: the half maps are not a pair")
+    px1 = px1 or px2
     m = None
     if mask:
         m, _ = read_map(mask, "mask")

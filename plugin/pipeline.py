@@ -363,9 +363,10 @@ def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warni
                 f"each particle correlates better with the half map of the other half set; "
                 f"they were swapped for the refinement")
     elif check.verdict == INDEPENDENT:
-        text = (f"optics group {gid}: neither half map shows these particles' noise ({figures}): "
-                f"they were not reconstructed from these particles (e.g. simulated maps), "
-                f"which biases nothing")
+        text = (f"optics group {gid}: neither half map shows a measurable trace of these "
+                f"particles' noise ({figures}): they were not reconstructed from these particles "
+                f"(e.g. simulated maps), which biases nothing, or the group is too large for the "
+                f"check's sample to resolve their own noise; the half maps are used as given")
     if text:
         warnings.append(text)
         _log(progress, f"WARNING: {text}")

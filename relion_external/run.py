@@ -43,7 +43,7 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
     sources = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
                "mask": str(mask) if mask else None, "model": str(model) if model else None}
     return RefinementInputs(star.groups, star.particles, images, (h1, h2), m, px, structure,
-                            sources, source=star,
+                            sources, source=star, warnings=list(images.warnings),
                             input_paths=tuple(p for p in (particles, half1, half2, mask, model)
                                               if p))
 
