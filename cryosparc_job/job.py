@@ -158,7 +158,9 @@ def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
         log(f"exposure group {gid - 1}: {int(np.sum(parts.optics_group == gid))} particles, "
             f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
     sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
-               "model": args.model, "project_dir": str(project_dir)}
+               "model": args.model, "project_dir": str(project_dir),
+               "half_maps": [f"{args.volume} map_half_A ({half_a})",
+                             f"{args.volume} map_half_B ({half_b})"]}
     inputs = RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
                               sources, source=particles, warnings=list(images.warnings))
     return choose_conventions(inputs, options, log)

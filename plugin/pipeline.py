@@ -353,7 +353,7 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
 
 
 def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,
-                          progress) -> tuple[dict, str | None]:
+                          progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
     figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} +- {check.excess_sigma:.3f}"
     text = None
@@ -371,7 +371,7 @@ def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warni
         warnings.append(text)
         _log(progress, f"WARNING: {text}")
     if check.verdict == OTHER_SPLIT:
-        return references, (f"the half maps do not match the particles' half sets "
+        return references, (f"{names} do not match the particles' half sets "
                             f"(rlnRandomSubset / alignments3D/split): they contain these "
                             f"particles' noise in another split ({figures}), e.g. half maps of "
                             f"another refinement; every prediction would be biased toward the "
@@ -433,7 +433,8 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
 def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
            mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
            options: RefineOptions | None = None, progress: ProgressFn | None = None,
-           should_abort: Callable[[], bool] | None = None) -> Refinement:
+           should_abort: Callable[[], bool] | None = None, *,
+           half_map_names: tuple[str, str] | None = None) -> Refinement:
     """Refine Cs (and a defocus offset) per optics group.
 
     Parameters
@@ -446,6 +447,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     mask : optional real-space mask for the FSC (:func:`csrefine.fsc.default_mask` if None).
     map_pixel_size_A : the half maps' pixel size if known (checked against the optics groups).
     progress : called with plain-text progress lines; should_abort : polled between batches.
+    half_map_names : how to name the half maps in messages (e.g. their files).
     """
     options = (options or RefineOptions()).validate()
     timings = {}
@@ -494,7 +496,10 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         check = check_half_maps(group, positions, particles, images, refs_g, band, backend,
                                 options.threads)
         timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
-        refs_g, problem = _apply_half_map_check(check, gid, refs_g, warnings, progress)
+        refs_g, problem = _apply_half_map_check(
+            check, gid, refs_g, warnings, progress,
+            f"the half maps {half_map_names[0]} and {half_map_names[1]}" if half_map_names
+            else "the half maps")
         if problem:
             results.append(_not_refined(group, n, problem, band_g))
             results[-1].half_maps = check.as_dict()

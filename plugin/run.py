@@ -129,8 +129,10 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
     writer.prepare(inputs)
     for text in inputs.warnings:
         _warn(progress, text)
+    names = inputs.sources.get("half_maps")
     refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
-                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort)
+                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort,
+                        half_map_names=tuple(names) if names and len(names) == 2 else None)
     _check_abort(should_abort)
     report = report_dict(refinement, inputs.sources,
                          {**inputs.report_extra,

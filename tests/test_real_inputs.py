@@ -64,6 +64,7 @@ def test_half_sets_that_the_maps_do_not_follow_are_not_refined(data, tmp_path):
     print(g.half_maps, g.reason)
     assert g.half_maps["verdict"] == "another split" and abs(g.half_maps["z"]) < 5
     assert not g.refined and "do not match the particles' half sets" in g.reason
+    assert f"the half maps {data['half1']} and {data['half2']} do not match" in g.reason
     assert report["groups"][0]["cs_refined_mm"] == CS_NOMINAL
 
 
