@@ -17,7 +17,16 @@ import numpy as np
 from .backends import get_backend, resolve_backend
 from .ctf import cs_phase_factor, electron_wavelength_A
 from .errors import AbortRequested, InputError
-from .fit import FitResult, PhaseModel, default_search_range, fit_phase, jackknife_sigma, log_likelihood, pool
+from .fit import (
+    FitResult,
+    PhaseModel,
+    default_search_range,
+    fit_phase,
+    jackknife_sigma,
+    log_likelihood,
+    pool,
+    radial_bins,
+)
 from .forward import pixel_terms
 from .fourier import make_band
 from .fsc import default_mask, fsc_curve, resolution_at_threshold
@@ -33,12 +42,15 @@ from .halfsets import (
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
+from .phase_map import PhaseMap, phase_map
 from .projection import for_particles, make_padded_reference
 from .streaming import BatchStream
 from .zernike import isotropic_k4_rad
 
-#: Points of the log-likelihood profile along Cs drawn in the report (over +-cs_search_mm).
+#: Points of the log-likelihood profile along Cs drawn in the report, over the refined Cs
+#: +- PROFILE_CS_HALF_WIDTH_MM (fine enough to show the peak of a well-determined group).
 PROFILE_CS_POINTS = 121
+PROFILE_CS_HALF_WIDTH_MM = 0.2
 #: Defocus points (over +-1/4 of the defocus search) over which that profile is maximised.
 PROFILE_DEFOCUS_POINTS = 41
 #: A group is fitted only if its band spans at least this factor in resolution: with
@@ -48,6 +60,8 @@ BAND_MIN_RATIO = 0.8
 #: Extra radius of the cropped 3D references beyond the highest sampled frequency (1%), so
 #: that trilinear interpolation at the band's edge stays inside the stored shell.
 REFERENCE_MARGIN = 1.01
+#: Radial bins per Fourier shell in which the per-pixel statistics are pooled for the fit.
+BINS_PER_SHELL = 8
 
 
 @dataclass
@@ -64,7 +78,9 @@ class GroupResult:
         curvature; cs_change_z : (cs_refined_mm - cs_nominal_mm) / cs_sigma_mm;
     band_A : the group's fitted band (its high end capped at the group's Nyquist);
     half_maps : the check of the half maps against the particles' half sets
-        (:class:`csrefine.halfsets.HalfMapCheck` as a dict; empty if not made).
+        (:class:`csrefine.halfsets.HalfMapCheck` as a dict; empty if not made);
+    anisotropy : the anisotropic part of the measured phase vs the isotropic change at the
+        band's edge (:meth:`csrefine.phase_map.PhaseMap.summary`).
     """
 
     optics_group: int
@@ -87,6 +103,7 @@ class GroupResult:
     cs_zernike_mm: float = 0.0
     cs_change_z: float | None = None
     half_maps: dict = field(default_factory=dict)
+    anisotropy: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict, repr=False)
 
 
@@ -243,7 +260,8 @@ class GroupFit:
     best : all particles; leave_one_out : (cells, 2) [defocus offset A, Cs change mm] with
     each jackknife cell left out; subsets : one fit per random subset; profile_cs_mm /
     profile_log_likelihood : the likelihood along the Cs change (mm, relative to nominal),
-    defocus re-optimised; radial : the pooled statistics.
+    defocus re-optimised; radial : the pooled statistics; phase_map : the measured, fitted and
+    residual phase change in 2D (:mod:`csrefine.phase_map`).
     """
 
     best: FitResult
@@ -253,6 +271,7 @@ class GroupFit:
     profile_cs_change_mm: np.ndarray
     profile_log_likelihood: np.ndarray
     radial: object
+    phase_map: PhaseMap | None = None
 
 
 def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
@@ -261,7 +280,7 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     terms = pixel_terms(group, band)
     model = PhaseModel(terms.defocus_factor, terms.cs_factor)
     k_box = np.hypot(band.kx_px, band.ky_px) * band.box
-    radial = pool(stats, terms.k2, k_box, band.friedel_weight, n_particles)
+    radial = pool(stats, terms.k2, k_box, band.friedel_weight, n_particles, BINS_PER_SHELL)
     sums = radial.sums  # (n_cells, 5, n_bins)
     total = sums.sum(axis=0)
     k_max_per_A = float(np.sqrt(terms.k2.max()))
@@ -275,11 +294,16 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_per_A, search)
                for s in range(options.subsets)]
     # Log-likelihood along Cs (defocus re-optimised on the grid) for the report's plot.
-    cs_axis = np.linspace(-search.cs_mm, search.cs_mm, PROFILE_CS_POINTS)
+    cs_axis = best.cs_change_mm + np.linspace(-PROFILE_CS_HALF_WIDTH_MM, PROFILE_CS_HALF_WIDTH_MM,
+                                              PROFILE_CS_POINTS)
     df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
                           best.defocus_offset_A + search.defocus_A / 4, PROFILE_DEFOCUS_POINTS)
     profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
-    return GroupFit(best, loo, subsets, model, cs_axis, profile, radial)
+    _, shell = radial_bins(k_box, BINS_PER_SHELL)
+    pmap = phase_map(stats.sum(axis=0), band, terms.k2, radial.noise_var,
+                     np.unique(shell, return_inverse=True)[1],
+                     lambda k2: model.delta(best.defocus_offset_A, best.cs_change_mm, k2))
+    return GroupFit(best, loo, subsets, model, cs_axis, profile, radial, pmap)
 
 
 def zernike_cs_mm(group: OpticsGroup) -> float:
@@ -331,13 +355,22 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
                                                               cs_ref),
         resolution_impact_A=impact, band_A=list(band_A), voltage_kv=group.voltage_kv)
     radial = fitted.radial
+    delta, delta_sigma = _binned_phase(radial)
     profile = fitted.profile_log_likelihood
     result.curves = {"cs_axis_mm": (cs_input + fitted.profile_cs_change_mm).tolist(),
                      "log_likelihood": (profile - profile.max()).tolist(),
                      "cs_fitted_mm": cs_ref, "k2": radial.k2.tolist(),
                      "fit_delta_rad": model.delta(best.defocus_offset_A, best.cs_change_mm,
                                                   radial.k2).tolist(),
-                     "measured_delta_rad": _binned_phase(radial).tolist()}
+                     "measured_delta_rad": delta.tolist(),
+                     "measured_delta_sigma_rad": delta_sigma.tolist()}
+    if fitted.phase_map is not None:
+        pm = fitted.phase_map
+        result.anisotropy = pm.summary()
+        result.curves["phase_map"] = {
+            "k_axis_per_A": pm.k_axis_per_A.tolist(),
+            **{name: np.round(getattr(pm, name), 2).tolist()
+               for name in ("measured_deg", "fitted_deg", "residual_deg")}}
     return result
 
 
@@ -380,12 +413,16 @@ def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warni
     return references, None
 
 
-def _binned_phase(radial) -> np.ndarray:
-    """Per-bin least-squares phase atan2(s, c) of the pooled statistics, for plots."""
+def _binned_phase(radial) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin least-squares phase atan2(s, c) of the pooled statistics and its standard error
+    (radians; the amplitude's standard error over the amplitude), for plots."""
     a, b, c, d, e = radial.sums.sum(axis=0)
     det = a * c - b * b
     det = np.where(np.abs(det) > 0, det, 1.0)
-    return np.arctan2((a * e - b * d) / det, (c * d - b * e) / det)
+    cs, ss = (c * d - b * e) / det, (a * e - b * d) / det
+    var_amp = 0.5 * radial.noise_var[radial.shell] * (a + c) / det
+    sigma = np.sqrt(np.maximum(var_amp, 0)) / np.maximum(np.hypot(cs, ss), 1e-300)
+    return np.arctan2(ss, cs), np.minimum(sigma, np.pi)
 
 
 @dataclass(frozen=True)
