@@ -30,6 +30,7 @@ import numpy as np
 from csrefine import __version__
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
+from csrefine.history import add_recording_arguments, record_if_requested
 from csrefine.images import read_half_maps
 from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against it and say whether the Cs departure is pixel size or Cs")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
     add_option_arguments(p, style="cli")
+    add_recording_arguments(p, style="cli")
     return p
 
 
@@ -208,19 +210,25 @@ class JobOutputs:
                      f"{len(refinement.groups)} exposure group(s)")
 
 
-def refine_in_job(job, project, args, options) -> object:
-    """Everything inside ``with job.run()``: load, refine, log, save. Returns the Refinement."""
-    result = run_refinement(lambda: load_job_inputs(job, project, args, options), options,
-                            JobOutputs(job), JobLog(job))
-    return result.refinement
+def refine_in_job(job, project, args, options) -> RunResult:
+    """Everything inside ``with job.run()``: load, refine, log, save. Returns the RunResult."""
+    return run_refinement(lambda: load_job_inputs(job, project, args, options), options,
+                          JobOutputs(job), JobLog(job))
 
 
 def run_job(cs, args, options):
     """Create the External job, connect its inputs, refine inside ``job.run()``.
 
-    Returns (job, refinement). Errors after the job exists mark it failed (the exception is
-    logged and re-raised); nothing is saved then.
+    Returns (job, refinement); :func:`run_job_result` returns (job, RunResult). Errors after
+    the job exists mark it failed (the exception is logged and re-raised); nothing is saved
+    then.
     """
+    job, result = run_job_result(cs, args, options)
+    return job, result.refinement
+
+
+def run_job_result(cs, args, options):
+    """:func:`run_job`, returning (job, RunResult) (csrefine.json's content: ``.report``)."""
     pj, po = parse_source(args.particles, "--particles")
     vj, vo = parse_source(args.volume, "--volume")
     mj, mo = parse_source(args.mask, "--mask") if args.mask else (None, None)
@@ -238,16 +246,16 @@ def run_job(cs, args, options):
             job.connect("mask", mj, mo, slots=MASK_SLOTS, title="FSC mask")
     except Exception as exc:  # reported inside job.run() so that the job is marked failed
         setup_error = exc
-    refinement = None
+    result = None
     with job.run():
         try:
             if setup_error is not None:
                 raise setup_error
-            refinement = refine_in_job(job, project, args, options)
+            result = refine_in_job(job, project, args, options)
         except Exception as exc:
             job.log(f"csrefine: error: {exc}", level="error")
             raise
-    return job, refinement
+    return job, result
 
 
 def main(argv=None) -> int:
@@ -262,7 +270,7 @@ def main(argv=None) -> int:
         print(f"csrefine-cryosparc: cannot connect: {exc}", file=sys.stderr)
         return 1
     try:
-        job, _ = run_job(cs, args, options)
+        job, result = run_job_result(cs, args, options)
     except InputError as exc:
         print(f"csrefine-cryosparc: error: {exc} (the job is marked failed)", file=sys.stderr)
         return 2
@@ -270,6 +278,9 @@ def main(argv=None) -> int:
         print(f"csrefine-cryosparc: failed: {exc!r} (the job is marked failed)", file=sys.stderr)
         return 1
     print(f"csrefine-cryosparc: job {job.project_uid}-{job.uid} completed")
+    record_if_requested(result.report, instrument=args.instrument,
+                        magnification=args.magnification, history_db=args.history_db,
+                        source=f"cryoSPARC {job.project_uid}-{job.uid}")
     return 0
 
 

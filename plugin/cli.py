@@ -9,6 +9,11 @@ them. An adapter module provides:
 * ``PARTICLE_SUFFIXES`` — the particle-file suffixes it reads (e.g. ``(".star",)``);
 * ``refine_files(args, options, progress) -> Refinement`` — ``csrefine refine`` for those files;
 * ``add_commands(subparsers) -> {name: function(args) -> int}`` — its own subcommands, if any.
+
+``csrefine history record|show|plot`` (the per-instrument Cs history, :mod:`csrefine.history`) is
+the core's own subcommand. ``csrefine refine --instrument NAME`` (or ``$CSREFINE_INSTRUMENT``)
+records the finished run's csrefine.json in that history; a database that cannot be used is a
+warning, never a failed refinement.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Callable, Protocol
 
 from . import __version__
 from .errors import AbortRequested, InputError
+from .history import add_recording_arguments, record_directory
+from .history.commands import add_history_command
 from .options import add_option_arguments, options_from_namespace
 
 ADAPTER_GROUP = "csrefine.adapters"
@@ -64,7 +71,8 @@ def build_parser(adapters: dict) -> tuple[argparse.ArgumentParser, dict]:
                    help="atomic model (mmCIF/PDB) docked in the map: calibrate the pixel size "
                         "against it and say whether the Cs departure is pixel size or Cs")
     add_option_arguments(p, style="cli")
-    commands = {}
+    add_recording_arguments(p, style="cli")
+    commands = add_history_command(sub)
     for adapter in adapters.values():
         commands.update(adapter.add_commands(sub))
     return parser, commands
@@ -93,6 +101,8 @@ def main(argv=None) -> int:
     except (InputError, AbortRequested) as exc:
         print(f"csrefine: error: {exc}", file=sys.stderr)
         return 2
+    record_directory(args.out, instrument=args.instrument, magnification=args.magnification,
+                     history_db=args.history_db)
     return 0
 
 

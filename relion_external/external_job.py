@@ -6,7 +6,9 @@ User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --h
 ``resolution_low_A`` (20), ``resolution_high_A`` (FSC 0.143; ``kmin_A``/``kmax_A`` are accepted
 as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
 ``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
-(opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size).
+(opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size),
+``instrument`` (record the result in the per-instrument Cs history; default
+``$CSREFINE_INSTRUMENT``), ``magnification`` (its label there), ``history_db`` (SQLAlchemy URL).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError
+from csrefine.history import add_recording_arguments, record_directory
 from csrefine.io_atomic import atomic_write_bytes
 from csrefine.options import add_option_arguments, options_from_namespace
 
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="CIF|PDB", nargs="?",
                    help="atomic model docked in the map: calibrate the pixel size against it")
     add_option_arguments(p, style="relion")
+    add_recording_arguments(p, style="relion")
     return p
 
 
@@ -117,6 +121,9 @@ def main(argv=None) -> int:
         traceback.print_exc()
         touch(out_dir / EXIT_FAILURE)
         return 1
+    # the outputs are in place; a history that cannot be written only warns (on run.out)
+    record_directory(out_dir, instrument=args.instrument, magnification=args.magnification,
+                     history_db=args.history_db, warn=lambda s: print(s, flush=True))
     touch(out_dir / EXIT_SUCCESS)
     return 0
 

@@ -1,0 +1,391 @@
+"""The history database: schema, connection, recording and loading (SQLAlchemy 2.x Core).
+
+One schema serves SQLite (the default: one file in the user's data directory) and PostgreSQL (a
+facility's shared server, ``postgresql+psycopg://user:password@host/db``; ``pip install
+'csrefine[postgres]'``). The tool creates and migrates the schema itself: the table
+``schema_version`` holds one row, the version the tables follow; :data:`MIGRATIONS` brings a
+database from each version to the next.
+
+Tables:
+
+* ``runs`` — one csrefine run (one csrefine.json): ``content_hash`` (SHA-256 of the
+  csrefine.json content as canonical JSON; unique, so recording the same result twice is a no-op),
+  instrument, magnification label, voltage, the run's date, where it was recorded from, the inputs
+  (JSON), csrefine's version, the calibrated pixel size and its sigma (when a model was given).
+* ``groups`` — one row per optics group of a run: n_particles, Cs nominal / refined / sigma,
+  subsets (JSON), defocus offset, pixel size, the pixel size that would explain the Cs if the
+  nominal were right, Cs at the calibrated pixel size and the verdict, refined flag.
+
+Concurrent recorders: SQLite runs in WAL mode with a busy timeout, and a write that still meets
+"database is locked" is retried; a race on the same result ends in the unique key, which is the
+no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+#: The schema version this csrefine writes and reads.
+SCHEMA_VERSION = 1
+#: Environment variable with a SQLAlchemy URL of the history database.
+HISTORY_DB_ENV = "CSREFINE_HISTORY_DB"
+#: SQLite waits this long for another writer before "database is locked", s.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: Connection timeout for network databases, s (an unreachable server is a warning, quickly).
+CONNECT_TIMEOUT_S = 5
+#: Attempts of a write that meets a locked database, and the first pause between them, s.
+WRITE_ATTEMPTS = 8
+RETRY_PAUSE_S = 0.05
+#: Attempts to create or migrate the schema while other processes do the same.
+SCHEMA_ATTEMPTS = 5
+
+metadata = sa.MetaData()
+
+schema_version_table = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+)
+
+runs_table = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("content_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("instrument", sa.String(200), nullable=False, index=True),
+    sa.Column("magnification", sa.String(200)),
+    sa.Column("voltage_kv", sa.Float),
+    sa.Column("run_date", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Column("inputs_json", sa.Text),
+    sa.Column("csrefine_version", sa.String(50)),
+    sa.Column("pixel_size_calibrated_A", sa.Float),
+    sa.Column("pixel_size_sigma_A", sa.Float),
+)
+
+groups_table = sa.Table(
+    "groups", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False,
+              index=True),
+    sa.Column("optics_group", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("n_particles", sa.Integer),
+    sa.Column("refined", sa.Boolean, nullable=False),
+    sa.Column("voltage_kv", sa.Float),
+    sa.Column("cs_nominal_mm", sa.Float),
+    sa.Column("cs_refined_mm", sa.Float),
+    sa.Column("cs_sigma_mm", sa.Float),
+    sa.Column("cs_subsets_json", sa.Text),
+    sa.Column("defocus_offset_A", sa.Float),
+    sa.Column("pixel_size_A", sa.Float),
+    sa.Column("pixel_size_if_cs_nominal_A", sa.Float),
+    sa.Column("cs_at_calibrated_pixel_mm", sa.Float),
+    sa.Column("verdict", sa.Text),
+    sa.UniqueConstraint("run_id", "optics_group", name="uq_group_per_run"),
+)
+
+
+class HistoryError(Exception):
+    """The history database cannot be used (unreachable, or a schema newer than this csrefine)."""
+
+
+# ------------------------------------------------------------------------------ connection
+def default_sqlite_path() -> Path:
+    """``$XDG_DATA_HOME/csrefine/history.sqlite`` (``~/.local/share/csrefine/history.sqlite``)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "csrefine" / "history.sqlite"
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: ``url`` (``--history-db``), else ``$CSREFINE_HISTORY_DB``, else the default
+    SQLite file (its directory is created)."""
+    chosen = url or os.environ.get(HISTORY_DB_ENV)
+    if chosen:
+        return chosen
+    path = default_sqlite_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def open_engine(url: str | None = None) -> sa.Engine:
+    """An engine for the history database, its schema created or migrated to
+    :data:`SCHEMA_VERSION`. Raises HistoryError if it cannot be reached or used."""
+    resolved = database_url(url)
+    try:
+        sa_url = sa.make_url(resolved)
+    except sa.exc.ArgumentError as exc:
+        raise HistoryError(f"history database URL {resolved!r} is not a SQLAlchemy URL") from exc
+    kwargs: dict = {}
+    if sa_url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif sa_url.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        engine = sa.create_engine(sa_url, **kwargs)
+    except Exception as exc:  # e.g. the driver of this URL is not installed
+        raise HistoryError(f"history database {_safe(sa_url)}: {exc}") from exc
+    if sa_url.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+    try:
+        _retrying(lambda: ensure_schema(engine))
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise HistoryError(f"history database {_safe(sa_url)} cannot be used: "
+                           f"{_first_line(exc)}") from exc
+    except HistoryError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _safe(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    return "locked" in str(exc).lower() or "busy" in str(exc).lower()
+
+
+def _lost_schema_race(exc: OperationalError) -> bool:
+    """SQLite reports a table created meanwhile by another process as an OperationalError."""
+    return "already exists" in str(exc).lower() or _is_locked(exc)
+
+
+def _retrying(action, attempts: int = WRITE_ATTEMPTS):
+    """Run ``action()``, retrying (with growing pauses) while SQLite says the database is
+    locked; other errors propagate."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except OperationalError as exc:
+            if not _is_locked(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(RETRY_PAUSE_S * 2**attempt)
+    return None
+
+
+# ------------------------------------------------------------------------------ schema
+def _create_version_1(connection: sa.Connection) -> None:
+    metadata.create_all(connection, tables=[runs_table, groups_table])
+
+
+#: version -> function bringing the tables from version - 1 to ``version`` (0: empty database).
+MIGRATIONS = {1: _create_version_1}
+
+
+def stored_version(connection: sa.Connection) -> int:
+    """The schema version recorded in the database (0: none yet)."""
+    value = connection.execute(sa.select(sa.func.max(schema_version_table.c.version))).scalar()
+    return int(value or 0)
+
+
+def ensure_schema(engine: sa.Engine) -> int:
+    """Create or migrate the tables to :data:`SCHEMA_VERSION`; returns the version.
+
+    Each migration runs in its own transaction together with its version row; a second process
+    migrating at the same moment fails on that row (or on an existing table) and finds the
+    work done when it looks again.
+    """
+    for _ in range(SCHEMA_ATTEMPTS):
+        try:
+            with engine.begin() as connection:
+                metadata.create_all(connection, tables=[schema_version_table])
+            with engine.begin() as connection:
+                version = stored_version(connection)
+                if version > SCHEMA_VERSION:
+                    raise HistoryError(f"the history database has schema version {version}, newer "
+                                       f"than this csrefine's ({SCHEMA_VERSION}): update csrefine")
+                while version < SCHEMA_VERSION:
+                    version += 1
+                    MIGRATIONS[version](connection)
+                    connection.execute(sa.insert(schema_version_table).values(version=version))
+            return version
+        except (IntegrityError, sa.exc.ProgrammingError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not _lost_schema_race(exc):
+                raise
+            time.sleep(RETRY_PAUSE_S)  # another process migrated meanwhile; look again
+    with engine.connect() as connection:
+        return stored_version(connection)
+
+
+# ------------------------------------------------------------------------------ recording
+def content_hash(report: dict) -> str:
+    """SHA-256 of a csrefine.json content as canonical JSON (sorted keys, no spaces), so that the
+    same result read back from its file or taken from memory has the same hash."""
+    canonical = json.dumps(json.loads(json.dumps(report, default=float)), sort_keys=True,
+                           separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """What the user says about a run: the instrument, the magnification label (None: each
+    group's nominal pixel size), the run's date (None: now) and where it came from."""
+
+    instrument: str
+    magnification: str | None = None
+    run_date: datetime | None = None
+    source: str | None = None
+
+
+def _float(value):
+    return None if value is None else float(value)
+
+
+def group_rows(report: dict) -> list[dict]:
+    """``groups`` rows (without run_id) from a csrefine.json content."""
+    rows = []
+    for g in report.get("groups", []):
+        rows.append({
+            "optics_group": int(g["optics_group"]), "name": g.get("name"),
+            "n_particles": g.get("n_particles"), "refined": bool(g.get("refined")),
+            "voltage_kv": _float(g.get("voltage_kv")),
+            "cs_nominal_mm": _float(g.get("cs_nominal_mm")),
+            "cs_refined_mm": _float(g.get("cs_refined_mm")),
+            "cs_sigma_mm": _float(g.get("cs_sigma_mm")),
+            "cs_subsets_json": json.dumps(g.get("cs_subsets_mm") or []),
+            "defocus_offset_A": _float(g.get("defocus_offset_A")),
+            "pixel_size_A": _float(g.get("pixel_size_A")),
+            "pixel_size_if_cs_nominal_A": _float(g.get("pixel_size_if_cs_nominal_A")),
+            "cs_at_calibrated_pixel_mm": _float(g.get("cs_at_calibrated_pixel_mm")),
+            "verdict": g.get("verdict"),
+        })
+    return rows
+
+
+def run_row(report: dict, labels: RunLabels) -> dict:
+    """The ``runs`` row of a csrefine.json content under ``labels``."""
+    voltages = [g.get("voltage_kv") for g in report.get("groups", []) if g.get("voltage_kv")]
+    now = datetime.now(timezone.utc)
+    return {
+        "content_hash": content_hash(report), "instrument": labels.instrument,
+        "magnification": labels.magnification,
+        "voltage_kv": _float(voltages[0]) if voltages else None,
+        "run_date": labels.run_date or now, "recorded_at": now, "source": labels.source,
+        "inputs_json": json.dumps(report.get("inputs") or {}, default=str),
+        "csrefine_version": report.get("csrefine_version"),
+        "pixel_size_calibrated_A": _float(report.get("pixel_size_calibrated_A")),
+        "pixel_size_sigma_A": _float(report.get("pixel_size_sigma_A")),
+    }
+
+
+def record_report(engine: sa.Engine, report: dict, labels: RunLabels) -> bool:
+    """Record one csrefine.json content; True if it was new, False if already recorded (the
+    unique content hash: a repeat, or another recorder that won a race, is a no-op)."""
+    if not labels.instrument or not labels.instrument.strip():
+        raise ValueError("an instrument name is required to record a run")
+    run = run_row(report, labels)
+    groups = group_rows(report)
+
+    def insert() -> bool:
+        try:
+            with engine.begin() as connection:
+                run_id = connection.execute(
+                    sa.insert(runs_table).values(**run).returning(runs_table.c.id)).scalar_one()
+                if groups:
+                    connection.execute(sa.insert(groups_table),
+                                       [{**g, "run_id": run_id} for g in groups])
+            return True
+        except IntegrityError:
+            return False
+
+    return bool(_retrying(insert))
+
+
+# ------------------------------------------------------------------------------ loading
+@dataclass(frozen=True)
+class GroupRecord:
+    """One optics group of one recorded run, joined with its run (units in the names)."""
+
+    run_id: int
+    instrument: str
+    magnification: str | None
+    run_date: datetime
+    source: str | None
+    content_hash: str
+    optics_group: int
+    name: str | None
+    n_particles: int | None
+    refined: bool
+    voltage_kv: float | None
+    cs_nominal_mm: float | None
+    cs_refined_mm: float | None
+    cs_sigma_mm: float | None
+    cs_subsets_mm: tuple
+    defocus_offset_A: float | None
+    pixel_size_A: float | None
+    pixel_size_if_cs_nominal_A: float | None
+    cs_at_calibrated_pixel_mm: float | None
+    verdict: str | None
+    pixel_size_calibrated_A: float | None
+    pixel_size_sigma_A: float | None
+
+    @property
+    def magnification_label(self) -> str:
+        """The user's magnification label, else the nominal pixel size (e.g. '1.600 A/px')."""
+        if self.magnification:
+            return self.magnification
+        return f"{self.pixel_size_A:.3f} A/px" if self.pixel_size_A else "unknown"
+
+
+def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupRecord]:
+    """Every recorded optics group (of ``instrument`` if given), oldest run first."""
+    r, g = runs_table, groups_table
+    query = (sa.select(r.c.id, r.c.instrument, r.c.magnification, r.c.run_date, r.c.source,
+                       r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
+                       g.c.optics_group, g.c.name, g.c.n_particles, g.c.refined, g.c.voltage_kv,
+                       g.c.cs_nominal_mm, g.c.cs_refined_mm, g.c.cs_sigma_mm, g.c.cs_subsets_json,
+                       g.c.defocus_offset_A, g.c.pixel_size_A, g.c.pixel_size_if_cs_nominal_A,
+                       g.c.cs_at_calibrated_pixel_mm, g.c.verdict)
+             .join(g, g.c.run_id == r.c.id)
+             .order_by(r.c.run_date, r.c.id, g.c.optics_group))
+    if instrument is not None:
+        query = query.where(r.c.instrument == instrument)
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [GroupRecord(
+        run_id=row["id"], instrument=row["instrument"], magnification=row["magnification"],
+        run_date=_aware(row["run_date"]), source=row["source"], content_hash=row["content_hash"],
+        optics_group=row["optics_group"], name=row["name"], n_particles=row["n_particles"],
+        refined=bool(row["refined"]), voltage_kv=row["voltage_kv"],
+        cs_nominal_mm=row["cs_nominal_mm"], cs_refined_mm=row["cs_refined_mm"],
+        cs_sigma_mm=row["cs_sigma_mm"],
+        cs_subsets_mm=tuple(json.loads(row["cs_subsets_json"] or "[]")),
+        defocus_offset_A=row["defocus_offset_A"], pixel_size_A=row["pixel_size_A"],
+        pixel_size_if_cs_nominal_A=row["pixel_size_if_cs_nominal_A"],
+        cs_at_calibrated_pixel_mm=row["cs_at_calibrated_pixel_mm"], verdict=row["verdict"],
+        pixel_size_calibrated_A=row["pixel_size_calibrated_A"],
+        pixel_size_sigma_A=row["pixel_size_sigma_A"]) for row in rows]
+
+
+def count_runs(engine: sa.Engine) -> int:
+    """Number of recorded runs."""
+    with engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were stored in UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
