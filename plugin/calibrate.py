@@ -424,7 +424,7 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
     outside = ((pos < 0) | (pos > box - 1)).any(axis=1)
     if outside.mean() > 0.01:
         raise InputError(f"the atomic model is not docked in this map: {100 * outside.mean():.0f}% "
-                         f"of its atoms lie outside the {box}^3 box at {p_nom:.4f} A/pixel")
+                         f"of its atoms lie outside the {box}^3 box at {p_nom:.4f} Å/pixel")
     if mask is None:
         mask = model_mask(structure, box, p_nom, origin_A=origin_A)
     mask = np.asarray(mask, dtype=np.float64)
@@ -441,8 +441,8 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
     s_min = box * p_nom / low_res_A
     inband = (shells >= max(s_min, 1.0)) & (shells <= s_max + 1e-9)
     if inband.sum() < 3:
-        raise InputError(f"the half maps' resolution ({resolution:.1f} A) leaves too few Fourier "
-                         f"shells between {low_res_A:.0f} A and the FSC={fsc_threshold} limit to "
+        raise InputError(f"the half maps' resolution ({resolution:.1f} Å) leaves too few Fourier "
+                         f"shells between {low_res_A:.0f} Å and the FSC={fsc_threshold} limit to "
                          f"calibrate the pixel size")
     f = np.clip(fsc, 0.0, 0.999)
     w_avg = np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0)
@@ -490,9 +490,9 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
                f"{expected:.3f} a docked model would give; minimum "
                f"{100 * min_relative_correlation:.0f}%")
     if t_edge:
-        refuse(f"the best translation lies at the {max_shift_A:.0f} A search limit")
+        refuse(f"the best translation lies at the {max_shift_A:.0f} Å search limit")
     if ib in (0, scales.size - 1):
-        refuse(f"the best pixel size lies at the edge of the +-{100 * scan_range:.0f}% scan")
+        refuse(f"the best pixel size lies at the edge of the ±{100 * scan_range:.0f}% scan")
     sig_curv = cal.curvature_sigma(target, p_best, t_best)
     if not np.isfinite(sig_curv) or sig_curv > max_sigma_rel * p_nom:
         refuse("the match score has no clear optimum in pixel size")

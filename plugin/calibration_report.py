@@ -42,8 +42,8 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
     extra = apply_calibration(refinement.groups, cal)
     rel = 100 * (cal.pixel_size_calibrated_A / pixel_size_A - 1)
     lines = [f"Pixel size calibrated against the atomic model: {cal.pixel_size_calibrated_A:.4f} "
-             f"+- {cal.pixel_size_sigma_A:.4f} A (nominal {pixel_size_A:.4f} A, {rel:+.2f}%; half "
-             f"maps {cal.pixel_size_half1_A:.4f} / {cal.pixel_size_half2_A:.4f} A)."]
+             f"± {cal.pixel_size_sigma_A:.4f} Å (nominal {pixel_size_A:.4f} Å, {rel:+.2f}%; half "
+             f"maps {cal.pixel_size_half1_A:.4f} / {cal.pixel_size_half2_A:.4f} Å)."]
     lines += [f"  Optics group {gid}: {text}" for gid, text in extra["verdict"].items()]
     lines.append("  " + WHAT_TO_DO)
     return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))])
@@ -69,9 +69,9 @@ def _scan_figure(cal):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(cal.scan_pixel_size_A, cal.scan_score, ".-")
     ax.axvline(cal.pixel_size_nominal_A, color="grey", ls=":",
-               label=f"nominal {cal.pixel_size_nominal_A:.4f} A")
+               label=f"nominal {cal.pixel_size_nominal_A:.4f} Å")
     ax.axvline(cal.pixel_size_calibrated_A, color="C3",
-               label=f"calibrated {cal.pixel_size_calibrated_A:.4f} +- {cal.pixel_size_sigma_A:.4f} A")
+               label=f"calibrated {cal.pixel_size_calibrated_A:.4f} ± {cal.pixel_size_sigma_A:.4f} Å")
     ax.set_xlabel("pixel size (A)")
     ax.set_ylabel("model-map match (FSC-weighted correlation)")
     ax.set_title("Pixel size against the atomic model")

@@ -60,6 +60,9 @@ BAND_MIN_RATIO = 0.8
 #: Extra radius of the cropped 3D references beyond the highest sampled frequency (1%), so
 #: that trilinear interpolation at the band's edge stays inside the stored shell.
 REFERENCE_MARGIN = 1.01
+#: Progress lines at most this often (seconds) or every this fraction of a group's particles.
+PROGRESS_EVERY_S = 5.0
+PROGRESS_EVERY_FRACTION = 0.02
 #: Radial bins per Fourier shell in which the per-pixel statistics are pooled for the fit.
 BINS_PER_SHELL = 8
 
@@ -153,16 +156,16 @@ def map_pixel_size(groups: dict[int, OpticsGroup], half_maps,
     if one_size:
         px = next(iter(groups.values())).pixel_size_A
         if map_pixel_size_A and abs(px / map_pixel_size_A - 1) > PIXEL_TOLERANCE:
-            raise InputError(f"optics groups' pixel size {px:.4f} A differs from the half maps' "
-                             f"{map_pixel_size_A:.4f} A (header)")
+            raise InputError(f"optics groups' pixel size {px:.4f} Å differs from the half maps' "
+                             f"{map_pixel_size_A:.4f} Å (header)")
         return float(px)
-    listing = ", ".join(f"{g.optics_group}: {g.pixel_size_A:.4f} A" for g in groups.values())
+    listing = ", ".join(f"{g.optics_group}: {g.pixel_size_A:.4f} Å" for g in groups.values())
     if not map_pixel_size_A:
         raise InputError(f"optics groups have different pixel sizes ({listing}) and the half maps' "
                          f"header states none: cannot tell which pixel size the maps have")
     if not any(abs(g.pixel_size_A / map_pixel_size_A - 1) <= PIXEL_TOLERANCE
                for g in groups.values()):
-        raise InputError(f"the half maps' pixel size {map_pixel_size_A:.4f} A (header) matches "
+        raise InputError(f"the half maps' pixel size {map_pixel_size_A:.4f} Å (header) matches "
                          f"none of the optics groups ({listing})")
     return float(map_pixel_size_A)
 
@@ -187,7 +190,7 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     terms = pixel_terms(group, band)
     n = positions.size
     done = 0
-    t0 = time.monotonic()
+    meter = ProgressMeter(f"optics group {group.optics_group}", n, progress)
     # The next batch is read from the (memory-mapped) stacks in background threads while this
     # one is computed; the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
@@ -200,10 +203,39 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
             _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms,
                             band, group, backend, options)
             done += idx.size
-            rate = done / max(time.monotonic() - t0, 1e-9)
-            _log(progress, f"optics group {group.optics_group}: {done}/{n} particles "
-                           f"({rate:.0f} particles/s)")
+            meter.update(done)
     return stats
+
+
+class ProgressMeter:
+    """Progress lines as RELION prints them: done/total, percentage, elapsed and estimated time
+    left, at most every PROGRESS_EVERY_S seconds or PROGRESS_EVERY_FRACTION of the work (and at
+    the end), so that a million particles make about fifty lines, not four thousand."""
+
+    def __init__(self, label: str, total: int, progress: ProgressFn | None):
+        self.label, self.total, self.progress = label, max(int(total), 1), progress
+        self.t0 = time.monotonic()
+        self.last_time, self.last_done = self.t0, 0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        due = (now - self.last_time >= PROGRESS_EVERY_S
+               or done - self.last_done >= PROGRESS_EVERY_FRACTION * self.total
+               or done >= self.total)
+        if self.progress is None or not due:
+            return
+        self.last_time, self.last_done = now, done
+        elapsed = now - self.t0
+        rate = done / max(elapsed, 1e-9)
+        left = (self.total - done) / max(rate, 1e-9)
+        self.progress(f"{self.label}: {done}/{self.total} particles "
+                      f"({100 * done / self.total:.0f}%), {_clock(elapsed)} elapsed, "
+                      f"{_clock(left)} left, {rate:.0f} particles/s")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def batch_size_for(backend, options: RefineOptions, box: int) -> int:
@@ -388,7 +420,7 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
 def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,
                           progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
-    figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} +- {check.excess_sigma:.3f}"
+    figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}"
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
@@ -502,8 +534,8 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                        setup.references)
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
-    _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} A; "
-                   f"fitting {low_A:.1f}-{high_A:.2f} A")
+    _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} Å; "
+                   f"fitting {low_A:.1f}-{high_A:.2f} Å")
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results, warnings = [], []
@@ -523,7 +555,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         band_g = [float(low_A), float(high_g_A)]
         if high_g_A > BAND_MIN_RATIO * low_A:
             results.append(_not_refined(group, n, f"resolution too low: the band {low_A}"
-                                        f"-{high_g_A:.1f} A is too narrow", band_g))
+                                        f"-{high_g_A:.1f} Å is too narrow", band_g))
             _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
             continue
         band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)

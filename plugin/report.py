@@ -59,19 +59,22 @@ def _fmt(value, spec, none="-"):
 
 
 def summary_table(refinement: Refinement) -> str:
-    """One row per optics group, for run.out / the cryoSPARC event log."""
-    head = (f"{'group':>5} {'name':<16} {'particles':>9} {'Cs nominal':>10} {'Cs refined':>10} "
-            f"{'sigma':>7} {'subsets (mm)':<22} {'ddefocus A':>10} {'pixel if Cs nom.':>16} "
-            f"{'matters at':>10}  status")
+    """One row per optics group, at most 100 characters wide, for run.out / the event log ("—"
+    where a group was not refined; its reason is in the text above)."""
+    head = (f"{'group':>5} {'name':<14} {'particles':>9} {'Cs nom.':>7} {'Cs refined (mm)':>15} "
+            f"{'z':>6} {'ddef. (Å)':>9} {'matters at':>11}  status")
     lines = [head, "-" * len(head)]
     for g in refinement.groups:
-        subsets = " ".join(f"{c:.3f}" for c in g.cs_subsets_mm) or "-"
-        impact = f"{g.resolution_impact_A:.2f} A" if g.resolution_impact_A else "beyond Nyq."
-        lines.append(
-            f"{g.optics_group:>5} {g.name[:16]:<16} {g.n_particles:>9} {g.cs_nominal_mm:>10.3f} "
-            f"{g.cs_refined_mm:>10.3f} {_fmt(g.cs_sigma_mm, '7.3f'):>7} {subsets:<22} "
-            f"{g.defocus_offset_A:>10.1f} {_fmt(g.pixel_size_if_cs_nominal_A, '.4f') + ' A':>16} "
-            f"{impact:>10}  {'refined' if g.refined else 'NOT refined: ' + g.reason}")
+        if g.refined:
+            cs = f"{g.cs_refined_mm:.3f} ± {_fmt(g.cs_sigma_mm, '.3f')}"
+            z, ddf = _fmt(g.cs_change_z, "+.1f"), f"{g.defocus_offset_A:+.1f}"
+            impact = f"{g.resolution_impact_A:.2f} Å" if g.resolution_impact_A else "beyond Nyq."
+            status = "refined"
+        else:
+            cs = z = ddf = impact = "—"
+            status = "not refined"
+        lines.append(f"{g.optics_group:>5} {g.name[:14]:<14} {g.n_particles:>9} "
+                     f"{g.cs_nominal_mm:>7.3f} {cs:>15} {z:>6} {ddf:>9} {impact:>11}  {status}")
     return "\n".join(lines)
 
 
@@ -82,10 +85,10 @@ def interpretation(g) -> list[str]:
         return [head, f"  not refined: {g.reason}; Cs stays at the nominal {g.cs_nominal_mm:.3f} mm."]
     held = (f", of which {g.cs_zernike_mm:.3f} mm were held by Z4^0 (rlnEvenZernike) in the input"
             if g.cs_zernike_mm else "")
-    lines = [head, f"  Cs = {g.cs_refined_mm:.3f} +- {_fmt(g.cs_sigma_mm, '.3f')} mm{held} "
+    lines = [head, f"  Cs = {g.cs_refined_mm:.3f} ± {_fmt(g.cs_sigma_mm, '.3f')} mm{held} "
                    f"(jackknife; nominal {g.cs_nominal_mm:.3f} mm, change "
                    f"{g.cs_refined_mm - g.cs_nominal_mm:+.3f} mm), defocus offset "
-                   f"{g.defocus_offset_A:+.1f} A."]
+                   f"{g.defocus_offset_A:+.1f} Å."]
     lines.append(_significance(g))
     if g.cs_subsets_mm:
         spread = float(np.std(g.cs_subsets_mm, ddof=1)) if len(g.cs_subsets_mm) > 1 else float("nan")
@@ -96,10 +99,10 @@ def interpretation(g) -> list[str]:
     nyquist = 2 * g.pixel_size_A
     if g.resolution_impact_A:
         lines.append(f"  The refined CTF departs from the nominal one by 45 degrees at "
-                     f"{g.resolution_impact_A:.2f} A: it matters for data beyond that resolution.")
+                     f"{g.resolution_impact_A:.2f} Å: it matters for data beyond that resolution.")
     else:
         lines.append(f"  The refined and nominal CTFs differ by less than 45 degrees up to Nyquist "
-                     f"({nyquist:.2f} A): the change has no practical effect at this pixel size.")
+                     f"({nyquist:.2f} Å): the change has no practical effect at this pixel size.")
     return lines
 
 
@@ -152,7 +155,7 @@ def _pixel_alternative(g) -> list[str]:
         return ["  No pixel size explains this Cs with the nominal Cs (the refined Cs is not "
                 "positive): it is not a pixel-size effect."]
     rel = p_alt / g.pixel_size_A - 1
-    text = (f"a pixel size of {p_alt:.4f} A instead of {g.pixel_size_A:.4f} A ({100 * rel:+.2f}%)")
+    text = (f"a pixel size of {p_alt:.4f} Å instead of {g.pixel_size_A:.4f} Å ({100 * rel:+.2f}%)")
     if abs(rel) > PLAUSIBLE_PIXEL_ERROR:
         return [f"  With Cs at its nominal value, only {text} would explain the same CTF: a "
                 f"pixel-size error that large is implausible, so this is not a pixel-size effect "

@@ -91,7 +91,7 @@ def test_each_group_recovers_its_cs(mixed_project, device):
 
 
 def test_map_header_must_match_a_group(mixed_project):
-    with pytest.raises(InputError, match=r"1\.0000 A \(header\) matches none of the optics groups"):
+    with pytest.raises(InputError, match=r"1\.0000 Å \(header\) matches none of the optics groups"):
         _run(mixed_project, "bad_header", half_px=1.0)
     assert not any((mixed_project / "bad_header").iterdir())
 

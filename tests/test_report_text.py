@@ -25,7 +25,7 @@ def test_small_pixel_error_is_offered_as_alternative():
     # a 2% pixel error makes 2.7 mm look like 2.7 * 1.02^4 = 2.92 mm
     cs_apparent = apparent_cs_mm(2.7, 1.0, 1 / 1.02)
     text = "\n".join(interpretation(_group(2.7, cs_apparent)))
-    assert "Alternatively" in text and "0.9804 A" in text and "(-1.96%)" in text
+    assert "Alternatively" in text and "0.9804 Å" in text and "(-1.96%)" in text
 
 
 @pytest.mark.parametrize("cs_nominal, cs_refined", [(0.01, 0.5), (2.7, 4.5), (2.7, 1.0)])
@@ -51,4 +51,4 @@ def test_significance_is_said_plainly(cs_refined, significant):
 
 def test_the_part_held_by_z40_is_named():
     text = "\n".join(interpretation(_group(2.7, 3.0, cs_zernike_mm=0.294)))
-    assert "Cs = 3.000 +- 0.010 mm, of which 0.294 mm were held by Z4^0" in text
+    assert "Cs = 3.000 ± 0.010 mm, of which 0.294 mm were held by Z4^0" in text
