@@ -29,11 +29,12 @@ import numpy as np
 
 from csrefine import __version__
 from csrefine.atomic_map import read_model
-from csrefine.errors import InputError
+from csrefine.errors import InputError, Interrupted, quiet_library_warnings
 from csrefine.images import read_half_maps
 from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.run import RefinementInputs, RunResult, run_refinement
+from csrefine.signals import interrupts_raise
 
 from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
@@ -262,7 +263,11 @@ def main(argv=None) -> int:
         print(f"csrefine-cryosparc: cannot connect: {exc}", file=sys.stderr)
         return 1
     try:
-        job, _ = run_job(cs, args, options)
+        with interrupts_raise(), quiet_library_warnings():  # SIGTERM/SIGINT/SIGHUP: Interrupted
+            job, _ = run_job(cs, args, options)
+    except Interrupted as exc:
+        print(f"csrefine-cryosparc: {exc} (the job is marked failed)", file=sys.stderr)
+        return 128 + exc.signum
     except InputError as exc:
         print(f"csrefine-cryosparc: error: {exc} (the job is marked failed)", file=sys.stderr)
         return 2
