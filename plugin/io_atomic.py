@@ -58,7 +58,8 @@ def staging_directory(out_dir):
     try:
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with deferred():  # a second signal must not cut the clean-up short
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def commit(staging, out_dir, names) -> None:
@@ -68,7 +69,9 @@ def commit(staging, out_dir, names) -> None:
     missing = [n for n in names if not (staging / n).is_file()]
     if missing:
         raise FileNotFoundError(f"outputs not written: {', '.join(missing)}")
-    with deferred():  # a signal waits until the set is complete
+    # A signal arriving while the files move waits until the set is complete, and is then
+    # dropped: the outputs are in place, the run has succeeded (what remains is printing).
+    with deferred(raise_pending=False):
         for name in names:
             os.replace(staging / name, out_dir / name)
 
@@ -129,6 +132,11 @@ def release_lock(out_dir) -> None:
         return
     _held_locks[key] -= 1
     if _held_locks[key] == 0:
+        _remove_lock(key, lock)
+
+
+def _remove_lock(key: Path, lock: Path) -> None:
+    with deferred(raise_pending=False):  # the run is ending: a signal must not leave the lock
         del _held_locks[key]
         if _lock_owner(lock) == os.getpid():
             try:
