@@ -51,9 +51,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from csrefine.ctf import electron_wavelength_A
-from csrefine.errors import InputError
+from csrefine.errors import InputError, shown
 from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
-from csrefine.model import OpticsGroup, Particles
+from csrefine.model import OpticsGroup, Particles, check_optics_values
 
 REQUIRED_FIELDS = (
     "blob/path", "blob/idx", "blob/shape", "blob/psize_A",
@@ -64,6 +64,43 @@ REQUIRED_FIELDS = (
 #: Global CTF Refinement's higher-order fields and their lengths.
 ABERRATION_FIELDS = {"ctf/tilt_A": 2, "ctf/trefoil_A": 2, "ctf/tetra_A": 4, "ctf/anisomag": 4,
                      "ctf/shift_A": 2}
+#: The kind of value each field read here must hold (numpy dtype kinds): a float ``blob/idx``
+#: would be truncated, integer poses are not cryoSPARC's, a string number is no number.
+INTEGER_FIELDS = ("blob/idx", "blob/shape", "ctf/exp_group_id", "alignments3D/split")
+STRING_FIELDS = ("blob/path",)
+FLOAT_FIELDS = ("blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast",
+                "ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/scale",
+                "ctf/bfactor", "alignments3D/pose", "alignments3D/shift",
+                "alignments3D/psize_A", *ABERRATION_FIELDS)
+_KINDS = {**{f: ("iu", "an integer") for f in INTEGER_FIELDS},
+          **{f: ("f", "a floating-point") for f in FLOAT_FIELDS},
+          **{f: ("OUS", "a string") for f in STRING_FIELDS}}
+#: The field of each quantity checked by csrefine.model.check_optics_values.
+OPTICS_FIELD_NAMES = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm",
+                      "amplitude_contrast": "ctf/amp_contrast", "pixel_size_A": "blob/psize_A",
+                      "box_size": "blob/shape"}
+
+
+def check_field_types(dset, what: str) -> None:
+    """InputError naming the file, field and dtype if a field csrefine reads holds the wrong
+    kind of value (:data:`INTEGER_FIELDS`, :data:`FLOAT_FIELDS`, :data:`STRING_FIELDS`)."""
+    for name in dset.fields():
+        if name not in _KINDS:
+            continue
+        kinds, label = _KINDS[name]
+        values = np.asarray(dset[name])
+        ok = values.dtype.kind in kinds
+        if ok and values.dtype.kind == "O":
+            ok = all(isinstance(v, (str, bytes)) for v in values[:1000].ravel().tolist())
+        if not ok:
+            raise InputError(f"{what}: field {name} has dtype {values.dtype} ({_kind_word(values)}); "
+                             f"csrefine expects {label} field")
+
+
+def _kind_word(values: np.ndarray) -> str:
+    return {"i": "integers", "u": "integers", "f": "floating-point numbers", "c": "complex numbers",
+            "b": "booleans", "U": "strings", "S": "strings", "O": "Python objects"}.get(
+        values.dtype.kind, "other values")
 
 
 # ----------------------------------------------------------------------------- poses
@@ -92,11 +129,19 @@ def strip_export_marker(path: str) -> str:
     return path[1:] if path.startswith(">") else path
 
 
-def resolve_blob_paths(paths, project_dir) -> list[str]:
-    """``blob/path`` values are relative to the project directory; absolute ones are kept."""
+def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]:
+    """``blob/path`` values are relative to the project directory; absolute ones are kept.
+
+    A relative path that leaves the project directory (``../``) is refused (InputError): cryoSPARC
+    writes paths inside the project, or absolute ones for imported stacks, so such a path is a
+    damaged or hand-edited dataset reading files it should not.
+    """
     out = []
     for p in paths:
-        p = strip_export_marker(p)
+        p = strip_export_marker(p.decode() if isinstance(p, bytes) else p)
+        if not os.path.isabs(p) and os.path.normpath(p).split(os.sep)[0] == os.pardir:
+            raise InputError(f"{what}: blob/path {p!r} leaves the project directory; cryoSPARC's "
+                             f"relative paths stay inside it (absolute paths are accepted)")
         if project_dir is not None and not os.path.isabs(p):
             p = str(Path(project_dir) / p)
         out.append(p)
@@ -325,6 +370,7 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     missing = [f for f in REQUIRED_FIELDS if f not in fields]
     if missing:
         raise InputError(f"{what}: missing field(s) {', '.join(missing)}")
+    check_field_types(dset, what)
 
     exp = (_field(dset, "ctf/exp_group_id").astype(np.int64) if "ctf/exp_group_id" in fields
            else np.zeros(n, dtype=np.int64))
@@ -333,13 +379,21 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
         raise InputError(f"{what}: blob/shape must be square particle images, got {shape[0].tolist()}")
     px = _field(dset, "blob/psize_A").astype(np.float64)
     if np.any(~np.isfinite(px)) or np.any(px <= 0):
-        raise InputError(f"{what}: blob/psize_A must be positive")
+        bad = int(np.flatnonzero(~(px > 0))[0])
+        raise InputError(f"{what}: blob/psize_A must be positive, got {shown(px[bad])} in row "
+                         f"{bad + 1}")
 
     per = {name: _constant_per_group(_field(dset, name), exp, name)
            for name in ("ctf/cs_mm", "ctf/accel_kv", "ctf/amp_contrast", "blob/psize_A")}
     boxes = _constant_per_group(shape[:, 0], exp, "blob/shape")
-    aberrations = cryosparc_aberrations(dset, exp, MOST_LIKELY_CONVENTION)
     groups = {}
+    for eid in sorted(per["ctf/cs_mm"]):
+        check_optics_values(what, f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
+                            cs_mm=per["ctf/cs_mm"][eid],
+                            amplitude_contrast=per["ctf/amp_contrast"][eid],
+                            pixel_size_A=per["blob/psize_A"][eid], box_size=boxes[eid],
+                            names=OPTICS_FIELD_NAMES)
+    aberrations = cryosparc_aberrations(dset, exp, MOST_LIKELY_CONVENTION)
     for eid in sorted(per["ctf/cs_mm"]):
         og = eid + 1
         terms = aberrations[eid]
@@ -382,7 +436,7 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
         particles.check_finite()
     except ValueError as exc:
         raise InputError(f"{what}: {exc}") from None
-    paths = resolve_blob_paths(_field(dset, "blob/path"), project_dir)
+    paths = resolve_blob_paths(_field(dset, "blob/path"), project_dir, what)
     indices = _field(dset, "blob/idx").astype(np.int64)
     return groups, particles, paths, indices
 

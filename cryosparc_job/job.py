@@ -29,12 +29,13 @@ import numpy as np
 
 from csrefine import __version__
 from csrefine.atomic_map import read_model
-from csrefine.errors import InputError
+from csrefine.errors import InputError, Interrupted, quiet_library_warnings
 from csrefine.history import add_recording_arguments, record_if_requested
 from csrefine.images import read_half_maps
 from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.run import RefinementInputs, RunResult, run_refinement
+from csrefine.signals import interrupts_raise
 
 from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
@@ -270,7 +271,11 @@ def main(argv=None) -> int:
         print(f"csrefine-cryosparc: cannot connect: {exc}", file=sys.stderr)
         return 1
     try:
-        job, result = run_job_result(cs, args, options)
+        with interrupts_raise(), quiet_library_warnings():  # SIGTERM/SIGINT/SIGHUP: Interrupted
+            job, result = run_job_result(cs, args, options)
+    except Interrupted as exc:
+        print(f"csrefine-cryosparc: {exc} (the job is marked failed)", file=sys.stderr)
+        return 128 + exc.signum
     except InputError as exc:
         print(f"csrefine-cryosparc: error: {exc} (the job is marked failed)", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from csrefine.errors import InputError
 from csrefine.images import read_half_maps
 from csrefine.io_atomic import atomic_output
 from csrefine.options import RefineOptions
+from csrefine.paths import check_input_file
 from csrefine.pipeline import Refinement
 from csrefine.run import OutputDirectory, RefinementInputs, RunResult, run_refinement
 
@@ -30,9 +31,7 @@ def load_dataset(path):
     """``Dataset.load`` with InputError on a missing or unreadable file."""
     from cryosparc.dataset import Dataset
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such particle dataset")
+    path = check_input_file(path, "particle dataset")
     try:
         return Dataset.load(path)
     except Exception as exc:

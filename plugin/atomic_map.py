@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .paths import check_input_file
 
 #: PDB entry 1BD2 (public-domain PDB data), shipped with the package for the example.
 PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "1BD2.cif.gz"
@@ -76,9 +77,7 @@ def read_model(path):
     """Read an atomic model (mmCIF or PDB, optionally gzipped) with gemmi; InputError if unusable."""
     import gemmi
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: atomic model not found")
+    path = check_input_file(path, "atomic model")
     try:
         structure = gemmi.read_structure(str(path))
     except Exception as exc:

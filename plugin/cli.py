@@ -25,12 +25,23 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from . import __version__
-from .errors import AbortRequested, InputError
+from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
 from .history import add_recording_arguments, record_directory
 from .history.commands import add_history_command
 from .options import add_option_arguments, options_from_namespace
+from .signals import interrupts_raise
 
 ADAPTER_GROUP = "csrefine.adapters"
+#: Exit statuses: bad input, options or outputs (also argparse's), an abort; a signal exits with
+#: 128 + its number (130 for SIGINT, 143 for SIGTERM).
+EXIT_STATUS_INPUT, EXIT_STATUS_ABORTED, SIGNAL_STATUS_BASE = 2, 3, 128
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (the usage is in ``--help``)."""
+
+    def error(self, message):
+        self.exit(EXIT_STATUS_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Adapter(Protocol):
@@ -51,7 +62,7 @@ def load_adapters() -> dict[str, Adapter]:
 def build_parser(adapters: dict) -> tuple[argparse.ArgumentParser, dict]:
     """The parser and the adapters' extra subcommands ({name: function(args) -> int})."""
     suffixes = ", ".join(s for a in adapters.values() for s in a.PARTICLE_SUFFIXES)
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="csrefine", description="Refine the spherical-aberration coefficient Cs per optics "
                                      "group from cryo-EM particle stacks.")
     parser.add_argument("--version", action="version", version=f"csrefine {__version__}")
@@ -89,20 +100,30 @@ def adapter_for(particles: str, adapters: dict):
 
 
 def main(argv=None) -> int:
-    adapters = load_adapters()
-    parser, commands = build_parser(adapters)
-    args = parser.parse_args(argv)
-    try:
-        if args.command in commands:
-            return int(commands[args.command](args) or 0)
-        adapter = adapter_for(args.particles, adapters)
-        options = options_from_namespace(args)
-        adapter.refine_files(args, options, progress=lambda s: print(s, flush=True))
-    except (InputError, AbortRequested) as exc:
-        print(f"csrefine: error: {exc}", file=sys.stderr)
-        return 2
-    record_directory(args.out, instrument=args.instrument, magnification=args.magnification,
-                     history_db=args.history_db)
+    """``csrefine``; returns the exit status. Errors are one line on stderr; SIGTERM, SIGINT and
+    SIGHUP stop the run, remove its staged outputs and exit with 128 + the signal number. A
+    successful refinement is recorded in the history database when an instrument is given."""
+    with interrupts_raise(), quiet_library_warnings():
+        try:
+            adapters = load_adapters()
+            parser, commands = build_parser(adapters)
+            args = parser.parse_args(argv)
+            if args.command in commands:
+                return int(commands[args.command](args) or 0)
+            adapter = adapter_for(args.particles, adapters)
+            options = options_from_namespace(args)
+            adapter.refine_files(args, options, progress=lambda s: print(s, flush=True))
+        except Interrupted as exc:
+            print(f"csrefine: {exc}; nothing was written", file=sys.stderr, flush=True)
+            return SIGNAL_STATUS_BASE + exc.signum
+        except AbortRequested as exc:
+            print(f"csrefine: {exc}; nothing was written", file=sys.stderr, flush=True)
+            return EXIT_STATUS_ABORTED
+        except InputError as exc:
+            print(f"csrefine: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_STATUS_INPUT
+        record_directory(args.out, instrument=args.instrument, magnification=args.magnification,
+                         history_db=args.history_db)
     return 0
 
 

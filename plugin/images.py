@@ -6,6 +6,8 @@ cryoSPARC blob/path, blob/idx). Stacks are opened once, memory-mapped, and never
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 
 import mrcfile
@@ -13,6 +15,67 @@ import numpy as np
 
 from .errors import InputError
 from .model import PIXEL_TOLERANCE
+from .paths import check_input_file
+
+MRC_HEADER_BYTES = 1024
+#: Bytes per voxel of the real-valued MRC modes csrefine reads (int8, int16, float32, uint16,
+#: float16); modes 3 and 4 are complex (refused).
+MRC_MODE_BYTES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
+MRC_COMPLEX_MODES = (3, 4)
+#: A mask must have a positive voxel and no value below this (soft edges may dip slightly).
+MASK_MIN_VALUE = -0.01
+#: Half maps whose difference is below this fraction of their norm are the same map (FSC = 1
+#: to Nyquist): refused.
+HALF_MAP_MIN_RELATIVE_DIFFERENCE = 1e-6
+
+
+def check_mrc_header(path, what: str) -> tuple[int, int, int, int]:
+    """(nx, ny, nz, mode) of an MRC file, checked against its size before any data is read (a
+    garbage header must not make the reader allocate gigabytes). InputError naming the file for
+    a short or unreadable header, an unknown or complex mode, or a file smaller than its header
+    states."""
+    path = check_input_file(path, what)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(MRC_HEADER_BYTES)
+    if len(head) < MRC_HEADER_BYTES:
+        raise InputError(f"{path}: {what} is not an MRC file ({len(head)} bytes, shorter than "
+                         f"the {MRC_HEADER_BYTES}-byte header)")
+    order = ">" if head[212:214] == b"\x11\x11" else "<"
+    nx, ny, nz, mode = struct.unpack(order + "4i", head[:16])
+    nsymbt = struct.unpack(order + "i", head[92:96])[0]
+    if mode in MRC_COMPLEX_MODES:
+        raise InputError(f"{path}: {what} holds complex values (MRC mode {mode}); csrefine needs "
+                         f"real-valued images and maps")
+    if mode not in MRC_MODE_BYTES:
+        raise InputError(f"{path}: {what} has an unsupported or invalid MRC mode {mode} (a "
+                         f"garbage header?); supported modes: {sorted(MRC_MODE_BYTES)}")
+    if min(nx, ny, nz) < 1 or nsymbt < 0:
+        raise InputError(f"{path}: {what} has an invalid MRC header (dimensions {nx} x {ny} x "
+                         f"{nz}, extended header {nsymbt} bytes)")
+    needed = MRC_HEADER_BYTES + nsymbt + nx * ny * nz * MRC_MODE_BYTES[mode]
+    if size < needed:
+        raise InputError(f"{path}: {what} is truncated or its header is wrong: the header states "
+                         f"{nx} x {ny} x {nz} voxels of mode {mode} ({needed} bytes), the file has "
+                         f"{size} bytes")
+    return nx, ny, nz, mode
+
+
+def open_mrc(path, what: str):
+    """A read-only, memory-mapped mrcfile object (header checked first by
+    :func:`check_mrc_header`; mrcfile's own warnings are silenced: the checks here name the
+    problem instead)."""
+    check_mrc_header(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception as exc:
+        raise InputError(f"{path}: {what} is not a readable MRC file ({exc})") from None
+    if mrc.data is None:
+        mrc.close()
+        raise InputError(f"{path}: {what}: MRC header unreadable or file truncated")
+    return mrc
 
 
 class StackReader:
@@ -78,15 +141,7 @@ class StackReader:
                 raise InputError(f"{name}: image {bad + 1} requested but the stack holds {count}")
 
     def _open(self, name: str, box: int, pixel_size_A):
-        path = Path(name)
-        if not path.is_file():
-            raise InputError(f"{name}: particle stack not found")
-        try:
-            mrc = mrcfile.mmap(path, mode="r", permissive=True)
-        except Exception as exc:
-            raise InputError(f"{name}: not a readable MRC stack ({exc})") from exc
-        if mrc.data is None:
-            raise InputError(f"{name}: MRC header unreadable or file truncated")
+        mrc = open_mrc(Path(name), "particle stack")
         data = mrc.data
         if data.ndim == 2:
             data = data[None]
@@ -171,18 +226,9 @@ def write_stack(path, images: np.ndarray, pixel_size_A: float) -> None:
 def read_map(path, what: str = "map") -> tuple[np.ndarray, float]:
     """A cubic 3D map as float32 [z, y, x] and its voxel size (A, 0 if unset)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    try:
-        with mrcfile.open(path, mode="r", permissive=True) as mrc:
-            if mrc.data is None:
-                raise InputError(f"{path}: {what} unreadable")
-            data = np.array(mrc.data, dtype=np.float32)
-            px = float(mrc.voxel_size.x)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: {what} is not a readable MRC file ({exc})") from exc
+    with open_mrc(path, what) as mrc:
+        data = np.array(mrc.data, dtype=np.float32)
+        px = float(mrc.voxel_size.x)
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputError(f"{path}: {what} must be a cubic 3D map, got shape {data.shape}")
     if not np.isfinite(data).all():
@@ -203,12 +249,34 @@ def read_half_maps(half1, half2, mask=None):
         raise InputError(f"{half2}: pixel size {px2:.4f} Å in the header differs from {half1}'s "
                          f"{px1:.4f} Å: the half maps are not a pair")
     px1 = px1 or px2
+    _check_distinct_halves(half1, half2, h1, h2)
     m = None
     if mask:
         m, _ = read_map(mask, "mask")
         if m.shape != h1.shape:
             raise InputError(f"{mask}: shape {m.shape} differs from the half maps' {h1.shape}")
+        check_mask_values(mask, m)
     return (h1, h2), m, (px1 or None)
+
+
+def _check_distinct_halves(half1, half2, h1: np.ndarray, h2: np.ndarray) -> None:
+    """InputError if the half maps are the same map (their FSC would be 1 to Nyquist)."""
+    norm = float(np.linalg.norm(h1.astype(np.float64)))
+    diff = float(np.linalg.norm(h1.astype(np.float64) - h2))
+    if diff <= HALF_MAP_MIN_RELATIVE_DIFFERENCE * norm:
+        raise InputError(f"{half2}: this half map is identical to {half1} (the FSC would be 1 "
+                         f"everywhere); give the two independent half maps of the refinement")
+
+
+def check_mask_values(path, mask: np.ndarray) -> None:
+    """InputError if the mask has no positive voxel or values below :data:`MASK_MIN_VALUE`."""
+    top, low = float(mask.max()), float(mask.min())
+    if not top > 0:
+        raise InputError(f"{path}: the mask has no positive value (maximum {top:g}): it "
+                         f"selects nothing")
+    if low < MASK_MIN_VALUE:
+        raise InputError(f"{path}: the mask has negative values (minimum {low:g}); a mask holds "
+                         f"values from 0 to 1")
 
 
 def write_map(path, volume: np.ndarray, pixel_size_A: float) -> None:

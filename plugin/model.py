@@ -5,9 +5,12 @@ Adapters build these from STAR files or cryoSPARC datasets; the numerics only se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from .errors import InputError, shown
 
 #: Pixel sizes within this relative difference are taken as equal (no rescaling between optics
 #: groups and maps; stack headers within it agree with the optics table).
@@ -47,6 +50,38 @@ class OpticsGroup:
 
     def with_cs(self, cs_mm: float) -> "OpticsGroup":
         return replace(self, cs_mm=float(cs_mm))
+
+
+#: Physical ranges of the optics values, checked when a particle file is read (one place for the
+#: STAR reader and the cryoSPARC converter): acceleration voltage in kV (0 < V <= 3000; transmission
+#: microscopes run at 30..3000 kV), amplitude contrast in [0, 1), |Cs| at most 100 mm (finite;
+#: aberration-corrected microscopes may state a small negative Cs), pixel size in Å (0 < p <= 100).
+VOLTAGE_MAX_KV = 3000.0
+CS_MAX_ABS_MM = 100.0
+PIXEL_SIZE_MAX_A = 100.0
+
+
+def check_optics_values(where: str, group: str, *, voltage_kv, cs_mm, amplitude_contrast,
+                        pixel_size_A, box_size, names: dict[str, str]) -> None:
+    """Raise InputError naming ``where``, the column (``names[quantity]``, e.g. _rlnVoltage or
+    ctf/accel_kv), the group (``group``, e.g. "optics group 2") and the value if an optics
+    value is outside its physical range (see :data:`VOLTAGE_MAX_KV` and the constants after it)."""
+    checks = (
+        ("voltage_kv", voltage_kv, 0 < voltage_kv <= VOLTAGE_MAX_KV,
+         f"an acceleration voltage in kV, above 0 and at most {VOLTAGE_MAX_KV:g}"),
+        ("cs_mm", cs_mm, abs(cs_mm) <= CS_MAX_ABS_MM,
+         f"a finite Cs in mm, at most {CS_MAX_ABS_MM:g} in magnitude"),
+        ("amplitude_contrast", amplitude_contrast, 0 <= amplitude_contrast < 1,
+         "an amplitude contrast in [0, 1)"),
+        ("pixel_size_A", pixel_size_A, 0 < pixel_size_A <= PIXEL_SIZE_MAX_A,
+         f"a pixel size in Å, above 0 and at most {PIXEL_SIZE_MAX_A:g}"),
+        ("box_size", box_size, float(box_size).is_integer() and box_size >= 2,
+         "an image size in pixels, an integer of at least 2"),
+    )
+    for quantity, value, ok, expected in checks:
+        if not (math.isfinite(float(value)) and ok):
+            raise InputError(f"{where}: {names[quantity]} of {group} is "
+                             f"{shown(value)}; expected {expected}")
 
 
 PARTICLE_FIELDS = (

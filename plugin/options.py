@@ -14,7 +14,7 @@ import argparse
 import math
 from dataclasses import dataclass, fields, replace
 
-from .errors import InputError
+from .errors import InputError, shown
 from .fsc import FSC_THRESHOLD
 
 REFERENCE_HALF_CHOICES = ("opposite", "own")
@@ -77,9 +77,9 @@ class RefineOptions:
         _integer_at_least("seed", self.seed, 0)
         if self.reference_half not in REFERENCE_HALF_CHOICES:
             raise InputError(f"reference_half must be one of {', '.join(REFERENCE_HALF_CHOICES)}, "
-                             f"got {self.reference_half!r}")
+                             f"got {shown(self.reference_half)}")
         if not 0 < self.fsc_threshold < 1:
-            raise InputError(f"fsc_threshold must be between 0 and 1, got {self.fsc_threshold}")
+            raise InputError(f"fsc_threshold must be between 0 and 1, got {shown(self.fsc_threshold)}")
         from .backends import resolve_backend
         resolve_backend(self.device)  # raises InputError for an unknown device
         return self
@@ -88,12 +88,12 @@ class RefineOptions:
 def _positive_finite(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value <= 0:
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
+        raise InputError(f"{name} must be a positive finite number, got {shown(value)}")
 
 
 def _integer_at_least(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer of at least {minimum}, got {shown(value)}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ own output format. The run is:
 1. validate the options; start importing what is needed late (plots, the compiled backend)
    in the background;
 2. load the inputs (the adapter's loader: every file read and checked before heavy work);
-3. let the writer check its destination (exists, writable, no input overwritten);
+3. let the writer check its destination (exists, writable, not locked by another job, free
+   space, no input overwritten); the writer's ``release`` (if it has one) runs at the end, on
+   success and on every error;
 4. refine (:func:`csrefine.pipeline.refine`), polling ``should_abort`` between batches;
 5. calibrate the pixel size against the atomic model, if one was given;
 6. build the report (csrefine.json content) and hand everything to the writer, which stages its
@@ -27,10 +29,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .errors import AbortRequested, InputError
-from .io_atomic import commit, staging_directory
+from .errors import AbortRequested, InputError, OutputError
+from .io_atomic import acquire_lock, commit, release_lock, staging_directory
 from .model import OpticsGroup, Particles
 from .options import RefineOptions
+from .paths import check_free_space, expected_output_bytes, make_output_directory, remove_if_empty
 from .pipeline import Refinement, refine
 from .preload import start_preload
 from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
@@ -95,6 +98,8 @@ class ResultWriter(Protocol):
         """Write every output, or nothing: raise (AbortRequested on abort) before anything is
         in place."""
 
+    # optional: ``release(ok: bool)``, called after ``prepare`` succeeded, when the run ends
+
 
 def _warn(progress: ProgressFn | None, text: str) -> None:
     if progress is not None:
@@ -127,6 +132,19 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
     if callable(inputs):
         inputs = inputs()
     writer.prepare(inputs)
+    ok = False
+    try:
+        result = _refine_and_write(inputs, options, writer, progress, should_abort, t0)
+        ok = True
+    finally:
+        release = getattr(writer, "release", None)
+        if release is not None:
+            release(ok)
+    return result
+
+
+def _refine_and_write(inputs: RefinementInputs, options: RefineOptions, writer: ResultWriter,
+                      progress: ProgressFn | None, should_abort: AbortFn, t0: float) -> RunResult:
     for text in inputs.warnings:
         _warn(progress, text)
     names = inputs.sources.get("half_maps")
@@ -194,7 +212,9 @@ class OutputDirectory:
     """A :class:`ResultWriter` for a directory (created once the inputs are valid): the
     particle file, csrefine.json, logfile.pdf and any ``extra_files``, staged in a hidden
     directory inside ``out_dir`` and moved into place only when all are written (nothing is left
-    behind on error or abort).
+    behind on error or abort). The directory is locked (:func:`csrefine.io_atomic.acquire_lock`)
+    from ``prepare`` to ``release``; a directory this run created is removed again if the run
+    fails and leaves it empty.
 
     particles_name / write_particles : the adapter's particle file and the function writing it
     (``write_particles(path, result)``); extra_files : more {name: function} (e.g. RELION's
@@ -214,24 +234,39 @@ class OutputDirectory:
         return list(self.files)
 
     def prepare(self, inputs: RefinementInputs) -> None:
-        """Create the directory (the inputs are read and valid by now) and check that it is
-        writable and that no output would replace an input."""
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{self.out_dir}: cannot create the output directory "
-                             f"({exc.strerror})") from None
-        if not os.access(self.out_dir, os.W_OK | os.X_OK):
-            raise InputError(f"{self.out_dir}: output directory is not writable")
-        outputs = {(self.out_dir / n).resolve() for n in self.names}
+        """Check that no output would replace an input, create the directory (the inputs are
+        read and valid by now), check that it is writable, lock it and check the free space."""
+        outputs = {os.path.realpath(self.out_dir / n) for n in self.names}
         for path in inputs.input_paths:
-            if path and Path(path).resolve() in outputs:
+            if path and os.path.realpath(path) in outputs:
                 raise InputError(f"{path}: this input would be overwritten by an output of the "
                                  f"same name; choose another output directory")
+        self._created = make_output_directory(self.out_dir)
+        try:
+            acquire_lock(self.out_dir)
+        except OutputError:
+            if self._created:
+                remove_if_empty(self.out_dir)
+            raise
+        try:
+            check_free_space(self.out_dir, expected_output_bytes(inputs.sources.get("particles")))
+        except BaseException:
+            self.release(False)
+            raise
+
+    def release(self, ok: bool) -> None:
+        """Remove the lock (and the directory, if this run created it and it stayed empty)."""
+        release_lock(self.out_dir)
+        if not ok and getattr(self, "_created", False):
+            remove_if_empty(self.out_dir)
 
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
-        with staging_directory(self.out_dir) as staging:
-            for name, write_file in self.files.items():
-                write_file(staging / name, result)
-                _check_abort(should_abort)
-            commit(staging, self.out_dir, self.names)
+        try:
+            with staging_directory(self.out_dir) as staging:
+                for name, write_file in self.files.items():
+                    write_file(staging / name, result)
+                    _check_abort(should_abort)
+                commit(staging, self.out_dir, self.names)
+        except OSError as exc:  # disk full, quota, a directory removed under the job
+            raise OutputError(f"{self.out_dir}: cannot write the outputs ({exc.strerror or exc}); "
+                              f"nothing was written") from None

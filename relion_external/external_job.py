@@ -14,7 +14,10 @@ Protocol: progress and the final table on stdout (run.out), errors on stderr (ru
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
 ``RELION_OUTPUT_NODES.star`` (staged, moved into place together), then
 ``RELION_JOB_EXIT_SUCCESS``; on error ``RELION_JOB_EXIT_FAILURE``; when ``RELION_JOB_ABORT_NOW``
-appears, stop, remove it, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind.
+appears before the last output is in place, or on SIGTERM/SIGINT/SIGHUP, stop, remove the
+request, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind. The console script
+``csrefine-relion`` is :func:`csrefine.relion.entry.main`, which writes the failure marker even
+when this module cannot be imported.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import traceback
 from pathlib import Path
 
 from csrefine import __version__
-from csrefine.errors import AbortRequested, InputError
+from csrefine.errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
 from csrefine.history import add_recording_arguments, record_directory
-from csrefine.io_atomic import atomic_write_bytes
+from csrefine.io_atomic import acquire_lock, atomic_write_bytes, release_lock
 from csrefine.options import add_option_arguments, options_from_namespace
+from csrefine.paths import make_output_directory
+from csrefine.signals import deferred, interrupts_raise
 
+from .entry import write_marker
 from .nodes import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, OUTPUT_NODES, output_nodes_text, touch
 from .refs import resolve_half_maps
 
@@ -91,49 +97,83 @@ def run_job(args: argparse.Namespace) -> None:
         extra_files={OUTPUT_NODES: lambda path, _: atomic_write_bytes(path, nodes.encode())})
 
 
+#: Exit statuses: bad input or unusable output directory, an unexpected failure, an abort
+#: requested through RELION_JOB_ABORT_NOW; a signal exits with 128 + its number (143 SIGTERM).
+EXIT_STATUS_INPUT, EXIT_STATUS_FAILED, EXIT_STATUS_ABORTED = 2, 1, 3
+SIGNAL_STATUS_BASE = 128
+
+
+def _error(text) -> None:
+    print(f"csrefine-relion: error: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    """Run the External job; returns the exit status (0 with RELION_JOB_EXIT_SUCCESS, else
+    non-zero with RELION_JOB_EXIT_FAILURE or _ABORTED; see the module docstring).
+
+    SIGTERM, SIGINT and SIGHUP stop the job like an abort request. The job directory is locked
+    (``.csrefine.lock``) while the job runs: a second job there fails at once and touches none of
+    the first job's files; a directory that cannot be used gets no marker (one line on stderr).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except InputError as exc:
-        print(f"csrefine-relion: error: {exc}", file=sys.stderr, flush=True)
-        out = _out_dir_guess(argv)
-        if out is not None:  # RELION has created the job directory already
-            out.mkdir(parents=True, exist_ok=True)
-            touch(out / EXIT_FAILURE)
-        return 2
-    out_dir = Path(args.o)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
+    with interrupts_raise(), quiet_library_warnings():
+        try:
+            args = build_parser().parse_args(argv)
+        except InputError as exc:
+            _error(exc)
+            write_marker(argv, EXIT_FAILURE)
+            return EXIT_STATUS_INPUT
+        except Interrupted as exc:
+            _error(exc)
+            write_marker(argv, EXIT_ABORTED)
+            return SIGNAL_STATUS_BASE + exc.signum
+        out_dir = Path(args.o)
+        try:
+            make_output_directory(out_dir)
+            acquire_lock(out_dir)
+        except InputError as exc:  # unusable directory, or another job holds it: no marker
+            _error(exc)
+            return EXIT_STATUS_INPUT
+        try:
+            return _locked_job(args, out_dir)
+        finally:
+            release_lock(out_dir)
+
+
+def _locked_job(args, out_dir: Path) -> int:
+    """The job once its directory is locked: stale markers (and a stale abort request) removed,
+    the work, then exactly one marker."""
+    for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW):
         (out_dir / stale).unlink(missing_ok=True)
     try:
         run_job(args)
-    except AbortRequested:
-        (out_dir / ABORT_NOW).unlink(missing_ok=True)
-        touch(out_dir / EXIT_ABORTED)
-        print("csrefine-relion: aborted by the user", file=sys.stderr, flush=True)
-        return 3
+        # the outputs are in place; a history that cannot be written only warns (on run.out)
+        record_directory(out_dir, instrument=args.instrument, magnification=args.magnification,
+                         history_db=args.history_db, warn=lambda s: print(s, flush=True))
+        with deferred(raise_pending=False):  # the outputs are in place: the job has succeeded
+            (out_dir / ABORT_NOW).unlink(missing_ok=True)  # a request that came too late
+            touch(out_dir / EXIT_SUCCESS)
+        return 0
+    except AbortRequested as exc:
+        with deferred(raise_pending=False):
+            (out_dir / ABORT_NOW).unlink(missing_ok=True)
+            touch(out_dir / EXIT_ABORTED)
+            if isinstance(exc, Interrupted):
+                _error(f"{exc}; nothing was written")
+                return SIGNAL_STATUS_BASE + exc.signum
+            print("csrefine-relion: aborted by the user; nothing was written", file=sys.stderr,
+                  flush=True)
+            return EXIT_STATUS_ABORTED
     except InputError as exc:
-        print(f"csrefine-relion: error: {exc}", file=sys.stderr, flush=True)
-        touch(out_dir / EXIT_FAILURE)
-        return 2
+        with deferred(raise_pending=False):
+            _error(exc)
+            touch(out_dir / EXIT_FAILURE)
+            return EXIT_STATUS_INPUT
     except Exception:  # an unexpected failure still has to tell RELION's pipeliner
-        traceback.print_exc()
-        touch(out_dir / EXIT_FAILURE)
-        return 1
-    # the outputs are in place; a history that cannot be written only warns (on run.out)
-    record_directory(out_dir, instrument=args.instrument, magnification=args.magnification,
-                     history_db=args.history_db, warn=lambda s: print(s, flush=True))
-    touch(out_dir / EXIT_SUCCESS)
-    return 0
-
-
-def _out_dir_guess(argv):
-    if "--o" in argv:
-        i = argv.index("--o")
-        if i + 1 < len(argv):
-            return Path(argv[i + 1])
-    return None
+        with deferred(raise_pending=False):
+            traceback.print_exc()
+            touch(out_dir / EXIT_FAILURE)
+            return EXIT_STATUS_FAILED
 
 
 if __name__ == "__main__":

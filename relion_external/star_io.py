@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from csrefine.errors import InputError
+from csrefine.errors import InputError, shown
 from csrefine.io_atomic import atomic_output
-from csrefine.model import OpticsGroup, Particles
+from csrefine.model import OpticsGroup, Particles, check_optics_values
+from csrefine.paths import check_input_file
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
                    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
@@ -27,6 +28,10 @@ REQUIRED_PARTICLES = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnAngleRot
                       "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
                       "rlnRandomSubset")
 MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
+#: The optics table's column of each quantity checked by csrefine.model.check_optics_values.
+OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberration",
+                       "amplitude_contrast": "_rlnAmplitudeContrast",
+                       "pixel_size_A": "_rlnImagePixelSize", "box_size": "_rlnImageSize"}
 
 
 @dataclass
@@ -58,9 +63,7 @@ def _column_names(path: Path) -> list[str]:
 
 def read_blocks(path) -> dict:
     """All data blocks of a STAR file with every value kept as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such STAR file")
+    path = check_input_file(path, "STAR file")
     try:
         return starfile.read(path, always_dict=True, parse_as_string=_column_names(path))
     except Exception as exc:  # starfile raises assorted parser errors
@@ -78,8 +81,20 @@ def numeric_column(table: pd.DataFrame, column: str, where: str, default=None) -
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"{where}: _{column} has a non-numeric or non-finite value "
-                         f"{table[column].iloc[row]!r} in row {row + 1}")
+                         f"{shown(table[column].iloc[row])} in row {row + 1}")
     return values
+
+
+def integer_column(table: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    """A required column of whole numbers as int64; InputError naming file/column/row/value on
+    a fractional value (never truncated)."""
+    values = numeric_column(table, column, where)
+    fractional = values != np.round(values)
+    if fractional.any():
+        row = int(np.flatnonzero(fractional)[0])
+        raise InputError(f"{where}: _{column} must be a whole number, got "
+                         f"{shown(table[column].iloc[row])} in row {row + 1}")
+    return values.astype(np.int64)
 
 
 def parse_vector(text: str, where: str) -> np.ndarray:
@@ -105,7 +120,14 @@ def _optics_groups(optics: pd.DataFrame, where: str) -> dict[int, OpticsGroup]:
         if np.any(flags != 0):
             raise InputError(f"{where}: _rlnCtfDataAreCtfPremultiplied is set: csrefine needs "
                              f"images that are not pre-multiplied by the CTF")
-    ids = numeric_column(optics, "rlnOpticsGroup", where).astype(int)
+    ids = integer_column(optics, "rlnOpticsGroup", where)
+    unique, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise InputError(f"{where}: optics group {int(unique[counts > 1][0])} appears in "
+                         f"{int(counts[counts > 1][0])} rows of the optics table (_rlnOpticsGroup "
+                         f"must be unique)")
+    if np.any(ids < 1):
+        raise InputError(f"{where}: _rlnOpticsGroup must be at least 1, got {int(ids.min())}")
     num = {c: numeric_column(optics, c, where) for c in REQUIRED_OPTICS[1:]}
     tilt_x = numeric_column(optics, "rlnBeamTiltX", where, default=0.0)
     tilt_y = numeric_column(optics, "rlnBeamTiltY", where, default=0.0)
@@ -121,6 +143,11 @@ def _optics_groups(optics: pd.DataFrame, where: str) -> dict[int, OpticsGroup]:
                 else f"opticsGroup{gid}")
         mag = (np.array([[mags[0][row], mags[1][row]], [mags[2][row], mags[3][row]]]) if has_mag
                else np.eye(2))
+        check_optics_values(where, f"optics group {int(gid)}", voltage_kv=num["rlnVoltage"][row],
+                            cs_mm=num["rlnSphericalAberration"][row],
+                            amplitude_contrast=num["rlnAmplitudeContrast"][row],
+                            pixel_size_A=num["rlnImagePixelSize"][row],
+                            box_size=num["rlnImageSize"][row], names=OPTICS_COLUMN_NAMES)
         groups[int(gid)] = OpticsGroup(
             optics_group=int(gid), name=name, voltage_kv=num["rlnVoltage"][row],
             cs_mm=num["rlnSphericalAberration"][row],
@@ -137,7 +164,7 @@ def _particles(table: pd.DataFrame, groups: dict[int, OpticsGroup], where: str) 
         if column not in table.columns:
             raise InputError(f"{where}: particles table lacks _{column}")
     if "rlnOpticsGroup" in table.columns:
-        og = numeric_column(table, "rlnOpticsGroup", where).astype(np.int64)
+        og = integer_column(table, "rlnOpticsGroup", where)
     elif len(groups) == 1:
         og = np.full(len(table), next(iter(groups)), dtype=np.int64)
     else:
@@ -146,7 +173,7 @@ def _particles(table: pd.DataFrame, groups: dict[int, OpticsGroup], where: str) 
     if unknown:
         raise InputError(f"{where}: particles refer to optics group {unknown[0]}, "
                          f"which is not in the optics table")
-    half = numeric_column(table, "rlnRandomSubset", where).astype(np.int64)
+    half = integer_column(table, "rlnRandomSubset", where)
     if not np.isin(half, (1, 2)).all():
         bad = int(np.flatnonzero(~np.isin(half, (1, 2)))[0])
         raise InputError(f"{where}: _rlnRandomSubset must be 1 or 2, got {half[bad]} in row {bad + 1}")
@@ -184,9 +211,7 @@ def _image_locations(names: pd.Series, where: str):
 
 def read_particle_star(path) -> ParticleStar:
     """Read and validate a RELION 3.1+ particle STAR file (optics + particles tables)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such STAR file")
+    path = check_input_file(path, "particle STAR file")
     try:
         blocks = starfile.read(path, always_dict=True, parse_as_string=STRING_COLUMNS)
     except Exception as exc:  # starfile raises assorted parser errors
@@ -231,6 +256,11 @@ def _loop_rows(lines):
         yield block, columns, line, False
 
 
+def _line_ending(line: str) -> str:
+    """The line's own ending (CRLF files stay CRLF)."""
+    return "\r\n" if line.endswith("\r\n") else "\n"
+
+
 def format_vector(values) -> str:
     """A RELION vector cell, '[a,b,...]', each number exact (shortest round-trip form)."""
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
@@ -246,13 +276,14 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
     present, and rlnEvenZernike where ``even_zernike`` has the group); particle rows of those
     groups get rlnDefocusU/V + offset. New numbers are written with six decimals, as RELION does,
     but Cs and beam tilt with nine (a 1e-6 mm step of Cs moves the phase by ~4e-6 rad at 2 Å) and Zernike
-    coefficients exactly; every other byte of the input is copied unchanged.
+    coefficients exactly; every other byte of the input is copied unchanged, line endings (LF
+    or CRLF) included.
     """
     even_zernike = even_zernike or {}
     single_group = next(iter(star.groups)) if len(star.groups) == 1 else None
     n_rows = 0
     with atomic_output(dst) as tmp:
-        with open(star.path, "r") as src, open(tmp, "w") as out:
+        with open(star.path, "r", newline="") as src, open(tmp, "w", newline="") as out:
             col, col_of = {}, None
             for block, columns, line, is_row in _loop_rows(src):
                 if not is_row or block not in ("optics", "particles"):
@@ -269,13 +300,13 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
                             tokens[col[name]] = f"{value:.9f}"
                     if gid in even_zernike and "rlnEvenZernike" in col:
                         tokens[col["rlnEvenZernike"]] = format_vector(even_zernike[gid])
-                    line = " ".join(tokens) + "\n"
+                    line = " ".join(tokens) + _line_ending(line)
                 elif block == "particles":
                     n_rows += 1
                     if gid in defocus_offset_A:
                         for name in ("rlnDefocusU", "rlnDefocusV"):
                             tokens[col[name]] = f"{float(tokens[col[name]]) + defocus_offset_A[gid]:.6f}"
-                        line = " ".join(tokens) + "\n"
+                        line = " ".join(tokens) + _line_ending(line)
                 out.write(line)
         if n_rows != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "

@@ -1,0 +1,104 @@
+"""Input and output paths checked before any heavy work, each failure one line naming the path.
+
+* :func:`check_input_file` — an input exists, is a regular file (not a directory, not a device
+  such as /dev/zero) and is readable.
+* :func:`make_output_directory` — create the output directory (parents too) or say why not
+  (a parent is a regular file, a symbolic-link loop, permission), and probe that it is writable
+  by creating and removing a file.
+* :func:`check_free_space` — enough free space for the outputs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from .errors import InputError, OutputError
+
+#: Room for csrefine.json, logfile.pdf and the pipeline files beside the particle file, in bytes.
+OUTPUT_MARGIN_BYTES = 4 * 1024 * 1024
+
+
+def check_input_file(path, what: str) -> Path:
+    """``path`` as a Path if it is a readable regular file, else InputError naming it."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"{path}: {what} is a broken symbolic link") from None
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:  # ELOOP, ENOTDIR, EACCES on a parent
+        raise InputError(f"{path}: {what} cannot be opened ({_reason(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: {what} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: {what} is not a regular file (a device, pipe or socket)")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: {what} is not readable (permission denied)")
+    return path
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a loop of symbolic links"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory"
+    return exc.strerror or str(exc)
+
+
+def make_output_directory(path) -> bool:
+    """Create ``path`` (and its parents) if needed and check, with a probe file, that files
+    can be created in it. Returns whether it was created here. Raises OutputError naming the
+    path and the reason."""
+    path = Path(path)
+    created = False
+    try:
+        if not path.is_dir():
+            path.mkdir(parents=True)
+            created = True
+    except FileExistsError:
+        kind = "a broken or looping symbolic link" if path.is_symlink() else "a file"
+        raise OutputError(f"{path}: the output directory is {kind}, not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the output directory ({_reason(exc)})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".csrefine-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if created:
+            remove_if_empty(path)
+        raise OutputError(f"{path}: the output directory is not writable ({_reason(exc)})") from None
+    return created
+
+
+def remove_if_empty(path) -> None:
+    """Remove the directory ``path`` if it is empty (a directory this run created)."""
+    try:
+        Path(path).rmdir()
+    except OSError:
+        pass
+
+
+def check_free_space(path, needed_bytes: int) -> None:
+    """OutputError if the file system of ``path`` has less than ``needed_bytes`` free."""
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise OutputError(f"{path}: not enough free disk space for the outputs "
+                          f"({free / 2**20:.1f} MiB free, about {needed_bytes / 2**20:.1f} MiB "
+                          f"needed)")
+
+
+def expected_output_bytes(particle_file) -> int:
+    """The outputs' size estimate: the particle file's size (the updated copy) plus
+    :data:`OUTPUT_MARGIN_BYTES` (stacks are never copied)."""
+    try:
+        size = Path(particle_file).stat().st_size
+    except (OSError, TypeError):
+        size = 0
+    return size + OUTPUT_MARGIN_BYTES
