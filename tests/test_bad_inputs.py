@@ -108,6 +108,8 @@ import starfile
 from csrefine.cli import main as cli_main
 from csrefine.relion.external_job import main as relion_main
 
+pytestmark = pytest.mark.slow  # the whole corpus, ~40 s (CI runs it; not in the quick subset)
+
 STAR = "Refine3D/job002/run_data.star"
 HALF1 = "Refine3D/job002/run_half1_class001_unfil.mrc"
 HALF2 = "Refine3D/job002/run_half2_class001_unfil.mrc"

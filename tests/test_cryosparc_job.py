@@ -126,6 +126,7 @@ def _inputs(api, particles, volume):
         "particles": particles, "volume": volume}[name]
 
 
+@pytest.mark.slow
 def test_online_flow_saves_refined_ctf(api, project_data):
     _inputs(api, project_data.particles, project_data.volume)
     args, options = _args(project_data.root)
@@ -175,6 +176,7 @@ def test_online_flow_saves_refined_ctf(api, project_data):
     assert job.uid == "J50"
 
 
+@pytest.mark.slow
 def test_main_reads_credentials_from_environment(api, project_data, monkeypatch, capsys):
     _inputs(api, project_data.particles, project_data.volume)
     monkeypatch.setenv("CRYOSPARC_BASE_URL", "https://cryosparc.example.com")

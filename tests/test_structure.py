@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_MODULES = ("csrefine.relion", "csrefine.cryosparc", "relion_external", "cryosparc_job")
 
@@ -62,6 +64,7 @@ def test_adapters_are_found_through_entry_points():
     assert adapters["cryosparc"].PARTICLE_SUFFIXES == (".cs",)
 
 
+@pytest.mark.slow  # compiles the kernels in a new process
 def test_compiled_kernels_are_cached_outside_the_package(tmp_path):
     """numba's kernel cache goes to the user's cache directory, never into the package (where it
     would outlive `pip uninstall` and shadow a later editable install)."""
