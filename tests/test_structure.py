@@ -78,3 +78,29 @@ def test_compiled_kernels_are_cached_outside_the_package(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd="/")
     assert list((tmp_path / "numba").rglob("*.nbi"))
     assert set(package.rglob("*.nbi")) == before
+
+
+def test_an_abort_while_the_outputs_are_written_leaves_nothing(tmp_path):
+    """RELION_JOB_ABORT_NOW that appears while the outputs are staged is honoured: nothing is
+    moved into place, the staging directory and the lock are gone."""
+    from types import SimpleNamespace
+
+    from csrefine.errors import AbortRequested
+    from csrefine.run import OutputDirectory
+
+    written = []
+
+    def write_particles(path, result):
+        path.write_text("particles")
+        written.append(path)
+
+    out = OutputDirectory(tmp_path / "out", "particles.star", write_particles,
+                          {"csrefine.json": lambda path, result: path.write_text("{}")})
+    out.files.pop("logfile.pdf")
+    out.prepare(SimpleNamespace(input_paths=(), sources={}))
+    calls = iter([False, True])  # the request appears after the first staged file
+    with pytest.raises(AbortRequested):
+        out.write(SimpleNamespace(), lambda: next(calls))
+    out.release(False)
+    assert written and not written[0].exists()
+    assert not (tmp_path / "out").exists()  # created by this run, left empty: removed
