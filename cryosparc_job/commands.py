@@ -1,7 +1,11 @@
 """The cryoSPARC adapter's part of the ``csrefine`` command (entry point ``csrefine.adapters``):
-``csrefine refine --particles P.cs --project-dir DIR ...`` without a cryoSPARC server."""
+``csrefine refine --particles P.cs --project-dir DIR ...`` without a cryoSPARC server, and
+``csrefine convert`` between a RELION particle STAR and a cryoSPARC ``.cs`` dataset."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 PARTICLE_SUFFIXES = (".cs",)
 
@@ -17,5 +21,69 @@ def refine_files(args, options, progress):
 
 
 def add_commands(subparsers) -> dict:
-    """No subcommands of its own (the cryoSPARC job is ``csrefine-cryosparc``)."""
-    return {}
+    """``csrefine convert IN OUT``: RELION STAR <-> cryoSPARC .cs, the fields csrefine uses."""
+    c = subparsers.add_parser(
+        "convert", help="convert particles between a RELION STAR and a cryoSPARC .cs",
+        description="Convert particles between a RELION particle STAR (run from the RELION "
+                    "project directory: stack paths are relative to it) and a cryoSPARC .cs "
+                    "dataset (blob/path relative to --project-dir), for the fields csrefine uses "
+                    "(blob, ctf, alignments3D), with the conversions of README's 'Conventions at "
+                    "the boundary'.")
+    c.add_argument("input", help="particles.star or particles.cs")
+    c.add_argument("output", help="particles.cs or particles.star (never the input)")
+    c.add_argument("--project-dir", default=".",
+                   help="the cryoSPARC project directory that blob/path is relative to "
+                        "(default: the working directory)")
+    return {"convert": convert}
+
+
+def convert(args) -> int:
+    """The ``convert`` command; InputError on unusable input, nothing written then."""
+    from csrefine.errors import InputError
+
+    src, dst = Path(args.input), Path(args.output)
+    kinds = (src.suffix.lower(), dst.suffix.lower())
+    if kinds == (".star", ".cs"):
+        n = star_to_cs(src, dst, Path(args.project_dir))
+    elif kinds == (".cs", ".star"):
+        n = cs_to_star(src, dst, Path(args.project_dir))
+    else:
+        raise InputError(f"convert {src} -> {dst}: give a .star and a .cs (either way round)")
+    print(f"csrefine: wrote {n} particles to {dst}", flush=True)
+    return 0
+
+
+def star_to_cs(src: Path, dst: Path, project_dir: Path) -> int:
+    """A RELION STAR (stacks relative to the working directory) as a .cs (blob/path relative to
+    ``project_dir``; blob/sign +1: RELION's images are protein-positive)."""
+    from csrefine.io_atomic import atomic_output
+    from csrefine.relion.star_io import read_particle_star
+
+    from .convert import cryosparc_dataset_from_relion
+
+    dset = cryosparc_dataset_from_relion(read_particle_star(src), project_dir, base_dir=".")
+    with atomic_output(dst) as tmp, open(tmp, "wb") as fh:
+        dset.save(fh)
+    return len(dset)
+
+
+def cs_to_star(src: Path, dst: Path, project_dir: Path) -> int:
+    """A .cs as a RELION STAR (image names 'N@path' with the paths as resolved against
+    ``project_dir``). Higher-order CTF fields become rlnOddZernike / rlnEvenZernike / rlnMagMat
+    in the most likely convention (the particles cannot choose without a refinement); images
+    with blob/sign -1 are dark-protein and would need inverting for RELION: said on stderr."""
+    from csrefine.relion.star_io import write_new_star
+
+    from .convert import image_signs, relion_params_from_cryosparc
+    from .offline import load_dataset
+
+    dset = load_dataset(src)
+    groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir,
+                                                                     what=str(src))
+    names = [f"{i + 1:06d}@{p}" for i, p in zip(indices.tolist(), paths)]
+    write_new_star(dst, [groups[g] for g in sorted(groups)], particles, names)
+    if (image_signs(dset) < 0).any():
+        print(f"csrefine: warning: {src} has blob/sign -1 (images with dark protein, as cryoSPARC "
+              f"extracts them); RELION expects them inverted (its 'invert contrast')",
+              file=sys.stderr)
+    return len(dset)

@@ -314,10 +314,15 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
 
 
 # ----------------------------------------------------------------------------- new tables
-def particle_table(particles: Particles, stack: str, micrographs: int = 10) -> pd.DataFrame:
+def particle_table(particles: Particles, stack: str | None, micrographs: int = 10,
+                   image_names=None) -> pd.DataFrame:
+    """The particles table of a new STAR file: images ``N@stack`` in order, or ``image_names``
+    (one 'N@path' per particle)."""
     n = len(particles)
+    names = (list(image_names) if image_names is not None
+             else [f"{i + 1:06d}@{stack}" for i in range(n)])
     return pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@{stack}" for i in range(n)],
+        "rlnImageName": names,
         "rlnMicrographName": [f"mic{i % micrographs:03d}.mrc" for i in range(n)],
         "rlnDefocusU": particles.defocus_u_A, "rlnDefocusV": particles.defocus_v_A,
         "rlnDefocusAngle": particles.defocus_angle_deg, "rlnPhaseShift": particles.phase_shift_deg,
@@ -330,7 +335,9 @@ def particle_table(particles: Particles, stack: str, micrographs: int = 10) -> p
 
 
 def optics_table(groups: list[OpticsGroup]) -> pd.DataFrame:
-    return pd.DataFrame({
+    """The optics table of a new STAR file; aberration columns (rlnEvenZernike, rlnOddZernike,
+    rlnMagMat00..11) only where a group has them."""
+    table = pd.DataFrame({
         "rlnOpticsGroupName": [g.name for g in groups],
         "rlnOpticsGroup": [g.optics_group for g in groups],
         "rlnMicrographPixelSize": [g.pixel_size_A for g in groups],
@@ -340,3 +347,18 @@ def optics_table(groups: list[OpticsGroup]) -> pd.DataFrame:
         "rlnImagePixelSize": [g.pixel_size_A for g in groups],
         "rlnImageSize": [g.box_size for g in groups],
         "rlnImageDimensionality": [2 for _ in groups]})
+    for column, attr in (("rlnEvenZernike", "even_zernike"), ("rlnOddZernike", "odd_zernike")):
+        if any(np.any(getattr(g, attr) != 0) for g in groups):
+            table[column] = [format_vector(getattr(g, attr)) for g in groups]
+    if any(not np.allclose(g.mag_matrix, np.eye(2)) for g in groups):
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            table[f"rlnMagMat{i}{j}"] = [float(g.mag_matrix[i, j]) for g in groups]
+    return table
+
+
+def write_new_star(path, groups: list[OpticsGroup], particles: Particles, image_names) -> None:
+    """A new RELION 3.1 particle STAR (optics and particles tables), written atomically."""
+    with atomic_output(path) as tmp:
+        starfile.write({"optics": optics_table(groups),
+                        "particles": particle_table(particles, None, image_names=image_names)},
+                       tmp, overwrite=True)

@@ -1,0 +1,55 @@
+"""``csrefine convert``: RELION STAR <-> cryoSPARC .cs for the fields csrefine uses, and the
+.cs path tried on the example as a cryoSPARC user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from csrefine.cli import main
+from csrefine.geometry import euler_zyz_to_matrix
+from csrefine.relion.star_io import read_particle_star
+
+STAR = "Refine3D/job002/run_data.star"
+
+
+def test_star_to_cs_to_star_keeps_every_field_csrefine_uses(example_project):
+    assert main(["convert", STAR, "particles.cs"]) == 0
+    assert main(["convert", "particles.cs", "back.star"]) == 0
+    a, b = read_particle_star(STAR), read_particle_star("back.star")
+    assert sorted(a.groups) == sorted(b.groups)
+    for gid in a.groups:
+        ga, gb = a.groups[gid], b.groups[gid]
+        assert (ga.cs_mm, ga.voltage_kv, ga.box_size) == (gb.cs_mm, gb.voltage_kv, gb.box_size)
+        assert abs(ga.pixel_size_A - gb.pixel_size_A) < 1e-5
+    pa, pb = a.particles, b.particles
+    for name in ("defocus_u_A", "defocus_v_A", "defocus_angle_deg", "origin_x_A", "origin_y_A"):
+        np.testing.assert_allclose(getattr(pb, name), getattr(pa, name), atol=2e-3, err_msg=name)
+    np.testing.assert_array_equal(pb.half_set, pa.half_set)
+    np.testing.assert_array_equal(pb.optics_group, pa.optics_group)
+    np.testing.assert_allclose(euler_zyz_to_matrix(pb.rot_deg, pb.tilt_deg, pb.psi_deg),
+                               euler_zyz_to_matrix(pa.rot_deg, pa.tilt_deg, pa.psi_deg), atol=1e-5)
+    np.testing.assert_array_equal(b.image_index, a.image_index)
+
+
+def test_the_cs_path_on_the_converted_example_gives_the_star_paths_cs(example_project):
+    halves = ["Refine3D/job002/run_half1_class001_unfil.mrc",
+              "Refine3D/job002/run_half2_class001_unfil.mrc"]
+    common = ["--half-maps", *halves, "--resolution-high-A", "3.4", "--device", "numpy"]
+    assert main(["convert", STAR, "particles.cs", "--project-dir", "."]) == 0
+    assert main(["refine", "--particles", STAR, "--out", "outR", *common]) == 0
+    assert main(["refine", "--particles", "particles.cs", "--project-dir", ".", "--out", "outC",
+                 *common]) == 0
+    star = json.loads(Path("outR/csrefine.json").read_text())["groups"]
+    cs = json.loads(Path("outC/csrefine.json").read_text())["groups"]
+    for r, c in zip(star, cs):
+        assert abs(r["cs_refined_mm"] - c["cs_refined_mm"]) < 1e-3
+    assert Path("outC/particles.cs").is_file()
+
+
+def test_convert_refuses_two_files_of_one_kind(example_project, capsys):
+    assert main(["convert", STAR, "copy.star"]) == 2
+    assert "give a .star and a .cs" in capsys.readouterr().err
+    assert not Path("copy.star").exists()
