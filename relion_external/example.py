@@ -6,6 +6,9 @@
                                     *nominal* Cs, while the images were made with the true Cs
   Refine3D/job002/run_class001.mrc and run_half{1,2}_class001_unfil.mrc, MaskCreate/job003/mask.mrc
   Refine3D/job002/model_docked.cif  the atomic model docked in the map (when a model was used)
+  default_pipeline.star             the jobs above as RELION 3.1's pipeline, so that RELION's GUI
+                                    opens the directory as a project and an External job
+                                    (csrefine-relion) can take its nodes as inputs
 The map comes from the atomic model shipped with the package (PDB entry 1BD2, public-domain PDB
 data, ``plugin/data/1BD2.cif.gz``), or from a pseudo-atomic model generated here if it is absent.
 """
@@ -62,11 +65,45 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
         model_out = root / "Refine3D/job002/model_docked.cif"
         docked = docked_structure(gemmi.read_structure(str(model_path)), box, pixel_size_A)
         docked.make_mmcif_document().write_file(str(model_out))
+    write_pipeline(root / "default_pipeline.star")
     return {"model": model_out,"root": root, "star": star, "map": root / "Refine3D/job002/run_class001.mrc",
             "half1": root / "Refine3D/job002/run_half1_class001_unfil.mrc",
             "half2": root / "Refine3D/job002/run_half2_class001_unfil.mrc",
             "mask": root / "MaskCreate/job003/mask.mrc", "cs_true_mm": list(cs_true_mm),
             "volume": vol}
+
+
+#: RELION 3.1's process types (src/pipeline_jobs.h) and node types of the example's jobs.
+PROC_EXTRACT, PROC_REFINE3D, PROC_MASKCREATE = 5, 10, 12
+NODE_PARTICLES, NODE_3DREF, NODE_MASK, NODE_HALFMAP = 3, 6, 7, 10
+PROCESS_FINISHED = 2
+EXAMPLE_JOBS = (("Extract/job001/", PROC_EXTRACT, ()),
+                ("Refine3D/job002/", PROC_REFINE3D,
+                 (("run_data.star", NODE_PARTICLES), ("run_class001.mrc", NODE_3DREF),
+                  ("run_half1_class001_unfil.mrc", NODE_HALFMAP))),
+                ("MaskCreate/job003/", PROC_MASKCREATE, (("mask.mrc", NODE_MASK),)))
+
+
+def write_pipeline(path) -> None:
+    """default_pipeline.star (RELION 3.1 format) listing the example's finished jobs, their
+    output nodes and the edge Refine3D map -> MaskCreate."""
+    lines = ["", "# version 30001", "", "data_pipeline_general", "",
+             f"_rlnPipeLineJobCounter {len(EXAMPLE_JOBS) + 1}", "", "# version 30001", "",
+             "data_pipeline_processes", "", "loop_", "_rlnPipeLineProcessName #1",
+             "_rlnPipeLineProcessAlias #2", "_rlnPipeLineProcessType #3",
+             "_rlnPipeLineProcessStatus #4"]
+    lines += [f"{job} None {kind} {PROCESS_FINISHED}" for job, kind, _ in EXAMPLE_JOBS]
+    lines += ["", "# version 30001", "", "data_pipeline_nodes", "", "loop_",
+              "_rlnPipeLineNodeName #1", "_rlnPipeLineNodeType #2"]
+    outputs = [(job, job + name, kind) for job, _, nodes in EXAMPLE_JOBS for name, kind in nodes]
+    lines += [f"{node} {kind}" for _, node, kind in outputs]
+    lines += ["", "# version 30001", "", "data_pipeline_input_edges", "", "loop_",
+              "_rlnPipeLineEdgeFromNode #1", "_rlnPipeLineEdgeProcess #2",
+              "Refine3D/job002/run_class001.mrc MaskCreate/job003/"]
+    lines += ["", "# version 30001", "", "data_pipeline_output_edges", "", "loop_",
+              "_rlnPipeLineEdgeProcess #1", "_rlnPipeLineEdgeToNode #2"]
+    lines += [f"{job} {node}" for job, node, _ in outputs]
+    Path(path).write_text("\n".join(lines) + "\n\n")
 
 
 def write_example(directory, model=None) -> dict:

@@ -13,8 +13,7 @@ from csrefine.relion.relion_tools import RelionError, run_relion
 def test_relion_pipeliner_runs_the_external_job(example_project, relion):
     if shutil.which("csrefine-relion") is None:
         pytest.fail("csrefine-relion is not on PATH: install the package (pip install -e .)")
-    Path("default_pipeline.star").write_text(
-        "\ndata_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n\n")
+    assert Path("default_pipeline.star").is_file()  # the example is a RELION project
     options = ";".join([
         "External executable: == csrefine-relion",
         "Input particles:  == Refine3D/job002/run_data.star",
@@ -24,15 +23,21 @@ def test_relion_pipeliner_runs_the_external_job(example_project, relion):
         "Param2 - label: == device", "Param2 - value: == numpy"]) + ";"
     run_relion(["relion_pipeliner", "--addJob", "External", "--addJobOptions", options])
     try:
-        run_relion(["relion_pipeliner", "--RunJobs", "External/job001/"], timeout_s=600)
+        run_relion(["relion_pipeliner", "--RunJobs", "External/job004/"], timeout_s=600)
     except RelionError as exc:  # e.g. csrefine-relion died before writing an exit file
-        err = Path("External/job001/run.err")
+        err = Path("External/job004/run.err")
         pytest.fail(f"{exc}\nrun.err: {err.read_text() if err.exists() else '(none)'}")
     pipeline = starfile.read("default_pipeline.star", always_dict=True)
     procs = pipeline["pipeline_processes"]
-    row = procs[procs["rlnPipeLineProcessName"] == "External/job001/"]
-    assert int(row["rlnPipeLineProcessStatus"].iloc[0]) == 2, Path("External/job001/run.err").read_text()
+    row = procs[procs["rlnPipeLineProcessName"] == "External/job004/"]
+    assert int(row["rlnPipeLineProcessStatus"].iloc[0]) == 2, Path("External/job004/run.err").read_text()
     nodes = pipeline["pipeline_nodes"]
-    node = nodes[nodes["rlnPipeLineNodeName"] == "External/job001/particles_csrefine.star"]
+    node = nodes[nodes["rlnPipeLineNodeName"] == "External/job004/particles_csrefine.star"]
     assert len(node) == 1 and int(node["rlnPipeLineNodeType"].iloc[0]) == 3
-    assert "optics group" in Path("External/job001/run.out").read_text()
+    assert "optics group" in Path("External/job004/run.out").read_text()
+    # the example's own jobs stay in the pipeline, and the External job is connected to them
+    assert {"Extract/job001/", "Refine3D/job002/", "MaskCreate/job003/"} <= set(
+        procs["rlnPipeLineProcessName"])
+    edges = pipeline["pipeline_input_edges"]
+    inputs = set(edges[edges["rlnPipeLineEdgeProcess"] == "External/job004/"]["rlnPipeLineEdgeFromNode"])
+    assert "Refine3D/job002/run_data.star" in inputs
