@@ -49,15 +49,25 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
     return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))])
 
 
+#: Per-group calibration facts, written into each group's entry of csrefine.json (only there:
+#: one place per fact).
+PER_GROUP = ("cs_at_calibrated_pixel_mm", "verdict")
+
+
 def merge_into_groups(report: dict, extra: dict) -> dict:
-    """Add cs_at_calibrated_pixel_mm and verdict to each group entry of a csrefine.json dict."""
-    out = dict(report)
-    out.update(extra)
+    """csrefine.json with the calibration: the pixel size at the top level, and each group's
+    cs_at_calibrated_pixel_mm, verdict and calibration details in that group's entry."""
+    out = {**report, **{k: v for k, v in extra.items() if k not in PER_GROUP}}
+    details = dict(out.get("pixel_calibration", {}))
+    per_group_details = details.pop("groups", {})
+    if "pixel_calibration" in out:
+        out["pixel_calibration"] = details
     for g in out.get("groups", []):
         key = str(g["optics_group"])
-        for name in ("cs_at_calibrated_pixel_mm", "verdict"):
+        for name in PER_GROUP:
             if name in extra and key in extra[name]:
                 g[name] = extra[name][key]
+        g.update(per_group_details.get(key, {}))
     return out
 
 

@@ -16,10 +16,15 @@ from .fsc import FSC_THRESHOLD
 from .io_atomic import atomic_output, atomic_write_bytes
 from .pipeline import Refinement, result_dict
 
+#: Significant digits of the floats in csrefine.json: beyond every quantity's precision (Cs to
+#: 1e-6 mm, pixel sizes to 1e-6 Å), without float32 artefacts such as 1.6079999999999999.
+JSON_SIGNIFICANT_DIGITS = 7
+
 
 def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """JSON-ready: numpy scalars to Python, non-finite floats to null, floats rounded."""
+    if isinstance(value, float):
+        return float(f"{value:.{JSON_SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else None
     if isinstance(value, (np.floating,)):
         return _clean(float(value))
     if isinstance(value, (np.integer,)):
