@@ -256,9 +256,27 @@ def _loop_rows(lines):
         yield block, columns, line, False
 
 
-def _line_ending(line: str) -> str:
-    """The line's own ending (CRLF files stay CRLF)."""
-    return "\r\n" if line.endswith("\r\n") else "\n"
+SEPARATORS = re.compile(r"(\s+)")
+
+
+def _replace_fields(line: str, replacements: dict[int, str]) -> str:
+    """``line`` with the values at the given column positions replaced; every other character
+    (separators, tabs, padding, quotes, the line ending) kept as it was."""
+    body = line.rstrip("\r\n")
+    ending = line[len(body):]
+    if "'" in body or '"' in body:
+        spans = [m.span() for m in TOKEN.finditer(body)]
+        out, last = [], 0
+        for i, (start, stop) in enumerate(spans):
+            out.append(body[last:start])
+            out.append(replacements.get(i, body[start:stop]))
+            last = stop
+        return "".join(out) + body[last:] + ending
+    parts = SEPARATORS.split(body)  # values at even positions, separators between
+    lead = 1 if parts and parts[0] == "" else 0
+    for i, value in replacements.items():
+        parts[lead + 2 * i] = value
+    return "".join(parts) + ending
 
 
 def format_vector(values) -> str:
@@ -294,19 +312,19 @@ def write_updated_star(star: ParticleStar, dst, cs_mm: dict[int, float],
                     col, col_of = {name: i for i, name in enumerate(columns)}, columns
                 gid = int(tokens[col["rlnOpticsGroup"]]) if "rlnOpticsGroup" in col else single_group
                 if block == "optics" and gid in cs_mm:
-                    tokens[col["rlnSphericalAberration"]] = f"{cs_mm[gid]:.9f}"
+                    new = {col["rlnSphericalAberration"]: f"{cs_mm[gid]:.9f}"}
                     for name, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, ())):
                         if name in col:
-                            tokens[col[name]] = f"{value:.9f}"
+                            new[col[name]] = f"{value:.9f}"
                     if gid in even_zernike and "rlnEvenZernike" in col:
-                        tokens[col["rlnEvenZernike"]] = format_vector(even_zernike[gid])
-                    line = " ".join(tokens) + _line_ending(line)
+                        new[col["rlnEvenZernike"]] = format_vector(even_zernike[gid])
+                    line = _replace_fields(line, new)
                 elif block == "particles":
                     n_rows += 1
                     if gid in defocus_offset_A:
-                        for name in ("rlnDefocusU", "rlnDefocusV"):
-                            tokens[col[name]] = f"{float(tokens[col[name]]) + defocus_offset_A[gid]:.6f}"
-                        line = " ".join(tokens) + _line_ending(line)
+                        line = _replace_fields(line, {
+                            col[name]: f"{float(tokens[col[name]]) + defocus_offset_A[gid]:.6f}"
+                            for name in ("rlnDefocusU", "rlnDefocusV")})
                 out.write(line)
         if n_rows != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "

@@ -148,3 +148,26 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     assert np.abs(after - expected).max() < 1e-6
     # and the coma RELION derives from the beam tilt and the table's Cs is unchanged
     np.testing.assert_allclose(pixel_terms(g_out, band).odd_phase, terms.odd_phase, atol=1e-6)
+
+
+def test_changed_rows_keep_their_tabs_padding_and_every_unchanged_value(tmp_path):
+    """Only the changed values' text changes: tabs, padding and every other value of a row stay
+    byte for byte (RELION pads columns; other programs write tabs)."""
+    path = _write(tmp_path / "p.star", OPTICS, _particles())
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    tabbed = [("\t".join(line.split()) + "\n") if line.startswith("0000") else line
+              for line in lines]
+    path.write_text("".join(tabbed))
+    star = read_particle_star(path)
+    write_updated_star(star, tmp_path / "out.star", {1: 2.9}, {1: 100.0}, {})
+    before = path.read_text().splitlines(keepends=True)
+    after = (tmp_path / "out.star").read_text().splitlines(keepends=True)
+    changed = [(b, a) for b, a in zip(before, after) if b != a]
+    assert len(changed) == 1 + 2
+    for b, a in changed[1:]:  # the particle rows of group 1
+        assert a.count("\t") == b.count("\t") > 5
+        old, new = b.split("\t"), a.split("\t")
+        differing = [i for i, (x, y) in enumerate(zip(old, new)) if x != y]
+        assert len(differing) == 2  # rlnDefocusU and rlnDefocusV only
+        assert float(new[differing[0]]) == pytest.approx(float(old[differing[0]]) + 100.0)
