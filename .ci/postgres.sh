@@ -17,12 +17,10 @@ start_test_postgres() {
   "${run_as[@]}" "$bin/initdb -D $data -A trust -U postgres" >"$data.initdb.log" 2>&1 || return 1
   "${run_as[@]}" "$bin/pg_ctl -D $data -l $data/server.log -w -o '-p $port -k $data -c listen_addresses=127.0.0.1' start" \
     >/dev/null || return 1
-  CSREFINE_PG_STOP="$bin/pg_ctl -D $data -m fast stop; rm -rf $data $data.initdb.log"
-  if [ "$(id -u)" = 0 ]; then
-    trap 'su postgres -s /bin/sh -c "$CSREFINE_PG_STOP" >/dev/null 2>&1' EXIT
-  else
-    trap 'sh -c "$CSREFINE_PG_STOP" >/dev/null 2>&1' EXIT
-  fi
+  CSREFINE_PG_STOP=("${run_as[@]}" "$bin/pg_ctl -D $data -m fast stop")
+  CSREFINE_PG_DATA=$data
+  # stop the server and clean up on exit, keeping the script's own exit status
+  trap 'rc=$?; "${CSREFINE_PG_STOP[@]}" >/dev/null 2>&1; rm -rf "$CSREFINE_PG_DATA" "$CSREFINE_PG_DATA.initdb.log"; exit $rc' EXIT
   "$bin/psql" -q -h 127.0.0.1 -p "$port" -U postgres \
     -c "CREATE USER csrefine PASSWORD 'csrefine'" -c "CREATE DATABASE csrefine_test OWNER csrefine" \
     || return 1

@@ -24,15 +24,20 @@ from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.fsc import default_mask
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup, Particles
-from csrefine.simulate import model_map, random_particles, simulate_images
+from csrefine.simulate import half_maps_with_resolution, model_map, random_particles, simulate_images
 
 from .star_io import optics_table, particle_table
 
 
 def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_nominal_mm=2.7,
                  box=88, pixel_size_A=1.6, noise_sigma=1.0, half_map_noise=0.002, seed=0,
-                 model_path: Path | None = None, voltage_kv=300.0) -> dict:
-    """Write the example project under ``root``; returns its paths and the truth."""
+                 model_path: Path | None = None, voltage_kv=300.0,
+                 half_map_resolution_A: float | None = None) -> dict:
+    """Write the example project under ``root``; returns its paths and the truth.
+
+    half_map_resolution_A : if given, the half maps carry noise that makes their FSC cross
+    0.143 there (:func:`csrefine.simulate.half_maps_with_resolution`); otherwise white noise of
+    ``half_map_noise`` times the map's maximum."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     vol = model_map(box, pixel_size_A, rng, model_path)
@@ -52,9 +57,13 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
     star = root / "Refine3D/job002/run_data.star"
     starfile.write({"optics": optics_table(groups), "particles": particle_table(particles, stack)},
                    star, overwrite=True)
-    for h in (1, 2):
-        noisy = vol + rng.normal(0, half_map_noise * float(vol.max()), vol.shape).astype(np.float32)
-        write_map(root / f"Refine3D/job002/run_half{h}_class001_unfil.mrc", noisy, pixel_size_A)
+    if half_map_resolution_A:
+        halves = half_maps_with_resolution(vol, pixel_size_A, half_map_resolution_A, rng)
+    else:
+        halves = [vol + rng.normal(0, half_map_noise * float(vol.max()), vol.shape).astype(
+            np.float32) for _ in range(2)]
+    for h, half in enumerate(halves, start=1):
+        write_map(root / f"Refine3D/job002/run_half{h}_class001_unfil.mrc", half, pixel_size_A)
     write_map(root / "Refine3D/job002/run_class001.mrc", vol, pixel_size_A)
     write_map(root / "MaskCreate/job003/mask.mrc", default_mask(box), pixel_size_A)
     model_out = None
@@ -106,11 +115,18 @@ def write_pipeline(path) -> None:
     Path(path).write_text("\n".join(lines) + "\n\n")
 
 
+#: ``csrefine example``: a 200 kV microscope (nominal Cs 2.7 mm, as on a Glacios) whose first
+#: optics group has a true Cs of 3.0 mm, which matters at the data's resolution (half maps of
+#: ~3 Å, FSC 0.143 before Nyquist at 1.2 Å/pixel), and whose second group's Cs is right.
+SHOWCASE = dict(box=96, pixel_size_A=1.2, voltage_kv=200.0, half_map_resolution_A=3.0, noise_sigma=3.0)
+
+
 def write_example(directory, model=None) -> dict:
     """``csrefine example DIR``: the example project, its map from ``model`` (default: the
     packaged 1BD2 model); prints where it is and the truth."""
     default_model = PACKAGED_MODEL if PACKAGED_MODEL.is_file() else None
-    info = make_example(directory, model_path=Path(model) if model else default_model)
+    info = make_example(directory, model_path=Path(model) if model else default_model,
+                        **SHOWCASE)
     print(f"example project in {info['root']}: true Cs per optics group {info['cs_true_mm']} mm, "
           f"nominal 2.7 mm in {Path(info['star']).relative_to(info['root'])}")
     return info
