@@ -120,6 +120,7 @@ class PixelCalibration:
     band_A: list                    # [low_res_A, resolution_A]
     scan_pixel_size_A: list = field(default_factory=list, repr=False)
     scan_score: list = field(default_factory=list, repr=False)
+    sigma_systematic_A: float = 0.0  # the systematic floor; sigma is the three in quadrature
 
     @property
     def relative_error(self) -> float:
@@ -513,7 +514,8 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
         real_space_correlation=cc_rs, b_factor_A2=b_fit,
         shift_A=[float(v) for v in (t_best[::-1] * p_best)], coverage=coverage,
         resolution_A=float(resolution), band_A=[float(low_res_A), float(resolution)],
-        scan_pixel_size_A=[float(v) for v in p_nom * scales], scan_score=[float(v) for v in scan])
+        scan_pixel_size_A=[float(v) for v in p_nom * scales], scan_score=[float(v) for v in scan],
+        sigma_systematic_A=float(systematic_rel * p_best))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,6 +597,9 @@ def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibratio
             "pixel_size_nominal_A": c.pixel_size_nominal_A,
             "relative_error": c.relative_error,
             "sigma_curvature_A": c.sigma_curvature_A, "sigma_halves_A": c.sigma_halves_A,
+            "sigma_systematic_A": c.sigma_systematic_A,
+            "sigma_note": "pixel_size_sigma_A = sqrt(sigma_curvature_A^2 + sigma_halves_A^2 + "
+                          "sigma_systematic_A^2)",
             "pixel_size_half1_A": c.pixel_size_half1_A, "pixel_size_half2_A": c.pixel_size_half2_A,
             "correlation": c.correlation, "correlation_expected": c.correlation_expected,
             "relative_correlation": c.relative_correlation,

@@ -45,7 +45,8 @@ def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict 
         "map_pixel_size_A": refinement.map_pixel_size_A,
         "band_A": refinement.band_A,
         "backend": refinement.backend,
-        "groups": [result_dict(g) for g in refinement.groups],
+        "groups": [{**result_dict(g), "curves": g.curves} for g in refinement.groups],
+        "fsc": [float(v) for v in refinement.fsc] if refinement.fsc is not None else [],
         "timings_s": refinement.timings_s,
     }
     if extra:
