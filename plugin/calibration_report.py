@@ -26,7 +26,8 @@ class CalibrationOutcome:
     figures: list = field(default_factory=list)
 
 
-def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, structure) -> CalibrationOutcome:
+def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, structure,
+                         progress=None) -> CalibrationOutcome:
     """Calibrate the half maps' pixel size against ``structure`` and re-express each group.
 
     Returns the csrefine.json additions (top level: pixel_size_calibrated_A, pixel_size_sigma_A,
@@ -35,7 +36,7 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
     """
     try:
         cal = calibrate_pixel_size(half_maps[0], half_maps[1], pixel_size_A, structure, mask=mask,
-                                   fsc=refinement.fsc)
+                                   fsc=refinement.fsc, progress=progress)
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
                                   [f"Pixel-size calibration NOT done: {exc}"])

@@ -529,6 +529,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-backend")
     backend_future = loader.submit(load_backend, backend_name)
     loader.shutdown(wait=False)
+    _log(progress, "set-up: half-map FSC and padded references")
     setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options)
     fsc, resolution, px, references = (setup.fsc, setup.resolution_A, setup.map_pixel_size_A,
                                        setup.references)

@@ -180,7 +180,7 @@ def calibrate(refinement: Refinement, inputs: RefinementInputs, progress: Progre
     if progress is not None:
         progress("calibrating the pixel size against the atomic model")
     return calibrate_refinement(refinement, inputs.half_maps, inputs.mask,
-                                refinement.map_pixel_size_A, inputs.structure)
+                                refinement.map_pixel_size_A, inputs.structure, progress)
 
 
 def merge_calibration(report: dict, extra: dict) -> dict:

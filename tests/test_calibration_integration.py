@@ -26,8 +26,10 @@ def _cli(info, model, out="out"):
 
 
 @pytest.mark.slow
-def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project):
+def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project, capsys):
     assert _cli(project, project["model"]) == 0
+    out = capsys.readouterr().out
+    assert "pixel-size calibration: scan step 41 of 41" in out  # progress during the scan
     report = json.loads(Path("out/csrefine.json").read_text())
     assert abs(report["pixel_size_calibrated_A"] / 1.6 - 1) < 0.002
     assert report["pixel_size_sigma_A"] > 0
@@ -36,6 +38,7 @@ def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project):
     assert "pixel size" not in g1["verdict"].split(":")[0]
     assert "verdict" not in report  # one place per fact: the group's entry
     assert "cs_at_calibrated_pixel_sigma_mm" in g1 and "groups" not in report["pixel_calibration"]
+    assert report["timings_s"]["calibration"] > 0
     print(g1["verdict"], "|", g2["verdict"])
 
 
