@@ -179,6 +179,9 @@ class JobOutputs:
     def prepare(self, inputs: RefinementInputs) -> None:
         pass  # the job's outputs live in cryoSPARC's database, nothing to check here
 
+    def release(self, ok: bool) -> None:
+        pass  # nothing was taken: cryoSPARC marks the job itself
+
     def write(self, result: RunResult, should_abort) -> None:
         import matplotlib
         matplotlib.use("Agg", force=False)

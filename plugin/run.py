@@ -98,7 +98,9 @@ class ResultWriter(Protocol):
         """Write every output, or nothing: raise (AbortRequested on abort) before anything is
         in place."""
 
-    # optional: ``release(ok: bool)``, called after ``prepare`` succeeded, when the run ends
+    def release(self, ok: bool) -> None:
+        """Called once the run ends after ``prepare`` succeeded (``ok``: outputs in place):
+        give back what ``prepare`` took (a lock, a directory left empty)."""
 
 
 def _warn(progress: ProgressFn | None, text: str) -> None:
@@ -137,9 +139,7 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
         result = _refine_and_write(inputs, options, writer, progress, should_abort, t0)
         ok = True
     finally:
-        release = getattr(writer, "release", None)
-        if release is not None:
-            release(ok)
+        writer.release(ok)
     return result
 
 
