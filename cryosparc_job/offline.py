@@ -19,7 +19,7 @@ from csrefine.io_atomic import atomic_output
 from csrefine.options import RefineOptions
 from csrefine.paths import check_input_file
 from csrefine.pipeline import Refinement
-from csrefine.run import OutputDirectory, RefinementInputs, RunResult, run_refinement
+from csrefine.run import OutputDirectory, RefinementInputs, RunResult, file_sources, run_refinement
 
 from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
@@ -53,13 +53,11 @@ def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".",
                                                                  what=str(particles))
     images = open_images(dset, groups, paths, indices, parts.optics_group)
     half_maps, m, px = read_half_maps(half1, half2, mask)
-    sources = {"particles": str(particles), "project_dir": str(project_dir),
-               "half_maps": [str(half1), str(half2)], "mask": str(mask) if mask else None,
-               "model": str(model) if model else None}
+    sources, input_paths = file_sources(particles, half1, half2, mask, model,
+                                        project_dir=project_dir)
     inputs = RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
                               source=dset, warnings=list(images.warnings),
-                              input_paths=tuple(p for p in (particles, half1, half2, mask, model)
-                                                if p))
+                              input_paths=input_paths)
     return choose_conventions(inputs, options, progress)
 
 

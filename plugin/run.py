@@ -78,6 +78,15 @@ class RefinementInputs:
     report_extra: dict = field(default_factory=dict)
 
 
+def file_sources(particles, half1, half2, mask=None, model=None, **more) -> tuple[dict, tuple]:
+    """For inputs read from files: csrefine.json's ``inputs`` entry (the names as given, plus
+    ``more``) and the paths no output may replace."""
+    sources = {"particles": str(particles), **{k: str(v) for k, v in more.items()},
+               "half_maps": [str(half1), str(half2)], "mask": str(mask) if mask else None,
+               "model": str(model) if model else None}
+    return sources, tuple(p for p in (particles, half1, half2, mask, model) if p)
+
+
 @dataclass
 class RunResult:
     """A finished run: the refinement, csrefine.json's content and the calibration (or None)."""

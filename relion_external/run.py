@@ -16,7 +16,14 @@ from csrefine.images import StackReader, read_half_maps
 from csrefine.model import per_particle_geometry
 from csrefine.options import RefineOptions
 from csrefine.pipeline import Refinement
-from csrefine.run import FileWriter, OutputDirectory, RefinementInputs, RunResult, run_refinement
+from csrefine.run import (
+    FileWriter,
+    OutputDirectory,
+    RefinementInputs,
+    RunResult,
+    file_sources,
+    run_refinement,
+)
 from csrefine.zernike import fold_out_k4, rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
@@ -40,12 +47,10 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
     star = read_particle_star(particles)
     images = stack_reader(star, Path(base_dir))
     (h1, h2), m, px = read_half_maps(half1, half2, mask)
-    sources = {"particles": str(particles), "half_maps": [str(half1), str(half2)],
-               "mask": str(mask) if mask else None, "model": str(model) if model else None}
+    sources, paths = file_sources(particles, half1, half2, mask, model)
     return RefinementInputs(star.groups, star.particles, images, (h1, h2), m, px, structure,
                             sources, source=star, warnings=list(images.warnings),
-                            input_paths=tuple(p for p in (particles, half1, half2, mask, model)
-                                              if p))
+                            input_paths=paths)
 
 
 def refined_values(star: ParticleStar, refinement: Refinement):
