@@ -161,7 +161,7 @@ class FitResult:
 
 
 def _local(radial, sums, model, start, scales):
-    from scipy.optimize import minimize  # imported here: 0.3 s that most imports of this module skip
+    from scipy.optimize import minimize  # imported here: 0.3 s, needed only when Newton fails
 
     fun = lambda x: -float(log_likelihood(radial, sums, model, x[0] * scales[0], x[1] * scales[1]))  # noqa: E731
     res = minimize(fun, np.asarray(start) / scales, method="Nelder-Mead",
@@ -183,24 +183,94 @@ def numerical_hessian(radial, sums, model, ddf, dcs, h_df, h_cs) -> np.ndarray:
 
 def fit_phase(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, k_max_per_A: float,
               search: SearchRange, start=None, n_starts: int = 4) -> FitResult:
-    """Maximise the profiled likelihood: grid search (unless ``start`` is given), then local.
+    """Maximise the profiled likelihood: grid search (unless ``start`` is given), then local
+    (:func:`fit_many` from the best ``n_starts`` grid points).
 
     sums : (5, n_bins) pooled statistics to fit (a subset's, or all).
     """
-    k2 = k_max_per_A**2
-    scales = np.array([(np.pi / 6) / abs(model.defocus_factor * k2),
-                       (np.pi / 6) / abs(model.cs_factor * k2 * k2)])
+    scales = _scales(model, k_max_per_A)
     if start is None:
         df_axis, cs_axis = grid_axes(model, k_max_per_A, search)
         grid = log_likelihood(radial, sums, model, df_axis[:, None], cs_axis[None, :])
         order = np.argsort(grid, axis=None)[::-1][:n_starts]
-        starts = [(df_axis[i], cs_axis[j]) for i, j in zip(*np.unravel_index(order, grid.shape))]
+        starts = np.array([(df_axis[i], cs_axis[j])
+                           for i, j in zip(*np.unravel_index(order, grid.shape))])
     else:
-        starts = [tuple(start)]
-    best = max((_local(radial, sums, model, s, scales) for s in starts), key=lambda r: r[1])
-    (ddf, dcs), ll = best
+        starts = np.asarray(start, dtype=np.float64)[None, :]
+    found = fit_many(radial, np.repeat(sums[None], len(starts), axis=0), model, k_max_per_A,
+                     starts)
+    ll = log_likelihood(radial, sums, model, found[:, 0], found[:, 1])
+    ddf, dcs = found[int(np.argmax(ll))]
     hess = numerical_hessian(radial, sums, model, ddf, dcs, 0.05 * scales[0], 0.05 * scales[1])
-    return FitResult(float(ddf), float(dcs), float(ll), hess)
+    return FitResult(float(ddf), float(dcs), float(ll.max()), hess)
+
+
+#: Newton steps of :func:`fit_many` (each one vectorised call on a 9-point stencil) and the
+#: step (scaled units: 1 = a 30 degree phase change at k_max) below which a fit has converged;
+#: NEWTON_STENCIL is the stencil's spacing in the same units.
+NEWTON_STEPS, NEWTON_TOLERANCE, NEWTON_STENCIL = 8, 1e-6, 0.01
+
+
+def _stencil_values(radial, stack, model, x, scales, h) -> np.ndarray:
+    """-log L of each of ``stack``'s sums (k, 5, n_bins) on a 3x3 stencil around x (k, 2)
+    (scaled units, spacing h): (k, 3, 3), [defocus step, Cs step] from -h to +h."""
+    steps = np.array([-h, 0.0, h])
+    ddf = (x[:, 0, None, None] + steps[None, :, None]) * scales[0]
+    dcs = (x[:, 1, None, None] + steps[None, None, :]) * scales[1]
+    sums = np.moveaxis(stack, 1, 0)[:, :, None, None, :]  # (5, k, 1, 1, n_bins)
+    return -log_likelihood(radial, sums, model, ddf, dcs)
+
+
+def fit_many(radial: RadialStatistics, stack: np.ndarray, model: PhaseModel, k_max_per_A: float,
+             starts) -> np.ndarray:
+    """Maximise the profiled likelihood of each of several sums locally, e.g. the
+    leave-one-cell-out sums from the total's optimum, or one sum from several grid points.
+
+    Vectorised Newton iterations (gradient and Hessian by central differences on a 3x3 stencil,
+    all fits in one call per step, steps at most one scaled unit); a fit whose Hessian is not
+    positive definite or that has not converged after NEWTON_STEPS falls back to Nelder-Mead
+    (:func:`_local`) from its start.
+
+    stack : (k, 5, n_bins) sums; starts : (k, 2) or (2,): defocus offset (A), Cs change (mm).
+    Returns (k, 2): defocus offset (A) and Cs change (mm) of each.
+    """
+    scales = _scales(model, k_max_per_A)
+    h = NEWTON_STENCIL
+    starts = np.broadcast_to(np.asarray(starts, dtype=np.float64), (stack.shape[0], 2))
+    x = starts / scales
+    done = np.zeros(stack.shape[0], dtype=bool)
+    for _ in range(NEWTON_STEPS):
+        active = np.flatnonzero(~done)
+        if active.size == 0:
+            break
+        f = _stencil_values(radial, stack[active], model, x[active], scales, h)
+        grad = np.stack([f[:, 2, 1] - f[:, 0, 1], f[:, 1, 2] - f[:, 1, 0]], axis=1) / (2 * h)
+        hxx = (f[:, 2, 1] - 2 * f[:, 1, 1] + f[:, 0, 1]) / h**2
+        hyy = (f[:, 1, 2] - 2 * f[:, 1, 1] + f[:, 1, 0]) / h**2
+        hxy = (f[:, 2, 2] - f[:, 2, 0] - f[:, 0, 2] + f[:, 0, 0]) / (4 * h * h)
+        det = hxx * hyy - hxy * hxy
+        ok = (hxx > 0) & (det > 0)
+        safe = np.where(ok, det, 1.0)
+        step = -np.stack([hyy * grad[:, 0] - hxy * grad[:, 1],
+                          hxx * grad[:, 1] - hxy * grad[:, 0]], axis=1) / safe[:, None]
+        step = np.where(ok[:, None], np.clip(step, -1.0, 1.0), 0.0)
+        x[active] += step
+        converged = ok & (np.abs(step).max(axis=1) < NEWTON_TOLERANCE)
+        done[active[converged]] = True
+        failed = active[~ok]
+        x[failed] = np.nan  # not positive definite: Nelder-Mead below
+        done[failed] = True
+    out = x * scales
+    for i in np.flatnonzero(~np.isfinite(out).all(axis=1) | ~done):
+        out[i] = _local(radial, stack[i], model, starts[i], scales)[0]
+    return out
+
+
+def _scales(model: PhaseModel, k_max_per_A: float) -> np.ndarray:
+    """Parameter scales (defocus A, Cs mm) that change the phase at k_max by 30 degrees."""
+    k2 = k_max_per_A**2
+    return np.array([(np.pi / 6) / abs(model.defocus_factor * k2),
+                     (np.pi / 6) / abs(model.cs_factor * k2 * k2)])
 
 
 def jackknife_sigma(estimates: np.ndarray) -> float:

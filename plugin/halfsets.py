@@ -50,6 +50,14 @@ EXCESS_DECIDED = 5.0
 #: and excess ~ 34 +- 0.6 with 400 of 5,000 relion_project particles; a sample of 1% keeps
 #: z > 5 and the excess > 5 sigma up to about a million particles).
 SAMPLE_MIN, SAMPLE_MAX = 400, 2000
+#: The check runs in two stages: first on SAMPLE_FIRST particles of that sample (evenly spread);
+#: when their direction statistic is already beyond Z_AT_ONCE (twice the decision threshold), the
+#: verdict cannot change with more particles and the rest of the sample is not used. Otherwise
+#: (swapped-or-not undecided, another split, independent maps) the whole sample is used. Maps
+#: given as they should be are the common case: z ~ 50 with 100 of 5,000 relion_project
+#: particles, so the check costs 200 particle predictions instead of 800.
+SAMPLE_FIRST = 100
+Z_AT_ONCE = 2.0 * Z_DECIDED
 
 AS_GIVEN, SWAPPED, OTHER_SPLIT, INDEPENDENT = "as given", "swapped", "another split", "independent"
 #: The fields that place a particle's prediction (orientation and origin); the null pairs an
@@ -76,6 +84,30 @@ class HalfMapCheck:
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def check_stages(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The particles of the check's two stages (module constants SAMPLE_FIRST, Z_AT_ONCE):
+    (first, rest), disjoint, together :func:`sample_positions` of ``positions``."""
+    sample = sample_positions(positions)
+    if sample.size <= SAMPLE_FIRST:
+        return sample, sample[:0]
+    first = sample_positions(sample, SAMPLE_FIRST)
+    return first, np.setdiff1d(sample, first)
+
+
+def staged_check(statistics, positions: np.ndarray) -> HalfMapCheck:
+    """The verdict of :func:`decide` over the stages of :func:`check_stages`.
+
+    statistics : function(positions) -> (d, d0) for those particles (see
+    :func:`own_noise_statistics`)."""
+    first, rest = check_stages(positions)
+    d, d0 = statistics(first)
+    check = decide(d, d0)
+    if rest.size == 0 or abs(check.z) >= Z_AT_ONCE:
+        return check
+    d_rest, d0_rest = statistics(rest)
+    return decide(np.concatenate([d, d_rest]), np.concatenate([d0, d0_rest]))
 
 
 def sample_positions(positions: np.ndarray, limit: int | None = None) -> np.ndarray:
@@ -109,12 +141,16 @@ def own_noise_statistics(backend, images, particles, references: dict, terms, ba
     d, d0 = np.zeros(n), np.zeros(n)
     for lo in range(0, n, batch):
         idx = np.arange(lo, min(lo + batch, n))
+        k = idx.size
         own_sign = np.where(particles.half_set[idx] == 1, 1.0, -1.0)
-        for out, parts in ((d, particles), (d0, null)):
-            per = np.zeros((idx.size, N_STATS, m))
-            backend.accumulate_batch(per, np.arange(idx.size), images[idx], parts.subset(idx),
-                                     diff_ref, terms, band, pixel_size_A, threads)
-            out[idx] = own_sign * (w * per[:, 3, :]).sum(axis=1)
+        # one backend call per batch: the images with their own poses (cells 0..k-1), then with
+        # the shuffled poses (cells k..2k-1)
+        per = np.zeros((2 * k, N_STATS, m))
+        backend.accumulate_batch(per, np.arange(2 * k), np.concatenate([images[idx]] * 2),
+                                 particles.subset(idx).concat(null.subset(idx)), diff_ref, terms,
+                                 band, pixel_size_A, threads)
+        sums = (w * per[:, 3, :]).sum(axis=1)
+        d[idx], d0[idx] = own_sign * sums[:k], own_sign * sums[k:]
     return d, d0
 
 

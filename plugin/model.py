@@ -129,6 +129,11 @@ class Particles:
         return Particles(**{name: getattr(self, name)[index]
                             for name in PARTICLE_FIELDS + ("half_set", "optics_group")})
 
+    def concat(self, other: "Particles") -> "Particles":
+        """These particles followed by ``other``'s."""
+        return Particles(**{name: np.concatenate([getattr(self, name), getattr(other, name)])
+                            for name in PARTICLE_FIELDS + ("half_set", "optics_group")})
+
     def check_finite(self) -> None:
         """Raise ValueError naming the first field with a NaN or infinity."""
         for name in PARTICLE_FIELDS:

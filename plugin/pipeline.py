@@ -21,6 +21,7 @@ from .fit import (
     FitResult,
     PhaseModel,
     default_search_range,
+    fit_many,
     fit_phase,
     jackknife_sigma,
     log_likelihood,
@@ -35,9 +36,8 @@ from .halfsets import (
     OTHER_SPLIT,
     SWAPPED,
     HalfMapCheck,
-    decide,
     own_noise_statistics,
-    sample_positions,
+    staged_check,
 )
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
@@ -319,9 +319,7 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     search = default_search_range(model, k_max_per_A, options.cs_search_mm)
     best = fit_phase(radial, total, model, k_max_per_A, search)
     start = (best.defocus_offset_A, best.cs_change_mm)
-    loo = np.array([[f.defocus_offset_A, f.cs_change_mm] for f in
-                    (fit_phase(radial, total - sums[j], model, k_max_per_A, search, start=start)
-                     for j in range(cells_count))])
+    loo = fit_many(radial, total[None] - sums[:cells_count], model, k_max_per_A, start)
     per = options.cells_per_subset
     subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_per_A, search)
                for s in range(options.subsets)]
@@ -410,11 +408,13 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
                     references: dict, band, backend, threads: int = 1) -> HalfMapCheck:
     """Measure whether the half maps match the group's half sets (:mod:`csrefine.halfsets`), on
     an evenly spread sample of the group's particles."""
-    sample = sample_positions(positions)
-    d, v = own_noise_statistics(backend, images.read(sample), particles.subset(sample),
-                                references, pixel_terms(group, band), band, group.pixel_size_A,
-                                threads)
-    return decide(d, v)
+    terms = pixel_terms(group, band)
+
+    def statistics(sample):
+        return own_noise_statistics(backend, images.read(sample), particles.subset(sample),
+                                    references, terms, band, group.pixel_size_A, threads)
+
+    return staged_check(statistics, positions)
 
 
 def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,

@@ -1,12 +1,12 @@
-"""Import modules needed late in a run (plots, optimiser) in a background thread, so that their
-import time overlaps with reading the inputs instead of adding to the wall time."""
+"""Import modules needed late in a run (the plots) in a background thread, so that their import
+time overlaps with reading the inputs instead of adding to the wall time."""
 
 from __future__ import annotations
 
 import importlib
 import threading
 
-LATE_MODULES = ("scipy.optimize", "matplotlib.pyplot", "matplotlib.backends.backend_pdf")
+LATE_MODULES = ("matplotlib.pyplot", "matplotlib.backends.backend_pdf")
 
 
 def _import_all(names, backend):

@@ -278,7 +278,7 @@ def _phase_maps(fig, grid, pm: dict, g) -> None:
     for i, (title, data) in enumerate(zip(titles, panels)):
         ax = fig.add_subplot(grid[0, i])
         image = ax.imshow(data, origin="lower", extent=extent, cmap="RdBu_r", vmin=-lim,
-                          vmax=lim, interpolation="nearest")
+                          vmax=lim, interpolation="none")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("kx (1/Å)")
         if i == 0:

@@ -77,6 +77,37 @@ def test_numba_matches_numpy(mag, bfactor):
     _assert_close(got, ref)
 
 
+def test_numba_touch_pass_on_and_off_give_identical_numbers(monkeypatch):
+    """The touch pass only prefetches: the kernel's statistics are bit-identical without it."""
+    problem = _problem(3)
+    out = {}
+    for touch in (True, False):
+        monkeypatch.setattr(numba_backend.TOUCH, "choice", touch)
+        out[touch] = _accumulate(numba_backend, problem)
+    assert np.abs(out[True]).max() > 0
+    np.testing.assert_array_equal(out[True], out[False])
+
+
+def test_touch_choice_keeps_the_faster_variant_after_its_trials(monkeypatch):
+    monkeypatch.delenv(numba_backend.TouchChoice.ENV, raising=False)
+    choice = numba_backend.TouchChoice()
+    big = choice.MIN_SAMPLES
+    seen = []
+    for per_sample in (3.0, 2.0, 1.0, 2.5):  # touch on: 3 then 1; off: 2 then 2.5
+        variant = choice.get()
+        seen.append(variant)
+        choice.record(variant, per_sample * big, big)
+    assert seen == [True, False, True, False]  # alternating while measuring
+    assert choice.choice is True and choice.get() is True  # best on (1.0) beats best off (2.0)
+    choice.record(False, 0.0, big)  # decided: later timings change nothing
+    assert choice.get() is True
+    small = numba_backend.TouchChoice()
+    small.record(small.get(), 1.0, big - 1)  # too small a call to time: not counted
+    assert small.seconds == {True: [], False: []}
+    monkeypatch.setenv(numba_backend.TouchChoice.ENV, "0")
+    assert numba_backend.TouchChoice().get() is False
+
+
 def test_numba_halves_match_per_half_reference():
     """accumulate_halves (one transform per batch) == the reference per half set."""
     from csrefine.backends import numba_backend

@@ -28,14 +28,16 @@ Otherwise the kernel falls back to sin/cos per pixel (same results).
 
 The rest of the cost is memory latency: every sample reads four cache lines of the padded 3D
 transform (tens of MB, larger than the caches) at effectively random places. Per particle and
-block, a "touch" loop with independent iterations first reads one value of each of those lines,
-so that the misses overlap, before the interpolation proper.
+block, a "touch" loop with independent iterations can first read one value of each of those
+lines, so that the misses overlap, before the interpolation proper; whether that pays depends on
+the machine's caches, so it is measured on the first batches (:class:`TouchChoice`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 
 import numba
@@ -133,7 +135,7 @@ def shift_tables(particles, lin: np.ndarray, band, pixel_size_A: float):
 
 @njit(fastmath=False, cache=True, nogil=True)
 def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
-                      p0, p1, separable, shift_x, shift_y, col, row, qtab, cont, half_box):
+                      p0, p1, separable, shift_x, shift_y, col, row, qtab, cont, half_box, touch):
     """Pixels p0:p1 of one batch (serial); returns (number of out-of-range samples, touch sum).
 
     Per particle: a touch loop computes the sampling coordinates (scale * A^T (kx, ky, 0),
@@ -146,7 +148,7 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
     r = radius
     width = p1 - p0
     acc = np.zeros((n_cells, N_STATS, width), dtype=np.float64)
-    touch = np.zeros(1)  # keeps the touch loads alive
+    sink = np.zeros(1)  # keeps the touch loads alive
     ix = np.empty(width, dtype=np.int64)
     iy = np.empty(width, dtype=np.int64)
     iz = np.empty(width, dtype=np.int64)
@@ -193,11 +195,12 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
                 wy_[q] = y - y0
                 wz_[q] = z - z0
                 flips[q] = fl
-                tsum += (ref[z0, y0, x0].real + ref[z0, y0 + 1, x0].real
-                         + ref[z0 + 1, y0, x0].real + ref[z0 + 1, y0 + 1, x0].real)
+                if touch:
+                    tsum += (ref[z0, y0, x0].real + ref[z0, y0 + 1, x0].real
+                             + ref[z0 + 1, y0, x0].real + ref[z0 + 1, y0 + 1, x0].real)
             else:
                 ix[q] = -1
-        touch[0] += tsum
+        sink[0] += tsum
         for q in range(width):
             x0 = ix[q]
             if x0 < 0:
@@ -317,12 +320,12 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
         for s in range(N_STATS):
             for q in range(width):
                 stats[c, s, p0 + q] += acc[c, s, q]
-    return bad, touch[0]
+    return bad, sink[0]
 
 
 @njit(parallel=True, fastmath=False, cache=True, nogil=True)
 def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
-                       block, separable, shift_x, shift_y, col, row, qtab, cont, half_box):
+                       block, separable, shift_x, shift_y, col, row, qtab, cont, half_box, touch):
     """stats (n_cells, 6, m) += sums over particles; prange over blocks of pixels (each thread
     owns disjoint columns of stats). Returns (number of out-of-range samples, touch sum,
     table layout compiled with)."""
@@ -335,11 +338,55 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
         p1 = min(p0 + block, m)
         errors[b], sinks[b] = _accumulate_block(
             stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor, p0, p1,
-            separable, shift_x, shift_y, col, row, qtab, cont, half_box)
+            separable, shift_x, shift_y, col, row, qtab, cont, half_box, touch)
     # the touch sums are returned only so that the compiler keeps the touch loads; LAYOUT_ID is
     # the table layout this kernel was compiled with (numba's cache may predate _tables.py)
     return errors.sum(), sinks.sum(), LAYOUT_ID
 
+
+class TouchChoice:
+    """Whether the kernel's touch pass pays on this machine, measured on the run's first batches.
+
+    The touch pass overlaps the reference's cache misses; whether that wins depends on the
+    caches (measured: 5-15% faster on an AMD EPYC host, 15% slower on a Xeon host whose L3 holds
+    the whole reference). The first TRIALS batches of each variant (alternating, each at least
+    MIN_SAMPLES particle-pixels) are timed per sample and the faster one is kept for the rest of
+    the process. Both variants compute the same numbers. ``$CSREFINE_TOUCH`` = 1 or 0 forces it.
+    """
+
+    TRIALS = 2
+    MIN_SAMPLES = 100_000
+    ENV = "CSREFINE_TOUCH"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        forced = os.environ.get(self.ENV, "").strip()
+        self.choice = {"1": True, "0": False}.get(forced)
+        self.seconds = {True: [], False: []}
+
+    def get(self) -> bool:
+        """The variant for the next kernel call."""
+        with self._lock:
+            if self.choice is not None:
+                return self.choice
+            return len(self.seconds[True]) <= len(self.seconds[False])
+
+    def record(self, touch: bool, seconds: float, samples: int) -> None:
+        """Time of a kernel call that used ``touch`` on ``samples`` particle-pixels."""
+        if samples < self.MIN_SAMPLES:
+            return
+        with self._lock:
+            if self.choice is not None:
+                return
+            self.seconds[touch].append(seconds / samples)
+            if min(len(v) for v in self.seconds.values()) >= self.TRIALS:
+                self.choice = min(self.seconds[True]) < min(self.seconds[False])
+
+
+TOUCH = TouchChoice()
 
 _SCRATCH = threading.local()
 
@@ -471,11 +518,14 @@ def _accumulate_observed(stats, cells, observed, particles, reference, terms, ba
     else:
         shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
         qtab = np.zeros((1, 7))
+    touch = TOUCH.get()
+    t0 = time.perf_counter()
     bad, _, layout = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64),
                                 np.ascontiguousarray(observed), particle_table(particles), pix,
                                 reference.data, int(reference.radius), float(reference.scale),
                                 float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
-                                shift_x, shift_y, col, row, qtab, cont, band.box // 2)
+                                shift_x, shift_y, col, row, qtab, cont, band.box // 2, touch)
+    TOUCH.record(touch, time.perf_counter() - t0, observed.shape[0] * observed.shape[1])
     if layout != LAYOUT_ID:
         raise RuntimeError("numba's cached kernel was compiled for another table layout than "
                            "csrefine/backends/_tables.py's: delete csrefine/backends/__pycache__")

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .db import HISTORY_DB_ENV, HistoryError, RunLabels
+from .labels import HISTORY_DB_ENV, HistoryError, RunLabels
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
 INSTRUMENT_ENV = "CSREFINE_INSTRUMENT"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import INSTRUMENT_ENV, REPORT_JSON, record_if_requested, requested_instrument
-from .db import HistoryError, load_groups, open_engine
+from .labels import HistoryError
 
 
 def add_history_command(subparsers) -> dict:
@@ -64,6 +64,8 @@ def _record(args) -> int:
     instrument = requested_instrument(args.instrument)
     if instrument is None:
         raise ValueError(f"give --instrument NAME (or set {INSTRUMENT_ENV})")
+    from .db import open_engine
+
     open_engine(args.history_db).dispose()  # an unusable database is an error here
     failures = 0
     for item in args.directories:
@@ -84,6 +86,7 @@ def _record(args) -> int:
 
 
 def _panels(args):
+    from .db import load_groups, open_engine
     from .summary import build_panels
 
     engine = open_engine(args.history_db)

@@ -34,10 +34,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from .labels import HISTORY_DB_ENV, HistoryError, RunLabels  # noqa: F401  (re-exported)
+
 #: The schema version this csrefine writes and reads.
 SCHEMA_VERSION = 1
-#: Environment variable with a SQLAlchemy URL of the history database.
-HISTORY_DB_ENV = "CSREFINE_HISTORY_DB"
 #: SQLite waits this long for another writer before "database is locked", s.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: Connection timeout for network databases, s (an unreachable server is a warning, quickly).
@@ -92,10 +92,6 @@ groups_table = sa.Table(
     sa.Column("verdict", sa.Text),
     sa.UniqueConstraint("run_id", "optics_group", name="uq_group_per_run"),
 )
-
-
-class HistoryError(Exception):
-    """The history database cannot be used (unreachable, or a schema newer than this csrefine)."""
 
 
 # ------------------------------------------------------------------------------ connection
@@ -237,17 +233,6 @@ def content_hash(report: dict) -> str:
     canonical = json.dumps(json.loads(json.dumps(report, default=float)), sort_keys=True,
                            separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class RunLabels:
-    """What the user says about a run: the instrument, the magnification label (None: each
-    group's nominal pixel size), the run's date (None: now) and where it came from."""
-
-    instrument: str
-    magnification: str | None = None
-    run_date: datetime | None = None
-    source: str | None = None
 
 
 def _float(value):
