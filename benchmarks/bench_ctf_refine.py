@@ -63,10 +63,24 @@ def optics(cs_mm: float, px: float, box: int, voltage: float):
     return optics_table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
 
-def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: float,
-              voltage: float, snr: float, seed: int) -> dict:
-    """Simulate (or reuse) the data set in ``d``; returns its paths."""
+def model_structure(chains: str | None = None):
+    """The 1BD2 model (TCR-peptide-MHC, ~95 kDa), or only the named chains (e.g. "ABC": the
+    peptide-MHC HLA-A2 / beta-2-microglobulin / peptide, ~45 kDa, a different protein)."""
     import gemmi
+
+    st = gemmi.read_structure(str(MODEL))
+    if chains:
+        for model in st:
+            for name in [ch.name for ch in model if ch.name not in chains]:
+                model.remove_chain(name)
+        st.setup_entities()
+    return st
+
+
+def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: float,
+              voltage: float, snr: float, seed: int, chains: str | None = None) -> dict:
+    """Simulate (or reuse) the data set in ``d``; returns its paths. ``chains``: the model's
+    chains to use (all by default)."""
     import starfile
 
     from csrefine.atomic_map import density_map
@@ -83,7 +97,7 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t0 = time.monotonic()
-    vol = density_map(gemmi.read_structure(str(MODEL)), box, px, b_factor_A2=20.0)
+    vol = density_map(model_structure(chains), box, px, b_factor_A2=20.0)
     write_map(d / "map.mrc", vol, px)
     # White noise per pixel for the requested SNR (signal variance of a projection inside the box).
     proj = vol.sum(axis=0)

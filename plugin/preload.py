@@ -1,12 +1,14 @@
-"""Import modules needed late in a run (the plots) in a background thread, so that their import
-time overlaps with reading the inputs instead of adding to the wall time."""
+"""Import and warm the compiled backend in a background thread, so that numba's import and its
+kernel-cache load overlap with reading the inputs instead of adding to the wall time.
+
+(matplotlib, the other large import, is imported by logfile.pdf's renderer process,
+:mod:`csrefine.report_process`, not in this process: in a thread here it would hold the GIL the
+run needs.)"""
 
 from __future__ import annotations
 
 import importlib
 import threading
-
-LATE_MODULES = ("matplotlib.pyplot", "matplotlib.backends.backend_pdf")
 
 
 def _import_all(names, backend):
@@ -16,8 +18,6 @@ def _import_all(names, backend):
             load_backend(backend)
         except Exception:  # the run reports backend errors itself
             pass
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     for name in names:
         try:
             importlib.import_module(name)
@@ -25,9 +25,9 @@ def _import_all(names, backend):
             pass
 
 
-def start_preload(device: str | None = None, names=LATE_MODULES) -> threading.Thread:
-    """Start importing (and warming) the backend for ``device``, then ``names``, in a daemon
-    thread; returns the thread."""
+def start_preload(device: str | None = None, names=()) -> threading.Thread:
+    """Start importing (and warming) the backend for ``device``, then the modules ``names``, in
+    a daemon thread; returns the thread."""
     backend = None
     if device is not None:
         from .backends import resolve_backend

@@ -29,6 +29,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from . import report_process
 from .errors import AbortRequested, InputError, OutputError
 from .io_atomic import acquire_lock, commit, release_lock, staging_directory
 from .model import OpticsGroup, Particles
@@ -102,6 +103,22 @@ class ResultWriter(Protocol):
 
     def prepare(self, inputs: RefinementInputs) -> None:
         """Check the destination before any heavy work (raise InputError if unusable)."""
+
+    def _pdf_in_child(self, path: Path, result: RunResult):
+        """The child rendering ``path``, or None (no child; or the calibration's figures,
+        matplotlib objects of this process, are in the report)."""
+        child, self._pdf_child = self._pdf_child, None
+        if child is None or result.calibration is not None \
+                or not child.render(path, result.refinement):
+            if child is not None:
+                child.close()
+            return None
+        return child
+
+    def _stop_pdf_child(self) -> None:
+        child, self._pdf_child = self._pdf_child, None
+        if child is not None:
+            child.close()
 
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
         """Write every output, or nothing: raise (AbortRequested on abort) before anything is
@@ -233,6 +250,7 @@ class OutputDirectory:
     def __init__(self, out_dir, particles_name: str, write_particles: FileWriter,
                  extra_files: dict[str, FileWriter] | None = None):
         self.out_dir = Path(out_dir)
+        self._pdf_child = None
         self.files: dict[str, FileWriter] = {particles_name: write_particles,
                                              REPORT_JSON: _write_report_json,
                                              REPORT_PDF: _write_report_pdf,
@@ -262,19 +280,48 @@ class OutputDirectory:
         except BaseException:
             self.release(False)
             raise
+        # logfile.pdf's renderer starts now, to import matplotlib while the run works
+        self._pdf_child = report_process.start()
 
     def release(self, ok: bool) -> None:
         """Remove the lock (and the directory, if this run created it and it stayed empty)."""
+        self._stop_pdf_child()
         release_lock(self.out_dir)
         if not ok and getattr(self, "_created", False):
             remove_if_empty(self.out_dir)
 
+    def _pdf_in_child(self, path: Path, result: RunResult):
+        """The child rendering ``path``, or None (no child; or the calibration's figures,
+        matplotlib objects of this process, are in the report)."""
+        child, self._pdf_child = self._pdf_child, None
+        if child is None or result.calibration is not None \
+                or not child.render(path, result.refinement):
+            if child is not None:
+                child.close()
+            return None
+        return child
+
+    def _stop_pdf_child(self) -> None:
+        child, self._pdf_child = self._pdf_child, None
+        if child is not None:
+            child.close()
+
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
         try:
             with staging_directory(self.out_dir) as staging:
-                for name, write_file in self.files.items():
-                    write_file(staging / name, result)
-                    _check_abort(should_abort)
+                child = self._pdf_in_child(staging / REPORT_PDF, result)
+                try:
+                    for name, write_file in self.files.items():
+                        if name == REPORT_PDF and child is not None:
+                            continue  # rendered by the child meanwhile
+                        write_file(staging / name, result)
+                        _check_abort(should_abort)
+                    if child is not None and not child.finish(staging / REPORT_PDF):
+                        _write_report_pdf(staging / REPORT_PDF, result)  # the child failed
+                finally:
+                    if child is not None:
+                        child.close()
+                _check_abort(should_abort)
                 commit(staging, self.out_dir, self.names)
         except OSError as exc:  # disk full, quota, a directory removed under the job
             raise OutputError(f"{self.out_dir}: cannot write the outputs ({exc.strerror or exc}); "

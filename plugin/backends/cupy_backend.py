@@ -13,7 +13,8 @@ Tested in two ways (tests/test_backends.py):
 Driver per batch (both half sets):
   1. images -> device by DMA from the pinned host buffer the pipeline read them into
      (:func:`host_buffer`; other arrays go through a pinned staging copy) on a dedicated stream;
-     ``rfft2(ifftshift(.))`` batched, gathered at the band pixels -- once for both half sets;
+     ``rfft2(.)`` batched, gathered at the band pixels and multiplied by the centring sign --
+     once for both half sets;
   2. per-particle table (rotation rows, defocus, astigmatism, phase shift, B, scale, origins) made
      on the host (tiny) and copied; per-pixel tables and the padded references are copied once
      and cached on the device for the life of the reference;
@@ -32,6 +33,7 @@ import weakref
 import numpy as np
 
 from ..accumulate import N_STATS
+from . import centring_sign
 from ._tables import ParticleColumn, PixelRow, cuda_defines, particle_table, pixel_table
 
 try:
@@ -249,18 +251,20 @@ class _DeviceCache:
 _CACHE = _DeviceCache()
 
 
-def band_transforms_xp(xp, images, flat_index, threads: int = 1):
-    """rfft2(ifftshift(images)) at the band pixels, on xp's device: (n, m) complex.
+def band_transforms_xp(xp, images, flat_index, sign, threads: int = 1):
+    """rfft2(images) at the band pixels times ``sign`` (:func:`csrefine.backends.centring_sign`,
+    on xp's device), i.e. the transforms of the images with their centre at index 0: (n, m)
+    complex.
 
     Single-precision transforms (like the reference's scipy.fft on float32 images); on the CPU
     stand-in scipy.fft itself is used, so the results match the reference exactly (cuFFT's
     float32 rounding differs from pocketfft's at the ~1e-7 level)."""
     if xp is np:
         import scipy.fft
-        ft = scipy.fft.rfft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=threads)
+        ft = scipy.fft.rfft2(images, workers=threads)
     else:
-        ft = xp.fft.rfft2(xp.fft.ifftshift(images, axes=(-2, -1)))
-    return ft.reshape(images.shape[0], -1)[:, flat_index]
+        ft = xp.fft.rfft2(images)
+    return ft.reshape(images.shape[0], -1)[:, flat_index] * sign
 
 
 def reduce_cells(xp, rows, cells, n_cells: int):
@@ -390,8 +394,9 @@ def _accumulate_on(xp, stream, stats, cells, images, particles, parts, terms, ba
                      lambda: xp.asarray(pixel_table(terms, pixel_size_A,
                                                               with_trig=False)))
     flat = _CACHE.get(band, ("flat", id(xp)), lambda: xp.asarray(band.flat_index))
+    sign = _CACHE.get(band, ("sign", id(xp)), lambda: xp.asarray(centring_sign(band)))
     imgs, staging = _to_device(xp, np.ascontiguousarray(images, dtype=np.float32), stream)
-    observed = band_transforms_xp(xp, imgs, flat, threads)
+    observed = band_transforms_xp(xp, imgs, flat, sign, threads)
     del imgs
     ptab_all = particle_table(particles)
     cells = np.asarray(cells, dtype=np.int64)

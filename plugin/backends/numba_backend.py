@@ -15,7 +15,7 @@ Per-particle quantities (rotation rows, mean / half-difference defocus, cos/sin 
 astigmatism angle, phase shift in radians, -B/4, scale, origins) are precomputed with numpy
 into the tables of :mod:`csrefine.backends._tables`, which the kernel reads by column name;
 image transforms are batched with scipy.fft (``workers=threads``), bit-identical to the
-reference's ``rfft2(ifftshift(.))`` but transforming along y only the columns the band uses.
+reference's ``rfft2(.) * centring_sign`` but transforming along y only the columns the band uses.
 
 Trigonometry is taken out of the per-pixel loop where the projection frequencies are a linear
 map of the grid indices (always, for RELION's magnification matrices):
@@ -47,8 +47,8 @@ from numba import njit, prange
 
 from ..accumulate import N_STATS
 from ..ctf import astigmatism
+from . import centring_sign, kernel_cache_dir
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
-from . import kernel_cache_dir
 from ._tables import LAYOUT_ID, ParticleColumn, PixelRow, particle_table, pixel_table
 
 # numba reads its cache directory when a cached function is decorated (below): point it at the
@@ -388,44 +388,9 @@ class TouchChoice:
 
 TOUCH = TouchChoice()
 
-_SCRATCH = threading.local()
-
-
-def _scratch(shape, dtype) -> np.ndarray:
-    """A per-thread work array of ``shape`` reused across batches (a fresh array of a batch's
-    size costs page faults on every batch)."""
-    buf = getattr(_SCRATCH, "buf", None)
-    size = int(np.prod(shape))
-    if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = _SCRATCH.buf = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
-
-
-def centre_to_origin(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``ifftshift`` over the last two axes (the values of ``scipy.fft.ifftshift``), copied by
-    numba threads image by image (a single-threaded copy of the batch was the serial part
-    that kept the backend from scaling with ``--j``). ``out``: optional array to fill."""
-    if out is None:
-        out = np.empty(images.shape, dtype=images.dtype)
-    _shift_copy(images, out)
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _shift_copy(src, out):
-    n, ny, nx = src.shape
-    hy, hx = ny // 2, nx // 2  # ifftshift: output index i reads input index (i + n//2) % n
-    for i in prange(n):
-        for y in range(ny):
-            sy = y + hy if y + hy < ny else y + hy - ny
-            for x in range(nx - hx):
-                out[i, y, x] = src[i, sy, x + hx]
-            for x in range(nx - hx, nx):
-                out[i, y, x] = src[i, sy, x + hx - nx]
-
-
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
-    """rfft2(ifftshift(images)) at the band pixels, (n, m) complex (complex64 for float32 input).
+    """rfft2 of centred images at the band pixels, (n, m) complex (complex64 for float32 input),
+    centre moved to index 0 by :func:`csrefine.backends.centring_sign`.
 
     Same values as :func:`csrefine.backends.numpy_backend.band_transforms` (bit for bit: pocketfft's
     rfft2 is a real transform along x followed by complex transforms along y, done here the same
@@ -437,11 +402,10 @@ def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     box = band.box
     col, row = grid_indices(band)
     ncol = int(col.max()) + 1 if col.size else 1
-    shifted = centre_to_origin(images, _scratch(images.shape, images.dtype))
-    half = scipy.fft.rfft(shifted, axis=-1, workers=threads)[:, :, :ncol]
+    half = scipy.fft.rfft(images, axis=-1, workers=threads)[:, :, :ncol]
     ft = scipy.fft.fft(half, axis=-2, workers=threads, overwrite_x=True)
     iy = (row - box // 2) % box  # numpy's row order (fftfreq)
-    return ft.reshape(images.shape[0], -1)[:, iy * ncol + col]
+    return ft.reshape(images.shape[0], -1)[:, iy * ncol + col] * centring_sign(band)
 
 
 def set_threads(threads: int) -> int:

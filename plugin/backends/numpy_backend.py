@@ -7,15 +7,17 @@ import scipy.fft
 
 from ..accumulate import accumulate_numpy
 from ..forward import particle_envelope, particle_gamma, shifted_projections
+from . import centring_sign
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 
 name = "numpy"
 
 
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
-    """rfft2 of centred images (n, box, box) at the band pixels: (n, m) complex."""
-    ft = scipy.fft.rfft2(scipy.fft.ifftshift(images, axes=(-2, -1)), workers=threads)
-    return ft.reshape(images.shape[0], -1)[:, band.flat_index]
+    """rfft2 of centred images (n, box, box) at the band pixels, as if each image's centre
+    (box//2) were moved to index 0 (:func:`csrefine.backends.centring_sign`): (n, m) complex."""
+    ft = scipy.fft.rfft2(images, workers=threads)
+    return ft.reshape(images.shape[0], -1)[:, band.flat_index] * centring_sign(band)
 
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
