@@ -14,8 +14,8 @@ per-block sums live in a small private array that is added to ``stats`` once per
 Per-particle quantities (rotation rows, mean / half-difference defocus, cos/sin of twice the
 astigmatism angle, phase shift in radians, -B/4, scale, origins) are precomputed with numpy
 into the tables of :mod:`csrefine.backends._tables`, which the kernel reads by column name;
-image transforms are batched with scipy.fft (``workers=threads``), bit-identical to the
-reference's ``rfft2(.) * centring_sign`` but transforming along y only the columns the band uses.
+image transforms are the reference's (batched scipy.fft ``rfft2`` with ``workers=threads``,
+gathered at the band pixels, times the centring sign).
 
 Trigonometry is taken out of the per-pixel loop where the projection frequencies are a linear
 map of the grid indices (always, for RELION's magnification matrices):
@@ -42,14 +42,14 @@ import weakref
 
 import numba
 import numpy as np
-import scipy.fft
 from numba import njit, prange
 
 from ..accumulate import N_STATS
 from ..ctf import astigmatism
-from . import centring_sign, kernel_cache_dir
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+from . import kernel_cache_dir
 from ._tables import LAYOUT_ID, ParticleColumn, PixelRow, particle_table, pixel_table
+from .numpy_backend import band_transforms as numpy_band_transforms
 
 # numba reads its cache directory when a cached function is decorated (below): point it at the
 # user's cache, never the installed package, unless the user chose one with NUMBA_CACHE_DIR.
@@ -390,22 +390,14 @@ TOUCH = TouchChoice()
 
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     """rfft2 of centred images at the band pixels, (n, m) complex (complex64 for float32 input),
-    centre moved to index 0 by :func:`csrefine.backends.centring_sign`.
-
-    Same values as :func:`csrefine.backends.numpy_backend.band_transforms` (bit for bit: pocketfft's
-    rfft2 is a real transform along x followed by complex transforms along y, done here the same
-    way), but the transforms along y are done only for the columns up to the band's largest kx.
-    """
+    centre moved to index 0 by :func:`csrefine.backends.centring_sign`: the reference backend's
+    transforms (:func:`csrefine.backends.numpy_backend.band_transforms`; measured: pocketfft's
+    2D transform with ``workers`` beats transforming along y only the band's columns, which
+    needs a strided copy)."""
     images = np.asarray(images)
     if images.dtype not in (np.float32, np.float64):
         images = images.astype(np.float64)
-    box = band.box
-    col, row = grid_indices(band)
-    ncol = int(col.max()) + 1 if col.size else 1
-    half = scipy.fft.rfft(images, axis=-1, workers=threads)[:, :, :ncol]
-    ft = scipy.fft.fft(half, axis=-2, workers=threads, overwrite_x=True)
-    iy = (row - box // 2) % box  # numpy's row order (fftfreq)
-    return ft.reshape(images.shape[0], -1)[:, iy * ncol + col] * centring_sign(band)
+    return numpy_band_transforms(images, band, threads)
 
 
 def set_threads(threads: int) -> int:
