@@ -90,11 +90,18 @@ def run_job(args: argparse.Namespace) -> None:
                                            args.postprocess, args.in_mask)
     print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
-    nodes = output_nodes_text(args.o, [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")])
+    nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
+
+    def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
+        from .rounds import kept_round_maps
+
+        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_round_maps(result)])
+        atomic_write_bytes(path, text.encode())
+
     run(args.in_parts, half1, half2, out_dir, mask=mask, options=options,
         out_star_name=OUTPUT_STAR, progress=lambda s: print(s, flush=True),
         should_abort=(out_dir / ABORT_NOW).exists, model=args.model,
-        extra_files={OUTPUT_NODES: lambda path, _: atomic_write_bytes(path, nodes.encode())})
+        extra_files={OUTPUT_NODES: write_nodes})
 
 
 #: Exit statuses: bad input or unusable output directory, an unexpected failure, an abort
