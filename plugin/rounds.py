@@ -76,7 +76,8 @@ class RoundCost:
         return (f"{rounds} rounds: each further round rebuilds both half maps with {self.tool} "
                 f"({self.processes} process{'es' if self.processes > 1 else ''} at once, about "
                 f"{self.memory_bytes / MIB:,.0f} MiB of memory and {self.seconds:.0f} s, "
-                f"estimated from the box size and particle count) and refines again (about as "
+                f"estimated from the box size and particle count, one unloaded core per process) "
+                f"and refines again (about as "
                 f"long as round 1)")
 
 

@@ -7,6 +7,8 @@ User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --h
 as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
 ``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
 (opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size),
+``rounds`` (1; more: rebuild the half maps with relion_reconstruct after each round and refine
+again, :mod:`csrefine.relion.rounds`), ``keep_round_maps`` (yes | no),
 ``instrument`` (record the result in the per-instrument Cs history; default
 ``$CSREFINE_INSTRUMENT``), ``magnification`` (its label there), ``history_db`` (SQLAlchemy URL).
 
