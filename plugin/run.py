@@ -151,7 +151,8 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
     options = (options or RefineOptions()).validate()
     if options.rounds > 1 and reconstruct is None:
         raise InputError(f"rounds = {options.rounds} needs half maps rebuilt between rounds, "
-                         f"which this entry point cannot do; use rounds = 1")
+                         f"which only the RELION path can do (relion_reconstruct); use rounds = 1 "
+                         f"(cryoSPARC: csrefine-cryosparc --queue-reconstruction)")
     should_abort = should_abort or _never
     start_preload(options.device)
     if callable(inputs):

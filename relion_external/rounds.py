@@ -185,9 +185,19 @@ class RoundsOutputDirectory(OutputDirectory):
     working directory is removed when the run ends, however it ends."""
 
     def __init__(self, out_dir, particles_name, write_particles, extra_files,
-                 reconstructor: RelionReconstructor):
+                 reconstructor: RelionReconstructor, rounds: int):
         super().__init__(out_dir, particles_name, write_particles, extra_files)
-        self.reconstructor = reconstructor
+        self.reconstructor, self.rounds = reconstructor, rounds
+
+    def prepare(self, inputs) -> None:
+        """As the base class, and no input may have the name of a rebuilt map either."""
+        maps = {os.path.realpath(self.out_dir / round_map_name(r, h))
+                for r in range(2, self.rounds + 1) for h in (1, 2)}
+        for path in inputs.input_paths:
+            if path and os.path.realpath(path) in maps:
+                raise InputError(f"{path}: this input would be overwritten by a rebuilt half map "
+                                 f"of the same name; choose another output directory")
+        super().prepare(inputs)
 
     def write(self, result: RunResult, should_abort) -> None:
         for maps in (result.rounds.maps if result.rounds else []):

@@ -104,7 +104,7 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
         reconstruct = RelionReconstructor(out_dir, base_dir, options.threads,
                                           keep_maps=options.keep_round_maps == "yes")
         writer = RoundsOutputDirectory(out_dir, out_star_name, write_star, extra_files,
-                                       reconstruct)
+                                       reconstruct, options.rounds)
     result = run_refinement(lambda: load_inputs(particles, half1, half2, mask, model, base_dir),
                             options, writer, progress, should_abort, reconstruct=reconstruct)
     return result.refinement
