@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -264,3 +266,91 @@ def test_far_off_cs_converges_and_the_resolution_improves(far_off, right_report,
     assert not [p for p in os.listdir(job) if p.startswith(".csrefine-")]
     # the inputs are untouched
     assert "2.000000000" in far_off["star"].read_text()
+
+
+# ------------------------------------------------------------------------------------------
+# The RELION path's plumbing with a stand-in relion_reconstruct (copies the given half maps)
+
+FAKE_RECONSTRUCT = """#!{python}
+import os, shutil, sys, time
+args = sys.argv[1:]
+if "--help" in args:
+    print("    --i () : Input STAR file")
+    sys.exit(0)
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+time.sleep(float(os.environ.get("FAKE_SLEEP_S", "0")))
+half = args[args.index("--subset") + 1]
+shutil.copyfile(os.environ["FAKE_HALF" + half], args[args.index("--o") + 1])
+"""
+
+
+@pytest.fixture()
+def fake_reconstruct(tmp_path, monkeypatch, example_project):
+    import sys
+
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    exe = bin_dir / "relion_reconstruct"
+    exe.write_text(FAKE_RECONSTRUCT.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setenv("FAKE_HALF1", str(example_project["half1"]))
+    monkeypatch.setenv("FAKE_HALF2", str(example_project["half2"]))
+    return tmp_path / "calls.log"
+
+
+def test_external_job_rounds_plumbing(example_project, fake_reconstruct, capsys):
+    """rounds 2 through the External job: both halves rebuilt from a STAR with the refined Cs
+    (--ctf --subset 1|2, at once with --j 2), the maps kept and registered as half-map nodes,
+    csrefine.json's rounds, the rounds page in logfile.pdf, no working directory left."""
+    from csrefine.relion.external_job import main
+
+    p = example_project
+    job = Path("External/job004")
+    status = main(["--o", f"{job}/", "--in_parts", str(p["star"]), "--half1", str(p["half1"]),
+                   "--half2", str(p["half2"]), "--rounds", "2", "--j", "2",
+                   "--min_particles", "50"])
+    out = capsys.readouterr().out
+    assert status == 0, out[-2000:]
+    calls = fake_reconstruct.read_text().splitlines()
+    assert len(calls) == 2 and all("--ctf" in c for c in calls)
+    assert sorted(c.split("--subset ")[1].split()[0] for c in calls) == ["1", "2"]
+    report = json.loads((job / "csrefine.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert report["rounds"][1]["half_maps"][0].endswith("round2_half1.mrc")
+    nodes = (job / "RELION_OUTPUT_NODES.star").read_text()
+    assert "round2_half1.mrc 10 DensityMap.mrc.halfmap" in nodes
+    assert "round2_half2.mrc 10 DensityMap.mrc.halfmap" in nodes
+    assert not [n for n in os.listdir(job) if n.startswith(".csrefine-")]
+    assert report["resolution_change"] in out and "MiB of memory" in out
+    # the rebuilt maps are copies of the given ones here: the same FSC, nothing to change
+    assert report["rounds"][1]["resolution_fsc_A"] == report["rounds"][0]["resolution_fsc_A"]
+    if shutil.which("pdftotext"):  # poppler-utils: the PDF's text
+        text = subprocess.run(["pdftotext", str(job / "logfile.pdf"), "-"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "Cs per round" in text and "FSC 0.143:" in text
+
+
+def test_abort_during_a_rebuild_leaves_nothing(example_project, fake_reconstruct, tmp_path,
+                                               monkeypatch):
+    """An abort request while relion_reconstruct runs: the processes are stopped, nothing is
+    written, the working directory is removed."""
+    from csrefine.errors import AbortRequested
+    from csrefine.relion.run import run
+
+    monkeypatch.setenv("FAKE_SLEEP_S", "60")
+    p = example_project
+    out = tmp_path / "aborted"
+    calls = []
+
+    def should_abort() -> bool:  # once the first rebuild has started
+        calls.append(1)
+        return fake_reconstruct.exists()
+
+    with pytest.raises(AbortRequested):
+        run(p["star"], p["half1"], p["half2"], out,
+            options=RefineOptions(rounds=2, threads=2, min_particles=50),
+            should_abort=should_abort)
+    assert not out.exists() or os.listdir(out) == []
