@@ -125,9 +125,14 @@ class RelionReconstructor:
         args = [self.executable, "--i", str(star_path.resolve()), "--o", str(map_path.resolve()),
                 "--ctf", "--subset", str(half)]
         per_process = self.threads // self.processes
-        if per_process > 1 and takes_threads(self.executable):
+        if per_process > 1 and self._takes_threads():
             args += ["--j", str(per_process)]
         return args
+
+    def _takes_threads(self) -> bool:
+        if not hasattr(self, "_threads_flag"):
+            self._threads_flag = takes_threads(self.executable)
+        return self._threads_flag
 
     def _reconstruct(self, star_path: Path, maps: list[Path], round_number: int, progress,
                      should_abort) -> None:
