@@ -396,13 +396,14 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float 
     first, last = outcome.records[0], outcome.records[-1]
     fig, (ax, side) = plt.subplots(1, 2, figsize=(11.7, 6), gridspec_kw={"width_ratios": [2, 1]})
     # round 1 wide underneath, the last round thin on top: both stay visible where they agree
-    for record, colour, width, label in (
-            (first, "C0", 3.0, "round 1: the given half maps"),
-            (last, "C3", 1.2, f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
+    for record, colour, width, alpha, label in (
+            (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
+            (last, "C3", 1.2, 1.0,
+             f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
         fsc = np.asarray(record.fsc, dtype=float)
         box = 2 * (len(fsc) - 1)
         k = np.arange(1, len(fsc)) / (box * pixel_size_A)
-        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=0.8,
+        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha,
                 label=f"{label} ({record.resolution_A:.2f} Å)")
         ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
     ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
