@@ -354,3 +354,18 @@ def test_abort_during_a_rebuild_leaves_nothing(example_project, fake_reconstruct
             options=RefineOptions(rounds=2, threads=2, min_particles=50),
             should_abort=should_abort)
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_an_input_named_like_a_rebuilt_map_is_refused(example_project, fake_reconstruct,
+                                                      tmp_path):
+    from csrefine.relion.run import run
+
+    p = example_project
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(p["half1"], out / "round2_half1.mrc")
+    with pytest.raises(InputError, match="rebuilt half map"):
+        run(p["star"], out / "round2_half1.mrc", p["half2"], out,
+            options=RefineOptions(rounds=2, min_particles=50))
+    assert sorted(os.listdir(out)) == ["round2_half1.mrc"]
+    assert not fake_reconstruct.exists()
