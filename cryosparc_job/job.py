@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="atomic model (mmCIF/PDB) docked in the map: calibrate the pixel size "
                         "against it and say whether the Cs departure is pixel size or Cs")
+    p.add_argument("--queue-reconstruction", action="store_true",
+                   help="after the job completes, create and queue a Homogeneous Reconstruction "
+                        "Only job (homo_reconstruct) on its particles (and --mask): its half "
+                        "maps, rebuilt with the refined Cs, measure the FSC before/after and can "
+                        "be given to a second csrefine-cryosparc run (--volume JNN.volume)")
+    p.add_argument("--lane", default=None,
+                   help="lane for --queue-reconstruction (default: cryoSPARC's, the master)")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
     add_option_arguments(p, style="cli")
     add_recording_arguments(p, style="cli")
@@ -262,10 +269,37 @@ def run_job_result(cs, args, options):
     return job, result
 
 
+#: cryoSPARC's job type of Homogeneous Reconstruction Only, and its inputs.
+RECONSTRUCT_JOB_TYPE = "homo_reconstruct"
+RECONSTRUCT_TITLE = "csrefine: reconstruction with the refined Cs"
+#: Why --rounds > 1 is not offered here (also in the README).
+NO_ROUNDS_TEXT = ("rounds > 1 is not available in the cryoSPARC job: the half maps can be rebuilt "
+                  "only by cryoSPARC's own reconstruction, a separate job that waits in a lane; "
+                  "use --queue-reconstruction, then run csrefine-cryosparc again with --volume "
+                  "set to that job's volume")
+
+
+def queue_reconstruction(project, workspace: str, job_uid: str, mask: str | None = None,
+                         lane: str | None = None):
+    """Create a Homogeneous Reconstruction Only job on ``job_uid``'s ``particles`` output (and
+    the mask ``JOB.OUTPUT``, if given) in ``workspace`` and queue it in ``lane``; returns it."""
+    connections = {"particles": (job_uid, "particles")}
+    if mask:
+        connections["mask"] = parse_source(mask, "--mask")
+    job = project.create_job(workspace, RECONSTRUCT_JOB_TYPE, connections=connections,
+                             title=RECONSTRUCT_TITLE,
+                             desc=f"Half maps rebuilt from {job_uid}.particles (Cs refined by "
+                                  f"csrefine): compare their FSC with the original refinement's")
+    job.queue(lane)
+    return job
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         options = options_from_namespace(args)
+        if options.rounds > 1:
+            raise InputError(NO_ROUNDS_TEXT)
         cs = connect(args.url)
     except InputError as exc:
         print(f"csrefine-cryosparc: error: {exc}", file=sys.stderr)
@@ -289,6 +323,17 @@ def main(argv=None) -> int:
     record_if_requested(result.report, instrument=args.instrument,
                         magnification=args.magnification, history_db=args.history_db,
                         source=f"cryoSPARC {job.project_uid}-{job.uid}")
+    if args.queue_reconstruction:
+        try:
+            rec = queue_reconstruction(cs.find_project(args.project), args.workspace, job.uid,
+                                       args.mask, args.lane)
+        except Exception as exc:  # the refinement is saved; only the follow-up failed
+            print(f"csrefine-cryosparc: could not queue the reconstruction: {exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"csrefine-cryosparc: queued {rec.project_uid}-{rec.uid} ({RECONSTRUCT_JOB_TYPE}) "
+              f"on {job.uid}.particles; when it completes, compare its FSC with the original "
+              f"refinement's, or refine again: --volume {rec.uid}.volume")
     return 0
 
 

@@ -18,6 +18,10 @@ from .errors import InputError, shown
 from .fsc import FSC_THRESHOLD
 
 REFERENCE_HALF_CHOICES = ("opposite", "own")
+#: ``keep_round_maps``: keep the half maps of rounds 2.. in the output directory, or remove them.
+KEEP_ROUND_MAPS_CHOICES = ("yes", "no")
+#: At most this many rounds (each rebuilds both half maps; the loop converges in two or three).
+MAX_ROUNDS = 10
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class RefineOptions:
         particles (box 128, 2.5 Å) true Cs 3.0 from nominal 2.7 gave 2.70 with the own half map
         and 3.001 with the opposite one.
     pad : padding factor of the 3D references (2, as RELION).
+    rounds : refinement rounds (1: refine against the given half maps only); each further round
+        refines against half maps rebuilt from the particles with the previous round's Cs
+        (:mod:`csrefine.rounds`; needs an adapter that can reconstruct, e.g. relion_reconstruct),
+        stopping early when every group's change is below its sigma.
+    keep_round_maps : "yes" keeps the rebuilt half maps in the output directory, "no" removes them.
     """
 
     resolution_low_A: float = 20.0
@@ -58,6 +67,8 @@ class RefineOptions:
     max_cs_sigma_mm: float = 0.5
     fsc_threshold: float = FSC_THRESHOLD
     reference_half: str = "opposite"
+    rounds: int = 1
+    keep_round_maps: str = "yes"
 
     def validate(self) -> "RefineOptions":
         """Return self if every setting is usable, else raise InputError naming the setting."""
@@ -78,6 +89,12 @@ class RefineOptions:
         if self.reference_half not in REFERENCE_HALF_CHOICES:
             raise InputError(f"reference_half must be one of {', '.join(REFERENCE_HALF_CHOICES)}, "
                              f"got {shown(self.reference_half)}")
+        _integer_at_least("rounds", self.rounds, 1)
+        if self.rounds > MAX_ROUNDS:
+            raise InputError(f"rounds must be at most {MAX_ROUNDS}, got {shown(self.rounds)}")
+        if self.keep_round_maps not in KEEP_ROUND_MAPS_CHOICES:
+            raise InputError(f"keep_round_maps must be one of {', '.join(KEEP_ROUND_MAPS_CHOICES)}, "
+                             f"got {shown(self.keep_round_maps)}")
         if not 0 < self.fsc_threshold < 1:
             raise InputError(f"fsc_threshold must be between 0 and 1, got {shown(self.fsc_threshold)}")
         from .backends import resolve_backend
@@ -129,6 +146,13 @@ USER_OPTIONS = (
     UserOption("reference_half", str,
                "predict each particle from the opposite half map (unbiased) or its own "
                "(as relion_ctf_refine 4.0+)", choices=REFERENCE_HALF_CHOICES),
+    UserOption("rounds", int,
+               "refinement rounds: after each, rebuild the half maps with the refined Cs "
+               "(relion_reconstruct) and refine again; stops early when every group's change is "
+               "below its sigma"),
+    UserOption("keep_round_maps", str,
+               "keep the rebuilt half maps (roundN_half1/2.mrc) in the output directory",
+               choices=KEEP_ROUND_MAPS_CHOICES),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(RefineOptions)}

@@ -38,6 +38,14 @@ from .paths import check_free_space, expected_output_bytes, make_output_director
 from .pipeline import Refinement, refine
 from .preload import start_preload
 from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
+from .rounds import (
+    Reconstructor,
+    RoundsOutcome,
+    refine_rounds,
+    rounds_figure,
+    rounds_json,
+    rounds_text_lines,
+)
 
 ProgressFn = Callable[[str], None]
 AbortFn = Callable[[], bool]
@@ -96,6 +104,7 @@ class RunResult:
     refinement: Refinement
     report: dict
     calibration: object | None = None
+    rounds: RoundsOutcome | None = None  # with options.rounds > 1: per-round records, rebuilt maps
 
 
 class ResultWriter(Protocol):
@@ -146,15 +155,21 @@ def _check_abort(should_abort: AbortFn) -> None:
 def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
                    options: RefineOptions | None, writer: ResultWriter,
                    progress: ProgressFn | None = None,
-                   should_abort: AbortFn | None = None) -> RunResult:
+                   should_abort: AbortFn | None = None,
+                   reconstruct: Reconstructor | None = None) -> RunResult:
     """Refine Cs per optics group and write the results (see the module docstring).
 
     inputs : the inputs, or a function that loads them (then their reading overlaps with the
-    background imports). Raises InputError on bad input, AbortRequested on abort; in both
-    cases the writer has put nothing in place.
+    background imports). reconstruct : rebuilds half maps between rounds (needed when
+    ``options.rounds`` > 1; :mod:`csrefine.rounds`). Raises InputError on bad input,
+    AbortRequested on abort; in both cases the writer has put nothing in place.
     """
     t0 = time.monotonic()
     options = (options or RefineOptions()).validate()
+    if options.rounds > 1 and reconstruct is None:
+        raise InputError(f"rounds = {options.rounds} needs half maps rebuilt between rounds, "
+                         f"which only the RELION path can do (relion_reconstruct); use rounds = 1 "
+                         f"(cryoSPARC: csrefine-cryosparc --queue-reconstruction)")
     should_abort = should_abort or _never
     start_preload(options.device)
     if callable(inputs):
@@ -162,7 +177,8 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
     writer.prepare(inputs)
     ok = False
     try:
-        result = _refine_and_write(inputs, options, writer, progress, should_abort, t0)
+        result = _refine_and_write(inputs, options, writer, progress, should_abort, t0,
+                                   reconstruct)
         ok = True
     finally:
         writer.release(ok)
@@ -170,32 +186,42 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
 
 
 def _refine_and_write(inputs: RefinementInputs, options: RefineOptions, writer: ResultWriter,
-                      progress: ProgressFn | None, should_abort: AbortFn, t0: float) -> RunResult:
+                      progress: ProgressFn | None, should_abort: AbortFn, t0: float,
+                      reconstruct: Reconstructor | None = None) -> RunResult:
     for text in inputs.warnings:
         _warn(progress, text)
+    if options.rounds > 1 and progress is not None:
+        progress(reconstruct.estimate(inputs).text(options.rounds))
     names = inputs.sources.get("half_maps")
     refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
                         inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort,
                         half_map_names=tuple(names) if names and len(names) == 2 else None)
     _check_abort(should_abort)
+    rounds, final_inputs = None, inputs
+    if options.rounds > 1:
+        rounds = refine_rounds(inputs, options, refinement, reconstruct, progress, should_abort)
+        refinement, final_inputs = rounds.refinement, rounds.inputs
     report = report_dict(refinement, inputs.sources,
                          {**inputs.report_extra,
-                          "warnings": list(inputs.warnings) + list(refinement.warnings)})
+                          "warnings": list(inputs.warnings) + list(refinement.warnings),
+                          **(rounds_json(rounds) if rounds else {})})
     calibration = None
     if inputs.structure is not None:
         t_cal = time.monotonic()
-        calibration = calibrate(refinement, inputs, progress)
+        calibration = calibrate(refinement, final_inputs, progress)
         report = merge_calibration(report, calibration.json)
         refinement.timings_s["calibration"] = time.monotonic() - t_cal
     refinement.timings_s["wall"] = time.monotonic() - t0
     report["timings_s"] = dict(refinement.timings_s)
-    result = RunResult(inputs, refinement, report, calibration)
+    result = RunResult(inputs, refinement, report, calibration, rounds)
     writer.write(result, should_abort)
     if progress is not None:
         progress(interpretation_text(refinement))
         if calibration is not None:
             progress("\n".join(calibration.lines))
         progress(summary_table(refinement))
+        if rounds is not None:
+            progress("\n".join(rounds_text_lines(rounds)))
     return result
 
 
@@ -230,8 +256,13 @@ def _write_report_json(path: Path, result: RunResult) -> None:
 
 def _write_report_pdf(path: Path, result: RunResult) -> None:
     cal = result.calibration
-    write_pdf(path, result.refinement, extra_figures=cal.figures if cal else (),
-              extra_lines=cal.lines if cal else ())
+    rounds = result.rounds
+    write_pdf(path, result.refinement,
+              extra_figures=(list(cal.figures) if cal else [])
+              + ([rounds_figure(rounds, result.refinement.map_pixel_size_A or 1.0)]
+                 if rounds else []),
+              extra_lines=(list(cal.lines) if cal else [])
+              + (rounds_text_lines(rounds)[:2] if rounds else []))
 
 
 class OutputDirectory:

@@ -7,6 +7,8 @@ User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --h
 as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
 ``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
 (opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size),
+``rounds`` (1; more: rebuild the half maps with relion_reconstruct after each round and refine
+again, :mod:`csrefine.relion.rounds`), ``keep_round_maps`` (yes | no),
 ``instrument`` (record the result in the per-instrument Cs history; default
 ``$CSREFINE_INSTRUMENT``), ``magnification`` (its label there), ``history_db`` (SQLAlchemy URL).
 
@@ -90,11 +92,18 @@ def run_job(args: argparse.Namespace) -> None:
                                            args.postprocess, args.in_mask)
     print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
-    nodes = output_nodes_text(args.o, [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")])
+    nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
+
+    def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
+        from .rounds import kept_round_maps
+
+        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_round_maps(result)])
+        atomic_write_bytes(path, text.encode())
+
     run(args.in_parts, half1, half2, out_dir, mask=mask, options=options,
         out_star_name=OUTPUT_STAR, progress=lambda s: print(s, flush=True),
         should_abort=(out_dir / ABORT_NOW).exists, model=args.model,
-        extra_files={OUTPUT_NODES: lambda path, _: atomic_write_bytes(path, nodes.encode())})
+        extra_files={OUTPUT_NODES: write_nodes})
 
 
 #: Exit statuses: bad input or unusable output directory, an unexpected failure, an abort

@@ -15,6 +15,7 @@ NODE_TYPES = {
     "particles": (3, "ParticleGroupMetadata.star.relion"),
     "logfile": (13, "LogFile.pdf.relion"),
     "map": (6, "DensityMap.mrc"),
+    "halfmap": (10, "DensityMap.mrc.halfmap"),
 }
 
 

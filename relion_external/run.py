@@ -94,8 +94,17 @@ def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions |
     """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``.
 
     ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
+    With ``options.rounds`` > 1 the half maps are rebuilt between rounds with relion_reconstruct
+    (:mod:`csrefine.relion.rounds`); InputError before any work when it is not on PATH.
     """
+    writer, reconstruct = output_directory(out_dir, out_star_name, extra_files), None
+    if options is not None and options.validate().rounds > 1:
+        from .rounds import RelionReconstructor, RoundsOutputDirectory
+
+        reconstruct = RelionReconstructor(out_dir, base_dir, options.threads,
+                                          keep_maps=options.keep_round_maps == "yes")
+        writer = RoundsOutputDirectory(out_dir, out_star_name, write_star, extra_files,
+                                       reconstruct, options.rounds)
     result = run_refinement(lambda: load_inputs(particles, half1, half2, mask, model, base_dir),
-                            options, output_directory(out_dir, out_star_name, extra_files),
-                            progress, should_abort)
+                            options, writer, progress, should_abort, reconstruct=reconstruct)
     return result.refinement

@@ -263,3 +263,50 @@ def test_job_loader_honours_higher_order_fields(project_data):
     decision = inputs.report_extra[REPORT_KEY]["0"]["ctf/tilt_A"]
     assert decision["values"] == [1500.0, -500.0] and set(inputs.report_extra[REPORT_KEY]) == {"0"}
     assert any("ctf/tilt_A" in line for line in logged + inputs.warnings)
+
+
+def test_queue_reconstruction_creates_and_queues_homo_reconstruct(api):
+    """--queue-reconstruction: cryosparc-tools' own ProjectController.create_job and
+    JobController.queue, only the HTTP layer replaced; the calls name the job type, the
+    connections to the csrefine job's particles and the mask, and the lane."""
+    from csrefine.cryosparc.job import RECONSTRUCT_JOB_TYPE, queue_reconstruction
+
+    rec = _job_model("J51", RECONSTRUCT_JOB_TYPE, title="reconstruction")
+    jobs = api.jobs
+    jobs.create.return_value = rec
+    jobs.connect.return_value = rec
+    jobs.enqueue.return_value = rec
+    project = _cs().find_project("P3")
+    job = queue_reconstruction(project, "W2", "J50", mask="J43.mask", lane="gpu-lane")
+    jobs.create.assert_called_once_with("P3", "W2", params={}, type="homo_reconstruct",
+                                        title=mock.ANY, description=mock.ANY)
+    assert jobs.connect.call_args_list == [
+        mock.call("P3", "J51", "particles", source_job_uid="J50", source_output_name="particles"),
+        mock.call("P3", "J51", "mask", source_job_uid="J43", source_output_name="mask")]
+    jobs.enqueue.assert_called_once_with("P3", "J51", lane="gpu-lane", hostname=None, gpus=[])
+    assert job.uid == "J51"
+
+
+def test_queue_reconstruction_without_mask_or_lane(api):
+    from csrefine.cryosparc.job import queue_reconstruction
+
+    rec = _job_model("J51", "homo_reconstruct")
+    api.jobs.create.return_value = api.jobs.connect.return_value = rec
+    api.jobs.enqueue.return_value = rec
+    queue_reconstruction(_cs().find_project("P3"), "W2", "J50")
+    api.jobs.connect.assert_called_once_with("P3", "J51", "particles", source_job_uid="J50",
+                                             source_output_name="particles")
+    api.jobs.enqueue.assert_called_once_with("P3", "J51", lane=None, hostname=None, gpus=[])
+
+
+def test_rounds_refused_before_any_job_is_made(api, monkeypatch, capsys):
+    """--rounds 2 cannot run inside cryoSPARC (its reconstruction is a separate queued job):
+    one line, exit 2, no job created."""
+    monkeypatch.setenv("CRYOSPARC_BASE_URL", "https://cryosparc.example.com")
+    argv = ["--project", "P3", "--workspace", "W2", "--particles", "J42.particles", "--volume",
+            "J42.volume", "--rounds", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "rounds > 1 is not available" in err and "--queue-reconstruction" in err
+    assert len(err.strip().splitlines()) == 1
+    api.jobs.create.assert_not_called()

@@ -1,0 +1,431 @@
+"""Refinement rounds: rebuild the half maps with the refined Cs, refine again, measure the FSC.
+
+The half maps a user gives were reconstructed with the nominal CTF. Predictions from them carry
+that CTF, which pulls the refined Cs toward the nominal value (a Cs 0.7 mm off is refined to
+within 0.02 mm, but several sigma from the truth), and their FSC is limited by it. Each further
+round refines against half maps rebuilt from the particles with the previous round's optics;
+the half-map FSC of those maps measures what the refined Cs did to the resolution, from the
+user's own data ("FSC 0.143: 2.93 Å → 2.23 Å with the refined Cs").
+
+The core does not reconstruct: the adapter passes a :class:`Reconstructor` (RELION:
+relion_reconstruct). This module holds the loop (:func:`refine_rounds`), the update of the
+inputs between rounds, the stop rule (:func:`settled`), the per-round records, the result
+combined relative to the original inputs (:func:`combine`), and the per-round report (text,
+JSON, the FSC page of logfile.pdf).
+
+Stop rule: after round r >= 2, stop when every refined group's change in that round is below
+its jackknife sigma. Round 1 is always followed by a rebuild when more rounds are asked for: its
+agreement with the nominal Cs is measured against maps that carry the nominal CTF, and the
+first rebuild is the before/after measurement the user asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .ctf import cs_phase_factor, defocus_phase_factor, electron_wavelength_A
+from .errors import AbortRequested
+from .fsc import FSC_THRESHOLD
+from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
+from .model import OpticsGroup, Particles, nyquist_A
+from .options import RefineOptions
+from .pipeline import GroupResult, Refinement, refine
+from .zernike import fold_out_k4, rescale_beam_tilt
+
+ProgressFn = Callable[[str], None]
+AbortFn = Callable[[], bool]
+
+#: Bytes per mebibyte, for the memory estimate's text.
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class HalfMaps:
+    """Half maps rebuilt for a round.
+
+    half1, half2 : real-space maps [z, y, x]; pixel_size_A : their header's pixel size (None if
+    unset); names : how to name them in reports (their files where they are kept); seconds :
+    wall time of the rebuild; files : {file name in the output directory: where the adapter
+    wrote it} for maps kept as outputs (empty: removed after the run).
+    """
+
+    half1: np.ndarray
+    half2: np.ndarray
+    pixel_size_A: float | None
+    names: tuple[str, str]
+    seconds: float
+    files: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """The stated cost of rebuilding the half maps once: peak memory (bytes, all processes
+    together), wall time (seconds) and the processes run at once."""
+
+    memory_bytes: float
+    seconds: float
+    processes: int
+    tool: str = "the reconstruction"
+
+    def text(self, rounds: int) -> str:
+        return (f"{rounds} rounds: each further round rebuilds both half maps with {self.tool} "
+                f"({self.processes} process{'es' if self.processes > 1 else ''} at once, about "
+                f"{self.memory_bytes / MIB:,.0f} MiB of memory and {self.seconds:.0f} s, "
+                f"estimated from the box size and particle count, one unloaded core per process) "
+                f"and refines again (about as "
+                f"long as round 1)")
+
+
+class Reconstructor(Protocol):
+    """What an adapter provides to rebuild half maps (e.g. relion_reconstruct)."""
+
+    def estimate(self, inputs) -> RoundCost:
+        """The cost of one rebuild for these inputs (stated in the log before any round)."""
+
+    def __call__(self, round_number: int, inputs, refinement: Refinement,
+                 progress: ProgressFn | None, should_abort: AbortFn) -> HalfMaps:
+        """Rebuild both half maps from ``inputs`` (the run's original inputs, never modified)
+        with the optics of ``refinement`` (combined relative to those inputs, as the output
+        particle file states them). Raise AbortRequested on abort."""
+
+
+@dataclass(frozen=True)
+class RoundGroup:
+    """One optics group in one round.
+
+    cs_input_mm : the round's starting (effective) Cs; cs_mm : refined (the input's where the
+    group was not refined); cs_sigma_mm : jackknife sigma; defocus_offset_A : the round's offset.
+    """
+
+    optics_group: int
+    refined: bool
+    cs_input_mm: float
+    cs_mm: float
+    cs_sigma_mm: float | None
+    defocus_offset_A: float
+
+    @property
+    def change_mm(self) -> float:
+        return self.cs_mm - self.cs_input_mm
+
+    @property
+    def settled(self) -> bool:
+        """Not refined (nothing can change), or changed by less than its sigma."""
+        if not self.refined:
+            return True
+        return (self.cs_sigma_mm is not None and math.isfinite(self.cs_sigma_mm)
+                and abs(self.change_mm) < self.cs_sigma_mm)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: per-group Cs, the FSC of the half maps it refined against, wall times (s).
+
+    half_maps : the maps' names (round 1: the user's); fsc : per Fourier shell; resolution_A :
+    where it drops below the threshold; reconstruct_s : the rebuild before this round (0 for
+    round 1); refine_s : the refinement.
+    """
+
+    round: int
+    groups: tuple[RoundGroup, ...]
+    resolution_A: float
+    fsc: tuple[float, ...]
+    half_maps: tuple[str, ...]
+    reconstruct_s: float
+    refine_s: float
+
+    def as_dict(self) -> dict:
+        return {"round": self.round, "resolution_fsc_A": self.resolution_A,
+                "half_maps": list(self.half_maps), "reconstruct_s": self.reconstruct_s,
+                "refine_s": self.refine_s, "fsc": list(self.fsc),
+                "groups": [{"optics_group": int(g.optics_group), "refined": bool(g.refined),
+                            "cs_input_mm": g.cs_input_mm, "cs_mm": g.cs_mm,
+                            "cs_sigma_mm": g.cs_sigma_mm, "cs_change_mm": g.change_mm,
+                            "defocus_offset_A": g.defocus_offset_A, "settled": bool(g.settled)}
+                           for g in self.groups]}
+
+
+@dataclass
+class RoundsOutcome:
+    """The loop's result: per-round records, the refinement combined relative to the original
+    inputs, the last round's inputs (its rebuilt half maps), the rebuilt maps, and why it stopped."""
+
+    records: list[RoundRecord]
+    refinement: Refinement
+    inputs: object
+    maps: list[HalfMaps] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+def round_record(number: int, refinement: Refinement, half_maps, reconstruct_s: float,
+                 refine_s: float) -> RoundRecord:
+    """The record of one round from its refinement (relative to that round's inputs)."""
+    groups = tuple(RoundGroup(g.optics_group, g.refined, g.cs_nominal_mm + g.cs_zernike_mm,
+                              g.cs_refined_mm, g.cs_sigma_mm,
+                              g.defocus_offset_A if g.refined else 0.0)
+                   for g in refinement.groups)
+    return RoundRecord(number, groups, float(refinement.resolution_A),
+                       tuple(float(v) for v in refinement.fsc), tuple(str(n) for n in half_maps),
+                       float(reconstruct_s), float(refine_s))
+
+
+def settled(record: RoundRecord) -> bool:
+    """The stop rule: every group's change in this round is below its sigma."""
+    return all(g.settled for g in record.groups)
+
+
+# ------------------------------------------------------------------------------------------
+# The inputs of the next round
+
+
+def updated_group(group: OpticsGroup, result: GroupResult) -> OpticsGroup:
+    """``group`` with its refined Cs, as the output particle file states it: the isotropic k^4
+    part of the even Zernike terms folded into Cs, the beam tilt rescaled so that the coma is
+    unchanged (RELION derives it from the group's Cs)."""
+    if not result.refined:
+        return group
+    new = replace(group, cs_mm=float(result.cs_refined_mm))
+    if result.cs_zernike_mm:
+        new = replace(new, even_zernike=fold_out_k4(group.even_zernike))
+    if group.has_beam_tilt:
+        tx, ty = rescale_beam_tilt([group.beam_tilt_x_mrad, group.beam_tilt_y_mrad],
+                                   group.cs_mm, result.cs_refined_mm)
+        new = replace(new, beam_tilt_x_mrad=float(tx), beam_tilt_y_mrad=float(ty))
+    return new
+
+
+def updated_groups(groups: dict[int, OpticsGroup], refinement: Refinement) -> dict[int, OpticsGroup]:
+    """Every optics group after ``refinement`` (refined groups changed, the others as given)."""
+    by_id = {g.optics_group: g for g in refinement.groups}
+    return {gid: updated_group(group, by_id[gid]) if gid in by_id else group
+            for gid, group in groups.items()}
+
+
+def updated_particles(particles: Particles, refinement: Refinement) -> Particles:
+    """A copy of ``particles`` with defocus U/V shifted by their refined group's offset."""
+    du = np.array(particles.defocus_u_A, dtype=np.float64)
+    dv = np.array(particles.defocus_v_A, dtype=np.float64)
+    for g in refinement.groups:
+        if g.refined and g.defocus_offset_A:
+            sel = particles.optics_group == g.optics_group
+            du[sel] += g.defocus_offset_A
+            dv[sel] += g.defocus_offset_A
+    return replace(particles, defocus_u_A=du, defocus_v_A=dv)
+
+
+# ------------------------------------------------------------------------------------------
+# The result relative to the original inputs
+
+
+def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupResult:
+    """One group's rounds as one result relative to the original optics: the last refined
+    round's Cs and sigma, the sum of the refined rounds' defocus offsets, the change, its z, the
+    pixel-size alternative and the resolution where it matters, against the original nominal."""
+    refined = [r for r in results if r.refined]
+    if not refined:
+        return results[0]
+    last = refined[-1]
+    offset = float(sum(r.defocus_offset_A for r in refined))
+    change = last.cs_refined_mm - original.cs_mm
+    sigma = last.cs_sigma_mm
+    lam = electron_wavelength_A(original.voltage_kv)
+    impact = resolution_impact_A(defocus_phase_factor(lam), cs_phase_factor(lam), offset, change,
+                                 1.0 / nyquist_A(original.pixel_size_A))
+    return replace(last, refined=True, reason=last.reason, cs_nominal_mm=original.cs_mm,
+                   cs_zernike_mm=results[0].cs_zernike_mm, defocus_offset_A=offset,
+                   cs_change_z=change / sigma if sigma else None,
+                   pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(
+                       original.pixel_size_A, original.cs_mm, last.cs_refined_mm),
+                   resolution_impact_A=impact)
+
+
+def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinement]) -> Refinement:
+    """The rounds as one :class:`Refinement` relative to the original inputs (what the output
+    particle file and csrefine.json's ``groups`` state); FSC, band and backend of the last
+    round, the warnings of all rounds (once each)."""
+    last = refinements[-1]
+    groups = []
+    for g in refinements[0].groups:
+        gid = g.optics_group
+        results = [r.group(gid) for r in refinements if any(x.optics_group == gid for x in r.groups)]
+        groups.append(_combined_group(original_groups[gid], results))
+    warnings = list(dict.fromkeys(w for r in refinements for w in r.warnings))
+    timings = dict(refinements[0].timings_s)
+    return replace(last, groups=groups, warnings=warnings, timings_s=timings)
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+
+
+def _check_abort(should_abort: AbortFn) -> None:
+    if should_abort():
+        raise AbortRequested("abort requested")
+
+
+def _log(progress: ProgressFn | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def refine_inputs(inputs, options: RefineOptions, progress: ProgressFn | None,
+                  should_abort: AbortFn) -> Refinement:
+    """One refinement of ``inputs`` (a RefinementInputs) against its half maps."""
+    names = inputs.sources.get("half_maps")
+    return refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps, inputs.mask,
+                  inputs.map_pixel_size_A, options, progress, should_abort,
+                  half_map_names=tuple(names) if names and len(names) == 2 else None)
+
+
+def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct: Reconstructor,
+                  progress: ProgressFn | None = None, should_abort: AbortFn | None = None,
+                  first_seconds: float | None = None) -> RoundsOutcome:
+    """Rounds 2..options.rounds after ``first`` (round 1, refined against the given maps).
+
+    Before round r the half maps are rebuilt by ``reconstruct`` with the optics the rounds so
+    far give (relative to the original ``inputs``, which are never modified); round r refines
+    the particles, updated likewise (Cs, folded Zernike terms, rescaled beam tilt, shifted
+    defocus), against them. Stops after round r >= 2 when :func:`settled`.
+    """
+    should_abort = should_abort or (lambda: False)
+    names = inputs.sources.get("half_maps") or ("half map 1", "half map 2")
+    refine_s = first.timings_s.get("total", 0.0) if first_seconds is None else first_seconds
+    records = [round_record(1, first, names, 0.0, refine_s)]
+    refinements, maps, current = [first], [], inputs
+    stop = f"all {options.rounds} rounds done"
+    _log(progress, round_line(records[-1]))
+    for number in range(2, options.rounds + 1):
+        _check_abort(should_abort)
+        _log(progress, f"round {number} of {options.rounds}: rebuilding the half maps with the "
+                       f"Cs of round {number - 1}")
+        rebuilt = reconstruct(number, inputs, combine(inputs.groups, refinements), progress,
+                              should_abort)
+        maps.append(rebuilt)
+        _check_abort(should_abort)
+        current = replace(current, groups=updated_groups(current.groups, refinements[-1]),
+                          particles=updated_particles(current.particles, refinements[-1]),
+                          half_maps=(rebuilt.half1, rebuilt.half2),
+                          map_pixel_size_A=rebuilt.pixel_size_A or current.map_pixel_size_A,
+                          sources={**current.sources, "half_maps": list(rebuilt.names)})
+        t0 = time.monotonic()
+        refinement = refine_inputs(current, options, progress, should_abort)
+        refinements.append(refinement)
+        records.append(round_record(number, refinement, rebuilt.names, rebuilt.seconds,
+                                    time.monotonic() - t0))
+        _log(progress, round_line(records[-1]))
+        if settled(records[-1]):
+            if number < options.rounds:
+                stop = (f"stopped after round {number} of {options.rounds}: every group's "
+                        f"change was below its sigma")
+            break
+    _log(progress, stop)
+    combined = combine(inputs.groups, refinements)
+    for r in records[1:]:
+        combined.timings_s[f"round{r.round}_reconstruct"] = r.reconstruct_s
+        combined.timings_s[f"round{r.round}_refine"] = r.refine_s
+    return RoundsOutcome(records, combined, current, maps, stop)
+
+
+# ------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _cs_text(g: RoundGroup) -> str:
+    if not g.refined:
+        return f"{g.cs_mm:.3f} (not refined)"
+    sigma = f"{g.cs_sigma_mm:.3f}" if g.cs_sigma_mm is not None else "-"
+    return f"{g.cs_mm:.3f} ± {sigma}"
+
+
+def round_line(record: RoundRecord) -> str:
+    """One progress line per round: Cs per group and the FSC resolution of its half maps."""
+    groups = "; ".join(f"group {g.optics_group} Cs {_cs_text(g)} mm (change {g.change_mm:+.3f})"
+                       for g in record.groups)
+    return (f"round {record.round}: {groups}; half-map FSC {FSC_THRESHOLD} at "
+            f"{record.resolution_A:.2f} Å")
+
+
+def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_THRESHOLD) -> str:
+    """What the refined Cs did to the resolution, in one line (empty for a single round)."""
+    if len(records) < 2:
+        return ""
+    first, last = records[0], records[-1]
+    return (f"FSC {threshold:g}: {first.resolution_A:.2f} Å → {last.resolution_A:.2f} Å with the "
+            f"refined Cs (round 1: the given half maps; round {last.round}: rebuilt with the Cs "
+            f"of round {last.round - 1})")
+
+
+def rounds_table(records: list[RoundRecord]) -> str:
+    """One row per round and optics group: Cs +- sigma, change, FSC resolution, wall times."""
+    head = (f"{'round':>5} {'group':>5} {'Cs (mm)':>22} {'change (mm)':>11} {'FSC 0.143':>9} "
+            f"{'rebuild (s)':>11} {'refine (s)':>10}")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        for g in r.groups:
+            lines.append(f"{r.round:>5} {g.optics_group:>5} {_cs_text(g):>22} "
+                         f"{g.change_mm:>+11.3f} {r.resolution_A:>7.2f} Å {r.reconstruct_s:>11.1f} "
+                         f"{r.refine_s:>10.1f}")
+    return "\n".join(lines)
+
+
+def rounds_json(outcome: RoundsOutcome) -> dict:
+    """csrefine.json's entries: ``rounds`` (one dict per round), ``rounds_stop`` (why the
+    loop ended) and ``resolution_change`` (the one line)."""
+    return {"rounds": [r.as_dict() for r in outcome.records], "rounds_stop": outcome.stop_reason,
+            "resolution_change": resolution_change_line(outcome.records)}
+
+
+def rounds_text_lines(outcome: RoundsOutcome) -> list[str]:
+    """The lines the summary page and run.out carry: the one line, the stop reason, the table."""
+    return [resolution_change_line(outcome.records), outcome.stop_reason,
+            rounds_table(outcome.records)]
+
+
+def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float = FSC_THRESHOLD):
+    """(title, figure): the half-map FSC of the first and the last round on one plot, with the
+    per-round Cs and resolution beside it."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    first, last = outcome.records[0], outcome.records[-1]
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(11.7, 6), gridspec_kw={"width_ratios": [2, 1]})
+    # round 1 wide underneath, the last round thin on top: both stay visible where they agree
+    for record, colour, width, alpha, label in (
+            (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
+            (last, "C3", 1.2, 1.0,
+             f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
+        fsc = np.asarray(record.fsc, dtype=float)
+        box = 2 * (len(fsc) - 1)
+        k = np.arange(1, len(fsc)) / (box * pixel_size_A)
+        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha,
+                label=f"{label} ({record.resolution_A:.2f} Å)")
+        ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
+    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
+    _resolution_ticks(ax, float(k.max()))
+    ax.set_ylabel("half-map FSC (masked)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(resolution_change_line(outcome.records).split(" (")[0], fontsize=11)
+    side.axis("off")
+    side.text(0.0, 1.0, "Cs per round\n\n" + "\n".join(
+        f"round {r.round}: " + ", ".join(f"group {g.optics_group} {_cs_text(g)} mm"
+                                         for g in r.groups) + f"\n    FSC {threshold:g} at "
+        f"{r.resolution_A:.2f} Å" for r in outcome.records) + f"\n\n{outcome.stop_reason}",
+        va="top", ha="left", fontsize=8.5, family="monospace", wrap=True,
+        transform=side.transAxes)
+    fig.tight_layout()
+    return "Rounds: half-map FSC before and after", fig
+
+
+def _resolution_ticks(ax, k_max_per_A: float) -> None:
+    ticks = [A for A in (20, 10, 7, 5, 4, 3.5, 3, 2.5, 2.2, 2, 1.8, 1.6, 1.5, 1.2, 1)
+             if 1 / A <= k_max_per_A * 1.0001]
+    ax.set_xticks([1 / A for A in ticks])
+    ax.set_xticklabels([f"{A:g}" for A in ticks])
+    ax.set_xlabel("resolution (Å)")

@@ -1,0 +1,215 @@
+"""Refinement rounds on the RELION path: half maps rebuilt with ``relion_reconstruct``.
+
+Before round r, the particles as the output STAR would state them after round r-1 (refined
+rlnSphericalAberration, shifted defoci, rescaled beam tilt, folded Zernike terms: the same
+writer as the output) go into a STAR in a hidden working directory inside the output directory,
+and ``relion_reconstruct --ctf --subset 1|2`` rebuilds each half map from it (the two halves at
+once when ``--j`` allows two processes; ``--j`` is passed on to RELION versions that take it).
+Nothing the user gave is modified. Rebuilt maps are outputs ``roundR_half1.mrc`` /
+``roundR_half2.mrc`` (RELION half-map nodes) or, with ``keep_round_maps no``, removed with the
+working directory when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from csrefine.errors import AbortRequested, InputError
+from csrefine.images import read_half_maps
+from csrefine.rounds import HalfMaps, RoundCost
+from csrefine.run import OutputDirectory, RunResult
+
+from .star_io import write_updated_star
+
+RECONSTRUCT = "relion_reconstruct"
+WORK_PREFIX = ".csrefine-rounds-"
+#: Peak memory of relion_reconstruct per voxel of the padded (x2) volume, bytes: 273 MB
+#: resident for box 96 (192^3 voxels), Debian's RELION 3.1.3.
+BYTES_PER_PADDED_VOXEL = 40.0
+RECONSTRUCT_PAD = 2
+#: Wall time of relion_reconstruct (one thread) per particle-image pixel inserted, and per
+#: padded voxel for the gridding correction; seconds (this machine, RELION 3.1.3: 8 s for 2,000
+#: particles of box 96).
+SECONDS_PER_IMAGE_PIXEL = 3.4e-7
+SECONDS_PER_PADDED_VOXEL = 2.8e-7
+#: How often (s) a running reconstruction is checked for its end and for an abort request.
+POLL_S = 0.2
+
+
+def round_map_name(round_number: int, half: int) -> str:
+    """``round2_half1.mrc``: the output name of a rebuilt half map."""
+    return f"round{round_number}_half{half}.mrc"
+
+
+def require_reconstruct() -> str:
+    """The path of relion_reconstruct, or InputError (one line) when it is not on PATH."""
+    path = shutil.which(RECONSTRUCT)
+    if path is None:
+        raise InputError(f"rounds > 1 rebuilds the half maps with {RECONSTRUCT}, which is not on "
+                         f"PATH: install RELION (or load its module), or use rounds = 1")
+    return path
+
+
+def takes_threads(executable: str) -> bool:
+    """Whether this relion_reconstruct accepts ``--j`` (RELION 3.1's does not)."""
+    try:
+        text = subprocess.run([executable, "--help"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.strip().startswith("--j ") for line in text.splitlines())
+
+
+class RelionReconstructor:
+    """A :class:`csrefine.rounds.Reconstructor` calling relion_reconstruct.
+
+    out_dir : the job's output directory (the working directory is made inside it);
+    base_dir : the RELION project directory (stack paths in the STAR are relative to it);
+    threads : ``--j`` (2 or more: both halves at once); keep_maps : keep the rebuilt maps as
+    outputs.
+    """
+
+    def __init__(self, out_dir, base_dir=".", threads: int = 1, keep_maps: bool = True):
+        self.executable = require_reconstruct()
+        self.out_dir, self.base_dir = Path(out_dir), Path(base_dir)
+        self.threads, self.keep_maps = max(int(threads), 1), keep_maps
+        self.processes = 2 if self.threads >= 2 else 1
+        self.work: Path | None = None
+
+    # -- the cost, stated before the first round ------------------------------------------
+    def estimate(self, inputs) -> RoundCost:
+        """Memory and time of one rebuild from the box size and particle count."""
+        box = max(g.box_size for g in inputs.groups.values())
+        n = len(inputs.particles)
+        padded = float(RECONSTRUCT_PAD * box) ** 3
+        per_half = (n / 2) * box * box * SECONDS_PER_IMAGE_PIXEL + padded * SECONDS_PER_PADDED_VOXEL
+        return RoundCost(memory_bytes=self.processes * padded * BYTES_PER_PADDED_VOXEL,
+                         seconds=per_half * (2 / self.processes), processes=self.processes,
+                         tool=RECONSTRUCT)
+
+    # -- one rebuild ------------------------------------------------------------------------
+    def __call__(self, round_number: int, inputs, refinement, progress, should_abort) -> HalfMaps:
+        from .run import refined_values
+
+        t0 = time.monotonic()
+        work = self._work_dir()
+        star = inputs.source
+        star_path = work / f"round{round_number}_particles.star"
+        write_updated_star(star, star_path, *refined_values(star, refinement))
+        maps = [work / round_map_name(round_number, h) for h in (1, 2)]
+        self._reconstruct(star_path, maps, round_number, progress, should_abort)
+        (h1, h2), _, px = read_half_maps(maps[0], maps[1])
+        if h1.shape != inputs.half_maps[0].shape:
+            raise InputError(f"{RECONSTRUCT} made maps of shape {h1.shape}, the given half maps "
+                             f"have {inputs.half_maps[0].shape}: rounds need maps of the "
+                             f"particles' box (one box size for all optics groups)")
+        names = tuple(str(self.out_dir / m.name) if self.keep_maps
+                      else f"{m.name} (removed after the run)" for m in maps)
+        files = {m.name: m for m in maps} if self.keep_maps else {}
+        seconds = time.monotonic() - t0
+        if progress is not None:
+            progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
+        return HalfMaps(h1, h2, px or None, names, seconds, files)
+
+    def _work_dir(self) -> Path:
+        if self.work is None:
+            self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.out_dir))
+        return self.work
+
+    def _command(self, star_path: Path, map_path: Path, half: int) -> list[str]:
+        args = [self.executable, "--i", str(star_path.resolve()), "--o", str(map_path.resolve()),
+                "--ctf", "--subset", str(half)]
+        per_process = self.threads // self.processes
+        if per_process > 1 and self._takes_threads():
+            args += ["--j", str(per_process)]
+        return args
+
+    def _takes_threads(self) -> bool:
+        if not hasattr(self, "_threads_flag"):
+            self._threads_flag = takes_threads(self.executable)
+        return self._threads_flag
+
+    def _reconstruct(self, star_path: Path, maps: list[Path], round_number: int, progress,
+                     should_abort) -> None:
+        """Both halves (at once with two processes), polling for an abort request."""
+        pending = [(h, maps[h - 1]) for h in (1, 2)]
+        while pending:
+            batch, pending = pending[:self.processes], pending[self.processes:]
+            running = []
+            for half, map_path in batch:
+                log = open(map_path.with_suffix(".log"), "w")
+                running.append((half, log, subprocess.Popen(
+                    self._command(star_path, map_path, half), cwd=self.base_dir, stdout=log,
+                    stderr=subprocess.STDOUT)))
+                if progress is not None:
+                    progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
+            try:
+                self._wait(running, should_abort)
+            finally:
+                for _, log, proc in running:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                    log.close()
+            for half, _, proc in running:
+                if proc.returncode != 0:
+                    tail = maps[half - 1].with_suffix(".log").read_text(errors="replace")
+                    tail = " | ".join(tail.strip().splitlines()[-3:])
+                    raise InputError(f"{RECONSTRUCT} failed for half {half} of round "
+                                     f"{round_number} (exit status {proc.returncode}): {tail}")
+
+    @staticmethod
+    def _wait(running, should_abort) -> None:
+        while any(proc.poll() is None for _, _, proc in running):
+            if should_abort():
+                raise AbortRequested("abort requested")
+            time.sleep(POLL_S)
+
+    def cleanup(self) -> None:
+        """Remove the working directory (what was kept has been moved out of it)."""
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+
+
+def kept_round_maps(result: RunResult) -> list[str]:
+    """File names of the rebuilt half maps kept as outputs (for RELION_OUTPUT_NODES.star)."""
+    if result.rounds is None:
+        return []
+    return [name for maps in result.rounds.maps for name in maps.files]
+
+
+class RoundsOutputDirectory(OutputDirectory):
+    """The run's output directory, plus the kept rebuilt half maps (moved from the working
+    directory into the staging directory, then into place with every other output); the
+    working directory is removed when the run ends, however it ends."""
+
+    def __init__(self, out_dir, particles_name, write_particles, extra_files,
+                 reconstructor: RelionReconstructor, rounds: int):
+        super().__init__(out_dir, particles_name, write_particles, extra_files)
+        self.reconstructor, self.rounds = reconstructor, rounds
+
+    def prepare(self, inputs) -> None:
+        """As the base class, and no input may have the name of a rebuilt map either."""
+        maps = {os.path.realpath(self.out_dir / round_map_name(r, h))
+                for r in range(2, self.rounds + 1) for h in (1, 2)}
+        for path in inputs.input_paths:
+            if path and os.path.realpath(path) in maps:
+                raise InputError(f"{path}: this input would be overwritten by a rebuilt half map "
+                                 f"of the same name; choose another output directory")
+        super().prepare(inputs)
+
+    def write(self, result: RunResult, should_abort) -> None:
+        for maps in (result.rounds.maps if result.rounds else []):
+            for name, source in maps.files.items():
+                self.files[name] = lambda path, _, source=source: os.replace(source, path)
+        super().write(result, should_abort)
+
+    def release(self, ok: bool) -> None:
+        self.reconstructor.cleanup()
+        super().release(ok)
