@@ -114,10 +114,10 @@ class ResultWriter(Protocol):
         """Check the destination before any heavy work (raise InputError if unusable)."""
 
     def _pdf_in_child(self, path: Path, result: RunResult):
-        """The child rendering ``path``, or None (no child; or the calibration's figures,
-        matplotlib objects of this process, are in the report)."""
+        """The child rendering ``path``, or None (no child; or the report has the
+        calibration's or the rounds' figures, matplotlib objects made in this process)."""
         child, self._pdf_child = self._pdf_child, None
-        if child is None or result.calibration is not None \
+        if child is None or result.calibration is not None or result.rounds is not None \
                 or not child.render(path, result.refinement):
             if child is not None:
                 child.close()
@@ -322,10 +322,10 @@ class OutputDirectory:
             remove_if_empty(self.out_dir)
 
     def _pdf_in_child(self, path: Path, result: RunResult):
-        """The child rendering ``path``, or None (no child; or the calibration's figures,
-        matplotlib objects of this process, are in the report)."""
+        """The child rendering ``path``, or None (no child; or the report has the
+        calibration's or the rounds' figures, matplotlib objects made in this process)."""
         child, self._pdf_child = self._pdf_child, None
-        if child is None or result.calibration is not None \
+        if child is None or result.calibration is not None or result.rounds is not None \
                 or not child.render(path, result.refinement):
             if child is not None:
                 child.close()
