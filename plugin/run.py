@@ -117,7 +117,8 @@ class ResultWriter(Protocol):
         """The child rendering ``path``, or None (no child; or the report has the
         calibration's or the rounds' figures, matplotlib objects made in this process)."""
         child, self._pdf_child = self._pdf_child, None
-        if child is None or result.calibration is not None or result.rounds is not None \
+        if child is None or REPORT_PDF not in self.files or result.calibration is not None \
+                or result.rounds is not None \
                 or not child.render(path, result.refinement):
             if child is not None:
                 child.close()
@@ -312,7 +313,8 @@ class OutputDirectory:
             self.release(False)
             raise
         # logfile.pdf's renderer starts now, to import matplotlib while the run works
-        self._pdf_child = report_process.start()
+        if REPORT_PDF in self.files:
+            self._pdf_child = report_process.start()
 
     def release(self, ok: bool) -> None:
         """Remove the lock (and the directory, if this run created it and it stayed empty)."""
@@ -325,7 +327,8 @@ class OutputDirectory:
         """The child rendering ``path``, or None (no child; or the report has the
         calibration's or the rounds' figures, matplotlib objects made in this process)."""
         child, self._pdf_child = self._pdf_child, None
-        if child is None or result.calibration is not None or result.rounds is not None \
+        if child is None or REPORT_PDF not in self.files or result.calibration is not None \
+                or result.rounds is not None \
                 or not child.render(path, result.refinement):
             if child is not None:
                 child.close()
