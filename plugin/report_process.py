@@ -15,6 +15,7 @@ closes, i.e. at the latest when the run's process ends.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import subprocess
@@ -85,9 +86,14 @@ class ReportProcess:
                 pass
 
 
+_PRESTARTED: list[ReportProcess] = []
+
+
 def start() -> ReportProcess | None:
-    """A child for one PDF, or None if ``$CSREFINE_REPORT_PROCESS`` is 0 or it cannot be
-    started."""
+    """A child for one PDF (the one :func:`prestart` started, if any), or None if
+    ``$CSREFINE_REPORT_PROCESS`` is 0 or it cannot be started."""
+    if _PRESTARTED:
+        return _PRESTARTED.pop()
     if os.environ.get(ENV, "1").strip() == "0":
         return None
     try:
@@ -96,14 +102,32 @@ def start() -> ReportProcess | None:
         return None
 
 
+def prestart() -> None:
+    """Start the child now, for the run this process is about to make (command-line entry
+    points call this first thing, so that its imports overlap with theirs). A child that no run
+    takes exits when this process ends."""
+    if not _PRESTARTED:
+        child = start()
+        if child is not None:
+            _PRESTARTED.append(child)
+
+
 def _serve() -> int:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot  # noqa: F401  (imported before the request arrives)
-    from matplotlib.backends import backend_pdf  # noqa: F401
+    import matplotlib.pyplot as plt
+    from matplotlib.backends import backend_pdf
 
     from .report import write_pdf
+
+    # before the request arrives: the imports above and a first (throw-away) PDF page, which
+    # loads the fonts
+    fig = plt.figure(figsize=(2, 2))
+    fig.text(0.5, 0.5, "Å ± σ °", ha="center")
+    with backend_pdf.PdfPages(io.BytesIO()) as pdf:
+        pdf.savefig(fig)
+    plt.close(fig)
 
     data = sys.stdin.buffer.read()
     if not data:  # the run ended without a request
