@@ -775,6 +775,7 @@ def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibratio
             "real_space_correlation": c.real_space_correlation, "b_factor_A2": c.b_factor_A2,
             "shift_A": c.shift_A, "coverage": c.coverage, "band_A": c.band_A,
             "scan_pixel_size_A": c.scan_pixel_size_A, "scan_score": c.scan_score,
+            "grid": c.grid,
             "groups": {str(g.optics_group): {
                 "cs_at_calibrated_pixel_sigma_mm": g.cs_at_calibrated_pixel_sigma_mm,
                 "defocus_offset_at_calibrated_pixel_A": g.defocus_offset_at_calibrated_pixel_A,

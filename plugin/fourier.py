@@ -108,3 +108,32 @@ def fourier_crop(volume: np.ndarray, n_out: int, workers: int = 1,
         zy[z0:z0 + slab] = scipy.fft.fft(fx, axis=1, workers=workers)[:, idx]
     out = scipy.fft.fft(zy, axis=0, workers=workers)[idx]
     return _zero_nyquist(out)
+
+
+#: Fourier shells kept beyond a band's limit when a map is Fourier cropped before further
+#: real-space work (the gridding correction and zero padding of the 3D references blur the
+#: transform over a few shells: the band stays clear of the crop's edge).
+CROP_MARGIN_SHELLS = 8
+
+
+def band_limited_box(box: int, k_max_px: float, margin_shells: int = CROP_MARGIN_SHELLS) -> int:
+    """Smallest even FFT-friendly box (at most ``box``) whose grid holds every frequency up to
+    ``k_max_px`` (cycles per pixel of the box-``box`` map) plus ``margin_shells`` shells."""
+    n = 2 * (int(np.ceil(box * k_max_px)) + margin_shells)
+    while True:
+        n = scipy.fft.next_fast_len(n, real=True)
+        if n % 2 == 0 or n >= box:
+            return min(n, box)
+        n += 1
+
+
+def band_limited_map(volume: np.ndarray, n_out: int, workers: int = 1) -> np.ndarray:
+    """A cubic map (n^3, centre at n//2) resampled on an ``n_out`` grid by Fourier cropping
+    (float32, centre at n_out//2, voxel n/n_out times larger): its rfftn equals the map's at every
+    kept frequency index (index j: j / (n * pixel) per Angstrom on both). Memory: the cropped
+    transform, not the map's (see :func:`fourier_crop`)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if n_out >= volume.shape[0]:
+        return volume
+    ft = fourier_crop(volume, n_out, workers)
+    return scipy.fft.irfftn(ft, s=(n_out,) * 3, workers=workers).astype(np.float32)
