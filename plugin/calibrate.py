@@ -34,6 +34,22 @@ correlation) and reported with that correlation (``real_space_correlation``).
 A perfect, correctly docked model has ``rho(s) ~ W(s)``, so ``score / expected`` (``expected`` =
 the same weighted mean of ``W``) is ~1; ``relative_correlation`` reports that ratio.
 
+Cost: the information used, not the box
+---------------------------------------
+The match uses only the masked density and the frequencies of the band, so the calibration works
+on (:class:`CropPlan`) the smallest FFT-friendly cube holding the mask's support and the atoms
+plus a margin (translation search + the scan's excursion + :data:`CROP_MARGIN_A`), Fourier
+cropped to the band's highest shell plus :data:`BAND_MARGIN_SHELLS` (frequency index j keeps its
+frequency j / (cube * p)). The masked half maps are transformed once, axis by axis
+(:func:`csrefine.fourier.fourier_crop`); everything after runs on the cropped grid, whose voxel is
+p * cube/cropped: the trial pixel sizes there are the map's times that factor, and the results
+are scaled back. Model maps are computed on a grid :data:`MODEL_OVERSAMPLING` times finer than
+the cropped one (at most the map's own sampling) with an extra blur that keeps aliased power
+below :data:`MODEL_ALIAS_FRACTION`, transformed, cropped and un-blurred. Cost and memory thus
+follow the mask's size and the resolution: a box-400 map of a 100 A particle at 3.5 A is matched
+on a grid of ~64^3 instead of 400^3. ``crop=False`` runs the whole box at every frequency (the
+reference the tests compare against).
+
 Search: a coarse scan of the scale ``p/p_nom`` over +-``scan_range`` (default 5%, 0.25% steps) on
 the half-map average, then Brent's method between the neighbours of the best scan point. Each half
 map is refined the same way (Brent around the average map's optimum).
@@ -244,16 +260,17 @@ def _even_fast(n: float, limit: int) -> int:
 
 def crop_cube(mask: np.ndarray, atom_voxels_zyx: np.ndarray, margin_vox: float) -> tuple:
     """(start_zyx, side) of the smallest FFT-friendly cube (even side) holding the mask's support
-    and the atoms with ``margin_vox`` voxels around them, inside the box."""
+    and the atoms with ``margin_vox`` voxels around them (the model map's reach), inside the box:
+    the masked map is zero beyond the mask, so the transform on the cube is the map's, and the
+    model map, shifted within the search, does not wrap onto the map."""
     box = mask.shape[0]
     support = [np.flatnonzero(np.any(mask > 0, axis=tuple(a for a in range(3) if a != ax)))
                for ax in range(3)]
     lo = np.array([s[0] if s.size else box // 2 for s in support], float)
     hi = np.array([s[-1] if s.size else box // 2 for s in support], float)
     if atom_voxels_zyx.size:
-        lo = np.minimum(lo, atom_voxels_zyx.min(axis=0))
-        hi = np.maximum(hi, atom_voxels_zyx.max(axis=0))
-    lo, hi = lo - margin_vox, hi + margin_vox
+        lo = np.minimum(lo, atom_voxels_zyx.min(axis=0) - margin_vox)
+        hi = np.maximum(hi, atom_voxels_zyx.max(axis=0) + margin_vox)
     side = _even_fast(float((hi - lo).max()) + 1, box)
     start = np.clip(np.floor((lo + hi) / 2 - side // 2), 0, box - side).astype(int)
     return tuple(int(v) for v in start), int(side)
@@ -337,6 +354,21 @@ class _Target:
         v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
         self.noise_var = np.clip(v, 0.0, 1.0)[grid.shell_c] / max(mask_ms, 1e-6)
         self.weight_shell = weight_shell
+        self.band_k = [k[self.band] for k in grid.k]  # (kz, ky, kx) of the band, cycles/voxel
+        self.band_kmat = np.stack(self.band_k)         # the same as one (3, n) array
+        self.band_flat = np.flatnonzero(self.band)
+        self.band_index = np.unravel_index(self.band_flat, self.band.shape)  # (iz, iy, ix)
+        white_b = self.white.ravel()[self.band_flat]
+        self.white_w_b = white_b * self.w.ravel()[self.band_flat]
+        self.white_w_fw_b = np.conj(self.white_w_b) * grid.fw.ravel()[self.band_flat]
+
+    def band_phase(self, t_zyx) -> np.ndarray:
+        """exp(-2 pi i k.t) over the band (translation by +t voxels), from three 1D factors."""
+        g = self.grid
+        pz, py, px = (np.exp(-2j * np.pi * k.ravel() * tt)
+                      for k, tt in zip((g.kz, g.ky, g.kx), t_zyx))
+        iz, iy, ix = self.band_index
+        return pz[iz] * py[iy] * px[ix]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +390,9 @@ class _Calibrator:
         self.d_phase = self.grid.phase(self.d_zyx)
         self.b_model = b_model_A2
         self.max_shift_vox = max_shift_A / p_nom
+        c = np.fft.fftfreq(self.box) * self.box
+        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+        self.window_flat = np.flatnonzero(r2 <= self.max_shift_vox**2)  # translations searched
         # never finer than the map's own sampling (the cube): there the map has all it holds
         self.model_box = max(self.box, _even_fast(self.box * oversampling, plan.cube_box))
         self.k_nyquist_per_A = 0.5 / p_nom
@@ -380,9 +415,11 @@ class _Calibrator:
             fine_p = p * self.box / self.model_box
             m = density_map(self.structure, self.model_box, fine_p, b_factor_A2=self.b_model,
                             centre_A=self.centre_A, blur_A2=self.blur_A2)
-            ft = scipy.fft.rfftn(m.astype(np.float64))
             if self.model_box > self.box:
-                ft = crop_rfftn(ft, self.box) * np.exp(self.blur_A2 * self.grid.k2 / p**2 / 4.0)
+                ft = crop_rfftn(scipy.fft.rfftn(m), self.box).astype(np.complex128)
+                ft *= np.exp(self.blur_A2 * self.grid.k2 / p**2 / 4.0)
+            else:
+                ft = scipy.fft.rfftn(m.astype(np.float64))
             ft = ft * self.d_phase
             self._cache[key] = (ft, _whiten(self.grid, ft)[0])
             if len(self._cache) > 6:  # each entry is two complex arrays of the cropped grid
@@ -391,15 +428,16 @@ class _Calibrator:
 
     def best_shift(self, target: _Target, mw: np.ndarray) -> tuple[float, np.ndarray, bool]:
         """Best translation (voxels, zyx) and score; flag True if on the search limit."""
-        g = self.grid
-        y = np.conj(mw) * target.white * target.w
-        cc = scipy.fft.irfftn(y, s=(self.box,) * 3) * self.box**3 / target.norm
+        # the weights vanish outside the band: products over the band's coefficients only
+        mw_b = mw.ravel()[target.band_flat]
+        y = np.zeros(mw.shape, dtype=np.complex128)
+        y.ravel()[target.band_flat] = (np.conj(mw_b) * target.white_w_b
+                                       * (self.box**3 / target.norm))
+        cc = scipy.fft.irfftn(y, s=(self.box,) * 3)
         c = np.fft.fftfreq(self.box) * self.box
-        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
         lim = self.max_shift_vox
-        window = r2 <= lim**2
-        masked = np.where(window, cc, -np.inf)
-        i = np.unravel_index(int(np.argmax(masked)), cc.shape)
+        i = self.window_flat[int(np.argmax(cc.ravel()[self.window_flat]))]
+        i = np.unravel_index(int(i), cc.shape)
         t = np.array([c[j] for j in i], dtype=float)
         on_edge = bool(np.sqrt((t**2).sum()) > lim - 1.0)
         # sub-voxel: 3-point parabola per axis, then Newton on the band coefficients
@@ -411,13 +449,13 @@ class _Calibrator:
             den = fp + fm - 2 * f0
             if den < 0:
                 t[ax] += float(np.clip(0.5 * (fm - fp) / den, -0.5, 0.5))
-        band = target.band
-        z0 = (mw * np.conj(target.white) * target.w * g.fw)[band]
-        ks = [k[band] for k in g.k]
+        z0 = mw_b * target.white_w_fw_b
+        kmat = target.band_kmat
         for _ in range(3):
-            z = z0 * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
-            grad = np.array([np.sum((-2j * np.pi * kk * z).real) for kk in ks])
-            hess = np.array([[np.sum((-4 * np.pi**2 * ka * kb * z).real) for kb in ks] for ka in ks])
+            z = z0 * target.band_phase(t)
+            # d/dt Re(z) = Re(-2 pi i k z) = 2 pi k Im(z); second: -4 pi^2 k_a k_b Re(z)
+            grad = 2 * np.pi * (kmat @ z.imag)
+            hess = -4 * np.pi**2 * ((kmat * z.real) @ kmat.T)
             try:
                 step = np.linalg.solve(hess, grad)
             except np.linalg.LinAlgError:
@@ -427,7 +465,7 @@ class _Calibrator:
             t = t - step
             if np.abs(step).max() < 1e-4:
                 break
-        z = z0 * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
+        z = z0 * target.band_phase(t)
         return float(np.sum(z.real) / target.norm), t, on_edge
 
     def score(self, target: _Target, p: float) -> tuple[float, np.ndarray, bool]:
@@ -435,9 +473,7 @@ class _Calibrator:
 
     def score_at(self, target: _Target, p: float, t: np.ndarray) -> float:
         mw = self.model_ft(p)[1]
-        z = (mw * np.conj(target.white) * target.w * self.grid.fw)[target.band]
-        ks = [k[target.band] for k in self.grid.k]
-        z = z * np.exp(-2j * np.pi * (ks[0] * t[0] + ks[1] * t[1] + ks[2] * t[2]))
+        z = mw.ravel()[target.band_flat] * target.white_w_fw_b * target.band_phase(t)
         return float(np.sum(z.real) / target.norm)
 
     def refine(self, target: _Target, lo: float, hi: float, tol_rel: float = 2e-5):
