@@ -167,13 +167,16 @@ def run_cli(name: str, args, structure) -> dict:
     docked_model(structure, args.box, p_nom).make_mmcif_document().write_file(str(model))
     out = d / "cli_out"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [shutil.which("csrefine") or "csrefine", "refine", "--particles", str(paths["star"]),
+    exe = Path(sys.executable).with_name("csrefine")  # this environment's, not another on PATH
+    cmd = [str(exe) if exe.exists() else "csrefine", "refine", "--particles", str(paths["star"]),
            "--half-maps", str(paths["half1"]), str(paths["half2"]), "--model", str(model),
            "--out", str(out), "--j", str(args.j), "--device", args.device]
     log("running: " + " ".join(cmd))
     load_before = os.getloadavg()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # in the data directory: the STAR's image paths are relative to it, as in a RELION project
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=d)
     lines = []
     for line in proc.stdout:
         lines.append(line.rstrip())
@@ -206,9 +209,10 @@ def run_cli(name: str, args, structure) -> dict:
 
 def run_case(name: str, args, structure) -> dict:
     from csrefine.calibrate import apply_calibration, calibrate_pixel_size
-    from csrefine.images import StackReader, read_map
+    from csrefine.images import read_map
     from csrefine.options import RefineOptions
     from csrefine.pipeline import refine, result_dict
+    from csrefine.relion.run import stack_reader
     from csrefine.relion.star_io import read_particle_star
 
     p_nom = args.px
@@ -224,10 +228,7 @@ def run_case(name: str, args, structure) -> dict:
     h1, px1 = read_map(paths["half1"])
     h2, _ = read_map(paths["half2"])
     box = h1.shape[0]
-    names = star.image_names
-    stack = [str(d / s.split("@", 1)[1]) for s in names]
-    index = [int(s.split("@", 1)[0]) - 1 for s in names]
-    images = StackReader(stack, index, box, p_nom)
+    images = stack_reader(star, d)
     refinement = refine(star.groups, star.particles, images, (h1, h2), None, px1 or None,
                         RefineOptions(resolution_low_A=20.0, threads=args.j, device=args.device,
                                       reference_half="opposite"),
