@@ -65,7 +65,8 @@ Uncertainty
   because the derivative template lies inside the mask).
 * ``pixel_size_sigma_A`` = sqrt(sigma_curvature^2 + sigma_halves^2 + (systematic_rel p)^2), with
   a systematic floor ``systematic_rel`` = 0.01% (the bias measured on relion_project simulations,
-  benchmarks/bench_calibration.py, was +0.005% and +0.009%).
+  benchmarks/bench_calibration.py, was +0.005% and +0.009% on one simulation at box 128, +0.010%
+  and +0.013% on another (whole box: +0.009%, +0.013%), +0.0004% and -0.0003% at box 192 and 256).
 None of these includes errors of the model itself (a model whose geometry is off by x% biases the
 ruler by x%).
 
