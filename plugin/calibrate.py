@@ -45,7 +45,9 @@ frequency j / (cube * p)). The masked half maps are transformed once, axis by ax
 p * cube/cropped: the trial pixel sizes there are the map's times that factor, and the results
 are scaled back. Model maps are computed on a grid :data:`MODEL_OVERSAMPLING` times finer than
 the cropped one (at most the map's own sampling) with an extra blur that keeps aliased power
-below :data:`MODEL_ALIAS_FRACTION`, transformed, cropped and un-blurred. Cost and memory thus
+below :data:`MODEL_ALIAS_FRACTION`, transformed, cropped and un-blurred; the coarse scan, which
+only brackets the refinement (:data:`SCAN_BRACKET_STEPS` either side of its best point), uses
+model maps on the cropped grid itself. Cost and memory thus
 follow the mask's size and the resolution: a box-400 map of a 100 A particle at 3.5 A is matched
 on a grid of ~64^3 instead of 400^3. ``crop=False`` runs the whole box at every frequency (the
 reference the tests compare against).
@@ -224,6 +226,10 @@ MODEL_OVERSAMPLING = 1.5
 MODEL_ALIAS_FRACTION = 1e-3
 
 
+#: The refinement searches this many scan steps either side of the scan's best point.
+SCAN_BRACKET_STEPS = 2
+
+
 @dataclass(frozen=True)
 class CropPlan:
     """Where the calibration looks: a real-space cube around the mask, and its Fourier crop.
@@ -283,12 +289,13 @@ def fourier_box_for(cube_box: int, shell_max: float) -> int:
     return _even_fast(2 * (np.ceil(shell_max) + BAND_MARGIN_SHELLS), cube_box)
 
 
-def _antialias_blur_A2(k_nyquist_per_A: float, b_model_A2: float) -> float:
-    """Extra B-factor (Å^2) for model maps on a grid :data:`MODEL_OVERSAMPLING` times finer than
-    the cropped one (Nyquist ``k_nyquist_per_A`` at the cropped grid): power from beyond the fine
+def _antialias_blur_A2(k_nyquist_per_A: float, b_model_A2: float,
+                      oversampling: float = MODEL_OVERSAMPLING) -> float:
+    """Extra B-factor (Å^2) for model maps on a grid ``oversampling`` times finer than the
+    cropped one (Nyquist ``k_nyquist_per_A`` at the cropped grid): power from beyond the fine
     grid's Nyquist folds into the cropped grid only from 2*os - 1 times its Nyquist, where the
     blurred amplitude is :data:`MODEL_ALIAS_FRACTION` of the amplitude at its Nyquist."""
-    fold = (2 * MODEL_OVERSAMPLING - 1) ** 2 - 1
+    fold = (2 * oversampling - 1) ** 2 - 1
     b_total = -4.0 * np.log(MODEL_ALIAS_FRACTION) / (fold * k_nyquist_per_A**2)
     return float(max(b_total - b_model_A2, 0.0))
 
@@ -398,25 +405,30 @@ class _Calibrator:
         self.model_box = max(self.box, _even_fast(self.box * oversampling, plan.cube_box))
         self.k_nyquist_per_A = 0.5 / p_nom
         self.blur_A2 = 0.0
-        self._cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.set_b_model(b_model_A2)
+
+    #: True during the coarse scan: model maps on the cropped grid itself (no oversampling; the
+    #: scan only brackets the optimum for the refinement, which uses the anti-aliased maps)
+    coarse = False
 
     def set_b_model(self, b_model_A2: float):
         self.b_model = b_model_A2
         if self.model_box > self.box:
-            self.blur_A2 = _antialias_blur_A2(self.k_nyquist_per_A, b_model_A2)
+            self.blur_A2 = _antialias_blur_A2(self.k_nyquist_per_A, b_model_A2,
+                                              self.model_box / self.box)
         self._cache.clear()
 
     def model_ft(self, p: float) -> tuple[np.ndarray, np.ndarray]:
         """(unwhitened, whitened) FT of the model map at trial pixel p (of the cropped grid),
         centroid at its docked voxel: computed on a grid ``model_box/box`` times finer with the
         anti-alias blur, Fourier cropped, the blur divided out."""
-        key = round(float(p), 10)
+        key = (round(float(p), 10), self.coarse)
         if key not in self._cache:
-            fine_p = p * self.box / self.model_box
-            m = density_map(self.structure, self.model_box, fine_p, b_factor_A2=self.b_model,
-                            centre_A=self.centre_A, blur_A2=self.blur_A2)
-            if self.model_box > self.box:
+            model_box, blur_A2 = (self.box, 0.0) if self.coarse else (self.model_box, self.blur_A2)
+            m = density_map(self.structure, model_box, p * self.box / model_box,
+                            b_factor_A2=self.b_model, centre_A=self.centre_A, blur_A2=blur_A2)
+            if model_box > self.box:
                 ft = crop_rfftn(scipy.fft.rfftn(m), self.box).astype(np.complex128)
                 ft *= np.exp(self.blur_A2 * self.grid.k2 / p**2 / 4.0)
             else:
@@ -667,12 +679,15 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
     scales = 1.0 + scan_step * np.arange(-n_steps, n_steps + 1)
     scan = np.empty(scales.size)
     t0 = time.monotonic()
+    cal.coarse = True
     for i, s in enumerate(scales):
         scan[i] = cal.score(target, p_nom * s)[0]
         _scan_progress(progress, i + 1, scales.size, time.monotonic() - t0)
+    cal.coarse = False
     ib = int(np.argmax(scan))
-    lo = p_nom * scales[max(ib - 1, 0)]
-    hi = p_nom * scales[min(ib + 1, scales.size - 1)]
+    # the scan's maps are not anti-aliased: bracket the refinement by two steps either side
+    lo = p_nom * scales[max(ib - SCAN_BRACKET_STEPS, 0)]
+    hi = p_nom * scales[min(ib + SCAN_BRACKET_STEPS, scales.size - 1)]
     p_best, s_best, t_best, t_edge = cal.refine(target, lo, hi)
     # Second pass with the model blurred like the map: per-shell whitening removes the B-factor's
     # envelope, but a sharp model map aliases differently from a blurred map (a ~0.03% bias).
