@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 
 def rfft_frequencies_px(box: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +61,79 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     self_conjugate = np.isin(kxs, (0.0, 0.5)) & np.isin(np.abs(kys), (0.0, 0.5))
     weight = np.where(self_conjugate, 1.0, 2.0)
     return Band(box, float(pixel_size_A), float(k_min_per_A), float(k_max), flat, kxs, kys, weight)
+
+
+def cropped_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Indices into a length-``n_in`` FFT axis of the frequencies a length-``n_out`` axis holds
+    (numpy order: 0, 1, ..., n_out/2 - 1, -n_out/2, ..., -1), for an even n_out <= n_in."""
+    return np.rint(np.fft.fftfreq(n_out) * n_out).astype(np.int64) % n_in
+
+
+def _zero_nyquist(ft: np.ndarray) -> np.ndarray:
+    """Zero the Nyquist planes of an rfftn-layout array of an even box (a cropped transform has
+    there one side of a pair that the full transform holds on both; no band reaches them)."""
+    n = ft.shape[0]
+    ft[n // 2] = 0
+    ft[:, n // 2] = 0
+    ft[..., -1] = 0
+    return ft
+
+
+def crop_rfftn(ft: np.ndarray, n_out: int) -> np.ndarray:
+    """The frequencies of a box-``n_out`` grid taken from a full rfftn array ``ft`` of shape
+    (n, n, n//2 + 1): shape (n_out, n_out, n_out//2 + 1), same values (unnormalised), Nyquist
+    planes zeroed. Frequency index j stays frequency index j (j / (n * pixel) per Angstrom)."""
+    idx = cropped_indices(ft.shape[0], n_out)
+    return _zero_nyquist(ft[np.ix_(idx, idx, np.arange(n_out // 2 + 1))].copy())
+
+
+def fourier_crop(volume: np.ndarray, n_out: int, workers: int = 1,
+                 slab: int = 32) -> np.ndarray:
+    """rfftn of a cubic real map (n^3) keeping only the frequencies of a box-``n_out`` grid.
+
+    Same numbers as ``crop_rfftn(scipy.fft.rfftn(volume), n_out)``, computed axis by axis (x and
+    y per slab of ``slab`` z-planes, then z on the cropped array), so memory stays at the cropped
+    output plus one slab: n * n_out * (n_out//2 + 1) complex values, not n^3. Precision follows
+    the input (float32 -> complex64). n_out must be even and <= n.
+    """
+    n = volume.shape[0]
+    if n_out % 2 or n_out > n:
+        raise ValueError(f"cropped box must be even and at most {n}, got {n_out}")
+    idx = cropped_indices(n, n_out)
+    nx = n_out // 2 + 1
+    dtype = np.complex64 if volume.dtype == np.float32 else np.complex128
+    zy = np.empty((n, n_out, nx), dtype=dtype)
+    for z0 in range(0, n, slab):
+        fx = scipy.fft.rfft(volume[z0:z0 + slab], axis=2, workers=workers)[..., :nx]
+        zy[z0:z0 + slab] = scipy.fft.fft(fx, axis=1, workers=workers)[:, idx]
+    out = scipy.fft.fft(zy, axis=0, workers=workers)[idx]
+    return _zero_nyquist(out)
+
+
+#: Fourier shells kept beyond a band's limit when a map is Fourier cropped before further
+#: real-space work (the gridding correction and zero padding of the 3D references blur the
+#: transform over a few shells: the band stays clear of the crop's edge).
+CROP_MARGIN_SHELLS = 8
+
+
+def band_limited_box(box: int, k_max_px: float, margin_shells: int = CROP_MARGIN_SHELLS) -> int:
+    """Smallest even FFT-friendly box (at most ``box``) whose grid holds every frequency up to
+    ``k_max_px`` (cycles per pixel of the box-``box`` map) plus ``margin_shells`` shells."""
+    n = 2 * (int(np.ceil(box * k_max_px)) + margin_shells)
+    while True:
+        n = scipy.fft.next_fast_len(n, real=True)
+        if n % 2 == 0 or n >= box:
+            return min(n, box)
+        n += 1
+
+
+def band_limited_map(volume: np.ndarray, n_out: int, workers: int = 1) -> np.ndarray:
+    """A cubic map (n^3, centre at n//2) resampled on an ``n_out`` grid by Fourier cropping
+    (float32, centre at n_out//2, voxel n/n_out times larger): its rfftn equals the map's at every
+    kept frequency index (index j: j / (n * pixel) per Angstrom on both). Memory: the cropped
+    transform, not the map's (see :func:`fourier_crop`)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if n_out >= volume.shape[0]:
+        return volume
+    ft = fourier_crop(volume, n_out, workers)
+    return scipy.fft.irfftn(ft, s=(n_out,) * 3, workers=workers).astype(np.float32)

@@ -181,3 +181,51 @@ def test_apply_calibration_keys():
     assert g1["defocus_offset_at_calibrated_pixel_A"] == pytest.approx(100.0 * 1.02**2)
     import json
     json.dumps(out)
+
+
+@pytest.mark.slow
+def test_cropped_calibration_agrees_with_the_whole_box(structure, docked):
+    """The cube around the mask, Fourier cropped to the band, holds the information the match
+    uses: its pixel size agrees with the whole-box calibration within the sigma (same data; the
+    two differ in the grid and in the scan, whose maps are not anti-aliased when cropped, so
+    Brent may settle on another of the noisy score's local maxima; a wrong crop or offset would
+    be many sigma off). Noisier half maps than above, so that the FSC drops below 0.143 (~7.6 A)
+    well before Nyquist (4 A) and the Fourier crop removes shells."""
+    p_true = 1.02 * PX
+    h1, h2 = half_maps(structure, p_true, seed=2, noise=6.0)
+    whole = calibrate_pixel_size(h1, h2, PX, docked, crop=False)
+    cropped = calibrate_pixel_size(h1, h2, PX, docked)
+    assert whole.grid["fourier_box"] == BOX
+    assert cropped.grid["fourier_box"] < BOX  # 2 A pixels, FSC 0.143 well before Nyquist
+    sigma = max(whole.pixel_size_sigma_A, cropped.pixel_size_sigma_A)
+    assert abs(cropped.pixel_size_calibrated_A - whole.pixel_size_calibrated_A) < sigma
+    assert abs(cropped.pixel_size_calibrated_A - p_true) < 3 * cropped.pixel_size_sigma_A
+    assert cropped.pixel_size_sigma_A == pytest.approx(whole.pixel_size_sigma_A, rel=0.2)
+
+
+@pytest.mark.slow
+def test_work_is_set_by_the_mask_and_band_not_the_box(structure, docked):
+    """The same half maps inside boxes of 112 and 144 (zeros around, the model docked at the same
+    place in the object): the cropped grids are the same, smaller than either box, and so is the
+    calibrated pixel size; it agrees with the tight box-72 one within a fraction of sigma."""
+    h1, h2 = half_maps(structure, 1.02 * PX, seed=5)
+    small = calibrate_pixel_size(h1, h2, PX, docked)
+
+    def in_box(big_box):
+        o = (big_box - BOX) // 2
+
+        def embed(a):
+            out = np.zeros((big_box,) * 3, np.float32)
+            out[o:o + BOX, o:o + BOX, o:o + BOX] = a
+            return out
+
+        moved = transformed(docked, shift=(o * PX,) * 3)
+        return calibrate_pixel_size(embed(h1), embed(h2), PX, moved)
+
+    mid, big = in_box(112), in_box(144)
+    for key in ("cube_box", "fourier_box", "model_box"):
+        assert big.grid[key] == mid.grid[key], key
+    assert mid.grid["cube_box"] < 112
+    assert big.pixel_size_calibrated_A == pytest.approx(mid.pixel_size_calibrated_A, rel=1e-5)
+    assert abs(big.pixel_size_calibrated_A - small.pixel_size_calibrated_A) < (
+        0.5 * small.pixel_size_sigma_A)
