@@ -93,14 +93,21 @@ def test_touch_choice_keeps_the_faster_variant_after_its_trials(monkeypatch):
     choice = numba_backend.TouchChoice()
     big = choice.MIN_SAMPLES
     seen = []
-    for per_sample in (3.0, 2.0, 1.0, 2.5):  # touch on: 3 then 1; off: 2 then 2.5
-        variant = choice.get()
-        seen.append(variant)
-        choice.record(variant, per_sample * big, big)
-    assert seen == [True, False, True, False]  # alternating while measuring
-    assert choice.choice is True and choice.get() is True  # best on (1.0) beats best off (2.0)
+    # (on, off) pairs under a load that falls: the on variant is 10% faster in every pair,
+    # although the slowest "on" time is slower than the fastest "off" time
+    for on, off in ((3.3, 3.6), (2.0, 2.2), (0.9, 1.0)):
+        for variant, per_sample in ((True, on), (False, off)):
+            assert choice.get() is variant  # alternating while measuring
+            seen.append(variant)
+            choice.record(variant, per_sample * big, big)
+    assert choice.choice is True and choice.get() is True
     choice.record(False, 0.0, big)  # decided: later timings change nothing
     assert choice.get() is True
+    slower = numba_backend.TouchChoice()
+    for on, off in ((1.2, 1.0), (1.1, 1.0), (0.5, 1.0)):  # slower in two pairs of three
+        slower.record(True, on * big, big)
+        slower.record(False, off * big, big)
+    assert slower.choice is False
     small = numba_backend.TouchChoice()
     small.record(small.get(), 1.0, big - 1)  # too small a call to time: not counted
     assert small.seconds == {True: [], False: []}

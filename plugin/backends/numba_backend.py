@@ -348,13 +348,16 @@ class TouchChoice:
     """Whether the kernel's touch pass pays on this machine, measured on the run's first batches.
 
     The touch pass overlaps the reference's cache misses; whether that wins depends on the
-    caches (measured: 5-15% faster on an AMD EPYC host, 15% slower on a Xeon host whose L3 holds
-    the whole reference). The first TRIALS batches of each variant (alternating, each at least
-    MIN_SAMPLES particle-pixels) are timed per sample and the faster one is kept for the rest of
-    the process. Both variants compute the same numbers. ``$CSREFINE_TOUCH`` = 1 or 0 forces it.
+    caches (measured: 5-15% faster on an AMD EPYC host, 15-25% slower on a Xeon host whose L3
+    holds the whole reference). The first batches alternate (on, off, on, off, ...; each call at
+    least MIN_SAMPLES particle-pixels) and are timed per sample; after PAIRS consecutive
+    (on, off) pairs the variant with the lower median ratio is kept for the rest of the process.
+    Comparing neighbours cancels the load that other work puts on the machine meanwhile (at the
+    start of a run, logfile.pdf's renderer process is still importing). Both variants compute
+    the same numbers. ``$CSREFINE_TOUCH`` = 1 or 0 forces it.
     """
 
-    TRIALS = 2
+    PAIRS = 3
     MIN_SAMPLES = 100_000
     ENV = "CSREFINE_TOUCH"
 
@@ -382,8 +385,10 @@ class TouchChoice:
             if self.choice is not None:
                 return
             self.seconds[touch].append(seconds / samples)
-            if min(len(v) for v in self.seconds.values()) >= self.TRIALS:
-                self.choice = min(self.seconds[True]) < min(self.seconds[False])
+            on, off = self.seconds[True], self.seconds[False]
+            if min(len(on), len(off)) >= self.PAIRS:
+                ratios = np.asarray(on[:self.PAIRS]) / np.asarray(off[:self.PAIRS])
+                self.choice = bool(np.median(ratios) < 1.0)
 
 
 TOUCH = TouchChoice()
