@@ -158,6 +158,14 @@ def case_truth(name: str, p_nom: float) -> tuple:
     return p_nom, 3.0, 2.7, "Cs"
 
 
+def case_data(name: str, args, structure, p_nom, p_true, cs_true, cs_nominal):
+    """The case's data directory and paths (simulated once, then cached)."""
+    d = Path(args.data_dir) / f"calibration_{name}_{args.box}_{args.n}"
+    return d, make_data(d, structure, args.n, args.box, p_nom, p_true, cs_true, cs_nominal,
+                        args.voltage, args.snr, args.seed + (0 if name == "pixel" else 1),
+                        args.fresh)
+
+
 def run_cli(name: str, args, structure) -> dict:
     """The whole ``csrefine refine --model`` run in a subprocess: wall, peak RSS, load, result."""
     import os
@@ -166,9 +174,7 @@ def run_cli(name: str, args, structure) -> dict:
 
     p_nom = args.px
     p_true, cs_true, cs_nominal, expect = case_truth(name, p_nom)
-    d = Path(args.data_dir) / f"calibration_{name}_{args.box}_{args.n}"
-    paths = make_data(d, structure, args.n, args.box, p_nom, p_true, cs_true, cs_nominal,
-                      args.voltage, args.snr, args.seed + (0 if name == "pixel" else 1), args.fresh)
+    d, paths = case_data(name, args, structure, p_nom, p_true, cs_true, cs_nominal)
     model = d / "model_docked.cif"
     docked_model(structure, args.box, p_nom).make_mmcif_document().write_file(str(model))
     out = d / "cli_out"
@@ -223,9 +229,7 @@ def run_case(name: str, args, structure) -> dict:
 
     p_nom = args.px
     p_true, cs_true, cs_nominal, expect = case_truth(name, p_nom)
-    d = Path(args.data_dir) / f"calibration_{name}_{args.box}_{args.n}"
-    paths = make_data(d, structure, args.n, args.box, p_nom, p_true, cs_true, cs_nominal,
-                      args.voltage, args.snr, args.seed + (0 if name == "pixel" else 1), args.fresh)
+    d, paths = case_data(name, args, structure, p_nom, p_true, cs_true, cs_nominal)
     sim_t = d / "simulation_timings.json"
     timings = json.loads(sim_t.read_text()) if sim_t.exists() else {}
 

@@ -113,23 +113,6 @@ class ResultWriter(Protocol):
     def prepare(self, inputs: RefinementInputs) -> None:
         """Check the destination before any heavy work (raise InputError if unusable)."""
 
-    def _pdf_in_child(self, path: Path, result: RunResult):
-        """The child rendering ``path``, or None (no child; or the report has the
-        calibration's or the rounds' figures, matplotlib objects made in this process)."""
-        child, self._pdf_child = self._pdf_child, None
-        if child is None or REPORT_PDF not in self.files or result.calibration is not None \
-                or result.rounds is not None \
-                or not child.render(path, result.refinement):
-            if child is not None:
-                child.close()
-            return None
-        return child
-
-    def _stop_pdf_child(self) -> None:
-        child, self._pdf_child = self._pdf_child, None
-        if child is not None:
-            child.close()
-
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
         """Write every output, or nothing: raise (AbortRequested on abort) before anything is
         in place."""
