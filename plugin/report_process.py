@@ -92,10 +92,12 @@ _PRESTARTED: list[ReportProcess] = []
 def start() -> ReportProcess | None:
     """A child for one PDF (the one :func:`prestart` started, if any), or None if
     ``$CSREFINE_REPORT_PROCESS`` is 0 or it cannot be started."""
+    if os.environ.get(ENV, "1").strip() == "0":
+        while _PRESTARTED:
+            _PRESTARTED.pop().close()
+        return None
     if _PRESTARTED:
         return _PRESTARTED.pop()
-    if os.environ.get(ENV, "1").strip() == "0":
-        return None
     try:
         return ReportProcess()
     except OSError:
