@@ -88,6 +88,8 @@ PARTICLE_FIELDS = (
     "defocus_u_A", "defocus_v_A", "defocus_angle_deg", "phase_shift_deg", "bfactor_A2", "ctf_scale",
     "rot_deg", "tilt_deg", "psi_deg", "origin_x_A", "origin_y_A",
 )
+#: Every per-particle array of :class:`Particles`: the float fields and the two integer labels.
+ALL_PARTICLE_FIELDS = PARTICLE_FIELDS + ("half_set", "optics_group")
 
 
 @dataclass
@@ -115,7 +117,7 @@ class Particles:
 
     def __post_init__(self):
         n = len(self.defocus_u_A)
-        for name in PARTICLE_FIELDS + ("half_set", "optics_group"):
+        for name in ALL_PARTICLE_FIELDS:
             value = np.asarray(getattr(self, name))
             if value.shape != (n,):
                 raise ValueError(f"particle field {name} has shape {value.shape}, expected ({n},)")
@@ -127,12 +129,12 @@ class Particles:
 
     def subset(self, index) -> "Particles":
         return Particles(**{name: getattr(self, name)[index]
-                            for name in PARTICLE_FIELDS + ("half_set", "optics_group")})
+                            for name in ALL_PARTICLE_FIELDS})
 
     def concat(self, other: "Particles") -> "Particles":
         """These particles followed by ``other``'s."""
         return Particles(**{name: np.concatenate([getattr(self, name), getattr(other, name)])
-                            for name in PARTICLE_FIELDS + ("half_set", "optics_group")})
+                            for name in ALL_PARTICLE_FIELDS})
 
     def check_finite(self) -> None:
         """Raise ValueError naming the first field with a NaN or infinity."""

@@ -7,27 +7,21 @@ run needs.)"""
 
 from __future__ import annotations
 
-import importlib
 import threading
 
 
-def _import_all(names, backend):
-    if backend:  # first: the compiled backend, needed soonest
+def _load(backend):
+    if backend:
         try:
             from .pipeline import load_backend
             load_backend(backend)
         except Exception:  # the run reports backend errors itself
             pass
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # a failed preload only means the import happens later
-            pass
 
 
-def start_preload(device: str | None = None, names=()) -> threading.Thread:
-    """Start importing (and warming) the backend for ``device``, then the modules ``names``, in
-    a daemon thread; returns the thread."""
+def start_preload(device: str | None = None) -> threading.Thread:
+    """Start importing (and warming) the backend for ``device`` in a daemon thread; returns the
+    thread."""
     backend = None
     if device is not None:
         from .backends import resolve_backend
@@ -35,7 +29,7 @@ def start_preload(device: str | None = None, names=()) -> threading.Thread:
             backend = resolve_backend(device)
         except Exception:  # invalid devices are reported by the run itself
             backend = None
-    thread = threading.Thread(target=_import_all, args=(names, backend), name="csrefine-preload",
+    thread = threading.Thread(target=_load, args=(backend,), name="csrefine-preload",
                               daemon=True)
     thread.start()
     return thread

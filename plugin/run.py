@@ -238,6 +238,12 @@ def _write_report_json(path: Path, result: RunResult) -> None:
     write_json(path, result.report)
 
 
+def _pdf_has_figures_of_this_process(result: RunResult) -> bool:
+    """Whether logfile.pdf gets pages made here (the calibration's and the rounds' figures,
+    matplotlib objects of this process), so that only this process can render it."""
+    return result.calibration is not None or result.rounds is not None
+
+
 def _write_report_pdf(path: Path, result: RunResult) -> None:
     cal = result.calibration
     rounds = result.rounds
@@ -307,11 +313,10 @@ class OutputDirectory:
             remove_if_empty(self.out_dir)
 
     def _pdf_in_child(self, path: Path, result: RunResult):
-        """The child rendering ``path``, or None (no child; or the report has the
-        calibration's or the rounds' figures, matplotlib objects made in this process)."""
+        """The child rendering ``path``, or None (no child, which ``prepare`` starts only when
+        logfile.pdf is an output, or :func:`_pdf_has_figures_of_this_process`)."""
         child, self._pdf_child = self._pdf_child, None
-        if child is None or REPORT_PDF not in self.files or result.calibration is not None \
-                or result.rounds is not None \
+        if child is None or _pdf_has_figures_of_this_process(result) \
                 or not child.render(path, result.refinement):
             if child is not None:
                 child.close()
@@ -334,7 +339,7 @@ class OutputDirectory:
                         write_file(staging / name, result)
                         _check_abort(should_abort)
                     if child is not None and not child.finish(staging / REPORT_PDF):
-                        _write_report_pdf(staging / REPORT_PDF, result)  # the child failed
+                        self.files[REPORT_PDF](staging / REPORT_PDF, result)  # child failed
                 finally:
                     if child is not None:
                         child.close()

@@ -363,9 +363,6 @@ class TouchChoice:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
         forced = os.environ.get(self.ENV, "").strip()
         self.choice = {"1": True, "0": False}.get(forced)
         self.seconds = {True: [], False: []}
