@@ -21,6 +21,12 @@ class AbortRequested(RuntimeError):
     """The user (e.g. RELION's RELION_JOB_ABORT_NOW) asked the job to stop."""
 
 
+def check_abort(should_abort) -> None:
+    """Raise AbortRequested if ``should_abort()`` says so (called between steps of a run)."""
+    if should_abort():
+        raise AbortRequested("abort requested")
+
+
 class Interrupted(AbortRequested):
     """A signal (SIGTERM, SIGINT, SIGHUP) asked the job to stop (see :mod:`csrefine.signals`)."""
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backends import get_backend, resolve_backend
 from .ctf import cs_phase_factor, electron_wavelength_A
-from .errors import AbortRequested, InputError
+from .errors import InputError, check_abort
 from .fit import (
     FitResult,
     PhaseModel,
@@ -198,8 +198,8 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
                          readers=reader_threads(backend, options))
     with closing(iter(stream)) as batches:  # readers stopped at once on abort or error
         for idx, imgs in batches:
-            if should_abort is not None and should_abort():
-                raise AbortRequested("abort requested")
+            if should_abort is not None:
+                check_abort(should_abort)
             _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms,
                             band, group, backend, options)
             done += idx.size

@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .ctf import cs_phase_factor, defocus_phase_factor, electron_wavelength_A
-from .errors import AbortRequested
+from .errors import check_abort
 from .fsc import FSC_THRESHOLD
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import OpticsGroup, Particles, nyquist_A
@@ -263,11 +263,6 @@ def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinemen
 # The loop
 
 
-def _check_abort(should_abort: AbortFn) -> None:
-    if should_abort():
-        raise AbortRequested("abort requested")
-
-
 def _log(progress: ProgressFn | None, text: str) -> None:
     if progress is not None:
         progress(text)
@@ -300,13 +295,13 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
     stop = f"all {options.rounds} rounds done"
     _log(progress, round_line(records[-1]))
     for number in range(2, options.rounds + 1):
-        _check_abort(should_abort)
+        check_abort(should_abort)
         _log(progress, f"round {number} of {options.rounds}: rebuilding the half maps with the "
                        f"Cs of round {number - 1}")
         rebuilt = reconstruct(number, inputs, combine(inputs.groups, refinements), progress,
                               should_abort)
         maps.append(rebuilt)
-        _check_abort(should_abort)
+        check_abort(should_abort)
         current = replace(current, groups=updated_groups(current.groups, refinements[-1]),
                           particles=updated_particles(current.particles, refinements[-1]),
                           half_maps=(rebuilt.half1, rebuilt.half2),

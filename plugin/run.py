@@ -30,17 +30,18 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import report_process
-from .errors import AbortRequested, InputError, OutputError
+from .errors import InputError, OutputError, check_abort
 from .io_atomic import acquire_lock, commit, release_lock, staging_directory
 from .model import OpticsGroup, Particles
 from .options import RefineOptions
 from .paths import check_free_space, expected_output_bytes, make_output_directory, remove_if_empty
-from .pipeline import Refinement, refine
+from .pipeline import Refinement
 from .preload import start_preload
 from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
 from .rounds import (
     Reconstructor,
     RoundsOutcome,
+    refine_inputs,
     refine_rounds,
     rounds_figure,
     rounds_json,
@@ -131,11 +132,6 @@ def _never() -> bool:
     return False
 
 
-def _check_abort(should_abort: AbortFn) -> None:
-    if should_abort():
-        raise AbortRequested("abort requested")
-
-
 def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
                    options: RefineOptions | None, writer: ResultWriter,
                    progress: ProgressFn | None = None,
@@ -176,11 +172,8 @@ def _refine_and_write(inputs: RefinementInputs, options: RefineOptions, writer: 
         _warn(progress, text)
     if options.rounds > 1 and progress is not None:
         progress(reconstruct.estimate(inputs).text(options.rounds))
-    names = inputs.sources.get("half_maps")
-    refinement = refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps,
-                        inputs.mask, inputs.map_pixel_size_A, options, progress, should_abort,
-                        half_map_names=tuple(names) if names and len(names) == 2 else None)
-    _check_abort(should_abort)
+    refinement = refine_inputs(inputs, options, progress, should_abort)
+    check_abort(should_abort)
     rounds, final_inputs = None, inputs
     if options.rounds > 1:
         rounds = refine_rounds(inputs, options, refinement, reconstruct, progress, should_abort)
@@ -337,13 +330,13 @@ class OutputDirectory:
                         if name == REPORT_PDF and child is not None:
                             continue  # rendered by the child meanwhile
                         write_file(staging / name, result)
-                        _check_abort(should_abort)
+                        check_abort(should_abort)
                     if child is not None and not child.finish(staging / REPORT_PDF):
                         self.files[REPORT_PDF](staging / REPORT_PDF, result)  # child failed
                 finally:
                     if child is not None:
                         child.close()
-                _check_abort(should_abort)
+                check_abort(should_abort)
                 commit(staging, self.out_dir, self.names)
         except OSError as exc:  # disk full, quota, a directory removed under the job
             raise OutputError(f"{self.out_dir}: cannot write the outputs ({exc.strerror or exc}); "

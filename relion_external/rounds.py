@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from csrefine.errors import AbortRequested, InputError
+from csrefine.errors import InputError, check_abort
 from csrefine.images import read_half_maps
 from csrefine.rounds import HalfMaps, RoundCost
 from csrefine.run import OutputDirectory, RunResult
@@ -166,8 +166,7 @@ class RelionReconstructor:
     @staticmethod
     def _wait(running, should_abort) -> None:
         while any(proc.poll() is None for _, _, proc in running):
-            if should_abort():
-                raise AbortRequested("abort requested")
+            check_abort(should_abort)
             time.sleep(POLL_S)
 
     def cleanup(self) -> None:

@@ -16,6 +16,7 @@ from csrefine.images import StackReader, read_half_maps
 from csrefine.model import per_particle_geometry
 from csrefine.options import RefineOptions
 from csrefine.pipeline import Refinement
+from csrefine.rounds import updated_groups
 from csrefine.run import (
     FileWriter,
     OutputDirectory,
@@ -24,7 +25,6 @@ from csrefine.run import (
     file_sources,
     run_refinement,
 )
-from csrefine.zernike import fold_out_k4, rescale_beam_tilt
 
 from .star_io import ParticleStar, read_particle_star, write_updated_star
 
@@ -62,17 +62,17 @@ def refined_values(star: ParticleStar, refinement: Refinement):
     tilts are rescaled by Cs_old/Cs_new (RELION derives the coma from the table's Cs).
     """
     cs, offsets, tilts, even = {}, {}, {}, {}
+    updated = updated_groups(star.groups, refinement)  # the one definition of the new optics
     for g in refinement.groups:
         if not g.refined:
             continue
-        group = star.groups[g.optics_group]
-        cs[g.optics_group] = g.cs_refined_mm
-        offsets[g.optics_group] = g.defocus_offset_A
-        if group.has_beam_tilt:
-            tilts[g.optics_group] = tuple(rescale_beam_tilt(
-                [group.beam_tilt_x_mrad, group.beam_tilt_y_mrad], group.cs_mm, g.cs_refined_mm))
+        gid, new = g.optics_group, updated[g.optics_group]
+        cs[gid] = new.cs_mm
+        offsets[gid] = g.defocus_offset_A
+        if star.groups[gid].has_beam_tilt:
+            tilts[gid] = (new.beam_tilt_x_mrad, new.beam_tilt_y_mrad)
         if g.cs_zernike_mm:
-            even[g.optics_group] = fold_out_k4(group.even_zernike)
+            even[gid] = new.even_zernike
     return cs, offsets, tilts, even
 
 
