@@ -188,7 +188,7 @@ def fit_phase(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, k_m
 
     sums : (5, n_bins) pooled statistics to fit (a subset's, or all).
     """
-    scales = _scales(model, k_max_per_A)
+    scales = parameter_scales(model, k_max_per_A)
     if start is None:
         df_axis, cs_axis = grid_axes(model, k_max_per_A, search)
         grid = log_likelihood(radial, sums, model, df_axis[:, None], cs_axis[None, :])
@@ -234,7 +234,7 @@ def fit_many(radial: RadialStatistics, stack: np.ndarray, model: PhaseModel, k_m
     stack : (k, 5, n_bins) sums; starts : (k, 2) or (2,): defocus offset (A), Cs change (mm).
     Returns (k, 2): defocus offset (A) and Cs change (mm) of each.
     """
-    scales = _scales(model, k_max_per_A)
+    scales = parameter_scales(model, k_max_per_A)
     h = NEWTON_STENCIL
     starts = np.broadcast_to(np.asarray(starts, dtype=np.float64), (stack.shape[0], 2))
     x = starts / scales
@@ -266,7 +266,7 @@ def fit_many(radial: RadialStatistics, stack: np.ndarray, model: PhaseModel, k_m
     return out
 
 
-def _scales(model: PhaseModel, k_max_per_A: float) -> np.ndarray:
+def parameter_scales(model: PhaseModel, k_max_per_A: float) -> np.ndarray:
     """Parameter scales (defocus A, Cs mm) that change the phase at k_max by 30 degrees."""
     k2 = k_max_per_A**2
     return np.array([(np.pi / 6) / abs(model.defocus_factor * k2),
