@@ -82,10 +82,10 @@ class NoiseModel:
                                      self.workers, margin=self.margin).data
 
 
-def likelihood_gradient_sums(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel,
-                             ddf_A: float, dcs_mm: float) -> np.ndarray:
-    """d log L / d sums (5, n_bins) at (ddf, dcs): the profiled likelihood of
-    :func:`csrefine.fit.log_likelihood` differentiated with respect to each bin's A..E."""
+def _shell_terms(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A: float,
+                 dcs_mm: float):
+    """cos, sin of delta per bin and the profiled likelihood's Ql, Qq per shell, with the shells
+    whose Qq > 0 (:func:`csrefine.fit.log_likelihood`)."""
     delta = model.delta(ddf_A, dcs_mm, radial.k2)
     c, s = np.cos(delta), np.sin(delta)
     a, b, cc, d, e = sums
@@ -93,22 +93,25 @@ def likelihood_gradient_sums(radial: RadialStatistics, sums: np.ndarray, model: 
     ql = np.add.reduceat(c * d + s * e, starts)
     qq = np.add.reduceat(c * c * a + 2.0 * c * s * b + s * s * cc, starts)
     ok = qq > 0
-    lin = np.where(ok, ql / np.where(ok, qq, 1.0) / radial.noise_var, 0.0)[radial.shell]
-    quad = np.where(ok, -(ql / np.where(ok, qq, 1.0)) ** 2 / (2.0 * radial.noise_var),
-                    0.0)[radial.shell]
+    return c, s, ql, np.where(ok, qq, 1.0), ok
+
+
+def likelihood_gradient_sums(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel,
+                             ddf_A: float, dcs_mm: float) -> np.ndarray:
+    """d log L / d sums (5, n_bins) at (ddf, dcs): the profiled likelihood of
+    :func:`csrefine.fit.log_likelihood` differentiated with respect to each bin's A..E."""
+    c, s, ql, qq, ok = _shell_terms(radial, sums, model, ddf_A, dcs_mm)
+    ratio = np.where(ok, ql / qq, 0.0)
+    lin = (ratio / radial.noise_var)[radial.shell]
+    quad = (-ratio**2 / (2.0 * radial.noise_var))[radial.shell]
     return np.stack([quad * c * c, quad * 2.0 * c * s, quad * s * s, lin * c, lin * s])
 
 
 def shell_amplitude(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A: float,
                     dcs_mm: float) -> np.ndarray:
     """The profiled amplitude alpha_s = Ql_s / Qq_s of each bin's shell, (n_bins,)."""
-    delta = model.delta(ddf_A, dcs_mm, radial.k2)
-    c, s = np.cos(delta), np.sin(delta)
-    a, b, cc, d, e = sums
-    starts = np.flatnonzero(np.r_[True, np.diff(radial.shell) != 0])
-    ql = np.add.reduceat(c * d + s * e, starts)
-    qq = np.add.reduceat(c * c * a + 2.0 * c * s * b + s * s * cc, starts)
-    return np.where(qq > 0, ql / np.where(qq > 0, qq, 1.0), 0.0)[radial.shell]
+    _, _, ql, qq, ok = _shell_terms(radial, sums, model, ddf_A, dcs_mm)
+    return np.where(ok, ql / qq, 0.0)[radial.shell]
 
 
 def cs_sensitivity(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A: float,
