@@ -337,5 +337,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def console():
+    """The ``csrefine-cryosparc`` console script: :func:`main`, then exit without the interpreter's
+    teardown (:mod:`csrefine.console`)."""
+    from ..console import run as run_console
+
+    run_console(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

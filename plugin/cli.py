@@ -134,4 +134,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .console import run as run_console
+
+    run_console(main)  # no interpreter teardown (csrefine.console)

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .console import exit_now
+
 #: Environment variable: set to 0 to render in the run's own process.
 ENV = "CSREFINE_REPORT_PROCESS"
 #: Longest wait for the child's PDF, s (then the run renders it itself).
@@ -141,4 +143,6 @@ def _serve() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_serve())
+    # The PDF is closed and renamed into place; the run waits for this process to end, so it
+    # ends without the interpreter's teardown (about 0.17 s with matplotlib loaded).
+    exit_now(_serve())

@@ -1,4 +1,5 @@
-"""Console-script target of ``csrefine-relion`` (standard library only).
+"""The ``csrefine-relion`` command (standard library only; its console script is :func:`console`,
+which calls :func:`main`).
 
 RELION waits for a marker file in the job directory. This module imports the External job
 (numpy, numba, mrcfile, ...) inside a ``try``, so that a broken installation still ends with
@@ -67,5 +68,13 @@ def main(argv=None) -> int:
     return job_main(argv)
 
 
+def console():
+    """The ``csrefine-relion`` console script: :func:`main`, then exit without the interpreter's
+    teardown (:mod:`csrefine.console`)."""
+    from ..console import run as run_console
+
+    run_console(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -187,4 +187,6 @@ def _locked_job(args, out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..console import run as run_console
+
+    run_console(main)  # no interpreter teardown (csrefine.console)
