@@ -19,7 +19,7 @@ from pathlib import Path
 import gemmi
 import mrcfile
 import numpy as np
-from common import MODEL, log
+from common import MODEL, log, z_summary
 
 from csrefine.options import RefineOptions
 from csrefine.relion.relion_tools import simulate_dataset
@@ -64,9 +64,7 @@ def main() -> None:
             log(f"seed {seed}, {kind} half maps: {g['cs_refined_mm']:.4f} ± "
                 f"{g['cs_sigma_mm']:.4f} mm, z {z[kind][-1]:+.2f}")
     for kind, values in z.items():
-        v = np.array(values)
-        log(f"{kind}: z mean {v.mean():+.2f} ± {1 / np.sqrt(v.size):.2f}, rms "
-            f"{np.sqrt(np.mean(v**2)):.2f}, within 1 sigma {np.sum(np.abs(v) <= 1)}/{v.size}")
+        log(f"{kind}: {z_summary(values)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import log
+from common import log, z_summary
 
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
@@ -57,9 +57,7 @@ def main() -> None:
             log(f"replicate {r}, {kind}: {g.cs_refined_mm:.4f} ± {g.cs_sigma_mm:.4f} mm, "
                 f"z {z[kind][-1]:+.2f}")
     for kind, values in z.items():
-        v = np.array(values)
-        log(f"{kind}: z mean {v.mean():+.2f} ± {1 / np.sqrt(v.size):.2f}, rms "
-            f"{np.sqrt(np.mean(v**2)):.2f}, within 1 sigma {np.sum(np.abs(v) <= 1)}/{v.size}")
+        log(f"{kind}: {z_summary(values)}")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,13 @@ def warm_up(device: str) -> None:
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", code], env=repo_env(), check=True)
     log(f"warm-up {device} (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")
+
+
+def z_summary(values) -> str:
+    """Mean (± its standard error), rms and the 1-sigma count of z = (Cs - truth) / sigma: 0, 1
+    and 68% for an unbiased estimate with an honest sigma."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return (f"z mean {v.mean():+.2f} ± {1 / np.sqrt(v.size):.2f}, rms {np.sqrt(np.mean(v**2)):.2f}, "
+            f"within 1 sigma {np.sum(np.abs(v) <= 1)}/{v.size}")
