@@ -134,10 +134,12 @@ def central_slice_coordinates(rotations: np.ndarray, kx_px: np.ndarray, ky_px: n
     return coords * scale
 
 
-def sample_trilinear(ref: PaddedReference, coords: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of ``ref`` at coordinates (..., 3) = (x, y, z), padded-grid units.
+def trilinear_corners(ref: PaddedReference, coords: np.ndarray):
+    """The trilinear corners of coordinates (..., 3) = (x, y, z) in padded-grid units.
 
-    Reference implementation in numpy (the compiled kernels must agree with it).
+    Returns ``flip`` (coords' leading shape: the point is read from its Friedel mate, i.e. the
+    value is conjugated) and a list of the 8 corners as (flat index into ``ref.data``, weight),
+    each of coords' leading shape. Raises ValueError for points beyond the stored radius.
     """
     x, y, z = coords[..., 0], coords[..., 1], coords[..., 2]
     flip = x < 0
@@ -148,10 +150,23 @@ def sample_trilinear(ref: PaddedReference, coords: np.ndarray) -> np.ndarray:
     y, z = y + r, z + r
     x0, y0, z0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp), np.floor(z).astype(np.intp)
     fx, fy, fz = x - x0, y - y0, z - z0
-    d = ref.data
-    out = np.zeros(x.shape, dtype=np.complex128)
+    ny, nx = ref.data.shape[1], ref.data.shape[2]
+    corners = []
     for dz, wz in ((0, 1 - fz), (1, fz)):
         for dy, wy in ((0, 1 - fy), (1, fy)):
             for dx, wx in ((0, 1 - fx), (1, fx)):
-                out += (wz * wy * wx) * d[z0 + dz, y0 + dy, x0 + dx]
+                corners.append((((z0 + dz) * ny + (y0 + dy)) * nx + (x0 + dx), wz * wy * wx))
+    return flip, corners
+
+
+def sample_trilinear(ref: PaddedReference, coords: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of ``ref`` at coordinates (..., 3) = (x, y, z), padded-grid units.
+
+    Reference implementation in numpy (the compiled kernels must agree with it).
+    """
+    flip, corners = trilinear_corners(ref, coords)
+    flat = ref.data.reshape(-1)
+    out = np.zeros(flip.shape, dtype=np.complex128)
+    for idx, weight in corners:
+        out += weight * flat[idx]
     return np.where(flip, np.conj(out), out)

@@ -39,7 +39,12 @@ from .fit import PhaseModel, RadialStatistics, radial_bins
 from .forward import PixelTerms, particle_envelope, particle_gamma
 from .geometry import euler_zyz_to_matrix
 from .model import Particles
-from .projection import PaddedReference, central_slice_coordinates, make_padded_reference
+from .projection import (
+    PaddedReference,
+    central_slice_coordinates,
+    make_padded_reference,
+    trilinear_corners,
+)
 
 #: Particles per half set whose samples are back-projected (split in two halves a, b).
 SAMPLE_PER_HALF = 1000
@@ -168,29 +173,16 @@ def splat(out: np.ndarray, ref: PaddedReference, coords: np.ndarray, weights: np
     into ``out`` (ref.data's shape, complex128), the adjoint of
     :func:`csrefine.projection.sample_trilinear` applied to weights * slice: afterwards
     Re(vdot(eta, out)) = sum weights * Re(slice * conj(eta sampled at coords))."""
-    x, y, z = coords[..., 0].ravel(), coords[..., 1].ravel(), coords[..., 2].ravel()
-    flip = x < 0
-    x, y, z = np.where(flip, -x, x), np.where(flip, -y, y), np.where(flip, -z, z)
-    r = ref.radius
-    y, z = y + r, z + r
-    x0, y0, z0 = (np.floor(v).astype(np.intp) for v in (x, y, z))
-    fx, fy, fz = x - x0, y - y0, z - z0
-    d = ref.data
-    ny, nx = d.shape[1], d.shape[2]
-    corners = []
-    raw = np.zeros(x.shape, dtype=np.complex128)
-    for dz, wz in ((0, 1 - fz), (1, fz)):
-        for dy, wy in ((0, 1 - fy), (1, fy)):
-            for dx, wx in ((0, 1 - fx), (1, fx)):
-                idx = ((z0 + dz) * ny + (y0 + dy)) * nx + (x0 + dx)
-                t = wz * wy * wx
-                raw += t * d.ravel()[idx]
-                corners.append((idx, t))
-    value = weights.ravel() * raw
-    flat = out.reshape(-1)
-    for idx, t in corners:
-        flat.real += np.bincount(idx, t * value.real, minlength=flat.size)
-        flat.imag += np.bincount(idx, t * value.imag, minlength=flat.size)
+    _, corners = trilinear_corners(ref, coords)
+    data, flat = ref.data.reshape(-1), out.reshape(-1)
+    # the raw interpolation (before a Friedel mate's conjugation) is what the adjoint spreads
+    raw = np.zeros(weights.shape, dtype=np.complex128)
+    for idx, weight in corners:
+        raw += weight * data[idx]
+    value = (weights * raw).ravel()
+    for idx, weight in corners:
+        flat.real += np.bincount(idx.ravel(), weight.ravel() * value.real, minlength=flat.size)
+        flat.imag += np.bincount(idx.ravel(), weight.ravel() * value.imag, minlength=flat.size)
 
 
 def back_projection(sens: PixelSensitivity, terms: PixelTerms, particles: Particles,
