@@ -106,12 +106,11 @@ def pool(stats: np.ndarray, k2_phys: np.ndarray, k_box: np.ndarray, friedel: np.
     return RadialStatistics(sums.reshape(lead + (5, n_bins)), k2, bin_shell, noise)
 
 
-def log_likelihood(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel,
-                   ddf_A, dcs_mm) -> np.ndarray:
-    """Profiled log-likelihood for (arrays of) parameters; sums : (5, n_bins)."""
-    ddf = np.asarray(ddf_A, dtype=np.float64)[..., None]
-    dcs = np.asarray(dcs_mm, dtype=np.float64)[..., None]
-    delta = model.delta(ddf, dcs, radial.k2)
+def shell_terms(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A, dcs_mm):
+    """cos and sin of delta per bin and the profiled likelihood's Ql_s, Qq_s per shell (module
+    docstring). ddf_A, dcs_mm broadcast against the bins (a trailing axis of length 1 for arrays
+    of parameters); sums : (..., 5, n_bins) as broadcastable. Returns (c, s, ql, qq)."""
+    delta = model.delta(ddf_A, dcs_mm, radial.k2)
     c, s = np.cos(delta), np.sin(delta)
     a, b, cc, d, e = sums
     ql_bins = c * d + s * e
@@ -120,6 +119,15 @@ def log_likelihood(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel
     starts = np.flatnonzero(np.r_[True, np.diff(radial.shell) != 0])
     ql = np.add.reduceat(ql_bins, starts, axis=-1)
     qq = np.add.reduceat(qq_bins, starts, axis=-1)
+    return c, s, ql, qq
+
+
+def log_likelihood(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel,
+                   ddf_A, dcs_mm) -> np.ndarray:
+    """Profiled log-likelihood for (arrays of) parameters; sums : (5, n_bins)."""
+    ddf = np.asarray(ddf_A, dtype=np.float64)[..., None]
+    dcs = np.asarray(dcs_mm, dtype=np.float64)[..., None]
+    _, _, ql, qq = shell_terms(radial, sums, model, ddf, dcs)
     gain = np.where(qq > 0, ql * ql / np.where(qq > 0, qq, 1.0), 0.0)
     return (gain / (2.0 * radial.noise_var)).sum(axis=-1)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import PhaseModel, RadialStatistics, radial_bins
+from .fit import PhaseModel, RadialStatistics, radial_bins, shell_terms
 from .forward import PixelTerms, particle_envelope, particle_gamma
 from .geometry import euler_zyz_to_matrix
 from .model import Particles
@@ -89,14 +89,9 @@ class NoiseModel:
 
 def _shell_terms(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A: float,
                  dcs_mm: float):
-    """cos, sin of delta per bin and the profiled likelihood's Ql, Qq per shell, with the shells
-    whose Qq > 0 (:func:`csrefine.fit.log_likelihood`)."""
-    delta = model.delta(ddf_A, dcs_mm, radial.k2)
-    c, s = np.cos(delta), np.sin(delta)
-    a, b, cc, d, e = sums
-    starts = np.flatnonzero(np.r_[True, np.diff(radial.shell) != 0])
-    ql = np.add.reduceat(c * d + s * e, starts)
-    qq = np.add.reduceat(c * c * a + 2.0 * c * s * b + s * s * cc, starts)
+    """:func:`csrefine.fit.shell_terms` with Qq made safe to divide by, and the shells whose
+    Qq > 0."""
+    c, s, ql, qq = shell_terms(radial, sums, model, ddf_A, dcs_mm)
     ok = qq > 0
     return c, s, ql, np.where(ok, qq, 1.0), ok
 
