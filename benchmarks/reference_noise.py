@@ -25,7 +25,6 @@ from csrefine.fourier import band_limited_box, band_limited_map, make_band
 from csrefine.options import RefineOptions
 from csrefine.pipeline import (
     BINS_PER_SHELL,
-    REFERENCE_MARGIN,
     accumulate_group,
     assign_cells,
     fit_group,
@@ -33,6 +32,7 @@ from csrefine.pipeline import (
     load_backend,
     prepare_references,
     reference_for,
+    reference_margin,
     summarise_group,
 )
 from csrefine.relion.run import load_inputs
@@ -64,8 +64,7 @@ def main() -> None:
     backend = load_backend("numba")
     box = inputs.half_maps[0].shape[0]
     k_max_px = px / high_A
-    margin = max(1.0, max(float(np.linalg.norm(g.mag_matrix, 2))
-                          for g in inputs.groups.values())) * REFERENCE_MARGIN
+    margin = reference_margin(inputs.groups)  # as prepare_references built the references
     n_crop = band_limited_box(box, k_max_px * margin)
     smalls = [band_limited_map(m, n_crop, options.threads) for m in inputs.half_maps]
     noise = reference_noise.NoiseModel.from_cropped_halves(

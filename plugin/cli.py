@@ -133,7 +133,13 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console():
+    """The ``csrefine`` console script: :func:`main`, then exit without the interpreter's
+    teardown (:mod:`csrefine.console`)."""
     from .console import run as run_console
 
-    run_console(main)  # no interpreter teardown (csrefine.console)
+    run_console(main)
+
+
+if __name__ == "__main__":
+    console()

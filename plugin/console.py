@@ -1,4 +1,8 @@
-"""Console-script entry points: run a command's ``main()``, then leave without Python's teardown.
+"""How the console scripts end: run a command's ``main()``, then leave without Python's teardown.
+
+Each command's module has a ``console()`` that calls :func:`run` with its ``main``
+(:func:`csrefine.cli.console`, :func:`csrefine.relion.entry.console`,
+:func:`csrefine.cryosparc.job.console`).
 
 A command's ``main()`` returns only when everything it writes is written, moved into place and
 flushed. What the interpreter does after that (finalising modules, numba's and the thread pools'
@@ -31,10 +35,3 @@ def run(main: Callable[[], int | None]) -> NoReturn:
     """Run ``main()`` and exit with its status (0 for None) without the interpreter's teardown."""
     exit_now(main() or 0)
 
-
-def csrefine() -> NoReturn:
-    """``csrefine`` (the adapters' console scripts are theirs: ``csrefine.relion.entry.console``,
-    ``csrefine.cryosparc.job.console``)."""
-    from .cli import main
-
-    run(main)

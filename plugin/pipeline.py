@@ -486,6 +486,13 @@ def band_limited_reference(half_map: np.ndarray, k_max_px: float, options: Refin
     return replace(ref, box=box)
 
 
+def reference_margin(groups: dict[int, OpticsGroup], mag_matrices=()) -> float:
+    """The factor on the band's k_max that the references hold: the largest stretch of the
+    groups' (and ``mag_matrices``') magnification matrices, at least 1, times REFERENCE_MARGIN."""
+    matrices = [g.mag_matrix for g in groups.values()] + list(mag_matrices)
+    return max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
+
+
 def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
                        map_pixel_size_A: float | None = None,
                        options: RefineOptions | None = None,
@@ -507,8 +514,7 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
     fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
     resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
     high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
-    matrices = [g.mag_matrix for g in groups.values()] + list(mag_matrices)
-    margin = max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
+    margin = reference_margin(groups, mag_matrices)
     references = {h + 1: band_limited_reference(half_maps[h], px / high_A, options, margin)
                   for h in range(2)}
     return ReferenceSetup(fsc, float(resolution), float(px),
