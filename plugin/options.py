@@ -39,7 +39,7 @@ class RefineOptions:
     max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
     batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
         bounded by two batches of images plus the backend's work arrays.
-    device : cpu (auto), cuda, or a backend name (numpy, numba, cupy).
+    device : cpu (auto: the C kernel, else numba), cuda, or a backend name (numpy, numba, c, cupy).
     reference_half : "opposite" (default) predicts each particle from the half map it did not
         contribute to; "own" from its own half map (rlnRandomSubset), as relion_ctf_refine 4.0+
         does. The own half map contains the particle's own noise, which correlates with its
@@ -142,7 +142,7 @@ USER_OPTIONS = (
     UserOption("batch_size", int,
                "particles per batch (bounds memory; default: 256 on the CPU, about 256 MiB of "
                "images on the GPU)"),
-    UserOption("device", str, "cpu, cuda, or a backend: numpy, numba, cupy"),
+    UserOption("device", str, "cpu, cuda, or a backend: numpy, numba, c, cupy"),
     UserOption("seed", int, "seed of the random subsets"),
     UserOption("reference_half", str,
                "predict each particle from the opposite half map (unbiased) or its own "

@@ -1,13 +1,14 @@
 """Accumulation backends agree with the numpy reference (csrefine.backends.numpy_backend).
 
-* numba: the fused compiled kernel, on random data with every forward-model ingredient
-  (astigmatism, phase shift, B-factor, scale, origins, odd and even aberrations, magnification
-  matrix, both half sets, several cells), to ~1e-9 relative;
+* numba and C: the fused compiled kernel (the same algorithm twice), on random data with every
+  forward-model ingredient (astigmatism, phase shift, B-factor, scale, origins, odd and even
+  aberrations, magnification matrix, both half sets, several cells), to ~1e-9 relative; the C
+  library's build, cache and fallback;
 * cupy: the GPU driver with numpy standing in for CuPy, and the CUDA kernel source compiled as
   C++ for the CPU (runs everywhere); on a machine with CuPy and a CUDA GPU, the real thing
   (kernels, cuFFT, pinned buffers, the whole refinement) -- skipped, and said so, elsewhere;
 * resolve_backend / get_backend;
-* the full refinement gives the same Cs with device="numba" as with device="numpy".
+* the full refinement gives the same Cs with device="numba" and "c" as with device="numpy".
 """
 
 from __future__ import annotations
@@ -68,24 +69,66 @@ def _assert_close(stats, reference, rtol=1e-9):
         np.max(np.abs(stats - reference) / scale, axis=(0, 2))
 
 
+@pytest.fixture(params=["numba", "c"])
+def fused(request):
+    """The fused CPU kernels' backend modules (numba, C)."""
+    if request.param == "c":
+        from csrefine.backends import c_backend
+        if not c_backend.available():  # no C compiler on this machine
+            pytest.skip(f"C kernel not built here: {c_backend._STATE.get('error')}")
+        return c_backend
+    return numba_backend
+
+
 @pytest.mark.parametrize("mag,bfactor", [(True, 40.0), (False, 0.0)])
-def test_numba_matches_numpy(mag, bfactor):
+def test_fused_kernel_matches_numpy(fused, mag, bfactor):
     problem = _problem(1, mag=mag, bfactor=bfactor)
     ref = _accumulate(numpy_backend, problem)
-    got = _accumulate(numba_backend, problem)
+    got = _accumulate(fused, problem)
     assert np.abs(ref).max() > 0
     _assert_close(got, ref)
 
 
-def test_numba_touch_pass_on_and_off_give_identical_numbers(monkeypatch):
+def test_fused_touch_pass_on_and_off_give_identical_numbers(fused, monkeypatch):
     """The touch pass only prefetches: the kernel's statistics are bit-identical without it."""
     problem = _problem(3)
     out = {}
     for touch in (True, False):
-        monkeypatch.setattr(numba_backend.TOUCH, "choice", touch)
-        out[touch] = _accumulate(numba_backend, problem)
+        monkeypatch.setattr(fused.TOUCH, "choice", touch)
+        out[touch] = _accumulate(fused, problem)
     assert np.abs(out[True]).max() > 0
     np.testing.assert_array_equal(out[True], out[False])
+
+
+def test_c_kernel_equals_numba_kernel():
+    """The two fused kernels are one algorithm in one operation order: their statistics agree
+    to the last few bits (sin, cos and exp come from different libraries), on float32 and
+    float64 images, with and without the separable path."""
+    from dataclasses import replace
+
+    from csrefine.backends import c_backend
+    if not c_backend.available():
+        pytest.skip(f"C kernel not built here: {c_backend._STATE.get('error')}")
+    problem = _problem(11, n=40)
+    for images_dtype in (np.float32, np.float64):
+        for bend in (0.0, 1e-4):
+            group, band, terms, refs, parts, images, cells, n_cells = problem
+            bent = replace(terms, kx_px=terms.kx_px + bend * terms.ky_px ** 2)
+            case = (group, band, bent, refs, parts, images.astype(images_dtype), cells, n_cells)
+            _assert_close(_accumulate(c_backend, case), _accumulate(numba_backend, case),
+                          rtol=1e-12)
+
+
+def test_fused_kernel_threads_give_identical_numbers(fused):
+    """Each pixel block is owned by one thread whatever the thread count: 1 and 3 threads give
+    the same bits."""
+    group, band, terms, refs, parts, images, cells, n_cells = _problem(12, n=20)
+    out = []
+    for threads in (1, 3):
+        stats = np.zeros((n_cells, 6, band.size))
+        fused.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, threads)
+        out.append(stats)
+    np.testing.assert_array_equal(out[0], out[1])
 
 
 def test_touch_choice_keeps_the_faster_variant_after_its_trials(monkeypatch):
@@ -115,33 +158,32 @@ def test_touch_choice_keeps_the_faster_variant_after_its_trials(monkeypatch):
     assert numba_backend.TouchChoice().get() is False
 
 
-def test_numba_halves_match_per_half_reference():
+def test_fused_halves_match_per_half_reference(fused):
     """accumulate_halves (one transform per batch) == the reference per half set."""
-    from csrefine.backends import numba_backend
     group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(9)
     ref = _accumulate(numpy_backend, problem)
     stats = np.zeros_like(ref)
-    numba_backend.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2)
+    fused.accumulate_halves(stats, cells, images, parts, refs, terms, band, PX, 2)
     _assert_close(stats, ref)
     swapped = np.zeros_like(ref)
-    numba_backend.accumulate_halves(swapped, cells, images, parts, {1: refs[2], 2: refs[1]},
-                                    terms, band, PX, 2)
+    fused.accumulate_halves(swapped, cells, images, parts, {1: refs[2], 2: refs[1]},
+                            terms, band, PX, 2)
     assert not np.allclose(swapped, ref)
 
 
-def test_numba_accumulates_in_place_over_batches():
+def test_fused_accumulates_in_place_over_batches(fused):
     group, band, terms, refs, parts, images, cells, n_cells = _problem(2, n=30)
     ref = np.zeros((n_cells, 6, band.size))
     got = np.zeros_like(ref)
     for lo, hi in ((0, 7), (7, 19), (19, 30)):
         idx = np.arange(lo, hi)
-        for module, stats in ((numpy_backend, ref), (numba_backend, got)):
+        for module, stats in ((numpy_backend, ref), (fused, got)):
             module.accumulate_batch(stats, cells[idx], images[idx], parts.subset(idx), refs[1],
                                     terms, band, PX, 1)
     _assert_close(got, ref)
 
 
-def test_numba_linear_frequency_map_and_fallback():
+def test_fused_linear_frequency_map_and_fallback(fused):
     group, band, terms, *_ = _problem(3)
     lin = numba_backend.linear_frequency_map(terms, band)
     assert np.allclose(lin, group.mag_matrix, atol=1e-12)
@@ -151,15 +193,71 @@ def test_numba_linear_frequency_map_and_fallback():
     assert numba_backend.linear_frequency_map(bent, band) is None
     problem = _problem(3)
     problem = (problem[0], problem[1], bent) + problem[3:]
-    _assert_close(_accumulate(numba_backend, problem), _accumulate(numpy_backend, problem))
+    _assert_close(_accumulate(fused, problem), _accumulate(numpy_backend, problem))
 
 
-def test_numba_reports_sampling_beyond_reference():
+def test_fused_reports_sampling_beyond_reference(fused):
     group, band, terms, refs, parts, images, cells, n_cells = _problem(4)
     small = make_padded_reference(np.zeros((BOX,) * 3, np.float32), 0.1)
     stats = np.zeros((n_cells, 6, band.size))
     with pytest.raises(ValueError, match="beyond the cropped reference"):
-        numba_backend.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
+        fused.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
+
+
+def test_c_library_is_built_once_keyed_on_source_and_reused(tmp_path, monkeypatch):
+    """The library is compiled into the kernel cache under a name keyed on the source; a
+    second load (another process: the state reset) reuses the file; another layout or source
+    gives another name."""
+    from csrefine.backends import c_backend
+    if c_backend.compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("CSREFINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(c_backend, "_STATE", {})
+    c_backend.load()
+    built = list((tmp_path / "c").glob("csrefine_kernel_*.so"))
+    assert len(built) == 1
+    assert built[0] == c_backend.library_path(c_backend.source(), c_backend.compiler())
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(c_backend, "_STATE", {})
+    c_backend.load()
+    assert built[0].stat().st_mtime_ns == stamp
+    assert c_backend.library_path(c_backend.source() + "\n", "cc") != \
+        c_backend.library_path(c_backend.source(), "cc")
+
+
+def test_without_a_c_compiler_cpu_runs_on_numba(tmp_path, monkeypatch):
+    """No compiler (or a broken one): --device cpu falls back to numba; --device c says why."""
+    from csrefine.backends import c_backend
+    monkeypatch.setenv("CSREFINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(c_backend, "_STATE", {})
+    assert c_backend.available() is False
+    assert resolve_backend("cpu") == "numba"
+    with pytest.raises(InputError, match="C kernel is not available.*no C compiler"):
+        get_backend("c")
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc: internal error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setattr(c_backend, "_STATE", {})
+    assert resolve_backend("auto") == "numba"
+    assert "internal error" in c_backend._STATE["error"]
+    assert not list((tmp_path / "c").glob("*.so"))  # nothing half-written left in the cache
+
+
+def test_c_source_reads_the_tables_through_their_names():
+    """The C source gets the table layout as #define lines generated from _tables.py, and its
+    body has no literal column or row index."""
+    import re
+
+    from csrefine.backends import _tables, c_backend
+    src = c_backend.source()
+    defines = dict(re.findall(r"^#define (CSREFINE_P[TX]_\w+) (\d+)$", src, flags=re.MULTILINE))
+    assert defines == {**{f"CSREFINE_PT_{c.name}": str(int(c)) for c in _tables.ParticleColumn},
+                       **{f"CSREFINE_PX_{r.name}": str(int(r)) for r in _tables.PixelRow}}
+    body = src[src.index("#include"):]
+    assert not re.search(r"\bP[TX]\(\s*\w+\s*,\s*\d", body)
+    assert f"#define CSREFINE_LAYOUT_ID {_tables.LAYOUT_ID}LL" in src
 
 
 @pytest.fixture()
@@ -281,8 +379,11 @@ def _check_backend_interface(module, name):
         assert [(q.name, q.default) for q in got] == [(q.name, q.default) for q in want], method
 
 
-@pytest.mark.parametrize("name", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["numpy", "numba", "c"])
 def test_cpu_backends_implement_the_protocol(name):
+    from csrefine.backends import c_backend
+    if name == "c" and not c_backend.available():
+        pytest.skip(f"C kernel not built here: {c_backend._STATE.get('error')}")
     module = get_backend(name)
     _check_backend_interface(module, name)
     assert module.default_batch_size(256) == 256
@@ -349,17 +450,20 @@ def test_particle_table_columns():
 
 
 def test_resolve_backend():
+    from csrefine.backends import c_backend
     try:
         import numba  # noqa: F401
         cpu = "numba"
     except ImportError:
         cpu = "numpy"
+    if c_backend.available():
+        cpu = "c"
     assert resolve_backend("auto") == cpu
     assert resolve_backend(None) == cpu
     assert resolve_backend("CPU") == cpu
     assert resolve_backend("cuda") == "cupy"
     assert resolve_backend("gpu") == "cupy"
-    for name in ("numpy", "numba", "cupy"):
+    for name in ("numpy", "numba", "c", "cupy"):
         assert resolve_backend(name) == name
     with pytest.raises(InputError, match="unknown device"):
         resolve_backend("tpu")
@@ -376,7 +480,7 @@ def test_get_backend_cupy_without_cupy(monkeypatch):
     _forget_cupy_backend()
 
 
-def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
+def test_refine_compiled_backends_and_numpy_give_the_same_cs(small_map_48):
     from csrefine.options import RefineOptions
     from csrefine.pipeline import refine
     from csrefine.simulate import ArrayImages, simulate_images
@@ -390,16 +494,19 @@ def test_refine_numba_and_numpy_give_the_same_cs(small_map_48):
     nominal = {1: truth.with_cs(2.7)}
     halves = tuple(vol + rng.normal(0, 0.005 * vol.max(), vol.shape).astype(np.float32)
                    for _ in range(2))
+    from csrefine.backends import c_backend
     results = {}
-    for device in ("numpy", "numba"):
+    for device in ("numpy", "numba", "c") if c_backend.available() else ("numpy", "numba"):
         res = refine(nominal, parts, images, halves,
                      options=RefineOptions(device=device, threads=2, min_particles=50,
                                            batch_size=128))
         assert res.backend == device
         results[device] = res.groups[0]
-    assert results["numba"].cs_refined_mm == pytest.approx(results["numpy"].cs_refined_mm, abs=1e-6)
-    assert results["numba"].defocus_offset_A == pytest.approx(results["numpy"].defocus_offset_A,
-                                                              abs=1e-3)
+    for compiled in set(results) - {"numpy"}:
+        assert results[compiled].cs_refined_mm == pytest.approx(results["numpy"].cs_refined_mm,
+                                                                 abs=1e-6)
+        assert results[compiled].defocus_offset_A == pytest.approx(
+            results["numpy"].defocus_offset_A, abs=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,10 @@ class Backend(Protocol):
         """Compile or load kernels and initialise devices before the first batch."""
 
 
-def kernel_cache_dir() -> Path:
+def kernel_cache_dir(kind: str = "numba") -> Path:
     """Where compiled CPU kernels are cached: ``$CSREFINE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/csrefine`` (``~/.cache/csrefine``), subfolder ``numba``.
+    ``$XDG_CACHE_HOME/csrefine`` (``~/.cache/csrefine``), subfolder ``kind`` (``numba``: numba's
+    cache; ``c``: the C kernel's library).
 
     Never inside the installed package: a cache there is not in the wheel's RECORD, survives
     ``pip uninstall`` and turns the package folder into a namespace package that shadows a later
@@ -71,7 +72,7 @@ def kernel_cache_dir() -> Path:
     if not base:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = os.path.join(xdg, "csrefine")
-    return Path(base) / "numba"
+    return Path(base) / kind
 
 
 def centring_sign(band) -> np.ndarray:
@@ -88,13 +89,19 @@ def empty_host_buffer(shape: tuple) -> np.ndarray:
     """``numpy.empty(shape, float32)``: the host buffer of backends that need no special one."""
     return np.empty(shape, dtype=np.float32)
 
-BACKENDS = ("numpy", "numba", "cupy")
+BACKENDS = ("numpy", "numba", "c", "cupy")
 
 
 def resolve_backend(device: str) -> str:
-    """Map a user's --device (cpu, cuda, numpy, numba, cupy, auto) to a backend name."""
+    """Map a user's --device (cpu, cuda, numpy, numba, c, cupy, auto) to a backend name.
+
+    cpu (and auto): the C kernel where a C compiler built it (once per machine, see
+    :mod:`csrefine.backends.c_backend`), else numba, else numpy."""
     device = (device or "auto").lower()
     if device in ("auto", "cpu"):
+        from . import c_backend
+        if c_backend.available():
+            return "c"
         # find_spec, not import: importing numba takes ~0.3 s, which the run spends later in a
         # background thread
         return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
@@ -102,7 +109,7 @@ def resolve_backend(device: str) -> str:
         return "cupy"
     if device in BACKENDS:
         return device
-    raise InputError(f"unknown device {device!r}: use cpu, cuda, numpy, numba or cupy")
+    raise InputError(f"unknown device {device!r}: use cpu, cuda, numpy, numba, c or cupy")
 
 
 def get_backend(name: str) -> Backend:
@@ -113,6 +120,13 @@ def get_backend(name: str) -> Backend:
     if name == "numba":
         from . import numba_backend
         return numba_backend
+    if name == "c":
+        from . import c_backend
+        try:
+            c_backend.load()
+        except OSError as exc:
+            raise InputError(f"--device c: {exc}") from exc
+        return c_backend
     if name == "cupy":
         try:
             from . import cupy_backend

@@ -36,20 +36,30 @@ the machine's caches, so it is measured on the first batches (:class:`TouchChoic
 from __future__ import annotations
 
 import os
-import threading
-import time
-import weakref
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from ..accumulate import N_STATS
-from ..ctf import astigmatism
+from . import _fused_cpu as _fused
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 from . import kernel_cache_dir
-from ._tables import LAYOUT_ID, ParticleColumn, PixelRow, particle_table, pixel_table
-from .numpy_backend import band_transforms as numpy_band_transforms
+from ._fused_cpu import (  # noqa: F401  (re-exported: the backend's tables and touch choice)
+    PIXEL_BLOCK,
+    TOUCH,
+    KernelInputs,
+    TouchChoice,
+    band_transforms,
+    default_batch_size,
+    defocus_tables,
+    grid_indices,
+    linear_frequency_map,
+    reader_threads,
+    row_continuation,
+    shift_tables,
+)
+from ._tables import LAYOUT_ID, ParticleColumn, PixelRow
 
 # numba reads its cache directory when a cached function is decorated (below): point it at the
 # user's cache, never the installed package, unless the user chose one with NUMBA_CACHE_DIR.
@@ -62,75 +72,6 @@ name = "numba"
 _P = ParticleColumn
 _X = PixelRow
 
-PIXEL_BLOCK = 64
-
-
-def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
-                   defocus_factor: float) -> np.ndarray:
-    """Per-particle coefficients of the defocus phase as a quadratic in the grid indices.
-
-    With k' = (j u + y v) (1/A; j the column, y the signed row, u, v the columns of the linear
-    frequency map over box * pixel), the defocus phase defocus_factor * defocus(theta) * |k'|^2
-    is k'^T S k' with S = defocus_factor * [[mean + h cos2phi, h sin2phi],
-    [h sin2phi, mean - h cos2phi]] (h: half the astigmatism). Columns: uSu, uSv, vSv,
-    cos(2 uSu), sin(2 uSu), cos(phase shift), sin(phase shift)."""
-    ast = astigmatism(particles.defocus_u_A, particles.defocus_v_A, particles.defocus_angle_deg)
-    mean, half = ast.mean_A, ast.half_difference_A
-    sxx = defocus_factor * (mean + half * ast.cos_2phi)
-    syy = defocus_factor * (mean - half * ast.cos_2phi)
-    sxy = defocus_factor * half * ast.sin_2phi
-    u = lin[:, 0] / (band.box * pixel_size_A)
-    v = lin[:, 1] / (band.box * pixel_size_A)
-    suu = u[0] * u[0] * sxx + 2.0 * u[0] * u[1] * sxy + u[1] * u[1] * syy
-    suv = u[0] * v[0] * sxx + (u[0] * v[1] + u[1] * v[0]) * sxy + u[1] * v[1] * syy
-    svv = v[0] * v[0] * sxx + 2.0 * v[0] * v[1] * sxy + v[1] * v[1] * syy
-    ph = np.deg2rad(particles.phase_shift_deg)
-    return np.ascontiguousarray(np.stack([suu, suv, svv, np.cos(2.0 * suu), np.sin(2.0 * suu),
-                                          np.cos(ph), np.sin(ph)], axis=1))
-
-
-def row_continuation(band) -> np.ndarray:
-    """1 where a band pixel directly follows the previous one on the same rfft2 row."""
-    col, row = grid_indices(band)
-    cont = np.zeros(col.size, dtype=np.int8)
-    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
-    return cont
-
-
-def grid_indices(band) -> tuple[np.ndarray, np.ndarray]:
-    """Column j (0..box/2) and row (0..box-1, ky index + box/2) of each band pixel."""
-    col = np.rint(band.kx_px * band.box).astype(np.int64)
-    row = np.rint(band.ky_px * band.box).astype(np.int64) + band.box // 2
-    return col, row
-
-
-def linear_frequency_map(terms, band) -> np.ndarray | None:
-    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px), or None
-    when the projection frequencies are not a linear map of the grid's (then the shift phase is
-    evaluated directly per pixel)."""
-    basis = np.stack([band.kx_px, band.ky_px], axis=1)
-    target = np.stack([terms.kx_px, terms.ky_px], axis=1)
-    if basis.shape[0] < 2:
-        return None
-    sol, *_ = np.linalg.lstsq(basis, target, rcond=None)
-    if np.max(np.abs(basis @ sol - target), initial=0.0) > 1e-12:
-        return None
-    return sol.T
-
-
-def shift_tables(particles, lin: np.ndarray, band, pixel_size_A: float):
-    """Per-particle factors of exp(2 pi i k.origin) along grid columns and rows:
-    (n, box/2 + 1) and (n, box) complex128, with k = L k_grid / pixel_size."""
-    box = band.box
-    ox, oy = particles.origin_x_A, particles.origin_y_A
-    # k.o = (kx_g (L00 ox + L10 oy) + ky_g (L01 ox + L11 oy)) / pixel
-    sx = (lin[0, 0] * ox + lin[1, 0] * oy) / pixel_size_A
-    sy = (lin[0, 1] * ox + lin[1, 1] * oy) / pixel_size_A
-    kcol = np.arange(box // 2 + 1) / box
-    krow = (np.arange(box) - box // 2) / box
-    shift_x = np.exp(2j * np.pi * sx[:, None] * kcol[None, :])
-    shift_y = np.exp(2j * np.pi * sy[:, None] * krow[None, :])
-    return shift_x, shift_y
 
 
 @njit(fastmath=False, cache=True, nogil=True)
@@ -344,64 +285,6 @@ def _accumulate_kernel(stats, cells, observed, ptab, pix, ref, radius, ref_scale
     return errors.sum(), sinks.sum(), LAYOUT_ID
 
 
-class TouchChoice:
-    """Whether the kernel's touch pass pays on this machine, measured on the run's first batches.
-
-    The touch pass overlaps the reference's cache misses; whether that wins depends on the
-    caches (measured: 5-15% faster on an AMD EPYC host, 15-25% slower on a Xeon host whose L3
-    holds the whole reference). The first batches alternate (on, off, on, off, ...; each call at
-    least MIN_SAMPLES particle-pixels) and are timed per sample; after PAIRS consecutive
-    (on, off) pairs the variant with the lower median ratio is kept for the rest of the process.
-    Comparing neighbours cancels the load that other work puts on the machine meanwhile (at the
-    start of a run, logfile.pdf's renderer process is still importing). Both variants compute
-    the same numbers. ``$CSREFINE_TOUCH`` = 1 or 0 forces it.
-    """
-
-    PAIRS = 3
-    MIN_SAMPLES = 100_000
-    ENV = "CSREFINE_TOUCH"
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        forced = os.environ.get(self.ENV, "").strip()
-        self.choice = {"1": True, "0": False}.get(forced)
-        self.seconds = {True: [], False: []}
-
-    def get(self) -> bool:
-        """The variant for the next kernel call."""
-        with self._lock:
-            if self.choice is not None:
-                return self.choice
-            return len(self.seconds[True]) <= len(self.seconds[False])
-
-    def record(self, touch: bool, seconds: float, samples: int) -> None:
-        """Time of a kernel call that used ``touch`` on ``samples`` particle-pixels."""
-        if samples < self.MIN_SAMPLES:
-            return
-        with self._lock:
-            if self.choice is not None:
-                return
-            self.seconds[touch].append(seconds / samples)
-            on, off = self.seconds[True], self.seconds[False]
-            if min(len(on), len(off)) >= self.PAIRS:
-                ratios = np.asarray(on[:self.PAIRS]) / np.asarray(off[:self.PAIRS])
-                self.choice = bool(np.median(ratios) < 1.0)
-
-
-TOUCH = TouchChoice()
-
-def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
-    """rfft2 of centred images at the band pixels, (n, m) complex (complex64 for float32 input),
-    centre moved to index 0 by :func:`csrefine.backends.centring_sign`: the reference backend's
-    transforms (:func:`csrefine.backends.numpy_backend.band_transforms`; measured: pocketfft's
-    2D transform with ``workers`` beats transforming along y only the band's columns, which
-    needs a strided copy)."""
-    images = np.asarray(images)
-    if images.dtype not in (np.float32, np.float64):
-        images = images.astype(np.float64)
-    return numpy_band_transforms(images, band, threads)
-
-
 def set_threads(threads: int) -> int:
     """Use ``threads`` numba threads (bounded by NUMBA_NUM_THREADS); returns the number used."""
     t = max(1, min(int(threads or 1), numba.config.NUMBA_NUM_THREADS))
@@ -409,25 +292,17 @@ def set_threads(threads: int) -> int:
     return t
 
 
-_PIXEL_INPUTS = {}
-
-
-def _pixel_inputs(terms, band, pixel_size_A: float):
-    """Per-pixel kernel inputs of (terms, band), computed once per group and cached while
-    ``terms`` lives: (pixel table, linear frequency map or None, column, row, continuation)."""
-    key = (id(terms), id(band), float(pixel_size_A))
-    hit = _PIXEL_INPUTS.get(key)
-    if hit is not None and hit[0]() is terms and hit[1]() is band:
-        return hit[2]
-    col, row = grid_indices(band)
-    value = (pixel_table(terms, pixel_size_A), linear_frequency_map(terms, band), col, row,
-             row_continuation(band))
-    try:
-        _PIXEL_INPUTS[key] = (weakref.ref(terms), weakref.ref(band), value)
-        weakref.finalize(terms, _PIXEL_INPUTS.pop, key, None)
-    except TypeError:  # not weak-referenceable: no caching
-        pass
-    return value
+def kernel(stats, k: KernelInputs, touch: bool, threads: int) -> int:
+    """The fused kernel on ``k`` (a :data:`csrefine.backends._fused_cpu.Kernel`)."""
+    set_threads(threads)
+    bad, _, layout = _accumulate_kernel(stats, k.cells, k.observed, k.ptab, k.pix, k.ref,
+                                        k.radius, k.ref_scale, k.defocus_factor, PIXEL_BLOCK,
+                                        k.separable, k.shift_x, k.shift_y, k.col, k.row, k.qtab,
+                                        k.cont, k.half_box, touch)
+    if layout != LAYOUT_ID:
+        raise RuntimeError("numba's cached kernel was compiled for another table layout than "
+                           "csrefine/backends/_tables.py's: delete csrefine/backends/__pycache__")
+    return int(bad)
 
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
@@ -436,11 +311,8 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
 
     Same arguments and result as :func:`csrefine.backends.numpy_backend.accumulate_batch`.
     """
-    if len(particles) == 0:
-        return
-    set_threads(threads)
-    _accumulate_observed(stats, cells, _observed(images, band, threads), particles, reference,
-                         terms, band, pixel_size_A)
+    _fused.accumulate_batch(kernel, stats, cells, images, particles, reference, terms, band,
+                            pixel_size_A, threads)
 
 
 def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
@@ -448,73 +320,10 @@ def accumulate_halves(stats, cells, images, particles, references, terms, band, 
     """Add one batch holding both half sets: images transformed once, then the particles of
     half set h predicted from ``references[h]`` (h = 1, 2). Same result as
     :func:`accumulate_batch` per half set (tests/test_backends.py)."""
-    if len(particles) == 0:
-        return
-    set_threads(threads)
-    observed = _observed(images, band, threads)
-    cells = np.asarray(cells)
-    for half in (1, 2):
-        sel = np.flatnonzero(particles.half_set == half)
-        if sel.size:
-            _accumulate_observed(stats, cells[sel], observed[sel], particles.subset(sel),
-                                 references[half], terms, band, pixel_size_A)
-
-
-def _observed(images, band, threads):
-    observed = np.ascontiguousarray(band_transforms(images, band, threads))
-    if observed.dtype not in (np.complex64, np.complex128):
-        observed = observed.astype(np.complex128)
-    return observed
-
-
-def _accumulate_observed(stats, cells, observed, particles, reference, terms, band, pixel_size_A):
-    """The fused kernel on band transforms ``observed`` (n, m)."""
-    pix, lin, col, row, cont = _pixel_inputs(terms, band, pixel_size_A)
-    if lin is not None:
-        shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
-        qtab = defocus_tables(particles, lin, band, pixel_size_A, float(terms.defocus_factor))
-    else:
-        shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
-        qtab = np.zeros((1, 7))
-    touch = TOUCH.get()
-    t0 = time.perf_counter()
-    bad, _, layout = _accumulate_kernel(stats, np.ascontiguousarray(cells, dtype=np.int64),
-                                np.ascontiguousarray(observed), particle_table(particles), pix,
-                                reference.data, int(reference.radius), float(reference.scale),
-                                float(terms.defocus_factor), PIXEL_BLOCK, lin is not None,
-                                shift_x, shift_y, col, row, qtab, cont, band.box // 2, touch)
-    TOUCH.record(touch, time.perf_counter() - t0, observed.shape[0] * observed.shape[1])
-    if layout != LAYOUT_ID:
-        raise RuntimeError("numba's cached kernel was compiled for another table layout than "
-                           "csrefine/backends/_tables.py's: delete csrefine/backends/__pycache__")
-    if bad:
-        raise ValueError("sampling beyond the cropped reference; increase k_max_px")
-
-
-def default_batch_size(box: int) -> int:
-    """256 particles per batch, whatever the box."""
-    return 256
-
-
-def reader_threads(threads: int) -> int:
-    """One thread reads images ahead; the kernel uses the ``threads`` numba threads."""
-    return 1
+    _fused.accumulate_halves(kernel, stats, cells, images, particles, references, terms, band,
+                             pixel_size_A, threads)
 
 
 def warm_up() -> None:
     """Compile the kernel (or load it from numba's on-disk cache) with a tiny batch."""
-    from ..forward import pixel_terms
-    from ..fourier import make_band
-    from ..model import OpticsGroup, Particles
-    from ..projection import make_padded_reference
-
-    box, px = 16, 2.0
-    group = OpticsGroup(1, "warm-up", 300.0, 2.7, 0.1, px, box)
-    band = make_band(box, px, 0.0, 0.5 / px)
-    one = np.ones(1)
-    parts = Particles(one * 1e4, one * 1e4, 0 * one, 0 * one, 0 * one, one, 0 * one, 0 * one,
-                      0 * one, 0 * one, 0 * one, one.astype(int), one.astype(int))
-    ref = make_padded_reference(np.zeros((box,) * 3, np.float32), 0.5, margin=1.01)
-    stats = np.zeros((1, N_STATS, band.size))
-    accumulate_batch(stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32), parts, ref,
-                     pixel_terms(group, band), band, px, 1)
+    _fused.warm_up(kernel)
