@@ -171,3 +171,72 @@ def test_changed_rows_keep_their_tabs_padding_and_every_unchanged_value(tmp_path
         differing = [i for i, (x, y) in enumerate(zip(old, new)) if x != y]
         assert len(differing) == 2  # rlnDefocusU and rlnDefocusV only
         assert float(new[differing[0]]) == pytest.approx(float(old[differing[0]]) + 100.0)
+
+
+def _starfile_view(path):
+    """What starfile reads: per block, column -> list of text values."""
+    blocks = starfile.read(path, always_dict=True,
+                           parse_as_string=["rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike",
+                                            "rlnMicrographName", "rlnGroupName"])
+    return {name: {c: [str(v) for v in table[c]] for c in table.columns}
+            for name, table in blocks.items()}
+
+
+def test_reader_keeps_the_columns_asked_for_as_starfile_reads_them(tmp_path):
+    """read_loops (one pass, the writer's parser) against starfile on a RELION-written table:
+    same columns, same values, same row count; only the asked-for particle columns kept."""
+    from csrefine.relion.star_io import PARTICLE_COLUMNS, read_loops
+    path = _write(tmp_path / "p.star", OPTICS, _particles(6))
+    tables = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS})
+    theirs = _starfile_view(path)
+    assert list(tables["optics"].columns) == list(theirs["optics"])
+    assert set(tables["particles"].columns) == set(PARTICLE_COLUMNS) & set(theirs["particles"])
+    assert "rlnGroupName" in tables["particles"].all_columns
+    for block, table in tables.items():
+        assert len(table) == len(next(iter(theirs[block].values())))
+        for column, values in table.columns.items():
+            assert [float(v) for v in values] == [float(v) for v in theirs[block][column]] \
+                if column not in ("rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike") \
+                else values == theirs[block][column], column
+
+
+def test_reader_takes_quoted_values_tabs_comments_and_crlf(tmp_path):
+    path = tmp_path / "q.star"
+    optics = ("data_optics\r\n\r\nloop_\r\n_rlnOpticsGroup #1\r\n_rlnOpticsGroupName #2\r\n"
+              "_rlnVoltage #3\r\n_rlnSphericalAberration #4\r\n_rlnAmplitudeContrast #5\r\n"
+              "_rlnImagePixelSize #6\r\n_rlnImageSize #7\r\n"
+              "1\t'my group'\t300\t2.7\t0.1\t1.0\t64\r\n\r\n")
+    header = "".join(f"_{c} #{i + 1}\r\n" for i, c in enumerate(
+        ["rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnAngleRot", "rlnAngleTilt",
+         "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnRandomSubset"]))
+    rows = "".join(f"'{i + 1:06d}@stacks/a b.mrcs'   10000 9900 1 2 3 0.5 -0.5 {1 + i % 2}\r\n"
+                   for i in range(4))
+    path.write_bytes(("# version 30001\r\n" + optics + "# version 30001\r\ndata_particles\r\n\r\n"
+                      "loop_\r\n" + header + "# a comment\r\n" + rows).encode())
+    star = read_particle_star(path)
+    assert star.groups[1].name == "my group"
+    assert star.stack_paths == ["stacks/a b.mrcs"]
+    assert list(star.image_index) == [0, 1, 2, 3]
+    assert list(star.particles.half_set) == [1, 2, 1, 2]
+
+
+def test_a_ragged_row_is_named_by_file_and_line(tmp_path):
+    path = _write(tmp_path / "p.star", OPTICS, _particles())
+    lines = path.read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if "@stack.mrcs" in line)
+    lines[last] = lines[last].rstrip("\n") + " 42\n"
+    path.write_text("".join(lines))
+    with pytest.raises(InputError, match=rf"p.star: line {last + 1} of data_particles has 14 "
+                                         rf"values for its 13 columns"):
+        read_particle_star(path)
+
+
+def test_reading_a_particle_star_imports_neither_pandas_nor_starfile(tmp_path):
+    import subprocess
+    import sys
+    path = _write(tmp_path / "p.star", OPTICS, _particles())
+    code = ("import sys; from csrefine.relion.star_io import read_particle_star; "
+            f"s = read_particle_star({str(path)!r}); assert len(s.particles) == 4; "
+            "print(sorted(m for m in ('pandas', 'starfile') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
