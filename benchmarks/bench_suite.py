@@ -58,6 +58,12 @@ def data_dir(root: Path, s: DataSet) -> Path:
                    f"{chains}_{s.voltage_kv:g}kV")
 
 
+def simulate(s: DataSet, root: Path) -> dict:
+    """The data set ``s`` under ``root`` (simulated on first use); its paths."""
+    return make_data(data_dir(root, s), s.n, s.box, s.pixel_size_A, s.cs_true_mm,
+                     s.cs_nominal_mm, s.voltage_kv, s.snr, s.seed, chains=s.chains)
+
+
 def run_pairs(s: DataSet, paths: dict, pairs: int, threads: int, device: str) -> list[dict]:
     runs = []
     for i in range(pairs):
@@ -132,9 +138,7 @@ def main(argv=None) -> int:
     paths = {}
     for s in chosen:
         log(f"data set {s.name}")
-        paths[s.name] = make_data(data_dir(Path(args.data_dir), s), s.n, s.box, s.pixel_size_A,
-                                  s.cs_true_mm, s.cs_nominal_mm, s.voltage_kv, s.snr, s.seed,
-                                  chains=s.chains)
+        paths[s.name] = simulate(s, Path(args.data_dir))
     if args.data_only:
         return 0
     warm_up(args.device)

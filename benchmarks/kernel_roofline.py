@@ -3,7 +3,7 @@
 For one batch of real particles of a benchmark data set (its half map as the reference, its band),
 single-threaded and with --j threads, prints ns per particle-pixel of:
 
-* ``kernel``: csrefine's fused numba kernel (slice + shift + CTF + statistics), touch pass on and
+* ``kernel``: csrefine's fused kernel, numba and C (slice + shift + CTF + statistics), touch on and
   off (the run measures both on its first batches and keeps the faster: TouchChoice);
 * ``gather only``: the same trilinear interpolation of the padded reference at the same
   coordinates and nothing else -- the memory-latency floor of the slice;
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     rot = np.ascontiguousarray(rot.reshape(n, 6))
     kx, ky = np.ascontiguousarray(terms.kx_px), np.ascontiguousarray(terms.ky_px)
     observed = np.ascontiguousarray(nb.band_transforms(images, band, 1))
-    pix, lin, col, row, _ = nb._pixel_inputs(terms, band, group.pixel_size_A)
+    from csrefine.backends._fused_cpu import _pixel_inputs
+    pix, lin, col, row, _ = _pixel_inputs(terms, band, group.pixel_size_A)
     shift_x, shift_y = nb.shift_tables(parts, lin, band, group.pixel_size_A)
     q = nb.defocus_tables(parts, lin, band, group.pixel_size_A, float(terms.defocus_factor))
     from csrefine.backends._tables import PixelRow as R
@@ -162,17 +163,24 @@ def main(argv=None) -> int:
     head = f"{'threads':>7} {'what':<28} {'ns / particle-pixel':>20} {'x kernel':>9}"
     print(head)
     print("-" * len(head))
+    from csrefine.backends import _fused_cpu, c_backend
+    kernels = {"numba": nb.kernel}
+    if c_backend.available():
+        kernels["C"] = c_backend.kernel
     for threads in sorted({1, args.j}):
         nb.set_threads(threads)
         times = {}
-        for touch in (True, False):
-            nb.TOUCH.choice = touch
-            stats = np.zeros((40, 6, m))
-            nb._accumulate_observed(stats, cells[:8], observed[:8], parts.subset(np.arange(8)),
-                                    ref, terms, band, group.pixel_size_A)  # compile
-            times[f"kernel, touch {'on' if touch else 'off'}"] = _best(
-                lambda s=stats: nb._accumulate_observed(s, cells, observed, parts, ref, terms, band,
-                                                group.pixel_size_A), args.repeat)
+        for name, kernel_fn in kernels.items():
+            for touch in (True, False):
+                _fused_cpu.TOUCH.choice = touch
+                stats = np.zeros((40, 6, m))
+
+                def run(s, k=kernel_fn, c=cells, o=observed, pp=parts, t=threads):
+                    _fused_cpu.accumulate_observed(k, s, c, o, pp, ref, terms, band,
+                                                   group.pixel_size_A, t)
+                run(stats, c=cells[:8], o=observed[:8], pp=parts.subset(np.arange(8)))  # compile
+                times[f"{name} kernel, touch {'on' if touch else 'off'}"] = _best(
+                    lambda s=stats, r=run: r(s), args.repeat)
         gather_only(rot[:2], kx, ky, ref.data, float(ref.radius), float(ref.scale))
         times["gather only"] = _best(lambda: gather_only(rot, kx, ky, ref.data,
                                                          float(ref.radius), float(ref.scale)),
@@ -186,7 +194,7 @@ def main(argv=None) -> int:
         import scipy.fft
         times["rfft2 alone (pocketfft)"] = _best(
             lambda t=threads: scipy.fft.rfft2(images, workers=t), args.repeat)
-        kernel = min(v for k, v in times.items() if k.startswith("kernel"))
+        kernel = min(v for k, v in times.items() if "kernel" in k)
         for what, seconds in times.items():
             print(f"{threads:>7} {what:<28} {seconds / samples * 1e9:>20.1f} "
                   f"{seconds / kernel:>9.2f}")

@@ -24,7 +24,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Protocol
 
-from . import __version__, report_process
+from . import __version__
 from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
 from .history import add_recording_arguments, record_directory
 from .history.commands import add_history_command
@@ -99,17 +99,11 @@ def adapter_for(particles: str, adapters: dict):
     raise InputError(f"{particles}: unknown particle file type {suffix!r} (known: {known})")
 
 
-def _first_word(argv) -> str | None:
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
 def main(argv=None) -> int:
     """``csrefine``; returns the exit status. Errors are one line on stderr; SIGTERM, SIGINT and
     SIGHUP stop the run, remove its staged outputs and exit with 128 + the signal number. A
     successful refinement is recorded in the history database when an instrument is given."""
     with interrupts_raise(), quiet_library_warnings():
-        if _first_word(sys.argv[1:] if argv is None else argv) == "refine":
-            report_process.prestart()  # logfile.pdf's renderer imports while we do
         try:
             adapters = load_adapters()
             parser, commands = build_parser(adapters)

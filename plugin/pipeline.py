@@ -493,6 +493,17 @@ def reference_margin(groups: dict[int, OpticsGroup], mag_matrices=()) -> float:
     return max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
 
 
+def _per_half(build, half_maps, options: RefineOptions) -> list:
+    """``build(half_map, options)`` for both half maps: in two threads, each with half the FFT
+    workers, when there are two threads or more (the builds are numpy and FFT work that releases
+    the GIL: about a third faster on two cores; the results are the same bits)."""
+    if options.threads < 2:
+        return [build(h, options) for h in half_maps]
+    each = replace(options, threads=max(1, options.threads // 2))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="csrefine-reference") as pool:
+        return list(pool.map(lambda h: build(h, each), half_maps))
+
+
 def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
                        map_pixel_size_A: float | None = None,
                        options: RefineOptions | None = None,
@@ -515,8 +526,9 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
     resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
     high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
     margin = reference_margin(groups, mag_matrices)
-    references = {h + 1: band_limited_reference(half_maps[h], px / high_A, options, margin)
-                  for h in range(2)}
+    references = dict(zip((1, 2), _per_half(
+        lambda half_map, opts: band_limited_reference(half_map, px / high_A, opts, margin),
+        half_maps, options)))
     return ReferenceSetup(fsc, float(resolution), float(px),
                           (float(options.resolution_low_A), float(high_A)), references)
 
@@ -613,7 +625,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
 
 
 def result_dict(result: GroupResult) -> dict:
-    """JSON-ready dict of a group result (without the plot curves)."""
-    d = asdict(result)
+    """JSON-ready dict of a group result (without the plot curves, which are not copied)."""
+    d = asdict(replace(result, curves={}))
     d.pop("curves")
     return d

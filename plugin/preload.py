@@ -1,9 +1,6 @@
-"""Import and warm the compiled backend in a background thread, so that numba's import and its
-kernel-cache load overlap with reading the inputs instead of adding to the wall time.
-
-(matplotlib, the other large import, is imported by logfile.pdf's renderer process,
-:mod:`csrefine.report_process`, not in this process: in a thread here it would hold the GIL the
-run needs.)"""
+"""Import and warm the compiled backend in a background thread, so that its loading (numba's
+import and kernel-cache load; the C kernel's library, compiled on first use) overlaps with reading
+the inputs instead of adding to the wall time."""
 
 from __future__ import annotations
 

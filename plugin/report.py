@@ -175,14 +175,19 @@ def interpretation_text(refinement: Refinement) -> str:
     return "\n".join(line for g in refinement.groups for line in interpretation(g))
 
 
-def figures(refinement: Refinement, extra_lines=()):
-    """Matplotlib figures: a summary page (table and verdicts), the half-map FSC with the band,
+def figures(refinement: Refinement, extra_lines=(), plt=None):
+    """The report's pages: a summary page (table and verdicts), the half-map FSC with the band,
     and per group the 2D phase change (measured, fitted, residual), the phase change against
     resolution and the likelihood along Cs. Returns a list of (title, figure), in the order of
-    :func:`figure_raw_data`."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    :func:`figure_raw_data`.
+
+    plt : the pyplot-like module that makes the figures: ``matplotlib.pyplot`` (the default;
+        matplotlib figures) or :mod:`csrefine.pdfplot` (figures that draw straight into a PDF).
+    """
+    if plt is None:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
 
     figs = [("Summary", _summary_figure(plt, refinement, extra_lines)),
             ("Half-map FSC", _fsc_figure(plt, refinement))]
@@ -287,7 +292,7 @@ def _phase_maps(fig, grid, pm: dict, g) -> None:
     fig.colorbar(image, ax=fig.axes[-3:], shrink=0.8, label="phase (degrees)")
     a = g.anisotropy
     if a:
-        fig.text(0.5, 0.5, f"anisotropic part at the band's edge {a['anisotropic_deg_at_band_edge']}"
+        fig.text(0.5, 0.485, f"anisotropic part at the band's edge {a['anisotropic_deg_at_band_edge']}"
                  f"° vs isotropic change {a['isotropic_change_deg_at_band_edge']}° (white: too "
                  f"little signal)", ha="center", fontsize=9)
 
@@ -343,7 +348,15 @@ def figure_raw_data(refinement: Refinement) -> list[dict]:
 
 
 def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) -> None:
-    """All figures into one PDF (RELION's logfile.pdf), written atomically."""
+    """All figures into one PDF (RELION's logfile.pdf), written atomically: drawn by
+    :mod:`csrefine.pdfplot` (milliseconds, no matplotlib), or by matplotlib when
+    ``extra_figures`` (matplotlib figures of a calibration or of rounds) are to be added."""
+    if not extra_figures:
+        from . import pdfplot
+
+        pages = [fig for _, fig in figures(refinement, extra_lines, plt=pdfplot)]
+        atomic_write_bytes(path, pdfplot.pdf_bytes(pages, "csrefine: Cs per optics group"))
+        return
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -29,7 +29,6 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from . import report_process
 from .errors import InputError, OutputError, check_abort
 from .io_atomic import acquire_lock, commit, release_lock, staging_directory
 from .model import OpticsGroup, Particles
@@ -231,12 +230,6 @@ def _write_report_json(path: Path, result: RunResult) -> None:
     write_json(path, result.report)
 
 
-def _pdf_has_figures_of_this_process(result: RunResult) -> bool:
-    """Whether logfile.pdf gets pages made here (the calibration's and the rounds' figures,
-    matplotlib objects of this process), so that only this process can render it."""
-    return result.calibration is not None or result.rounds is not None
-
-
 def _write_report_pdf(path: Path, result: RunResult) -> None:
     cal = result.calibration
     rounds = result.rounds
@@ -264,7 +257,6 @@ class OutputDirectory:
     def __init__(self, out_dir, particles_name: str, write_particles: FileWriter,
                  extra_files: dict[str, FileWriter] | None = None):
         self.out_dir = Path(out_dir)
-        self._pdf_child = None
         self.files: dict[str, FileWriter] = {particles_name: write_particles,
                                              REPORT_JSON: _write_report_json,
                                              REPORT_PDF: _write_report_pdf,
@@ -294,48 +286,19 @@ class OutputDirectory:
         except BaseException:
             self.release(False)
             raise
-        # logfile.pdf's renderer starts now, to import matplotlib while the run works
-        if REPORT_PDF in self.files:
-            self._pdf_child = report_process.start()
 
     def release(self, ok: bool) -> None:
         """Remove the lock (and the directory, if this run created it and it stayed empty)."""
-        self._stop_pdf_child()
         release_lock(self.out_dir)
         if not ok and getattr(self, "_created", False):
             remove_if_empty(self.out_dir)
 
-    def _pdf_in_child(self, path: Path, result: RunResult):
-        """The child rendering ``path``, or None (no child, which ``prepare`` starts only when
-        logfile.pdf is an output, or :func:`_pdf_has_figures_of_this_process`)."""
-        child, self._pdf_child = self._pdf_child, None
-        if child is None or _pdf_has_figures_of_this_process(result) \
-                or not child.render(path, result.refinement):
-            if child is not None:
-                child.close()
-            return None
-        return child
-
-    def _stop_pdf_child(self) -> None:
-        child, self._pdf_child = self._pdf_child, None
-        if child is not None:
-            child.close()
-
     def write(self, result: RunResult, should_abort: AbortFn) -> None:
         try:
             with staging_directory(self.out_dir) as staging:
-                child = self._pdf_in_child(staging / REPORT_PDF, result)
-                try:
-                    for name, write_file in self.files.items():
-                        if name == REPORT_PDF and child is not None:
-                            continue  # rendered by the child meanwhile
-                        write_file(staging / name, result)
-                        check_abort(should_abort)
-                    if child is not None and not child.finish(staging / REPORT_PDF):
-                        self.files[REPORT_PDF](staging / REPORT_PDF, result)  # child failed
-                finally:
-                    if child is not None:
-                        child.close()
+                for name, write_file in self.files.items():
+                    write_file(staging / name, result)
+                    check_abort(should_abort)
                 check_abort(should_abort)
                 commit(staging, self.out_dir, self.names)
         except OSError as exc:  # disk full, quota, a directory removed under the job

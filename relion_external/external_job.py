@@ -29,7 +29,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from csrefine import __version__, report_process
+from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
 from csrefine.history import add_recording_arguments, record_directory
 from csrefine.io_atomic import acquire_lock, atomic_write_bytes, release_lock
@@ -136,7 +136,6 @@ def main(argv=None) -> int:
             _error(exc)
             write_marker(argv, EXIT_ABORTED)
             return SIGNAL_STATUS_BASE + exc.signum
-        report_process.prestart()  # logfile.pdf's renderer imports while the job starts
         out_dir = Path(args.o)
         try:
             make_output_directory(out_dir)

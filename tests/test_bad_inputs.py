@@ -591,16 +591,12 @@ def test_full_disk_is_refused_before_the_work(project, full_disk, capsys, path):
 
 @pytest.mark.parametrize("path", ["cli", "relion", "cs"])
 def test_no_space_while_writing(project, capsys, monkeypatch, path):
-    """ENOSPC from the last output written: one line, nothing in place, staging removed. The
-    PDF is rendered in this process here (a renderer process that fails hands the PDF back to
-    the run, tests/test_report_process.py), so that the patched write_pdf is the one used."""
+    """ENOSPC from the last output written: one line, nothing in place, staging removed."""
     import csrefine.run
-    from csrefine.report_process import ENV
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setenv(ENV, "0")
     monkeypatch.setattr(csrefine.run, "write_pdf", no_space)
     o = {"star": STAR, "half1": HALF1, "half2": HALF2, "mask": MASK, "out": OUT, "job": JOB, "cs": CS}
     before = snapshot(project)
