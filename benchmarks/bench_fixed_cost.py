@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ctf_refine import run_csrefine, run_relion  # noqa: E402
 from bench_suite import SETS, simulate  # noqa: E402
-from common import REPO, log, warm_up  # noqa: E402
+from common import REPO, log, speed_probe, warm_up  # noqa: E402
 
 PARTICLES = 1000
 
@@ -64,6 +64,8 @@ def main(argv=None) -> int:
             order = ["csrefine"] if args.no_relion else (
                 ["relion_ctf_refine", "csrefine"] if i % 2 == 0 else
                 ["csrefine", "relion_ctf_refine"])
+            probe = speed_probe()
+            log(f"speed probe {probe:.3f} s")
             for program in order:
                 tag = f"{s.name}_1k_{i}"
                 if program == "csrefine":
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
                     log(f"{s.name} 1k run {i + 1}: relion_ctf_refine {r['wall_s']:.2f} s wall, "
                         f"CPU {r['cpu_s']:.2f} s, Cs {r['cs_mm']:.4f} mm")
                 runs[program].append({k: r[k] for k in ("wall_s", "cpu_s", "cs_mm")}
-                                     | {"load_1min": r["load_1min"][0]})
+                                     | {"load_1min": r["load_1min"][0], "speed_probe_s": probe})
         results[key] = runs
     print()
     print(f"Fixed cost: the first {PARTICLES} particles, --j {args.j}, {os.cpu_count()} CPUs")
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
                 print(f"  {SETS[key].name:<24} {program:<18} wall "
                       f"{spread([r['wall_s'] for r in rs])}; CPU median "
                       f"{statistics.median(r['cpu_s'] for r in rs):.2f} s; Cs median "
-                      f"{statistics.median(r['cs_mm'] for r in rs):.4f} mm")
+                      f"{statistics.median(r['cs_mm'] for r in rs):.4f} mm; speed probe median "
+                      f"{statistics.median(r['speed_probe_s'] for r in rs):.3f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ctf_refine import make_data, run_csrefine, run_relion  # noqa: E402
-from common import REPO, log, warm_up  # noqa: E402
+from common import REPO, log, speed_probe, warm_up  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def run_pairs(s: DataSet, paths: dict, pairs: int, threads: int, device: str) ->
             else:
                 r = run_csrefine(paths, paths["star"], threads, tag, device)
                 r["program"] = "csrefine"
-            r.update(pair=i, set=s.name)
+            r.update(pair=i, set=s.name, speed_probe_s=speed_probe())
             log(f"{s.name} pair {i + 1}: {r['program']} {r['wall_s']:.2f} s, Cs {r['cs_mm']:.4f} "
                 f"mm, peak {r['peak_rss_mib'] or 0:.0f} MiB, load {r['load_1min'][0]:.1f}")
             runs.append(r)
@@ -95,7 +95,8 @@ def summary(s: DataSet, runs: list[dict]) -> dict:
                   "cs_error_mm": statistics.median(r["cs_mm"] for r in rs) - s.cs_true_mm,
                   "peak_rss_mib": max(r["peak_rss_mib"] or 0 for r in rs),
                   "walls_s": [r["wall_s"] for r in rs],
-                  "load_1min": [r["load_1min"][0] for r in rs]}
+                  "load_1min": [r["load_1min"][0] for r in rs],
+                  "speed_probe_s": [r["speed_probe_s"] for r in rs]}
         if p == "csrefine":
             out[p]["timings_s"] = rs[len(rs) // 2]["timings"]
     return out
@@ -121,7 +122,8 @@ def print_table(results: list[dict], threads: int) -> None:
         print(f"{s['name']}: {s['protein']}, {s['n']} particles, box {s['box']}, "
               f"{s['pixel_size_A']} A, {s['voltage_kv']:g} kV: median csrefine / RELION = "
               f"{res['median_ratio']:.2f} (pairs: "
-              + ", ".join(f"{x:.2f}" for x in res["ratios"]) + ")")
+              + ", ".join(f"{x:.2f}" for x in res["ratios"]) + "; speed probe "
+              + ", ".join(f"{x:.3f}" for x in res["csrefine"]["speed_probe_s"]) + " s)")
 
 
 def main(argv=None) -> int:

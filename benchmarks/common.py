@@ -36,6 +36,18 @@ def warm_up(device: str) -> None:
     log(f"warm-up {device} (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")
 
 
+def speed_probe() -> float:
+    """Seconds this machine takes for a fixed single-threaded Python loop (``sum(range(10**7))``,
+    best of 3), printed beside timings: on a shared VM the same work runs 30-50% slower in some
+    hours than in others, and this tells which kind of hour a figure comes from."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sum(range(10**7))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def z_summary(values) -> str:
     """Mean (± its standard error), rms and the 1-sigma count of z = (Cs - truth) / sigma: 0, 1
     and 68% for an unbiased estimate with an honest sigma."""
