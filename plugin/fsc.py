@@ -24,26 +24,38 @@ def default_mask(box: int) -> np.ndarray:
     return soft_spherical_mask(box, 0.4 * box - 6)
 
 
+def shell_index(box: int) -> np.ndarray:
+    """Fourier shell (rounded radius in pixels) of every rfftn element of a box^3 map: (box,
+    box, box//2 + 1) int32, from the integer squared radius through a lookup table."""
+    k = np.fft.fftfreq(box, 1.0 / box).astype(np.int32)
+    kx = np.arange(box // 2 + 1, dtype=np.int32)
+    r2 = (k[:, None, None] ** 2 + k[None, :, None] ** 2) + kx[None, None, :] ** 2
+    table = np.rint(np.sqrt(np.arange(int(r2.max()) + 1))).astype(np.int32)
+    return table[r2]
+
+
 def fsc_curve(half1: np.ndarray, half2: np.ndarray, mask: np.ndarray | None = None,
               workers: int = 1) -> np.ndarray:
-    """FSC per shell (index = radius in Fourier pixels, 0..box//2), masked if a mask is given."""
+    """FSC per shell (index = radius in Fourier pixels, 0..box//2), masked if a mask is given.
+
+    Sums over the whole Fourier sphere: each rfftn element counts twice (itself and its Friedel
+    mate), except those of the kx = 0 plane, which hold both mates themselves. Products are
+    formed in the transforms' precision and summed in float64."""
     if mask is not None:
         half1, half2 = half1 * mask, half2 * mask
     f1 = scipy.fft.rfftn(half1, workers=workers)
     f2 = scipy.fft.rfftn(half2, workers=workers)
     box = half1.shape[0]
-    kz = np.fft.fftfreq(box)[:, None, None]
-    ky = np.fft.fftfreq(box)[None, :, None]
-    kx = np.fft.rfftfreq(box)[None, None, :]
-    shell = np.rint(np.sqrt(kz**2 + ky**2 + kx**2) * box).astype(np.int64).ravel()
-    weight = np.where(np.broadcast_to(kx, f1.shape).ravel() == 0, 1.0, 2.0)
-    keep = shell <= box // 2
-    shell, weight = shell[keep], weight[keep]
-    a, b = f1.ravel()[keep], f2.ravel()[keep]
     n = box // 2 + 1
-    cross = np.bincount(shell, weight * (a * b.conj()).real, minlength=n)
-    p1 = np.bincount(shell, weight * np.abs(a) ** 2, minlength=n)
-    p2 = np.bincount(shell, weight * np.abs(b) ** 2, minlength=n)
+    shell = shell_index(box)
+    a_re, a_im, b_re, b_im = f1.real, f1.imag, f2.real, f2.imag
+    sums = []
+    for product in (a_re * b_re + a_im * b_im, a_re * a_re + a_im * a_im,
+                    b_re * b_re + b_im * b_im):
+        whole = np.bincount(shell.ravel(), product.ravel(), minlength=n)
+        plane = np.bincount(shell[..., 0].ravel(), product[..., 0].ravel(), minlength=n)
+        sums.append((2.0 * whole[:n] - plane[:n]))
+    cross, p1, p2 = sums
     return cross / np.sqrt(np.maximum(p1 * p2, 1e-300))
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import get_backend, resolve_backend
+from .backends import fallback_note, get_backend, resolve_backend
 from .ctf import cs_phase_factor, electron_wavelength_A
 from .errors import InputError, check_abort
 from .fit import (
@@ -556,6 +556,9 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     timings = {}
     t_start = time.monotonic()
     backend_name = resolve_backend(options.device)
+    note = fallback_note(options.device, backend_name)
+    if note:
+        _log(progress, f"note: {note}")
     particles.check_finite()
     map_pixel_size(groups, half_maps, map_pixel_size_A)  # validate before starting the backend
     # Inputs are valid: import and warm the backend (numba's kernel cache) in a thread while the

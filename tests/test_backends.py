@@ -233,6 +233,10 @@ def test_without_a_c_compiler_cpu_runs_on_numba(tmp_path, monkeypatch):
     monkeypatch.setattr(c_backend, "_STATE", {})
     assert c_backend.available() is False
     assert resolve_backend("cpu") == "numba"
+    from csrefine.backends import fallback_note
+    assert "no C compiler" in fallback_note("cpu", "numba")
+    assert "numba kernel runs instead" in fallback_note("cpu", "numba")
+    assert fallback_note("numba", "numba") is None
     with pytest.raises(InputError, match="C kernel is not available.*no C compiler"):
         get_backend("c")
     broken = tmp_path / "broken-cc"

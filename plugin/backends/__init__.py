@@ -112,6 +112,14 @@ def resolve_backend(device: str) -> str:
     raise InputError(f"unknown device {device!r}: use cpu, cuda, numpy, numba, c or cupy")
 
 
+def fallback_note(device: str, name: str) -> str | None:
+    """Why ``--device cpu`` (or auto) runs backend ``name`` instead of the C kernel, or None."""
+    if (device or "auto").lower() not in ("auto", "cpu") or name == "c":
+        return None
+    from . import c_backend
+    return f"{c_backend.unavailable_reason()}; the {name} kernel runs instead"
+
+
 def get_backend(name: str) -> Backend:
     """The module implementing backend ``name`` (a :class:`Backend`)."""
     if name == "numpy":

@@ -121,6 +121,11 @@ def load():
         return lib
 
 
+def unavailable_reason() -> str:
+    """Why :func:`load` failed (after it did)."""
+    return _STATE.get("error", "the C kernel is not available")
+
+
 def available() -> bool:
     """Whether the C kernel can be used here (compiles it on first use)."""
     try:
