@@ -14,6 +14,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -283,6 +284,13 @@ def warm_up(kernel: Kernel) -> None:
     stats = np.zeros((1, N_STATS, band.size))
     accumulate_batch(kernel, stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32),
                      parts, ref, pixel_terms(group, band), band, px, 1)
+
+
+def backend_functions(kernel: Kernel):
+    """A fused kernel's :class:`csrefine.backends.Backend` functions: (accumulate_batch,
+    accumulate_halves, warm_up), with the Protocol's parameters."""
+    return (partial(accumulate_batch, kernel), partial(accumulate_halves, kernel),
+            partial(warm_up, kernel))
 
 
 def default_batch_size(box: int) -> int:

@@ -186,25 +186,7 @@ def kernel(stats, k: KernelInputs, touch: bool, threads: int) -> int:
     return int(sum(results))
 
 
-def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
-                     threads: int = 1) -> None:
-    """Add one batch of particles (all predicted from ``reference``) to ``stats``.
-
-    Same arguments and result as :func:`csrefine.backends.numpy_backend.accumulate_batch`.
-    """
-    _fused.accumulate_batch(kernel, stats, cells, images, particles, reference, terms, band,
-                            pixel_size_A, threads)
-
-
-def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
-                      threads: int = 1) -> None:
-    """Add one batch holding both half sets: images transformed once, then the particles of
-    half set h predicted from ``references[h]`` (h = 1, 2)."""
-    _fused.accumulate_halves(kernel, stats, cells, images, particles, references, terms, band,
-                             pixel_size_A, threads)
-
-
-def warm_up() -> None:
-    """Load (compiling once per machine) the library and run it on a tiny batch."""
-    load()
-    _fused.warm_up(kernel)
+#: The Backend functions (csrefine.backends.Backend) of this kernel: accumulate_batch (one batch,
+#: one reference), accumulate_halves (both half sets, images transformed once) and warm_up
+#: (compiles or loads the kernel and runs it on a tiny batch).
+accumulate_batch, accumulate_halves, warm_up = _fused.backend_functions(kernel)
