@@ -74,43 +74,113 @@ def read_blocks(path) -> dict:
         raise InputError(f"{path}: not a readable STAR file ({exc})") from exc
 
 
+#: Rows after which a numeric column's text is converted to numbers while reading: a
+#: million-row file never holds more than this many texts per numeric column.
+CHUNK_ROWS = 65536
+
+
+class NumericColumn:
+    """A column read as numbers, converted every :data:`CHUNK_ROWS` rows; remembers the first
+    value that is not a finite number (row, text) for the error message."""
+
+    def __init__(self):
+        self.chunks: list[np.ndarray] = []
+        self.pending: list[str] = []
+        self.rows = 0
+        self.first_bad: tuple[int, str] | None = None
+
+    def append(self, text: str) -> None:
+        self.pending.append(text)
+        if len(self.pending) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values, bad = to_numbers(self.pending)
+        if bad >= 0 and self.first_bad is None:
+            self.first_bad = (self.rows + bad, self.pending[bad])
+        self.chunks.append(values)
+        self.rows += len(self.pending)
+        self.pending = []
+
+    def values(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0)
+
+
+def to_numbers(texts: list[str]) -> tuple[np.ndarray, int]:
+    """(float64 values, NaN where a text is no number; the first row whose value is not a finite
+    number, or -1)."""
+    try:
+        values = np.array(texts, dtype=np.float64)
+    except ValueError:
+        values = np.array([_number_or_nan(t) for t in texts])
+    finite = np.isfinite(values)
+    return values, (-1 if finite.all() else int(np.flatnonzero(~finite)[0]))
+
+
+def _number_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 @dataclass
 class Table:
-    """A loop of a STAR file: the kept columns' values as text, in row order."""
+    """A loop of a STAR file: the kept columns in row order, as text (list of str) or, for the
+    columns read as numbers, a :class:`NumericColumn`."""
 
-    columns: dict[str, list[str]]
+    columns: dict
     n_rows: int
     all_columns: tuple[str, ...] = ()
 
     def __contains__(self, column: str) -> bool:
         return column in self.columns
 
-    def __getitem__(self, column: str) -> list[str]:
+    def __getitem__(self, column: str):
         return self.columns[column]
 
     def __len__(self) -> int:
         return self.n_rows
 
 
-def read_loops(path: Path, keep: dict[str, tuple[str, ...] | None]) -> dict[str, Table]:
+def read_loops(path: Path, keep: dict[str, tuple[str, ...] | None],
+               numeric: dict[str, tuple[str, ...]] | None = None):
     """The loops of the blocks named in ``keep`` (block -> the columns to keep, None: all), in
-    one pass over the file with the writer's parser. InputError naming the file and line for a
-    row whose number of values is not the loop's number of columns, and for a block that
-    appears twice."""
+    one pass over the file with the writer's parser; the columns named in ``numeric`` (block ->
+    columns) are converted to numbers as they are read (:class:`NumericColumn`), the others
+    kept as text. Returns (tables by block, the names of the file's blocks in order); a loop
+    whose header has no rows is an empty table. InputError naming the file and line for a row
+    whose number of values is not the loop's number of columns, for a kept block that appears
+    twice and for one with two loops."""
+    numeric = numeric or {}
     tables: dict[str, Table] = {}
-    current, wanted, seen_columns = None, [], None
+    blocks: list[str] = []
+    current, wanted, seen_columns = None, None, None
     with open(path, "r", errors="replace", newline="") as fh:
         for number, (block, columns, line, is_row) in enumerate(_loop_rows(fh), start=1):
-            if not is_row or block not in keep:
+            if not is_row and line.lstrip().startswith("data_"):  # a block starts
+                if block in keep and block in blocks:
+                    raise InputError(f"{path}: data_{block} appears twice (line {number})")
+                blocks.append(block)
+            if block not in keep or not columns:
                 continue
-            if columns is not seen_columns:  # the first row of a loop
+            if columns is not seen_columns:  # a loop: its header, then its rows
                 if block in tables:
-                    raise InputError(f"{path}: data_{block} has more than one loop or appears "
-                                     f"twice (line {number})")
+                    raise InputError(f"{path}: data_{block} has more than one loop "
+                                     f"(line {number})")
+                current = tables[block] = Table({}, 0)
+                seen_columns, wanted = columns, None
+            if not is_row:
+                continue
+            if wanted is None:  # the header is complete at the first row
                 names = keep[block]
                 wanted = [(i, c) for i, c in enumerate(columns) if names is None or c in names]
-                current = tables[block] = Table({c: [] for _, c in wanted}, 0, tuple(columns))
-                seen_columns = columns
+                current.all_columns = tuple(columns)
+                current.columns = {c: NumericColumn() if c in numeric.get(block, ()) else []
+                                   for _, c in wanted}
             tokens = _tokens(line)
             if len(tokens) != len(columns):
                 raise InputError(f"{path}: line {number} of data_{block} has {len(tokens)} "
@@ -118,18 +188,7 @@ def read_loops(path: Path, keep: dict[str, tuple[str, ...] | None]) -> dict[str,
             for i, c in wanted:
                 current.columns[c].append(tokens[i])
             current.n_rows += 1
-    return tables
-
-
-def _first_unreadable(texts: list[str]) -> int:
-    for row, text in enumerate(texts):
-        try:
-            if np.isfinite(float(text)):
-                continue
-        except ValueError:
-            pass
-        return row
-    return -1
+    return tables, blocks
 
 
 def numeric_column(table: Table, column: str, where: str, default=None) -> np.ndarray:
@@ -138,15 +197,15 @@ def numeric_column(table: Table, column: str, where: str, default=None) -> np.nd
         if default is None:
             raise InputError(f"{where}: missing column _{column}")
         return np.full(len(table), float(default))
-    texts = table[column]
-    try:
-        values = np.array(texts, dtype=np.float64)
-        row = -1 if np.all(np.isfinite(values)) else int(np.flatnonzero(~np.isfinite(values))[0])
-    except ValueError:
-        row = _first_unreadable(texts)
-    if row >= 0:
+    data = table[column]
+    if isinstance(data, NumericColumn):
+        values, bad = data.values(), data.first_bad
+    else:
+        values, row = to_numbers(data)
+        bad = (row, data[row]) if row >= 0 else None
+    if bad is not None:
         raise InputError(f"{where}: _{column} has a non-numeric or non-finite value "
-                         f"{shown(texts[row])} in row {row + 1}")
+                         f"{shown(bad[1])} in row {bad[0] + 1}")
     return values
 
 
@@ -157,8 +216,10 @@ def integer_column(table: Table, column: str, where: str) -> np.ndarray:
     fractional = values != np.round(values)
     if fractional.any():
         row = int(np.flatnonzero(fractional)[0])
+        data = table[column]
+        text = data[row] if isinstance(data, list) else f"{values[row]:g}"
         raise InputError(f"{where}: _{column} must be a whole number, got "
-                         f"{shown(table[column][row])} in row {row + 1}")
+                         f"{shown(text)} in row {row + 1}")
     return values.astype(np.int64)
 
 
@@ -253,9 +314,11 @@ def _particles(table: Table, groups: dict[int, OpticsGroup], where: str) -> Part
         half_set=half, optics_group=og)
 
 
-#: The particle columns the refinement reads (the others are copied as text by the writer).
+#: The particle columns the refinement reads (the others are copied as text by the writer);
+#: all but the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
                                          "rlnCtfBfactor", "rlnCtfScalefactor")
+NUMERIC_PARTICLE_COLUMNS = tuple(c for c in PARTICLE_COLUMNS if c != "rlnImageName")
 
 
 def _unquoted(text: str) -> str:
@@ -288,15 +351,18 @@ def _image_locations(names: list[str], where: str):
 def read_particle_star(path) -> ParticleStar:
     """Read and validate a RELION 3.1+ particle STAR file (optics + particles tables)."""
     path = check_input_file(path, "particle STAR file")
-    blocks = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS})
-    if "optics" not in blocks:
-        raise InputError(f"{path}: no data_optics table (RELION 3.1+ particle STAR expected; "
-                         f"convert older files with relion_convert_star)")
-    if "particles" not in blocks:
-        raise InputError(f"{path}: no data_particles table")
-    optics, table = blocks["optics"], blocks["particles"]
-    if len(optics) == 0 or len(table) == 0:
-        raise InputError(f"{path}: the optics and particles tables must be non-empty loops")
+    tables, blocks = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS},
+                                numeric={"particles": NUMERIC_PARTICLE_COLUMNS})
+    for block in ("optics", "particles"):
+        if block not in blocks:
+            raise InputError(f"{path}: no data_{block} table" + (
+                " (RELION 3.1+ particle STAR expected; convert older files with "
+                "relion_convert_star)" if block == "optics" else ""))
+        if block not in tables:
+            raise InputError(f"{path}: data_{block} is not a table (no loop_)")
+        if len(tables[block]) == 0:
+            raise InputError(f"{path}: data_{block} has no rows")
+    optics, table = tables["optics"], tables["particles"]
     groups = _optics_groups(optics, str(path))
     particles = _particles(table, groups, str(path))
     stack_paths, codes, index = _image_locations(table["rlnImageName"], str(path))

@@ -184,20 +184,62 @@ def _starfile_view(path):
 
 def test_reader_keeps_the_columns_asked_for_as_starfile_reads_them(tmp_path):
     """read_loops (one pass, the writer's parser) against starfile on a RELION-written table:
-    same columns, same values, same row count; only the asked-for particle columns kept."""
-    from csrefine.relion.star_io import PARTICLE_COLUMNS, read_loops
+    same columns, same values, same row count; only the asked-for particle columns kept, the
+    numeric ones as numbers."""
+    from csrefine.relion.star_io import NUMERIC_PARTICLE_COLUMNS, PARTICLE_COLUMNS, NumericColumn, read_loops
     path = _write(tmp_path / "p.star", OPTICS, _particles(6))
-    tables = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS})
+    tables, blocks = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS},
+                                numeric={"particles": NUMERIC_PARTICLE_COLUMNS})
+    assert blocks == ["optics", "particles"]
     theirs = _starfile_view(path)
     assert list(tables["optics"].columns) == list(theirs["optics"])
     assert set(tables["particles"].columns) == set(PARTICLE_COLUMNS) & set(theirs["particles"])
     assert "rlnGroupName" in tables["particles"].all_columns
     for block, table in tables.items():
         assert len(table) == len(next(iter(theirs[block].values())))
-        for column, values in table.columns.items():
-            assert [float(v) for v in values] == [float(v) for v in theirs[block][column]] \
-                if column not in ("rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike") \
-                else values == theirs[block][column], column
+        for column, data in table.columns.items():
+            if isinstance(data, NumericColumn):
+                assert list(data.values()) == [float(v) for v in theirs[block][column]], column
+            elif column in ("rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike"):
+                assert data == theirs[block][column], column
+            else:
+                assert [float(v) for v in data] == [float(v) for v in theirs[block][column]]
+
+
+def test_numbers_are_converted_in_chunks_and_a_bad_value_is_named_by_its_row(tmp_path,
+                                                                               monkeypatch):
+    """A million-row file holds at most CHUNK_ROWS texts per numeric column; the first bad
+    value is reported with its row, also beyond the first chunk."""
+    from csrefine.relion import star_io
+    monkeypatch.setattr(star_io, "CHUNK_ROWS", 3)
+    particles = _particles(8)
+    path = _write(tmp_path / "ok.star", OPTICS, particles)
+    star = read_particle_star(path)
+    np.testing.assert_allclose(star.particles.defocus_u_A, particles["rlnDefocusU"], atol=1e-6)
+    bad = dict(particles, rlnAnglePsi=[3.0] * 6 + ["x1", "nan"])
+    with pytest.raises(InputError, match=r"_rlnAnglePsi has a non-numeric or non-finite value "
+                                         r"'x1' in row 7"):
+        read_particle_star(_write(tmp_path / "bad.star", OPTICS, bad))
+    half = dict(particles, rlnRandomSubset=[1, 2, 1, 2, 1, 2, 1.5, 2])
+    with pytest.raises(InputError, match=r"_rlnRandomSubset must be a whole number, got '1.5' "
+                                         r"in row 7"):
+        read_particle_star(_write(tmp_path / "half.star", OPTICS, half))
+
+
+def test_empty_or_key_value_blocks_are_named(tmp_path):
+    path = _write(tmp_path / "p.star", OPTICS, _particles())
+    text = path.read_text()
+    header_only = text[:text.rindex("loop_")] + "loop_\n_rlnImageName #1\n_rlnDefocusU #2\n"
+    (tmp_path / "h.star").write_text(header_only)
+    with pytest.raises(InputError, match="data_particles has no rows"):
+        read_particle_star(tmp_path / "h.star")
+    particles_part = text[text.index("data_particles"):]
+    (tmp_path / "kv.star").write_text("data_optics\n\n_rlnVoltage 300\n\n" + particles_part)
+    with pytest.raises(InputError, match="data_optics is not a table"):
+        read_particle_star(tmp_path / "kv.star")
+    (tmp_path / "twice.star").write_text(text + "\n" + particles_part)
+    with pytest.raises(InputError, match="data_particles appears twice"):
+        read_particle_star(tmp_path / "twice.star")
 
 
 def test_reader_takes_quoted_values_tabs_comments_and_crlf(tmp_path):
