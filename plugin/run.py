@@ -299,7 +299,6 @@ class OutputDirectory:
                 for name, write_file in self.files.items():
                     write_file(staging / name, result)
                     check_abort(should_abort)
-                check_abort(should_abort)
                 commit(staging, self.out_dir, self.names)
         except OSError as exc:  # disk full, quota, a directory removed under the job
             raise OutputError(f"{self.out_dir}: cannot write the outputs ({exc.strerror or exc}); "

@@ -142,6 +142,7 @@ class TouchChoice:
 
 TOUCH = TouchChoice()
 
+
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     """rfft2 of centred images at the band pixels, (n, m) complex (complex64 for float32 input),
     centre moved to index 0 by :func:`csrefine.backends.centring_sign`: the reference backend's

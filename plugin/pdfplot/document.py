@@ -76,9 +76,9 @@ class Page:
         self._op(f"{_n(r)} {_n(g)} {_n(b)} rg")
 
     # shapes -----------------------------------------------------------------------------
-    def polyline(self, xs, ys, close: bool = False, fill: bool = False,
-                 stroke: bool = True) -> None:
-        """A path through the points; NaN points break it into pieces (as in matplotlib)."""
+    def polyline(self, xs, ys) -> None:
+        """A stroked path through the points; NaN points break it into pieces (as in
+        matplotlib)."""
         xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
         parts, pen_down = [], False
         for x, y in zip(xs.tolist(), ys.tolist()):
@@ -87,13 +87,8 @@ class Page:
                 continue
             parts.append(f"{_n(x)} {_n(y)} {'l' if pen_down else 'm'}")
             pen_down = True
-        if not parts:
-            return
-        paint = {(True, True): "b", (True, False): "f", (False, True): "S"}[(fill, stroke)] \
-            if (fill or stroke) else "n"
-        if close and paint == "S":
-            paint = "s"
-        self._op("\n".join(parts) + " " + paint)
+        if parts:
+            self._op("\n".join(parts) + " S")
 
     def segments(self, x0, y0, x1, y1) -> None:
         """Separate straight segments (x0, y0)-(x1, y1), stroked."""

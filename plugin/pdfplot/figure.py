@@ -319,13 +319,7 @@ def _draw_frame(page, ax: Axes, box, xlim, ylim, t: _Transform) -> None:
         if k:
             page.text(float(p), y0 - TICK_PT - TICK_PAD_PT, label, LABEL_PT, va="top")
     yt = style.nice_ticks(*sorted(ylim))
-    ylabels = style.tick_labels(yt)
-    py = t.y(yt)
-    page.segments([x0] * len(yt), py, [x0 - TICK_PT] * len(yt), py)
-    widest = 0.0
-    for p, label in zip(py, ylabels):
-        page.text(x0 - TICK_PT - TICK_PAD_PT, float(p), label, LABEL_PT, ha="right", va="center")
-        widest = max(widest, text_width(label, LABEL_PT))
+    widest = _vertical_ticks(page, x0, t.y(yt), style.tick_labels(yt), -1)
     if ax.xlabel:
         page.text(x0 + w / 2, y0 - TICK_PT - TICK_PAD_PT - 1.2 * LABEL_PT - 4, ax.xlabel,
                   LABEL_PT, ha="center", va="top")
@@ -334,6 +328,20 @@ def _draw_frame(page, ax: Axes, box, xlim, ylim, t: _Transform) -> None:
                   ha="center", va="baseline", rotation_deg=90.0)
     if ax.title:
         page.text(x0 + w / 2, y0 + h + 6, ax.title, ax.title_pt, ha="center")
+
+
+def _vertical_ticks(page, edge_pt: float, positions_pt, labels, side: int) -> float:
+    """Ticks out of a vertical edge at the given heights, labelled, to the left (side -1) or
+    the right (+1); returns the widest label's width (points)."""
+    positions_pt = np.asarray(positions_pt, dtype=float)
+    page.segments([edge_pt] * len(positions_pt), positions_pt,
+                  [edge_pt + side * TICK_PT] * len(positions_pt), positions_pt)
+    widest = 0.0
+    for p, label in zip(positions_pt, labels):
+        page.text(edge_pt + side * (TICK_PT + TICK_PAD_PT), float(p), label, LABEL_PT,
+                  ha="right" if side < 0 else "left", va="center")
+        widest = max(widest, text_width(label, LABEL_PT))
+    return widest
 
 
 LEGEND_LOCS = ("upper right", "upper left", "lower left", "lower right")
@@ -551,12 +559,8 @@ def _draw_colorbar(page: Page, bar: _Colorbar) -> None:
     page.rect(x, y, w, h)
     ticks = style.nice_ticks(image.vmin, image.vmax)
     span = (image.vmax - image.vmin) or 1.0
-    py = y + (ticks - image.vmin) / span * h
-    page.segments([x + w] * len(ticks), py, [x + w + TICK_PT] * len(ticks), py)
-    widest = 0.0
-    for p, label in zip(py, style.tick_labels(ticks)):
-        page.text(x + w + TICK_PT + TICK_PAD_PT, float(p), label, LABEL_PT, va="center")
-        widest = max(widest, text_width(label, LABEL_PT))
+    widest = _vertical_ticks(page, x + w, y + (ticks - image.vmin) / span * h,
+                             style.tick_labels(ticks), +1)
     if bar.label:
         page.text(x + w + TICK_PT + TICK_PAD_PT + widest + 4 + 0.72 * LABEL_PT, y + h / 2,
                   bar.label, LABEL_PT, ha="center", rotation_deg=90.0)
