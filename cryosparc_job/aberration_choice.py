@@ -32,7 +32,7 @@ from csrefine.conventions import (
 )
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
-from csrefine.run import RefinementInputs
+from csrefine.results import RefinementInputs
 
 from .convert import (
     ANISOMAG_DIRECTIONS,

@@ -7,17 +7,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from csrefine.errors import InputError
+from csrefine.io_atomic import atomic_output
+from csrefine.job import Job
+from csrefine.relion.star_io import read_particle_star, write_new_star
+
+from .convert import cryosparc_dataset_from_relion, image_signs, relion_params_from_cryosparc
+from .offline import cs_job, load_dataset
+
 PARTICLE_SUFFIXES = (".cs",)
 
 
-def refine_files(args, options, progress):
+def refine_job(args, options) -> Job:
     """``csrefine refine`` with a cryoSPARC ``.cs`` dataset (``blob/path`` relative to
     ``--project-dir``, default the working directory)."""
-    from .offline import run
-
-    return run(args.particles, args.half_maps[0], args.half_maps[1], args.out, mask=args.mask,
-               model=args.model, project_dir=args.project_dir or ".", options=options,
-               progress=progress)
+    return cs_job(args.particles, args.half_maps[0], args.half_maps[1], args.out, options,
+                  mask=args.mask, model=args.model, project_dir=args.project_dir or ".")
 
 
 def add_commands(subparsers) -> dict:
@@ -39,8 +44,6 @@ def add_commands(subparsers) -> dict:
 
 def convert(args) -> int:
     """The ``convert`` command; InputError on unusable input, nothing written then."""
-    from csrefine.errors import InputError
-
     src, dst = Path(args.input), Path(args.output)
     kinds = (src.suffix.lower(), dst.suffix.lower())
     if kinds == (".star", ".cs"):
@@ -56,11 +59,6 @@ def convert(args) -> int:
 def star_to_cs(src: Path, dst: Path, project_dir: Path) -> int:
     """A RELION STAR (stacks relative to the working directory) as a .cs (blob/path relative to
     ``project_dir``; blob/sign +1: RELION's images are protein-positive)."""
-    from csrefine.io_atomic import atomic_output
-    from csrefine.relion.star_io import read_particle_star
-
-    from .convert import cryosparc_dataset_from_relion
-
     dset = cryosparc_dataset_from_relion(read_particle_star(src), project_dir, base_dir=".")
     with atomic_output(dst) as tmp, open(tmp, "wb") as fh:
         dset.save(fh)
@@ -72,11 +70,6 @@ def cs_to_star(src: Path, dst: Path, project_dir: Path) -> int:
     ``project_dir``). Higher-order CTF fields become rlnOddZernike / rlnEvenZernike / rlnMagMat
     in the most likely convention (the particles cannot choose without a refinement); images
     with blob/sign -1 are dark-protein and would need inverting for RELION: said on stderr."""
-    from csrefine.relion.star_io import write_new_star
-
-    from .convert import image_signs, relion_params_from_cryosparc
-    from .offline import load_dataset
-
     dset = load_dataset(src)
     groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir,
                                                                      what=str(src))

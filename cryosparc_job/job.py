@@ -22,20 +22,31 @@ import argparse
 import json
 import os
 import re
-import sys
+from contextlib import ExitStack
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+from cryosparc.tools import CryoSPARC
 
 from csrefine import __version__
 from csrefine.atomic_map import read_model
-from csrefine.errors import InputError, Interrupted, quiet_library_warnings
-from csrefine.history import add_recording_arguments, record_if_requested
+from csrefine.errors import InputError
+from csrefine.history import add_recording_arguments
 from csrefine.images import read_half_maps
+from csrefine.job import (
+    EXIT_FAILED,
+    EXIT_OK,
+    HistoryRequest,
+    Job,
+    OneLineParser,
+    console_exit,
+    run_job,
+    say,
+)
 from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.report import figure_raw_data, figures
-from csrefine.run import RefinementInputs, RunResult, run_refinement
-from csrefine.signals import interrupts_raise
+from csrefine.results import RefinementInputs, RunResult
 
 from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
@@ -54,8 +65,14 @@ def parse_source(text: str, option: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+PROG = "csrefine-cryosparc"
+#: Options of the other entry points that this one does not offer (the half maps can be rebuilt
+#: only by cryoSPARC's own reconstruction, a separate job: see --queue-reconstruction).
+NOT_OFFERED = ("rounds", "keep_round_maps")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csrefine-cryosparc",
+    p = OneLineParser(prog=PROG,
                                 description="Refine Cs per exposure group as a cryoSPARC External job")
     p.add_argument("--url", default=None,
                    help="cryoSPARC base URL (default: $CRYOSPARC_BASE_URL), e.g. http://host:39000")
@@ -80,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lane", default=None,
                    help="lane for --queue-reconstruction (default: cryoSPARC's, the master)")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
-    add_option_arguments(p, style="cli")
+    add_option_arguments(p, style="cli", exclude=NOT_OFFERED)
     add_recording_arguments(p, style="cli")
     return p
 
@@ -88,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
 def connect(url: str | None = None):
     """A logged-in ``cryosparc.tools.CryoSPARC`` (credentials from the environment or a saved
     token; never from arguments)."""
-    from cryosparc.tools import CryoSPARC
-
     base_url = url or os.environ.get("CRYOSPARC_BASE_URL")
     if not base_url:
         raise InputError("no cryoSPARC URL: give --url or set CRYOSPARC_BASE_URL")
@@ -99,7 +114,10 @@ def connect(url: str | None = None):
         password = None  # a password alone is useless; an email alone selects a saved token
     # host/base_port must be given as None: their defaults come from the environment and
     # cannot be combined with a base URL.
-    return CryoSPARC(base_url, host=None, base_port=None, email=email, password=password)
+    try:
+        return CryoSPARC(base_url, host=None, base_port=None, email=email, password=password)
+    except Exception as exc:  # connection or login: cryosparc-tools' message, no secrets in it
+        raise InputError(f"cannot connect to cryoSPARC at {base_url}: {exc}") from None
 
 
 def check_source(project, job_uid: str, output: str, slots, what: str) -> None:
@@ -128,20 +146,7 @@ def _blob_path(dset, slot: str, project_dir: Path, what: str) -> Path:
     return path
 
 
-class JobLog:
-    """Progress lines (updated in place) and plain lines into the job's event log."""
-
-    def __init__(self, job):
-        self.job = job
-
-    def __call__(self, text: str) -> None:
-        if "particles/s" in text:
-            self.job.log(text, name="progress")
-        else:
-            self.job.log(text)
-
-
-def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
+def load_job_inputs(job, project, args, options, log) -> RefinementInputs:
     """The job's connected inputs (particles, volume, optional mask) and the optional model,
     read from the project directory into the core's inputs; non-zero higher-order CTF fields
     get the conventions the particles choose (decisions logged; ``options``: band, backend)."""
@@ -149,7 +154,6 @@ def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
     structure = read_model(args.model) if args.model else None
     particles = job.load_input("particles", PARTICLE_SLOTS)
     volume = job.load_input("volume", VOLUME_SLOTS)
-    log = JobLog(job)
     log(f"{len(particles)} particles from {args.particles}; half maps from {args.volume}; "
         f"project directory {project_dir}")
     groups, parts, paths, indices = relion_params_from_cryosparc(
@@ -176,24 +180,54 @@ def load_job_inputs(job, project, args, options=None) -> RefinementInputs:
     return choose_conventions(inputs, options, log)
 
 
-class JobOutputs:
-    """A :class:`csrefine.run.ResultWriter` into the External job: plots (with their data)
-    into the event log, then the ``particles`` output (input passed through, new ``ctf``)."""
+class CryosparcJob:
+    """A :class:`csrefine.run.Destination`: the cryoSPARC External job.
 
-    def __init__(self, job):
-        self.job = job
+    ``open`` creates the job in the workspace, connects its inputs and marks it running
+    (cryosparc-tools' ``job.run()``); ``write`` logs the plots (with their data) into the event
+    log and saves the ``particles`` output (the input passed through, with a new ``ctf``);
+    ``close`` marks the job completed, or failed with the error in its event log.
+    """
 
-    def prepare(self, inputs: RefinementInputs) -> None:
-        pass  # the job's outputs live in cryoSPARC's database, nothing to check here
+    def __init__(self, cs, args):
+        self.cs, self.args = cs, args
+        self.project = self.job = None
+        self.history_source: str | None = None
+        self._running = ExitStack()
 
-    def release(self, ok: bool) -> None:
-        pass  # nothing was taken: cryoSPARC marks the job itself
+    def open(self) -> None:
+        args = self.args
+        sources = [(*parse_source(args.particles, "--particles"), PARTICLE_SLOTS, "particles"),
+                   (*parse_source(args.volume, "--volume"), VOLUME_SLOTS, "volume")]
+        if args.mask:
+            sources.append((*parse_source(args.mask, "--mask"), MASK_SLOTS, "mask"))
+        self.project = self.cs.find_project(args.project)
+        self.job = self.project.create_external_job(
+            args.workspace, title=args.title, desc="csrefine: Cs refinement per exposure group")
+        self.history_source = f"cryoSPARC {self.job.project_uid}-{self.job.uid}"
+        self._running.enter_context(self.job.run())  # from here on, errors mark the job failed
+        titles = {"particles": "Particles", "volume": "Volume (half maps)", "mask": "FSC mask"}
+        try:
+            for job_uid, output, slots, what in sources:
+                check_source(self.project, job_uid, output, slots, what)
+                self.job.connect(what, job_uid, output, slots=slots, title=titles[what])
+        except BaseException as exc:  # the job exists: it is marked failed with the reason
+            self.close(exc)
+            raise
+
+    def progress(self, text: str) -> None:
+        """A line in the event log (progress lines updated in place)."""
+        if self.job is None:
+            print(text, flush=True)
+        elif "particles/s" in text:
+            self.job.log(text, name="progress")
+        else:
+            self.job.log(text)
+
+    def check(self, inputs: RefinementInputs) -> None:
+        pass  # the outputs live in cryoSPARC's database: nothing to check here
 
     def write(self, result: RunResult, should_abort) -> None:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         refinement, calibration = result.refinement, result.calibration
         plots = list(zip(figures(refinement),
                          (json.dumps(r) for r in figure_raw_data(refinement))))
@@ -220,63 +254,33 @@ class JobOutputs:
         self.job.log(f"saved particles with refined Cs for {len(refined)} of "
                      f"{len(refinement.groups)} exposure group(s)")
 
-
-def refine_in_job(job, project, args, options) -> RunResult:
-    """Everything inside ``with job.run()``: load, refine, log, save. Returns the RunResult."""
-    return run_refinement(lambda: load_job_inputs(job, project, args, options), options,
-                          JobOutputs(job), JobLog(job))
-
-
-def run_job(cs, args, options):
-    """Create the External job, connect its inputs, refine inside ``job.run()``.
-
-    Returns (job, refinement); :func:`run_job_result` returns (job, RunResult). Errors after
-    the job exists mark it failed (the exception is logged and re-raised); nothing is saved
-    then.
-    """
-    job, result = run_job_result(cs, args, options)
-    return job, result.refinement
+    def close(self, error: BaseException | None) -> None:
+        if error is None:
+            self._running.close()
+            return
+        if self.job is not None:
+            self.job.log(f"csrefine: error: {error}", level="error")
+        self._running.__exit__(type(error), error, error.__traceback__)
 
 
-def run_job_result(cs, args, options):
-    """:func:`run_job`, returning (job, RunResult) (csrefine.json's content: ``.report``)."""
-    pj, po = parse_source(args.particles, "--particles")
-    vj, vo = parse_source(args.volume, "--volume")
-    mj, mo = parse_source(args.mask, "--mask") if args.mask else (None, None)
-    project = cs.find_project(args.project)
-    job = project.create_external_job(args.workspace, title=args.title,
-                                      desc="csrefine: Cs refinement per exposure group")
-    setup_error = None
-    try:
-        check_source(project, pj, po, PARTICLE_SLOTS, "particles")
-        check_source(project, vj, vo, VOLUME_SLOTS, "volume")
-        job.connect("particles", pj, po, slots=PARTICLE_SLOTS, title="Particles")
-        job.connect("volume", vj, vo, slots=VOLUME_SLOTS, title="Volume (half maps)")
-        if mj:
-            check_source(project, mj, mo, MASK_SLOTS, "mask")
-            job.connect("mask", mj, mo, slots=MASK_SLOTS, title="FSC mask")
-    except Exception as exc:  # reported inside job.run() so that the job is marked failed
-        setup_error = exc
-    result = None
-    with job.run():
-        try:
-            if setup_error is not None:
-                raise setup_error
-            result = refine_in_job(job, project, args, options)
-        except Exception as exc:
-            job.log(f"csrefine: error: {exc}", level="error")
-            raise
-    return job, result
+def make_job(args) -> Job:
+    """The refinement as a cryoSPARC External job, connected to the server."""
+    options = options_from_namespace(args)
+    return cryosparc_job(connect(args.url), args, options)
+
+
+def cryosparc_job(cs, args, options) -> Job:
+    """The refinement as a new External job on ``cs`` (a ``cryosparc.tools.CryoSPARC``)."""
+    destination = CryosparcJob(cs, args)
+    return Job(options, lambda: load_job_inputs(destination.job, destination.project, args,
+                                                options, destination.progress),
+               destination, history=HistoryRequest(args.instrument, args.magnification,
+                                                   args.history_db))
 
 
 #: cryoSPARC's job type of Homogeneous Reconstruction Only, and its inputs.
 RECONSTRUCT_JOB_TYPE = "homo_reconstruct"
 RECONSTRUCT_TITLE = "csrefine: reconstruction with the refined Cs"
-#: Why --rounds > 1 is not offered here (also in the README).
-NO_ROUNDS_TEXT = ("rounds > 1 is not available in the cryoSPARC job: the half maps can be rebuilt "
-                  "only by cryoSPARC's own reconstruction, a separate job that waits in a lane; "
-                  "use --queue-reconstruction, then run csrefine-cryosparc again with --volume "
-                  "set to that job's volume")
 
 
 def queue_reconstruction(project, workspace: str, job_uid: str, mask: str | None = None,
@@ -295,54 +299,33 @@ def queue_reconstruction(project, workspace: str, job_uid: str, mask: str | None
 
 
 def main(argv=None) -> int:
+    """``csrefine-cryosparc``; returns the exit status (:mod:`csrefine.job`)."""
     args = build_parser().parse_args(argv)
+    made: list[Job] = []
+    status = run_job(PROG, lambda: made.append(make_job(args)) or made[-1])
+    if status != EXIT_OK:
+        if made and made[-1].destination.job is not None:
+            say(PROG, "the job is marked failed")
+        return status
+    job = made[-1].destination.job
+    print(f"{PROG}: job {job.project_uid}-{job.uid} completed", flush=True)
+    if not args.queue_reconstruction:
+        return EXIT_OK
     try:
-        options = options_from_namespace(args)
-        if options.rounds > 1:
-            raise InputError(NO_ROUNDS_TEXT)
-        cs = connect(args.url)
-    except InputError as exc:
-        print(f"csrefine-cryosparc: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # connection or login: cryosparc-tools' message, no secrets in it
-        print(f"csrefine-cryosparc: cannot connect: {exc}", file=sys.stderr)
-        return 1
-    try:
-        with interrupts_raise(), quiet_library_warnings():  # SIGTERM/SIGINT/SIGHUP: Interrupted
-            job, result = run_job_result(cs, args, options)
-    except Interrupted as exc:
-        print(f"csrefine-cryosparc: {exc} (the job is marked failed)", file=sys.stderr)
-        return 128 + exc.signum
-    except InputError as exc:
-        print(f"csrefine-cryosparc: error: {exc} (the job is marked failed)", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print(f"csrefine-cryosparc: failed: {exc!r} (the job is marked failed)", file=sys.stderr)
-        return 1
-    print(f"csrefine-cryosparc: job {job.project_uid}-{job.uid} completed")
-    record_if_requested(result.report, instrument=args.instrument,
-                        magnification=args.magnification, history_db=args.history_db,
-                        source=f"cryoSPARC {job.project_uid}-{job.uid}")
-    if args.queue_reconstruction:
-        try:
-            rec = queue_reconstruction(cs.find_project(args.project), args.workspace, job.uid,
-                                       args.mask, args.lane)
-        except Exception as exc:  # the refinement is saved; only the follow-up failed
-            print(f"csrefine-cryosparc: could not queue the reconstruction: {exc}",
-                  file=sys.stderr)
-            return 1
-        print(f"csrefine-cryosparc: queued {rec.project_uid}-{rec.uid} ({RECONSTRUCT_JOB_TYPE}) "
-              f"on {job.uid}.particles; when it completes, compare its FSC with the original "
-              f"refinement's, or refine again: --volume {rec.uid}.volume")
-    return 0
+        rec = queue_reconstruction(made[-1].destination.project, args.workspace, job.uid,
+                                   args.mask, args.lane)
+    except Exception as exc:  # the refinement is saved; only the follow-up failed
+        say(PROG, f"could not queue the reconstruction: {exc}")
+        return EXIT_FAILED
+    print(f"{PROG}: queued {rec.project_uid}-{rec.uid} ({RECONSTRUCT_JOB_TYPE}) on "
+          f"{job.uid}.particles; when it completes, compare its FSC with the original "
+          f"refinement's, or refine again: --volume {rec.uid}.volume", flush=True)
+    return EXIT_OK
 
 
 def console():
-    """The ``csrefine-cryosparc`` console script: :func:`main`, then exit without the interpreter's
-    teardown (:mod:`csrefine.console`)."""
-    from ..console import run as run_console
-
-    run_console(main)
+    """The ``csrefine-cryosparc`` console script."""
+    console_exit(main())
 
 
 if __name__ == "__main__":

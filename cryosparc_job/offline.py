@@ -2,24 +2,27 @@
 
 :func:`load_inputs` reads the ``.cs`` dataset (its stacks relative to the project directory),
 the half maps, the mask and an optional atomic model into
-:class:`csrefine.run.RefinementInputs`; :func:`output_directory` writes ``particles.cs`` beside
-csrefine.json and logfile.pdf; :func:`run` does both around
-:func:`csrefine.run.run_refinement`. Nothing is written if anything fails, and inputs are never
-modified.
+:class:`csrefine.results.RefinementInputs`; :func:`cs_job` is the job (:class:`csrefine.job.Job`)
+that refines them into ``particles.cs``, csrefine.json and logfile.pdf. Nothing is written if
+anything fails, and inputs are never modified.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cryosparc.dataset import Dataset
+
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
 from csrefine.images import read_half_maps
 from csrefine.io_atomic import atomic_output
+from csrefine.job import Job, execute
 from csrefine.options import RefineOptions
+from csrefine.outputs import OutputDirectory, print_line
 from csrefine.paths import check_input_file
-from csrefine.pipeline import Refinement
-from csrefine.run import OutputDirectory, RefinementInputs, RunResult, file_sources, run_refinement
+from csrefine.results import Refinement, RefinementInputs, RunResult
+from csrefine.run import file_sources
 
 from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, updated_dataset
@@ -29,8 +32,6 @@ OUTPUT_DATASET = "particles.cs"
 
 def load_dataset(path):
     """``Dataset.load`` with InputError on a missing or unreadable file."""
-    from cryosparc.dataset import Dataset
-
     path = check_input_file(path, "particle dataset")
     try:
         return Dataset.load(path)
@@ -67,20 +68,23 @@ def write_dataset(path: Path, result: RunResult) -> None:
         updated_dataset(result.inputs.source, result.refinement).save(fh)
 
 
-def output_directory(out_dir) -> OutputDirectory:
-    """The run's outputs in ``out_dir``: particles.cs, csrefine.json, logfile.pdf."""
-    return OutputDirectory(out_dir, OUTPUT_DATASET, write_dataset)
+def cs_job(particles, half1, half2, out_dir, options: RefineOptions, *, mask=None,
+           model=None, project_dir=".", progress=print_line) -> Job:
+    """The job refining the ``.cs`` dataset ``particles`` into ``out_dir`` (``project_dir``
+    resolves relative ``blob/path`` values; default: the working directory; ``progress``:
+    where its lines go)."""
+    destination = OutputDirectory(out_dir, OUTPUT_DATASET, write_dataset, progress=progress)
+    return Job(options, lambda: load_inputs(particles, half1, half2, mask, model, project_dir,
+                                            options=options, progress=progress),
+               destination)
 
 
 def run(particles, half1, half2, out_dir, *, mask=None, model=None, project_dir=".",
-        options: RefineOptions | None = None, progress=None,
+        options: RefineOptions | None = None, progress=print_line,
         should_abort=None) -> Refinement:
-    """Refine the ``.cs`` dataset ``particles`` against the half maps; write into ``out_dir``.
-
-    ``project_dir`` resolves relative ``blob/path`` values (default: the working directory).
-    """
-    result = run_refinement(
-        lambda: load_inputs(particles, half1, half2, mask, model, project_dir, options=options,
-                            progress=progress), options,
-        output_directory(out_dir), progress, should_abort)
-    return result.refinement
+    """Run :func:`cs_job` in this process; returns the refinement."""
+    job = cs_job(particles, half1, half2, out_dir, (options or RefineOptions()).validate(),
+                 mask=mask, model=model, project_dir=project_dir, progress=progress)
+    if should_abort is not None:
+        job.should_abort = should_abort
+    return execute(job).refinement

@@ -7,41 +7,41 @@ entry-point group (see setup.cfg), so this module, like the rest of the core, im
 them. An adapter module provides:
 
 * ``PARTICLE_SUFFIXES`` — the particle-file suffixes it reads (e.g. ``(".star",)``);
-* ``refine_files(args, options, progress) -> Refinement`` — ``csrefine refine`` for those files;
+* ``refine_job(args, options) -> csrefine.job.Job`` — ``csrefine refine`` for those files;
 * ``add_commands(subparsers) -> {name: function(args) -> int}`` — its own subcommands, if any.
 
 ``csrefine history record|show|plot`` (the per-instrument Cs history, :mod:`csrefine.history`) is
 the core's own subcommand. ``csrefine refine --instrument NAME`` (or ``$CSREFINE_INSTRUMENT``)
-records the finished run's csrefine.json in that history; a database that cannot be used is a
-warning, never a failed refinement.
+records the finished run in that history; a database that cannot be used is a warning, never a
+failed refinement.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Protocol
 
 from . import __version__
-from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
-from .history import add_recording_arguments, record_directory
+from .errors import InputError, Interrupted, quiet_library_warnings
+from .history import add_recording_arguments
 from .history.commands import add_history_command
+from .job import (
+    EXIT_INPUT,
+    SIGNAL_STATUS_BASE,
+    HistoryRequest,
+    Job,
+    OneLineParser,
+    console_exit,
+    run_job,
+    say,
+)
 from .options import add_option_arguments, options_from_namespace
 from .signals import interrupts_raise
 
 ADAPTER_GROUP = "csrefine.adapters"
-#: Exit statuses: bad input, options or outputs (also argparse's), an abort; a signal exits with
-#: 128 + its number (130 for SIGINT, 143 for SIGTERM).
-EXIT_STATUS_INPUT, EXIT_STATUS_ABORTED, SIGNAL_STATUS_BASE = 2, 3, 128
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (the usage is in ``--help``)."""
-
-    def error(self, message):
-        self.exit(EXIT_STATUS_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+PROG = "csrefine"
 
 
 class Adapter(Protocol):
@@ -49,7 +49,7 @@ class Adapter(Protocol):
 
     PARTICLE_SUFFIXES: tuple[str, ...]
 
-    def refine_files(self, args: argparse.Namespace, options, progress) -> object: ...
+    def refine_job(self, args: argparse.Namespace, options) -> Job: ...
 
     def add_commands(self, subparsers) -> dict[str, Callable[[argparse.Namespace], int]]: ...
 
@@ -60,16 +60,20 @@ def load_adapters() -> dict[str, Adapter]:
 
 
 def build_parser(adapters: dict) -> tuple[argparse.ArgumentParser, dict]:
-    """The parser and the adapters' extra subcommands ({name: function(args) -> int})."""
+    """The parser and the subcommands other than ``refine`` ({name: function(args) -> int})."""
     suffixes = ", ".join(s for a in adapters.values() for s in a.PARTICLE_SUFFIXES)
-    parser = _OneLineParser(
-        prog="csrefine", description="Refine the spherical-aberration coefficient Cs per optics "
-                                     "group from cryo-EM particle stacks.")
+    parser = OneLineParser(
+        prog=PROG, description="Refine the spherical-aberration coefficient Cs per optics "
+                               "group from cryo-EM particle stacks.")
     parser.add_argument("--version", action="version", version=f"csrefine {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=OneLineParser)
     p = sub.add_parser("refine", help="refine Cs per optics group",
                        description="Refine Cs per optics group; writes the updated particles, "
-                                   "csrefine.json and logfile.pdf into --out.")
+                                   "csrefine.json and logfile.pdf into --out. Relative paths in "
+                                   "the particle file (RELION: rlnImageName) are taken from the "
+                                   "working directory, which must be the RELION project "
+                                   "directory (cryoSPARC: see --project-dir).")
     p.add_argument("--particles", required=True, help=f"particle file ({suffixes})")
     p.add_argument("--half-maps", nargs=2, required=True, metavar=("HALF1", "HALF2"),
                    help="unfiltered half maps (MRC)")
@@ -99,40 +103,40 @@ def adapter_for(particles: str, adapters: dict):
     raise InputError(f"{particles}: unknown particle file type {suffix!r} (known: {known})")
 
 
-def main(argv=None) -> int:
-    """``csrefine``; returns the exit status. Errors are one line on stderr; SIGTERM, SIGINT and
-    SIGHUP stop the run, remove its staged outputs and exit with 128 + the signal number. A
-    successful refinement is recorded in the history database when an instrument is given."""
+def refine_job(args: argparse.Namespace, adapters: dict) -> Job:
+    """``csrefine refine``: the adapter's job for the particle file, with the history request."""
+    options = options_from_namespace(args)
+    job = adapter_for(args.particles, adapters).refine_job(args, options)
+    job.history = HistoryRequest(args.instrument, args.magnification, args.history_db)
+    return job
+
+
+def run_command(command: Callable[[argparse.Namespace], int], args) -> int:
+    """A subcommand other than ``refine``: bad input or an unusable path is one line."""
     with interrupts_raise(), quiet_library_warnings():
         try:
-            adapters = load_adapters()
-            parser, commands = build_parser(adapters)
-            args = parser.parse_args(argv)
-            if args.command in commands:
-                return int(commands[args.command](args) or 0)
-            adapter = adapter_for(args.particles, adapters)
-            options = options_from_namespace(args)
-            adapter.refine_files(args, options, progress=lambda s: print(s, flush=True))
+            return int(command(args) or 0)
         except Interrupted as exc:
-            print(f"csrefine: {exc}; nothing was written", file=sys.stderr, flush=True)
+            say(PROG, f"{exc}")
             return SIGNAL_STATUS_BASE + exc.signum
-        except AbortRequested as exc:
-            print(f"csrefine: {exc}; nothing was written", file=sys.stderr, flush=True)
-            return EXIT_STATUS_ABORTED
-        except InputError as exc:
-            print(f"csrefine: error: {exc}", file=sys.stderr, flush=True)
-            return EXIT_STATUS_INPUT
-        record_directory(args.out, instrument=args.instrument, magnification=args.magnification,
-                         history_db=args.history_db)
-    return 0
+        except (InputError, OSError) as exc:
+            say(PROG, f"error: {exc}")
+            return EXIT_INPUT
+
+
+def main(argv=None) -> int:
+    """``csrefine``; returns the exit status (:mod:`csrefine.job`)."""
+    adapters = load_adapters()
+    parser, commands = build_parser(adapters)
+    args = parser.parse_args(argv)
+    if args.command in commands:
+        return run_command(commands[args.command], args)
+    return run_job(PROG, lambda: refine_job(args, adapters))
 
 
 def console():
-    """The ``csrefine`` console script: :func:`main`, then exit without the interpreter's
-    teardown (:mod:`csrefine.console`)."""
-    from .console import run as run_console
-
-    run_console(main)
+    """The ``csrefine`` console script."""
+    console_exit(main())
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ class UserOption:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
     flag: str | None = None  # the option's name on command lines when it is not the field's
+    default_text: str | None = None  # how the help states a default of None
 
     @property
     def name(self) -> str:
@@ -132,16 +133,14 @@ class UserOption:
 
 USER_OPTIONS = (
     UserOption("resolution_low_A", float, "lowest resolution fitted, Å", ("kmin_A",)),
-    UserOption("resolution_high_A", float,
-               f"highest resolution fitted, Å (default: where the masked half-map FSC drops "
-               f"below {FSC_THRESHOLD})", ("kmax_A",)),
+    UserOption("resolution_high_A", float, "highest resolution fitted, Å", ("kmax_A",),
+               default_text=f"where the masked half-map FSC drops below {FSC_THRESHOLD}"),
     UserOption("subsets", int, "random subsets refined independently"),
     UserOption("cs_search_mm", float, "half-width of the Cs search around the nominal value, mm"),
     UserOption("min_particles", int, "optics groups with fewer particles keep their nominal Cs"),
     UserOption("threads", int, "threads", flag="j"),
-    UserOption("batch_size", int,
-               "particles per batch (bounds memory; default: 256 on the CPU, about 256 MiB of "
-               "images on the GPU)"),
+    UserOption("batch_size", int, "particles per batch (bounds memory)",
+               default_text="256 on the CPU, about 256 MiB of images on the GPU"),
     UserOption("device", str, "cpu, cuda, or a backend: numpy, numba, c, cupy"),
     UserOption("seed", int, "seed of the random subsets"),
     UserOption("reference_half", str,
@@ -159,17 +158,21 @@ USER_OPTIONS = (
 _DEFAULTS = {f.name: f.default for f in fields(RefineOptions)}
 
 
-def add_option_arguments(parser: argparse.ArgumentParser, style: str = "cli") -> None:
+def add_option_arguments(parser: argparse.ArgumentParser, style: str = "cli",
+                         exclude: tuple[str, ...] = ()) -> None:
     """Add every :data:`USER_OPTIONS` entry to ``parser``.
 
     style "cli": ``--resolution-high-A`` (dashes); style "relion": ``--resolution_high_A``
     (RELION's parameter labels; a label without a value, which RELION passes for an empty
     value field, leaves the default); aliases follow the name. Defaults are those of
     :class:`RefineOptions`, shown in the help; an option not given is left at its default.
+    ``exclude``: fields an entry point does not offer.
     """
     for opt in USER_OPTIONS:
+        if opt.field in exclude:
+            continue
         default = _DEFAULTS[opt.field]
-        shown = "from the data" if default is None else default
+        shown = opt.default_text if default is None else default
         names = [_flag(opt.name, style)] + [_flag(a, style) for a in opt.aliases]
         # RELION passes a parameter whose value field is empty as a bare flag: the default then.
         bare = {"nargs": "?", "const": None} if style == "relion" else {}

@@ -2,9 +2,10 @@
 
 * :func:`check_input_file` — an input exists, is a regular file (not a directory, not a device
   such as /dev/zero) and is readable.
+* :func:`check_path_text` — a path without control characters.
 * :func:`make_output_directory` — create the output directory (parents too) or say why not
-  (a parent is a regular file, a symbolic-link loop, permission), and probe that it is writable
-  by creating and removing a file.
+  (a parent is a regular file, a symbolic-link loop, permission, a name too long), and probe
+  that it is writable by creating and removing a file; nothing it created is left on failure.
 * :func:`check_free_space` — enough free space for the outputs.
 """
 
@@ -51,38 +52,55 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def make_output_directory(path) -> bool:
-    """Create ``path`` (and its parents) if needed and check, with a probe file, that files
-    can be created in it. Returns whether it was created here. Raises OutputError naming the
-    path and the reason."""
+def check_path_text(path, what: str) -> str:
+    """``path`` as text if it holds no control character (a newline, a tab, ...), which would
+    split the lines of the files that name it (RELION_OUTPUT_NODES.star, the pipeline); else
+    InputError naming it."""
+    text = str(path)
+    bad = [c for c in text if ord(c) < 32 or ord(c) == 127]
+    if bad:
+        raise InputError(f"{text!r}: the {what} contains a control character ({bad[0]!r}); "
+                         f"give a name without one")
+    return text
+
+
+def make_output_directory(path) -> list[Path]:
+    """Create ``path`` (and its missing parents) if needed and check, with a probe file, that
+    files can be created in it. Returns the directories created here, outermost first (so that
+    a failed run can remove them with :func:`remove_created`). Raises OutputError naming the
+    path and the reason, leaving nothing created behind."""
     path = Path(path)
-    created = False
+    missing = [p for p in (path, *path.parents) if not p.is_dir()][::-1]
+    created: list[Path] = []
     try:
-        if not path.is_dir():
-            path.mkdir(parents=True)
-            created = True
+        for directory in missing:
+            directory.mkdir()
+            created.append(directory)
     except FileExistsError:
+        remove_created(created)
         kind = "a broken or looping symbolic link" if path.is_symlink() else "a file"
         raise OutputError(f"{path}: the output directory is {kind}, not a directory") from None
     except OSError as exc:
+        remove_created(created)
         raise OutputError(f"{path}: cannot create the output directory ({_reason(exc)})") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".csrefine-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        if created:
-            remove_if_empty(path)
+        remove_created(created)
         raise OutputError(f"{path}: the output directory is not writable ({_reason(exc)})") from None
     return created
 
 
-def remove_if_empty(path) -> None:
-    """Remove the directory ``path`` if it is empty (a directory this run created)."""
-    try:
-        Path(path).rmdir()
-    except OSError:
-        pass
+def remove_created(directories: list[Path]) -> None:
+    """Remove the directories :func:`make_output_directory` created, innermost first, where
+    they are empty."""
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def check_free_space(path, needed_bytes: int) -> None:

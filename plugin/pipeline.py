@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -44,6 +44,7 @@ from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
 from .phase_map import PhaseMap, phase_map
 from .projection import PaddedReference, for_particles, make_padded_reference
+from .results import GroupResult, Refinement, RefinementInputs
 from .streaming import BatchStream
 from .zernike import isotropic_k4_rad
 
@@ -65,66 +66,6 @@ PROGRESS_EVERY_S = 5.0
 PROGRESS_EVERY_FRACTION = 0.02
 #: Radial bins per Fourier shell in which the per-pixel statistics are pooled for the fit.
 BINS_PER_SHELL = 8
-
-
-@dataclass
-class GroupResult:
-    """Refinement of one optics group; the JSON report holds these fields (but ``curves``).
-
-    cs_nominal_mm : the optics table's Cs (rlnSphericalAberration / ctf/cs_mm);
-    cs_zernike_mm : the Cs equivalent of the isotropic k^4 part the input's even aberrations
-        already held (RELION's Z4^0 after CtfRefine's 4th-order fit; 0 if none);
-    cs_refined_mm : the total refined k^4 coefficient, i.e. the microscope's apparent Cs
-        (cs_nominal_mm + cs_zernike_mm + the change the data asked for); where the group was not
-        refined, the input's effective Cs (cs_nominal_mm + cs_zernike_mm);
-    cs_sigma_mm : the jackknife standard error; cs_sigma_curvature_mm : from the likelihood's
-        curvature; cs_change_z : (cs_refined_mm - cs_nominal_mm) / cs_sigma_mm;
-    band_A : the group's fitted band (its high end capped at the group's Nyquist);
-    half_maps : the check of the half maps against the particles' half sets
-        (:class:`csrefine.halfsets.HalfMapCheck` as a dict; empty if not made);
-    anisotropy : the anisotropic part of the measured phase vs the isotropic change at the
-        band's edge (:meth:`csrefine.phase_map.PhaseMap.summary`).
-    """
-
-    optics_group: int
-    name: str
-    n_particles: int
-    refined: bool
-    reason: str
-    cs_nominal_mm: float
-    cs_refined_mm: float
-    cs_sigma_mm: float | None
-    cs_sigma_curvature_mm: float | None
-    cs_subsets_mm: list
-    defocus_offset_A: float
-    defocus_offset_sigma_A: float | None
-    pixel_size_A: float
-    pixel_size_if_cs_nominal_A: float | None
-    resolution_impact_A: float | None
-    band_A: list
-    voltage_kv: float
-    cs_zernike_mm: float = 0.0
-    cs_change_z: float | None = None
-    half_maps: dict = field(default_factory=dict)
-    anisotropy: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict, repr=False)
-
-
-@dataclass
-class Refinement:
-    """Result of :func:`refine`: per-group results, the half-map FSC and the band."""
-
-    groups: list
-    fsc: np.ndarray
-    resolution_A: float
-    band_A: list
-    backend: str
-    timings_s: dict
-    map_pixel_size_A: float | None = None  # the half maps' pixel size the groups were scaled to
-    warnings: list = field(default_factory=list)  # each also printed through progress
-
-    def group(self, optics_group: int) -> GroupResult:
-        return next(g for g in self.groups if g.optics_group == optics_group)
 
 
 ProgressFn = Callable[[str], None]
@@ -533,6 +474,17 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
                           (float(options.resolution_low_A), float(high_A)), references)
 
 
+def check_band(low_A: float, high_A: float, resolution_A: float, options: RefineOptions) -> None:
+    """InputError when the band to fit is empty: the half maps' FSC stays below the threshold
+    down to the band's low-resolution end (maps of other particles, pure noise, a wrong mask)."""
+    if high_A < low_A:
+        return
+    raise InputError(f"the half maps' FSC reaches {options.fsc_threshold} only at "
+                     f"{resolution_A:.1f} Å, coarser than the band's low end (resolution_low_A "
+                     f"{low_A:g} Å): there is no band to fit. Are the half maps reconstructions "
+                     f"of these particles, and is the mask right?")
+
+
 def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
            mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
            options: RefineOptions | None = None, progress: ProgressFn | None = None,
@@ -572,11 +524,17 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                        setup.references)
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
+    check_band(low_A, high_A, resolution, options)
     _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} Å; "
                    f"fitting {low_A:.1f}-{high_A:.2f} Å")
+    warnings = []
+    if options.resolution_high_A and options.resolution_high_A < high_A:
+        warnings.append(f"resolution_high_A {options.resolution_high_A:g} Å is beyond the half "
+                        f"maps' Nyquist resolution ({high_A:.2f} Å): the band ends there")
+        _log(progress, f"WARNING: {warnings[-1]}")
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
-    results, warnings = [], []
+    results = []
     n_cells = options.subsets * options.cells_per_subset
     for gid in sorted(groups):
         group = groups[gid]
@@ -627,8 +585,10 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                       warnings)
 
 
-def result_dict(result: GroupResult) -> dict:
-    """JSON-ready dict of a group result (without the plot curves, which are not copied)."""
-    d = asdict(replace(result, curves={}))
-    d.pop("curves")
-    return d
+def refine_inputs(inputs: RefinementInputs, options: RefineOptions, progress: ProgressFn | None,
+                  should_abort: Callable[[], bool] | None = None) -> Refinement:
+    """:func:`refine` on a run's inputs (its half maps named as the inputs name them)."""
+    names = inputs.sources.get("half_maps")
+    return refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps, inputs.mask,
+                  inputs.map_pixel_size_A, options, progress, should_abort,
+                  half_map_names=tuple(names) if names and len(names) == 2 else None)

@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .fsc import FSC_THRESHOLD
 from .io_atomic import atomic_output, atomic_write_bytes
-from .pipeline import Refinement, result_dict
+from .results import Refinement, result_dict
 
 #: Significant digits of the floats in csrefine.json: beyond every quantity's precision (Cs to
 #: 1e-6 mm, pixel sizes to 1e-6 Å), without float32 artefacts such as 1.6079999999999999.

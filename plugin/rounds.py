@@ -34,7 +34,8 @@ from .fsc import FSC_THRESHOLD
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
-from .pipeline import GroupResult, Refinement, refine
+from .pipeline import refine_inputs
+from .results import GroupResult, Refinement
 from .zernike import fold_out_k4, rescale_beam_tilt
 
 ProgressFn = Callable[[str], None]
@@ -266,15 +267,6 @@ def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinemen
 def _log(progress: ProgressFn | None, text: str) -> None:
     if progress is not None:
         progress(text)
-
-
-def refine_inputs(inputs, options: RefineOptions, progress: ProgressFn | None,
-                  should_abort: AbortFn) -> Refinement:
-    """One refinement of ``inputs`` (a RefinementInputs) against its half maps."""
-    names = inputs.sources.get("half_maps")
-    return refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps, inputs.mask,
-                  inputs.map_pixel_size_A, options, progress, should_abort,
-                  half_map_names=tuple(names) if names and len(names) == 2 else None)
 
 
 def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct: Reconstructor,

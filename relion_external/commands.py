@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+from csrefine.job import Job
+
+from .example import write_example
+from .run import relion_job
+
 PARTICLE_SUFFIXES = (".star",)
 
 
-def refine_files(args, options, progress):
+def refine_job(args, options) -> Job:
     """``csrefine refine`` with a particle STAR (stack paths relative to the working
     directory, the RELION project directory)."""
-    from .run import run
-
-    return run(args.particles, args.half_maps[0], args.half_maps[1], args.out, mask=args.mask,
-               options=options, progress=progress, model=args.model)
+    return relion_job(args.particles, args.half_maps[0], args.half_maps[1], args.out, options,
+                      mask=args.mask, model=args.model)
 
 
 def add_commands(subparsers) -> dict:
@@ -28,7 +31,5 @@ def add_commands(subparsers) -> dict:
 
 
 def _example(args) -> int:
-    from .example import write_example
-
     write_example(args.directory, args.model)
     return 0

@@ -17,49 +17,66 @@ outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
 ``RELION_OUTPUT_NODES.star`` (staged, moved into place together), then
 ``RELION_JOB_EXIT_SUCCESS``; on error ``RELION_JOB_EXIT_FAILURE``; when ``RELION_JOB_ABORT_NOW``
 appears before the last output is in place, or on SIGTERM/SIGINT/SIGHUP, stop, remove the
-request, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind. The console script
-``csrefine-relion`` is :func:`csrefine.relion.entry.main`, which writes the failure marker even
-when this module cannot be imported.
+request, write ``RELION_JOB_EXIT_ABORTED``, and leave no output behind. Arguments and options are
+checked before any marker is touched; a directory holding another job's outputs (``--o
+Refine3D/job002/``) is refused and left as it is; a directory locked by a running csrefine job
+is left to that job, which writes its own marker. The console script ``csrefine-relion`` is
+:func:`csrefine.relion.entry.main`, which writes the failure marker even when this module cannot
+be imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 from csrefine import __version__
-from csrefine.errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
-from csrefine.history import add_recording_arguments, record_directory
-from csrefine.io_atomic import acquire_lock, atomic_write_bytes, release_lock
+from csrefine.errors import AbortRequested, InputError, Interrupted
+from csrefine.history import add_recording_arguments
+from csrefine.io_atomic import atomic_write_bytes
+from csrefine.job import HistoryRequest, Job, console_exit, run_job
 from csrefine.options import add_option_arguments, options_from_namespace
-from csrefine.paths import make_output_directory
-from csrefine.signals import deferred, interrupts_raise
+from csrefine.outputs import OutputDirectory
+from csrefine.signals import deferred
 
-from .entry import write_marker
-from .nodes import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, OUTPUT_NODES, output_nodes_text, touch
+from .nodes import (
+    ABORT_NOW,
+    EXIT_ABORTED,
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    MARKERS,
+    OUTPUT_NODES,
+    OUTPUT_STAR,
+    mark_failed_if_ours,
+    output_nodes_text,
+    refuse_foreign,
+    set_marker,
+)
 from .refs import resolve_half_maps
+from .rounds import kept_round_maps, require_reconstruct
+from .run import relion_job
 
-OUTPUT_STAR = "particles_csrefine.star"
+PROG = "csrefine-relion"
 #: Input nodes RELION's External job may pass; csrefine uses in_parts, in_3dref and in_mask.
 RELION_INPUTS = ("in_parts", "in_3dref", "in_mask", "in_movies", "in_mics", "in_coords")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises InputError instead of exiting, so that the job can still write
-    RELION_JOB_EXIT_FAILURE."""
+    """argparse that raises InputError instead of exiting, so that the job can still tell
+    RELION's pipeliner."""
 
     def error(self, message):
-        raise InputError(message)
+        raise InputError(f"{message} (see {PROG} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """RELION's External-job command line: its fixed options and csrefine's parameters as
     ``--LABEL VALUE`` pairs (a typo in a label is an error, not silently ignored)."""
-    p = _Parser(prog="csrefine-relion", allow_abbrev=False,
+    p = _Parser(prog=PROG, allow_abbrev=False,
                 description="Refine Cs per optics group as a RELION External job (run from the "
-                            "RELION project directory).")
+                            "RELION project directory: the paths in the particle STAR are "
+                            "relative to it).")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
     p.add_argument("--o", required=True, metavar="DIR", help="the job directory, External/jobNNN/")
     p.add_argument("--in_parts", required=True, metavar="STAR",
@@ -82,110 +99,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_job(args: argparse.Namespace) -> None:
-    """Do the job's work; raise InputError/AbortRequested on bad input or abort."""
-    from .run import run
+class RelionJobDirectory(OutputDirectory):
+    """The External job's directory: a :class:`csrefine.outputs.OutputDirectory` that refuses a
+    directory holding another job's outputs, removes the markers and abort request of an earlier
+    attempt once it holds the lock, and leaves exactly one marker when the job ends."""
 
-    out_dir = Path(args.o)
-    options = options_from_namespace(args)
-    half1, half2, mask = resolve_half_maps(args.in_3dref, args.half1, args.half2,
-                                           args.postprocess, args.in_mask)
+    def open(self) -> None:
+        problem = refuse_foreign(self.out_dir)
+        if problem:
+            raise InputError(problem)
+        super().open()
+        for stale in MARKERS:
+            (self.out_dir / stale).unlink(missing_ok=True)
+
+    def close(self, error: BaseException | None) -> None:
+        marker = (EXIT_SUCCESS if error is None else
+                  EXIT_ABORTED if isinstance(error, AbortRequested) else EXIT_FAILURE)
+        with deferred(raise_pending=False):  # the job is ending: the marker must be written
+            (self.out_dir / ABORT_NOW).unlink(missing_ok=True)
+            set_marker(self.out_dir, marker)
+        super().close(error)
+
+
+def make_job(argv: list[str]) -> Job:
+    """The External job from RELION's command line; InputError (after telling the pipeliner,
+    where the directory is this job's) on bad arguments or options."""
+    try:
+        args = build_parser().parse_args(argv)
+        options = options_from_namespace(args)
+        if options.rounds > 1:
+            require_reconstruct()
+        half1, half2, mask = resolve_half_maps(args.in_3dref, args.half1, args.half2,
+                                               args.postprocess, args.in_mask)
+    except (InputError, Interrupted):
+        mark_failed_if_ours(argv)
+        raise
     print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
     nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
-        from .rounds import kept_round_maps
-
         text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_round_maps(result)])
         atomic_write_bytes(path, text.encode())
 
-    run(args.in_parts, half1, half2, out_dir, mask=mask, options=options,
-        out_star_name=OUTPUT_STAR, progress=lambda s: print(s, flush=True),
-        should_abort=(out_dir / ABORT_NOW).exists, model=args.model,
-        extra_files={OUTPUT_NODES: write_nodes})
-
-
-#: Exit statuses: bad input or unusable output directory, an unexpected failure, an abort
-#: requested through RELION_JOB_ABORT_NOW; a signal exits with 128 + its number (143 SIGTERM).
-EXIT_STATUS_INPUT, EXIT_STATUS_FAILED, EXIT_STATUS_ABORTED = 2, 1, 3
-SIGNAL_STATUS_BASE = 128
-
-
-def _error(text) -> None:
-    print(f"csrefine-relion: error: {text}", file=sys.stderr, flush=True)
+    job = relion_job(args.in_parts, half1, half2, args.o, options, mask=mask, model=args.model,
+                     extra_files={OUTPUT_NODES: write_nodes}, directory_class=RelionJobDirectory,
+                     star_name=OUTPUT_STAR)
+    job.should_abort = (Path(args.o) / ABORT_NOW).exists
+    job.history = HistoryRequest(args.instrument, args.magnification, args.history_db)
+    return job
 
 
 def main(argv=None) -> int:
-    """Run the External job; returns the exit status (0 with RELION_JOB_EXIT_SUCCESS, else
-    non-zero with RELION_JOB_EXIT_FAILURE or _ABORTED; see the module docstring).
-
-    SIGTERM, SIGINT and SIGHUP stop the job like an abort request. The job directory is locked
-    (``.csrefine.lock``) while the job runs: a second job there fails at once and touches none of
-    the first job's files; a directory that cannot be used gets no marker (one line on stderr).
-    """
+    """Run the External job; returns the exit status (:mod:`csrefine.job`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    with interrupts_raise(), quiet_library_warnings():
-        try:
-            args = build_parser().parse_args(argv)
-        except InputError as exc:
-            _error(exc)
-            write_marker(argv, EXIT_FAILURE)
-            return EXIT_STATUS_INPUT
-        except Interrupted as exc:
-            _error(exc)
-            write_marker(argv, EXIT_ABORTED)
-            return SIGNAL_STATUS_BASE + exc.signum
-        out_dir = Path(args.o)
-        try:
-            make_output_directory(out_dir)
-            acquire_lock(out_dir)
-        except InputError as exc:  # unusable directory, or another job holds it: no marker
-            _error(exc)
-            return EXIT_STATUS_INPUT
-        try:
-            return _locked_job(args, out_dir)
-        finally:
-            release_lock(out_dir)
+    return run_job(PROG, lambda: make_job(argv))
 
-
-def _locked_job(args, out_dir: Path) -> int:
-    """The job once its directory is locked: stale markers (and a stale abort request) removed,
-    the work, then exactly one marker."""
-    for stale in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW):
-        (out_dir / stale).unlink(missing_ok=True)
-    try:
-        run_job(args)
-        # the outputs are in place; a history that cannot be written only warns (on run.out)
-        record_directory(out_dir, instrument=args.instrument, magnification=args.magnification,
-                         history_db=args.history_db, warn=lambda s: print(s, flush=True))
-        with deferred(raise_pending=False):  # the outputs are in place: the job has succeeded
-            (out_dir / ABORT_NOW).unlink(missing_ok=True)  # a request that came too late
-            touch(out_dir / EXIT_SUCCESS)
-        return 0
-    except AbortRequested as exc:
-        with deferred(raise_pending=False):
-            (out_dir / ABORT_NOW).unlink(missing_ok=True)
-            touch(out_dir / EXIT_ABORTED)
-            if isinstance(exc, Interrupted):
-                _error(f"{exc}; nothing was written")
-                return SIGNAL_STATUS_BASE + exc.signum
-            print("csrefine-relion: aborted by the user; nothing was written", file=sys.stderr,
-                  flush=True)
-            return EXIT_STATUS_ABORTED
-    except InputError as exc:
-        with deferred(raise_pending=False):
-            _error(exc)
-            touch(out_dir / EXIT_FAILURE)
-            return EXIT_STATUS_INPUT
-    except Exception:  # an unexpected failure still has to tell RELION's pipeliner
-        with deferred(raise_pending=False):
-            traceback.print_exc()
-            touch(out_dir / EXIT_FAILURE)
-            return EXIT_STATUS_FAILED
 
 
 if __name__ == "__main__":
-    from ..console import run as run_console
-
-    run_console(main)  # no interpreter teardown (csrefine.console)
+    console_exit(main())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from csrefine.errors import InputError
+from csrefine.paths import check_input_file
 
 from .star_io import read_blocks
 
@@ -13,15 +13,14 @@ from .star_io import read_blocks
 def half_maps_beside(map_path: str) -> tuple[str, str]:
     """Refine3D's run_class001.mrc -> run_half1_class001_unfil.mrc, run_half2_class001_unfil.mrc
     in the same directory (also run_it025_class001.mrc -> run_it025_half1_class001_unfil.mrc)."""
-    path = Path(map_path)
+    path = check_input_file(map_path, "3D reference")
     m = re.match(r"(.*)_(class\d+)\.mrc$", path.name)
     if not m:
         raise InputError(f"{map_path}: not a Refine3D map name (…_classNNN.mrc); give half1/half2 "
                          f"or a postprocess STAR")
     halves = tuple(str(path.with_name(f"{m.group(1)}_half{h}_{m.group(2)}_unfil.mrc")) for h in (1, 2))
     for h in halves:
-        if not Path(h).is_file():
-            raise InputError(f"{h}: half map not found beside {map_path}")
+        check_input_file(h, f"half map (expected beside {map_path})")
     return halves
 
 
@@ -45,7 +44,7 @@ def resolve_half_maps(in_3dref, half1=None, half2=None, postprocess=None, in_mas
     if half1 or half2:
         if not (half1 and half2):
             raise InputError("give both half1 and half2")
-        return half1, half2, mask
+        return str(check_input_file(half1, "half map 1")), str(check_input_file(half2, "half map 2")), mask
     if postprocess or (in_3dref and str(in_3dref).endswith(".star")):
         h1, h2, pp_mask = from_postprocess(postprocess or in_3dref)
         return h1, h2, mask or pp_mask

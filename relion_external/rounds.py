@@ -21,10 +21,10 @@ from pathlib import Path
 
 from csrefine.errors import InputError, check_abort
 from csrefine.images import read_half_maps
+from csrefine.results import RunResult
 from csrefine.rounds import HalfMaps, RoundCost
-from csrefine.run import OutputDirectory, RunResult
 
-from .star_io import write_updated_star
+from .updated_star import write_refined_star
 
 RECONSTRUCT = "relion_reconstruct"
 WORK_PREFIX = ".csrefine-rounds-"
@@ -94,13 +94,10 @@ class RelionReconstructor:
 
     # -- one rebuild ------------------------------------------------------------------------
     def __call__(self, round_number: int, inputs, refinement, progress, should_abort) -> HalfMaps:
-        from .run import refined_values
-
         t0 = time.monotonic()
         work = self._work_dir()
-        star = inputs.source
         star_path = work / f"round{round_number}_particles.star"
-        write_updated_star(star, star_path, *refined_values(star, refinement))
+        write_refined_star(star_path, inputs.source, refinement)
         maps = [work / round_map_name(round_number, h) for h in (1, 2)]
         self._reconstruct(star_path, maps, round_number, progress, should_abort)
         (h1, h2), _, px = read_half_maps(maps[0], maps[1])
@@ -176,39 +173,19 @@ class RelionReconstructor:
             self.work = None
 
 
+def round_map_names(rounds: int) -> tuple[str, ...]:
+    """Every file name a run of ``rounds`` rounds may write as a rebuilt half map."""
+    return tuple(round_map_name(r, h) for r in range(2, rounds + 1) for h in (1, 2))
+
+
+def kept_map_files(result: RunResult) -> dict:
+    """The rebuilt half maps kept as outputs: {file name: writer moving it into place}."""
+    if result.rounds is None:
+        return {}
+    return {name: (lambda path, _, source=source: os.replace(source, path))
+            for maps in result.rounds.maps for name, source in maps.files.items()}
+
+
 def kept_round_maps(result: RunResult) -> list[str]:
     """File names of the rebuilt half maps kept as outputs (for RELION_OUTPUT_NODES.star)."""
-    if result.rounds is None:
-        return []
-    return [name for maps in result.rounds.maps for name in maps.files]
-
-
-class RoundsOutputDirectory(OutputDirectory):
-    """The run's output directory, plus the kept rebuilt half maps (moved from the working
-    directory into the staging directory, then into place with every other output); the
-    working directory is removed when the run ends, however it ends."""
-
-    def __init__(self, out_dir, particles_name, write_particles, extra_files,
-                 reconstructor: RelionReconstructor, rounds: int):
-        super().__init__(out_dir, particles_name, write_particles, extra_files)
-        self.reconstructor, self.rounds = reconstructor, rounds
-
-    def prepare(self, inputs) -> None:
-        """As the base class, and no input may have the name of a rebuilt map either."""
-        maps = {os.path.realpath(self.out_dir / round_map_name(r, h))
-                for r in range(2, self.rounds + 1) for h in (1, 2)}
-        for path in inputs.input_paths:
-            if path and os.path.realpath(path) in maps:
-                raise InputError(f"{path}: this input would be overwritten by a rebuilt half map "
-                                 f"of the same name; choose another output directory")
-        super().prepare(inputs)
-
-    def write(self, result: RunResult, should_abort) -> None:
-        for maps in (result.rounds.maps if result.rounds else []):
-            for name, source in maps.files.items():
-                self.files[name] = lambda path, _, source=source: os.replace(source, path)
-        super().write(result, should_abort)
-
-    def release(self, ok: bool) -> None:
-        self.reconstructor.cleanup()
-        super().release(ok)
+    return list(kept_map_files(result))

@@ -1,10 +1,10 @@
 """RELION inputs into the core's run, the core's results into RELION files.
 
 :func:`load_inputs` reads a particle STAR, its stacks, the half maps, the mask and an optional
-atomic model into :class:`csrefine.run.RefinementInputs`; :func:`output_directory` writes the
-updated STAR beside csrefine.json and logfile.pdf; :func:`run` does both around
-:func:`csrefine.run.run_refinement`. Stack paths in rlnImageName are relative to the RELION
-project directory (``base_dir``, the working directory).
+atomic model into :class:`csrefine.results.RefinementInputs`; :func:`write_star` writes the
+updated STAR; :func:`relion_job` is the job (:class:`csrefine.job.Job`) that refines into an
+output directory, which ``csrefine refine`` and the External job run. Stack paths in
+rlnImageName are relative to the RELION project directory (``base_dir``, the working directory).
 """
 
 from __future__ import annotations
@@ -12,21 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from csrefine.atomic_map import read_model
+from csrefine.errors import InputError
 from csrefine.images import StackReader, read_half_maps
+from csrefine.job import Job, execute
 from csrefine.model import per_particle_geometry
 from csrefine.options import RefineOptions
-from csrefine.pipeline import Refinement
-from csrefine.rounds import updated_groups
-from csrefine.run import (
-    FileWriter,
-    OutputDirectory,
-    RefinementInputs,
-    RunResult,
-    file_sources,
-    run_refinement,
-)
+from csrefine.outputs import FileWriter, OutputDirectory
+from csrefine.paths import check_input_file
+from csrefine.results import Refinement, RefinementInputs
+from csrefine.run import file_sources
 
-from .star_io import ParticleStar, read_particle_star, write_updated_star
+from .rounds import RelionReconstructor, kept_map_files, round_map_names
+from .star_io import ParticleStar, read_particle_star
+from .updated_star import write_star
 
 DEFAULT_STAR_NAME = "particles.star"
 
@@ -36,13 +34,24 @@ def stack_reader(star: ParticleStar, base_dir: Path) -> StackReader:
     (the RELION project directory, i.e. the working directory). Each particle's box and pixel
     size are its optics group's."""
     paths = [p if Path(p).is_absolute() else str(base_dir / p) for p in star.stack_paths]
+    missing = next((given for given, path in zip(star.stack_paths, paths)
+                    if not Path(path).exists()), None)
+    if missing is not None and not Path(missing).is_absolute():
+        raise InputError(f"{missing}: particle stack not found (the paths in rlnImageName are "
+                         f"relative to the RELION project directory; {Path(base_dir).resolve()} "
+                         f"is not it: run from the project directory)")
     return StackReader.from_codes(paths, star.stack_code, star.image_index,
                                   *per_particle_geometry(star.groups, star.particles.optics_group))
 
 
 def load_inputs(particles, half1, half2, mask=None, model=None,
                 base_dir=".") -> RefinementInputs:
-    """Read and validate the particle STAR, its stacks, the half maps, the mask and the model."""
+    """Read and validate the particle STAR, its stacks, the half maps, the mask and the model
+    (every named file checked to exist first, so that a wrong directory shows at once)."""
+    for path, what in ((half1, "half map 1"), (half2, "half map 2"), (mask, "mask"),
+                       (model, "atomic model")):
+        if path:
+            check_input_file(path, what)
     structure = read_model(model) if model else None
     star = read_particle_star(particles)
     images = stack_reader(star, Path(base_dir))
@@ -53,58 +62,36 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
                             input_paths=paths)
 
 
-def refined_values(star: ParticleStar, refinement: Refinement):
-    """New Cs, defocus offsets, rescaled beam tilts and even Zernike terms of the refined groups.
+def relion_job(particles, half1, half2, out_dir, options: RefineOptions, *, mask=None,
+               model=None, base_dir=".", extra_files: dict[str, FileWriter] | None = None,
+               directory_class=OutputDirectory, star_name: str = DEFAULT_STAR_NAME) -> Job:
+    """The job refining a particle STAR into ``out_dir`` (``star_name``, csrefine.json,
+    logfile.pdf and ``extra_files``), in a ``directory_class`` destination.
 
-    The optics table gets the total refined Cs; an isotropic k^4 part of rlnEvenZernike (Z4^0
-    after CtfRefine's 4th-order fit) is folded out of the Zernike terms into that Cs, its lower
-    orders moved to Z2^0/Z0^0, so that RELION's phase changes only by the refined change. Beam
-    tilts are rescaled by Cs_old/Cs_new (RELION derives the coma from the table's Cs).
+    With ``options.rounds`` > 1 the half maps are rebuilt between rounds with relion_reconstruct
+    (:mod:`csrefine.relion.rounds`): InputError before any work when it is not on PATH.
     """
-    cs, offsets, tilts, even = {}, {}, {}, {}
-    updated = updated_groups(star.groups, refinement)  # the one definition of the new optics
-    for g in refinement.groups:
-        if not g.refined:
-            continue
-        gid, new = g.optics_group, updated[g.optics_group]
-        cs[gid] = new.cs_mm
-        offsets[gid] = g.defocus_offset_A
-        if star.groups[gid].has_beam_tilt:
-            tilts[gid] = (new.beam_tilt_x_mrad, new.beam_tilt_y_mrad)
-        if g.cs_zernike_mm:
-            even[gid] = new.even_zernike
-    return cs, offsets, tilts, even
-
-
-def write_star(path: Path, result: RunResult) -> None:
-    """The input STAR with the refined values (see :func:`write_updated_star`)."""
-    star = result.inputs.source
-    write_updated_star(star, path, *refined_values(star, result.refinement))
-
-
-def output_directory(out_dir, star_name: str = DEFAULT_STAR_NAME,
-                     extra_files: dict[str, FileWriter] | None = None) -> OutputDirectory:
-    """The run's outputs in ``out_dir``: ``star_name``, csrefine.json, logfile.pdf (+ extras)."""
-    return OutputDirectory(out_dir, star_name, write_star, extra_files)
+    reconstruct, more = None, {}
+    if options.rounds > 1:
+        reconstruct = RelionReconstructor(out_dir, base_dir, options.threads,
+                                          keep_maps=options.keep_round_maps == "yes")
+        more = dict(result_files=kept_map_files, cleanups=(reconstruct.cleanup,),
+                    reserved_names=round_map_names(options.rounds))
+    destination = directory_class(out_dir, star_name, write_star, extra_files, **more)
+    return Job(options, lambda: load_inputs(particles, half1, half2, mask, model, base_dir),
+               destination, reconstruct)
 
 
 def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions | None = None,
-        out_star_name: str = DEFAULT_STAR_NAME, base_dir=".", progress=None, should_abort=None,
-        model=None, extra_files: dict[str, FileWriter] | None = None) -> Refinement:
-    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf``.
-
-    ``model``: optional atomic model file docked in the map, to calibrate the pixel size.
-    With ``options.rounds`` > 1 the half maps are rebuilt between rounds with relion_reconstruct
-    (:mod:`csrefine.relion.rounds`); InputError before any work when it is not on PATH.
-    """
-    writer, reconstruct = output_directory(out_dir, out_star_name, extra_files), None
-    if options is not None and options.validate().rounds > 1:
-        from .rounds import RelionReconstructor, RoundsOutputDirectory
-
-        reconstruct = RelionReconstructor(out_dir, base_dir, options.threads,
-                                          keep_maps=options.keep_round_maps == "yes")
-        writer = RoundsOutputDirectory(out_dir, out_star_name, write_star, extra_files,
-                                       reconstruct, options.rounds)
-    result = run_refinement(lambda: load_inputs(particles, half1, half2, mask, model, base_dir),
-                            options, writer, progress, should_abort, reconstruct=reconstruct)
-    return result.refinement
+        out_star_name: str = DEFAULT_STAR_NAME, base_dir=".", model=None, progress=None,
+        should_abort=None) -> Refinement:
+    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf`` (the
+    job of :func:`relion_job`, run in this process; ``progress``: where its lines go, default
+    stdout); returns the refinement."""
+    job = relion_job(particles, half1, half2, out_dir, (options or RefineOptions()).validate(),
+                     mask=mask, model=model, base_dir=base_dir, star_name=out_star_name)
+    if progress is not None:
+        job.destination.progress = progress
+    if should_abort is not None:
+        job.should_abort = should_abort
+    return execute(job).refinement

@@ -177,7 +177,7 @@ def test_field_must_be_constant_per_exposure_group():
 
 
 def test_output_passes_higher_order_fields_through():
-    from csrefine.pipeline import GroupResult, Refinement
+    from csrefine.results import GroupResult, Refinement
 
     dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
     for field, n in ABERRATION_FIELDS.items():

@@ -258,7 +258,7 @@ def test_export_marker_and_missing_split():
 
 
 def test_updated_dataset_writes_cs_and_defocus_per_group():
-    from csrefine.pipeline import GroupResult, Refinement
+    from csrefine.results import GroupResult, Refinement
 
     dset = with_alignments(t20s_dataset(), np.random.default_rng(0))
     dset["ctf/exp_group_id"] = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]

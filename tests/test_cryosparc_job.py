@@ -26,7 +26,8 @@ from cryosparc.tools import CryoSPARC
 
 from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.cryosparc.convert import cryosparc_dataset_from_relion
-from csrefine.cryosparc.job import build_parser, main, run_job
+from csrefine.cryosparc.job import build_parser, cryosparc_job, main
+from csrefine.job import execute
 from csrefine.options import options_from_namespace
 
 CTF_FIELDS = [("ctf/type", "O"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"),
@@ -130,7 +131,9 @@ def _inputs(api, particles, volume):
 def test_online_flow_saves_refined_ctf(api, project_data):
     _inputs(api, project_data.particles, project_data.volume)
     args, options = _args(project_data.root)
-    job, refinement = run_job(_cs(), args, options)
+    made = cryosparc_job(_cs(), args, options)
+    refinement = execute(made).refinement
+    job = made.destination.job
     jobs = api.jobs
     jobs.create.assert_called_once_with("P3", "W2", type="snowflake", title="Cs refinement",
                                         description=mock.ANY)
@@ -210,7 +213,7 @@ def test_no_alignments3d_fails_job(api, project_data):
     bare = p.copy().filter_fields([f for f in p.fields() if not f.startswith("alignments3D/")])
     _inputs(api, bare, project_data.volume)
     with pytest.raises(Exception, match="no alignments3D"):
-        run_job(_cs(), *_args(project_data.root))
+        execute(cryosparc_job(_cs(), *_args(project_data.root)))
     _assert_failed_nothing_saved(api, "no alignments3D")
 
 
@@ -219,7 +222,7 @@ def test_missing_blob_file_fails_job(api, project_data):
     p["blob/path"] = np.array(["Extract/job001/gone.mrcs"] * len(p), dtype=object)
     _inputs(api, p, project_data.volume)
     with pytest.raises(Exception, match="particle stack not found"):
-        run_job(_cs(), *_args(project_data.root))
+        execute(cryosparc_job(_cs(), *_args(project_data.root)))
     _assert_failed_nothing_saved(api, "gone.mrcs: particle stack not found")
 
 
@@ -230,7 +233,7 @@ def test_mixed_cs_in_exposure_group_fails_job(api, project_data):
     p["ctf/cs_mm"] = cs
     _inputs(api, p, project_data.volume)
     with pytest.raises(Exception, match="not constant"):
-        run_job(_cs(), *_args(project_data.root))
+        execute(cryosparc_job(_cs(), *_args(project_data.root)))
     _assert_failed_nothing_saved(api, "ctf/cs_mm is not constant within exposure group 0")
 
 
@@ -238,7 +241,7 @@ def test_volume_without_half_maps_fails_job(api, project_data):
     api.sources["J42"] = _refine_job(with_half_maps=False)
     _inputs(api, project_data.particles, project_data.volume)
     with pytest.raises(Exception, match="lacks map_half_A"):
-        run_job(_cs(), *_args(project_data.root))
+        execute(cryosparc_job(_cs(), *_args(project_data.root)))
     _assert_failed_nothing_saved(api, "volume: output J42.volume lacks map_half_A, map_half_B")
     api.jobs.load_input.assert_not_called()
 
@@ -258,7 +261,8 @@ def test_job_loader_honours_higher_order_fields(project_data):
         load_input=lambda name, slots: {"particles": p, "volume": project_data.volume}[name],
         log=lambda text, **kw: logged.append(text))
     args, options = _args(project_data.root)
-    inputs = load_job_inputs(job, types.SimpleNamespace(dir=project_data.root), args, options)
+    inputs = load_job_inputs(job, types.SimpleNamespace(dir=project_data.root), args, options,
+                             logged.append)
     assert inputs.groups[1].odd_zernike.size == 6 and inputs.groups[2].odd_zernike.size == 0
     decision = inputs.report_extra[REPORT_KEY]["0"]["ctf/tilt_A"]
     assert decision["values"] == [1500.0, -500.0] and set(inputs.report_extra[REPORT_KEY]) == {"0"}
@@ -299,14 +303,17 @@ def test_queue_reconstruction_without_mask_or_lane(api):
     api.jobs.enqueue.assert_called_once_with("P3", "J51", lane=None, hostname=None, gpus=[])
 
 
-def test_rounds_refused_before_any_job_is_made(api, monkeypatch, capsys):
-    """--rounds 2 cannot run inside cryoSPARC (its reconstruction is a separate queued job):
-    one line, exit 2, no job created."""
+def test_rounds_are_not_offered(api, monkeypatch, capsys):
+    """--rounds cannot run inside cryoSPARC (its reconstruction is a separate queued job, see
+    --queue-reconstruction): the option is not in --help, and given anyway it is one line, exit
+    2, no job created."""
     monkeypatch.setenv("CRYOSPARC_BASE_URL", "https://cryosparc.example.com")
+    assert "--rounds" not in build_parser().format_help()
     argv = ["--project", "P3", "--workspace", "W2", "--particles", "J42.particles", "--volume",
             "J42.volume", "--rounds", "2"]
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "rounds > 1 is not available" in err and "--queue-reconstruction" in err
-    assert len(err.strip().splitlines()) == 1
+    assert "unrecognized arguments: --rounds 2" in err and len(err.strip().splitlines()) == 1
     api.jobs.create.assert_not_called()

@@ -17,6 +17,7 @@ JOB = "External/job004/"
 
 
 def _args(info, *extra):
+    Path(JOB).mkdir(parents=True, exist_ok=True)  # RELION's pipeliner makes the job directory
     return ["--o", JOB, "--in_parts", "Refine3D/job002/run_data.star",
             "--in_3dref", "Refine3D/job002/run_class001.mrc", "--in_mask", "MaskCreate/job003/mask.mrc",
             "--kmax_A", "3.4", "--device", "numpy", *extra, "--j", "1"]

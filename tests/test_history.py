@@ -201,14 +201,25 @@ def test_a_newer_schema_is_refused(sqlite_url):
 
 
 # ------------------------------------------------------------------------------ entry points
-class _FakeAdapter:
-    """An adapter whose refinement writes a constructed csrefine.json (no images needed)."""
+def _fake_refinement(monkeypatch, cs_mm):
+    """Every entry point's run returns a constructed report (no images needed); the job shell
+    around it (destination, history, exit status) is the real one."""
+    import csrefine.job
 
+    def fake_run(load, options, destination, should_abort=None, reconstruct=None):
+        return SimpleNamespace(report=make_report(cs_mm, tag=str(destination.history_source)))
+
+    monkeypatch.setattr(csrefine.job, "run_refinement", fake_run)
+
+
+class _FakeAdapter:
     PARTICLE_SUFFIXES = (".star",)
 
-    def refine_files(self, args, options, progress):
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "csrefine.json").write_text(json.dumps(make_report(2.76, tag=args.out)))
+    def refine_job(self, args, options):
+        from csrefine.job import Job
+        from csrefine.outputs import OutputDirectory
+
+        return Job(options, lambda: None, OutputDirectory(args.out, "p.star", None))
 
     def add_commands(self, subparsers):
         return {}
@@ -221,12 +232,13 @@ def _refine_argv(out, *extra):
 
 def test_cli_refine_records_and_an_unreachable_database_only_warns(tmp_path, sqlite_url,
                                                                    monkeypatch, capsys):
+    _fake_refinement(monkeypatch, 2.76)
     monkeypatch.setattr(cli, "load_adapters", lambda: {"fake": _FakeAdapter()})
     assert cli.main(_refine_argv(tmp_path / "a", "--instrument", "Krios-2", "--magnification",
                                  "105kx", "--history-db", sqlite_url)) == 0
     assert cli.main(_refine_argv(tmp_path / "b", "--instrument", "Krios-2",
                                  "--history-db", UNREACHABLE_URL)) == 0
-    assert "WARNING: csrefine history: the run was not recorded" in capsys.readouterr().err
+    assert "WARNING: csrefine history: the run was not recorded" in capsys.readouterr().out
     engine = open_engine(sqlite_url)
     (record,) = load_groups(engine)
     assert (record.instrument, record.magnification) == ("Krios-2", "105kx")
@@ -237,12 +249,12 @@ def test_cli_refine_records_and_an_unreachable_database_only_warns(tmp_path, sql
 def test_relion_external_job_records_and_warns(tmp_path, sqlite_url, monkeypatch, capsys):
     from csrefine.relion import external_job
 
-    def fake_run_job(args):
-        (Path(args.o) / "csrefine.json").write_text(json.dumps(make_report(2.74, tag=args.o)))
-
-    monkeypatch.setattr(external_job, "run_job", fake_run_job)
+    _fake_refinement(monkeypatch, 2.74)
     monkeypatch.chdir(tmp_path)
-    base = ["--in_parts", "p.star", "--in_3dref", "r.mrc", "--j", "1"]
+    for name in ("r.mrc", "r_half1_class001_unfil.mrc", "r_half2_class001_unfil.mrc"):
+        (tmp_path / name).write_bytes(b"")
+    base = ["--in_parts", "p.star", "--in_3dref", "r_class001.mrc", "--j", "1"]
+    (tmp_path / "r_class001.mrc").write_bytes(b"")
     assert external_job.main(["--o", "External/job004/", *base, "--instrument", "Krios-2",
                               "--magnification", "--history_db", sqlite_url]) == 0
     assert external_job.main(["--o", "External/job005/", *base, "--instrument", "Krios-2",
@@ -257,17 +269,32 @@ def test_relion_external_job_records_and_warns(tmp_path, sqlite_url, monkeypatch
 def test_cryosparc_job_records_its_report(sqlite_url, monkeypatch):
     from csrefine.cryosparc import job as cs_job
 
-    report = make_report(2.9, tag="cryosparc")
-    fake_job = SimpleNamespace(project_uid="P3", uid="J99")
+    _fake_refinement(monkeypatch, 2.9)
+
+    class FakeJobDestination:
+        job = SimpleNamespace(project_uid="P3", uid="J99")
+        history_source = "cryoSPARC P3-J99"
+
+        def __init__(self, cs, args):
+            pass
+
+        def open(self):
+            pass
+
+        def close(self, error):
+            pass
+
+        def progress(self, text):
+            print(text)
+
     monkeypatch.setattr(cs_job, "connect", lambda url: object())
-    monkeypatch.setattr(cs_job, "run_job_result",
-                        lambda cs, args, options: (fake_job, SimpleNamespace(report=report)))
+    monkeypatch.setattr(cs_job, "CryosparcJob", FakeJobDestination)
     argv = ["--project", "P3", "--workspace", "W1", "--particles", "J1.particles", "--volume",
             "J1.volume", "--instrument", "Krios-2", "--history-db", sqlite_url]
     assert cs_job.main(argv) == 0
     engine = open_engine(sqlite_url)
     (record,) = load_groups(engine)
-    assert record.source == "cryoSPARC P3-J99" and record.content_hash == content_hash(report)
+    assert record.source == "cryoSPARC P3-J99"
     engine.dispose()
     assert cs_job.main(argv[:-2] + ["--history-db", UNREACHABLE_URL]) == 0
 

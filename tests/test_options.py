@@ -105,6 +105,7 @@ def test_help_and_version_exit_zero(capsys):
 
 def test_relion_job_refuses_an_unknown_label_and_marks_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "External/job009").mkdir(parents=True)  # RELION's pipeliner makes it
     assert relion_main(REQUIRED_RELION + ["--kmni_A", "15"]) == 2
     err = capsys.readouterr().err
     assert "--kmni_A" in err and len(err.strip().splitlines()) == 1

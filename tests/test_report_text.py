@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from csrefine.interpret import apparent_cs_mm, pixel_size_if_cs_nominal_A
-from csrefine.pipeline import GroupResult
+from csrefine.results import GroupResult
 from csrefine.report import PLAUSIBLE_PIXEL_ERROR, interpretation
 
 

@@ -17,7 +17,7 @@ import pytest
 from csrefine.errors import InputError
 from csrefine.model import OpticsGroup, Particles
 from csrefine.options import RefineOptions
-from csrefine.pipeline import GroupResult, Refinement
+from csrefine.results import GroupResult, Refinement
 from csrefine.rounds import (
     RoundGroup,
     RoundRecord,
@@ -148,6 +148,7 @@ def test_external_job_refuses_rounds_without_relion_reconstruct(tmp_path, monkey
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "External/job001").mkdir(parents=True)  # RELION's pipeliner makes it
     status = main(["--o", "External/job001/", "--in_parts", "missing.star", "--half1", "h1.mrc",
                    "--half2", "h2.mrc", "--rounds", "2", "--j", "2"])
     err = capsys.readouterr().err
@@ -366,7 +367,7 @@ def test_an_input_named_like_a_rebuilt_map_is_refused(example_project, fake_reco
     out = tmp_path / "out"
     out.mkdir()
     shutil.copyfile(p["half1"], out / "round2_half1.mrc")
-    with pytest.raises(InputError, match="rebuilt half map"):
+    with pytest.raises(InputError, match="would be overwritten by an output"):
         run(p["star"], out / "round2_half1.mrc", p["half2"], out,
             options=RefineOptions(rounds=2, min_particles=50))
     assert sorted(os.listdir(out)) == ["round2_half1.mrc"]

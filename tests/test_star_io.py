@@ -117,8 +117,9 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     refined change (Cs change and defocus offset), to 1e-6 rad over the band."""
     from csrefine.forward import particle_gamma, pixel_terms
     from csrefine.fourier import make_band
-    from csrefine.pipeline import Refinement, _not_refined, zernike_cs_mm
-    from csrefine.relion.run import refined_values
+    from csrefine.pipeline import _not_refined, zernike_cs_mm
+    from csrefine.results import Refinement
+    from csrefine.relion.updated_star import refined_values
     from csrefine.relion.star_io import format_vector
     from csrefine.zernike import isotropic_k4_rad
 

@@ -91,7 +91,7 @@ def test_an_abort_while_the_outputs_are_written_leaves_nothing(tmp_path):
     from types import SimpleNamespace
 
     from csrefine.errors import AbortRequested
-    from csrefine.run import OutputDirectory
+    from csrefine.outputs import OutputDirectory
 
     written = []
 
@@ -102,10 +102,11 @@ def test_an_abort_while_the_outputs_are_written_leaves_nothing(tmp_path):
     out = OutputDirectory(tmp_path / "out", "particles.star", write_particles,
                           {"csrefine.json": lambda path, result: path.write_text("{}")})
     out.files.pop("logfile.pdf")
-    out.prepare(SimpleNamespace(input_paths=(), sources={}))
+    out.open()
+    out.check(SimpleNamespace(input_paths=(), sources={}))
     calls = iter([False, True])  # the request appears after the first staged file
-    with pytest.raises(AbortRequested):
+    with pytest.raises(AbortRequested) as exc:
         out.write(SimpleNamespace(), lambda: next(calls))
-    out.release(False)
+    out.close(exc.value)
     assert written and not written[0].exists()
     assert not (tmp_path / "out").exists()  # created by this run, left empty: removed

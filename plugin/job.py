@@ -1,0 +1,131 @@
+"""The one job shell: what every entry point (``csrefine refine``, ``csrefine-relion``,
+``csrefine-cryosparc``) does around :func:`csrefine.run.run_refinement`.
+
+An entry point parses its command line into a :class:`Job` (its options, validated once, its
+loader, its destination and, for rounds, its reconstructor) and hands it to :func:`run_job`,
+which opens the destination, runs the refinement, records the result in the history database
+when asked to, closes the destination with the outcome (RELION's markers, the cryoSPARC job's
+status) and maps the outcome to the exit status, once for all of them:
+
+=======  =====================================================================
+status   meaning
+=======  =====================================================================
+0        refined and written (a group may still be left unrefined, with its reason)
+1        an unexpected failure (a bug): the traceback on stderr
+2        bad input, options or outputs: one line on stderr naming the file, column or value
+3        aborted by the user (RELION_JOB_ABORT_NOW)
+128 + N  stopped by signal N (130 SIGINT, 143 SIGTERM)
+=======  =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
+from .history import record_if_requested
+from .options import RefineOptions
+from .results import RefinementInputs, RunResult
+from .rounds import Reconstructor
+from .run import Destination, run_refinement
+from .signals import interrupts_raise
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ABORTED, SIGNAL_STATUS_BASE = 0, 1, 2, 3, 128
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr, with exit status 2 (the usage is in
+    ``--help``)."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class HistoryRequest:
+    """Record the finished run in the Cs history (:mod:`csrefine.history`): the instrument
+    (None: ``$CSREFINE_INSTRUMENT``; neither: nothing is recorded), its magnification label and
+    the database URL (None: the default)."""
+
+    instrument: str | None = None
+    magnification: str | None = None
+    history_db: str | None = None
+
+
+@dataclass
+class Job:
+    """One refinement as an entry point sets it up."""
+
+    options: RefineOptions
+    load: Callable[[], RefinementInputs]
+    destination: Destination
+    reconstruct: Reconstructor | None = None
+    should_abort: Callable[[], bool] = _never
+    history: HistoryRequest | None = None
+
+
+def say(prog: str, text: str) -> None:
+    """One line on stderr, prefixed with the program's name."""
+    print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+
+def run_job(prog: str, make_job: Callable[[], Job]) -> int:
+    """Set up the job (``make_job`` parses the command line and validates the options), run
+    it, and return the exit status (see the module docstring). Nothing but the outputs of a
+    successful run is left behind; SIGTERM, SIGINT and SIGHUP stop the run cleanly."""
+    with interrupts_raise(), quiet_library_warnings():
+        try:
+            job = make_job()
+            execute(job)
+            return EXIT_OK
+        except Interrupted as exc:
+            say(prog, f"{exc}; nothing was written")
+            return SIGNAL_STATUS_BASE + exc.signum
+        except AbortRequested:
+            say(prog, "aborted by the user; nothing was written")
+            return EXIT_ABORTED
+        except InputError as exc:
+            say(prog, f"error: {exc}")
+            return EXIT_INPUT
+        except Exception:  # a bug: the traceback says where
+            traceback.print_exc()
+            return EXIT_FAILED
+
+
+def execute(job: Job) -> RunResult:
+    """Open the job's destination, run the refinement, record it in the history if asked, and
+    close the destination with the outcome; returns the run's result or raises."""
+    destination = job.destination
+    destination.open()
+    try:
+        result = run_refinement(job.load, job.options, destination, job.should_abort,
+                                job.reconstruct)
+        if job.history is not None:
+            record_if_requested(result.report, instrument=job.history.instrument,
+                                magnification=job.history.magnification,
+                                history_db=job.history.history_db,
+                                source=destination.history_source, warn=destination.progress)
+    except BaseException as exc:
+        destination.close(exc)
+        raise
+    destination.close(None)
+    return result
+
+
+def console_exit(status: int) -> None:
+    """End a console script with ``status``; output cut short by a closed pipe (``| head``)
+    is not an error to report."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(status)
