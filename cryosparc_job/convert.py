@@ -343,6 +343,17 @@ def cryosparc_aberrations(dset, exp_ids, convention: Convention = MOST_LIKELY_CO
 
 
 # ----------------------------------------------------------------------------- cryoSPARC -> RELION
+def check_unique_uids(dset, what: str) -> None:
+    """InputError naming a uid that two rows share (outputs are matched to inputs by uid)."""
+    uid = np.asarray(dset["uid"])
+    values, counts = np.unique(uid, return_counts=True)
+    if np.any(counts > 1):
+        twice = values[counts > 1][0]
+        rows = np.flatnonzero(uid == twice)[:2] + 1
+        raise InputError(f"{what}: uid {int(twice)} appears twice (rows {rows[0]} and {rows[1]}); "
+                         f"each particle needs its own uid")
+
+
 def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particles"):
     """Convert a cryoSPARC particle dataset into csrefine's RELION-convention model.
 
@@ -371,6 +382,7 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     if missing:
         raise InputError(f"{what}: missing field(s) {', '.join(missing)}")
     check_field_types(dset, what)
+    check_unique_uids(dset, what)
 
     exp = (_field(dset, "ctf/exp_group_id").astype(np.int64) if "ctf/exp_group_id" in fields
            else np.zeros(n, dtype=np.int64))

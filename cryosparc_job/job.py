@@ -325,7 +325,7 @@ def main(argv=None) -> int:
 
 def console():
     """The ``csrefine-cryosparc`` console script."""
-    console_exit(main())
+    console_exit(main)
 
 
 if __name__ == "__main__":

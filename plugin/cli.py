@@ -119,6 +119,8 @@ def run_command(command: Callable[[argparse.Namespace], int], args) -> int:
         except Interrupted as exc:
             say(PROG, f"{exc}")
             return SIGNAL_STATUS_BASE + exc.signum
+        except BrokenPipeError:  # the reader went away: not an error of the input
+            raise
         except (InputError, OSError) as exc:
             say(PROG, f"error: {exc}")
             return EXIT_INPUT
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
 
 def console():
     """The ``csrefine`` console script."""
-    console_exit(main())
+    console_exit(main)
 
 
 if __name__ == "__main__":

@@ -121,11 +121,17 @@ def execute(job: Job) -> RunResult:
     return result
 
 
-def console_exit(status: int) -> None:
-    """End a console script with ``status``; output cut short by a closed pipe (``| head``)
-    is not an error to report."""
+#: Exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+
+def console_exit(main: Callable[[], int]) -> None:
+    """A console script: run ``main`` and exit with its status. Output cut short by a closed
+    pipe (``csrefine history show | head -1``) ends the script quietly."""
     try:
+        status = main()
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        status = EXIT_BROKEN_PIPE
     sys.exit(status)

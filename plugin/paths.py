@@ -70,16 +70,17 @@ def make_output_directory(path) -> list[Path]:
     a failed run can remove them with :func:`remove_created`). Raises OutputError naming the
     path and the reason, leaving nothing created behind."""
     path = Path(path)
-    missing = [p for p in (path, *path.parents) if not p.is_dir()][::-1]
+    missing = [p for p in (path, *path.parents) if not _is_dir(p)][::-1]
     created: list[Path] = []
     try:
         for directory in missing:
             directory.mkdir()
             created.append(directory)
-    except FileExistsError:
+    except FileExistsError:  # a file or a broken symbolic link is in the way
         remove_created(created)
-        kind = "a broken or looping symbolic link" if path.is_symlink() else "a file"
-        raise OutputError(f"{path}: the output directory is {kind}, not a directory") from None
+        kind = "a broken or looping symbolic link" if directory.is_symlink() else "a file"
+        where = "the output directory" if directory == path else f"its parent {directory}"
+        raise OutputError(f"{path}: {where} is {kind}, not a directory") from None
     except OSError as exc:
         remove_created(created)
         raise OutputError(f"{path}: cannot create the output directory ({_reason(exc)})") from None
@@ -91,6 +92,13 @@ def make_output_directory(path) -> list[Path]:
         remove_created(created)
         raise OutputError(f"{path}: the output directory is not writable ({_reason(exc)})") from None
     return created
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long, a loop: creating it says why
+        return False
 
 
 def remove_created(directories: list[Path]) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from csrefine.job import Job
+from csrefine.paths import make_output_directory
 
 from .example import write_example
 from .run import relion_job
@@ -31,5 +32,6 @@ def add_commands(subparsers) -> dict:
 
 
 def _example(args) -> int:
+    make_output_directory(args.directory)  # one line naming the path if it cannot be made
     write_example(args.directory, args.model)
     return 0

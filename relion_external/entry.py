@@ -30,10 +30,7 @@ def main(argv=None) -> int:
 
 def console():
     """The ``csrefine-relion`` console script."""
-    status = main()
-    from csrefine.job import console_exit
-
-    console_exit(status)
+    sys.exit(main())
 
 
 if __name__ == "__main__":

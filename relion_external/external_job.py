@@ -158,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    console_exit(main())
+    console_exit(main)

@@ -36,10 +36,10 @@ ROUND_MAP = re.compile(r"round\d+_half[12]\.mrc")
 def foreign_outputs(job_dir) -> list[str]:
     """The visible files and directories in ``job_dir`` that neither RELION's pipeliner nor
     csrefine puts into an External job's directory: another job's outputs (e.g. a Refine3D
-    job's run_data.star). Empty when the directory does not exist."""
+    job's run_data.star). Empty when the directory cannot be listed."""
     try:
         names = sorted(entry.name for entry in Path(job_dir).iterdir())
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # absent, not a directory, a symbolic-link loop: said when it is created
         return []
     return [name for name in names if not name.startswith(".")
             and name not in RELION_JOB_FILES and name not in CSREFINE_FILES

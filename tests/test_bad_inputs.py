@@ -68,23 +68,32 @@ Outputs
 50. out_overwrites_input: the particle file is where the output would go
 51. out_locked: a live job's .csrefine.lock in the output directory (no marker; the lock and
     the directory stay as they were)
+52. out_newline: a newline in --out / --o (nothing created, no marker)
+53. out_name_too_long: a 300-character directory name under two new parents (no parent left)
+54. job_of_another_job: --o Refine3D/job002/, a finished Refine3D job (relion only: refused, its
+    RELION_JOB_EXIT_SUCCESS and outputs untouched, no marker)
+55. job_of_another_job_bad_option: the same with a bad option value (the same)
+56. half_fifo: half map 1 is a named pipe
 cryoSPARC datasets (cs only)
-52. cs_missing: the .cs file does not exist
-53. cs_garbage: the .cs file is random bytes
-54. cs_float_idx: blob/idx stored as float
-55. cs_int_pose: alignments3D/pose stored as integers
-56. cs_string_cs: ctf/cs_mm stored as strings
-57. cs_voltage_0: ctf/accel_kv 0
-58. cs_amplitude_1_5: ctf/amp_contrast 1.5
-59. cs_path_outside: blob/path '../outside/particles.mrcs' leaves the project directory
-60. cs_split_2: alignments3D/split 2
-61. cs_missing_field: no ctf/df1_A
+57. cs_missing: the .cs file does not exist
+58. cs_garbage: the .cs file is random bytes
+59. cs_float_idx: blob/idx stored as float
+60. cs_int_pose: alignments3D/pose stored as integers
+61. cs_string_cs: ctf/cs_mm stored as strings
+62. cs_voltage_0: ctf/accel_kv 0
+63. cs_amplitude_1_5: ctf/amp_contrast 1.5
+64. cs_path_outside: blob/path '../outside/particles.mrcs' leaves the project directory
+65. cs_split_2: alignments3D/split 2
+66. cs_missing_field: no ctf/df1_A
+67. cs_duplicate_uid: two particles with the same uid
 
 Besides the corpus: SIGTERM and SIGINT sent to a running ``csrefine refine`` and
 ``csrefine-relion`` (subprocesses: exit 128+N, one line, RELION_JOB_EXIT_ABORTED, no outputs, no
 staging directory, no lock); a full disk (a 1 MiB tmpfs, where this test can mount one, else
 skipped with the reason) and ENOSPC while the outputs are written; an import failure of the
-External job (RELION_JOB_EXIT_FAILURE all the same); a stale lock taken over; CRLF STAR files.
+External job (RELION_JOB_EXIT_FAILURE all the same); a stale lock taken over, also where its PID
+now names another process, with the killed run's staging directory removed; a running job's lock
+refused with its host and start; CRLF STAR files.
 """
 
 from __future__ import annotations
@@ -93,6 +102,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,6 +171,8 @@ def snapshot(root: Path) -> dict:
                 out[rel] = ("link", os.readlink(p))
             elif p.is_dir():
                 out[rel] = ("dir",)
+            elif not p.is_file():  # a named pipe: reading it would wait for a writer
+                out[rel] = ("special",)
             else:
                 out[rel] = ("file", p.read_bytes())
     return out
@@ -349,6 +361,32 @@ def _out_locked(root):
         Path(d, ".csrefine.lock").write_text(f"{os.getppid()}\n")  # a live process, not us
 
 
+def _out_newline(root):
+    return {"out": "Out\nx", "job": "External/job\n9/"}
+
+
+def _out_name_too_long(root):
+    return {"out": "Deep/Er/" + "x" * 300, "job": "External/" + "x" * 300 + "/"}
+
+
+def _job_of_another_job(root):
+    Path("Refine3D/job002", SUCCESS).touch()
+    return {"job": "Refine3D/job002/"}
+
+
+def _half_fifo(root):
+    os.mkfifo("fifo.mrc")
+    return {"half1": "fifo.mrc"}
+
+
+def _cs_duplicate_uid(root):
+    def fn(dset):
+        uid = np.array(dset["uid"])
+        uid[5] = uid[2]
+        dset["uid"] = uid
+    edit_cs(fn)
+
+
 def _cs_path_outside(root):
     def fn(dset):
         dset["blob/path"] = np.array(["../outside/particles.mrcs"] * len(dset), dtype=object)
@@ -447,6 +485,13 @@ CASES = [
     Case("out_symlink_loop", _out_symlink_loop, ("loop", "symbolic link"), marker=None),
     Case("out_overwrites_input", _out_overwrites_input, ("would be overwritten",)),
     Case("out_locked", _out_locked, ("another csrefine job", f"PID {os.getppid()}"), marker=None),
+    Case("out_newline", _out_newline, ("control character", "\\n"), marker=None),
+    Case("out_name_too_long", _out_name_too_long, ("x" * 300, "too long"), marker=None),
+    Case("job_of_another_job", _job_of_another_job, ("Refine3D/job002", "another job's outputs"),
+         ("relion",), marker=None),
+    Case("job_of_another_job_bad_option", _job_of_another_job, ("subsets", "1"), ("relion",),
+         marker=None, extra={"subsets": "1"}),
+    Case("half_fifo", _half_fifo, ("fifo.mrc", "not a regular file")),
     Case("cs_missing", remove(CS), (CS, "not found"), CS_ONLY),
     Case("cs_garbage", lambda r: Path(CS).write_bytes(b"\x93NUMPY garbage" * 50), (CS, "not a readable"),
          CS_ONLY),
@@ -462,6 +507,7 @@ CASES = [
     Case("cs_path_outside", _cs_path_outside, (CS, "blob/path", "../outside"), CS_ONLY),
     Case("cs_split_2", set_cs("alignments3D/split", 2), (CS, "alignments3D/split", "2"), CS_ONLY),
     Case("cs_missing_field", _cs_missing_field, (CS, "ctf/df1_A"), CS_ONLY),
+    Case("cs_duplicate_uid", _cs_duplicate_uid, (CS, "uid", "twice"), CS_ONLY),
 ]
 RUNS = [pytest.param(case, path, id=f"{case.name}-{path}") for case in CASES for path in case.paths]
 
@@ -592,12 +638,12 @@ def test_full_disk_is_refused_before_the_work(project, full_disk, capsys, path):
 @pytest.mark.parametrize("path", ["cli", "relion", "cs"])
 def test_no_space_while_writing(project, capsys, monkeypatch, path):
     """ENOSPC from the last output written: one line, nothing in place, staging removed."""
-    import csrefine.run
+    import csrefine.outputs
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(csrefine.run, "write_pdf", no_space)
+    monkeypatch.setattr(csrefine.outputs, "write_pdf", no_space)
     o = {"star": STAR, "half1": HALF1, "half2": HALF2, "mask": MASK, "out": OUT, "job": JOB, "cs": CS}
     before = snapshot(project)
     fn, argv = command(path, o, {})
@@ -631,6 +677,49 @@ def test_stale_lock_is_taken_over(tmp_path):
     assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
     release_lock(tmp_path)
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_of_a_running_job_is_refused_with_its_host_and_start(tmp_path):
+    from csrefine.errors import OutputError
+    from csrefine.io_atomic import LOCK_NAME, LockOwner, acquire_lock, process_start_ticks
+
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        owner = LockOwner(running.pid, socket.gethostname(), process_start_ticks(running.pid),
+                          "2026-01-02T03:04:05+00:00")
+        (tmp_path / LOCK_NAME).write_text(owner.text())
+        with pytest.raises(OutputError, match=f"PID {running.pid} on {socket.gethostname()}"):
+            acquire_lock(tmp_path)
+        assert (tmp_path / LOCK_NAME).read_text() == owner.text()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_reused_pid_does_not_hold_the_job_and_a_killed_runs_staging_is_removed(project, capsys):
+    """The lock of a job killed with SIGKILL names a PID that a live process (started later)
+    has now: the External job takes the lock over, removes the killed run's staging directory
+    and its partial file, succeeds and leaves exactly one marker."""
+    from csrefine.io_atomic import LOCK_NAME
+
+    o = {"star": STAR, "half1": HALF1, "half2": HALF2, "mask": MASK, "out": OUT, "job": JOB, "cs": CS}
+    Path(JOB).mkdir(parents=True, exist_ok=True)
+    Path(JOB, FAILURE).touch()  # the killed attempt's pipeliner marked it
+    staging = Path(JOB, ".csrefine-staging-killed")
+    staging.mkdir()
+    (staging / "particles_csrefine.star").write_text("partial")
+    reused = subprocess.Popen(["sleep", "60"])
+    try:
+        Path(JOB, LOCK_NAME).write_text(f"{reused.pid} {socket.gethostname()} 1 "
+                                        f"2026-01-02T03:04:05+00:00\n")
+        fn, argv = command("relion", o, {})
+        assert fn(argv) == 0, capsys.readouterr().err
+    finally:
+        reused.kill()
+        reused.wait()
+    left = sorted(p.name for p in Path(JOB).iterdir())
+    assert left == ["RELION_JOB_EXIT_SUCCESS", "RELION_OUTPUT_NODES.star", "csrefine.json",
+                    "logfile.pdf", "particles_csrefine.star"], left
 
 
 def test_crlf_star_stays_crlf(project):

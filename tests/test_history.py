@@ -11,7 +11,6 @@ import math
 import multiprocessing
 import os
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from csrefine.interpret import apparent_cs_mm, pixel_size_if_cs_nominal_A
-from csrefine.results import GroupResult
 from csrefine.report import PLAUSIBLE_PIXEL_ERROR, interpretation
+from csrefine.results import GroupResult
 
 
 def _group(cs_nominal_mm, cs_refined_mm, pixel_size_A=1.0, sigma_mm=0.01, cs_zernike_mm=0.0):

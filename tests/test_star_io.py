@@ -118,9 +118,9 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     from csrefine.forward import particle_gamma, pixel_terms
     from csrefine.fourier import make_band
     from csrefine.pipeline import _not_refined, zernike_cs_mm
-    from csrefine.results import Refinement
-    from csrefine.relion.updated_star import refined_values
     from csrefine.relion.star_io import format_vector
+    from csrefine.relion.updated_star import refined_values
+    from csrefine.results import Refinement
     from csrefine.zernike import isotropic_k4_rad
 
     even = [0.05, 0.02, -0.3, 0.04, 0.01, -0.02, 0.35, 0.03, -0.01]

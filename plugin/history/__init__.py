@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from .db import open_engine, record_report
 from .labels import HISTORY_DB_ENV, HistoryError, RunLabels
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
@@ -69,8 +70,6 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
             path = path / REPORT_JSON if path.is_dir() else path
             source = source or str(path.parent.resolve())
             report = json.loads(path.read_text())
-        from .db import open_engine, record_report
-
         engine = open_engine(history_db)
         try:
             new = record_report(engine, report, RunLabels(name, magnification, run_date, source))

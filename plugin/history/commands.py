@@ -9,7 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import INSTRUMENT_ENV, REPORT_JSON, record_if_requested, requested_instrument
+from .db import load_groups, missing_sqlite_file, open_engine
 from .labels import HistoryError
+from .plot import plot_panels
+from .summary import build_panels, panel_text, panels_json
 
 
 def add_history_command(subparsers) -> dict:
@@ -17,9 +20,9 @@ def add_history_command(subparsers) -> dict:
     h = subparsers.add_parser("history", help="per-instrument history of refined Cs",
                               description="Record csrefine results per instrument and compare "
                                           "them: is an instrument's Cs an outlier?")
-    h.add_argument("--history-db", metavar="URL", default=None,
-                   help="SQLAlchemy URL (default: $CSREFINE_HISTORY_DB, else "
-                        "~/.local/share/csrefine/history.sqlite)")
+    db_help = ("SQLAlchemy URL (default: $CSREFINE_HISTORY_DB, else "
+               "~/.local/share/csrefine/history.sqlite)")
+    h.add_argument("--history-db", metavar="URL", default=None, help=db_help)
     hs = h.add_subparsers(dest="history_command", required=True, metavar="ACTION")
     r = hs.add_parser("record", help="import past runs from their csrefine.json")
     r.add_argument("directories", nargs="+", metavar="DIR",
@@ -36,6 +39,8 @@ def add_history_command(subparsers) -> dict:
     p = hs.add_parser("plot", help="Cs per data set over time, one panel per instrument")
     p.add_argument("--out", required=True, help="output figure (.pdf or .png)")
     p.add_argument("--instrument", default=None, help="only this instrument")
+    for action in (r, s, p):  # also after the action; not given there: the value given before
+        action.add_argument("--history-db", metavar="URL", default=argparse.SUPPRESS, help=db_help)
     return {"history": run_history_command}
 
 
@@ -64,8 +69,6 @@ def _record(args) -> int:
     instrument = requested_instrument(args.instrument)
     if instrument is None:
         raise ValueError(f"give --instrument NAME (or set {INSTRUMENT_ENV})")
-    from .db import open_engine
-
     open_engine(args.history_db).dispose()  # an unusable database is an error here
     failures = 0
     for item in args.directories:
@@ -86,9 +89,10 @@ def _record(args) -> int:
 
 
 def _panels(args):
-    from .db import load_groups, open_engine
-    from .summary import build_panels
-
+    """The recorded data sets, as panels; none (and no database file created) where nothing
+    was ever recorded."""
+    if missing_sqlite_file(args.history_db) is not None:
+        return []
     engine = open_engine(args.history_db)
     try:
         return build_panels(load_groups(engine, args.instrument))
@@ -97,8 +101,6 @@ def _panels(args):
 
 
 def _show(args) -> int:
-    from .summary import panel_text, panels_json
-
     panels = _panels(args)
     if args.json:
         print(json.dumps(panels_json(panels), indent=2, default=str))
@@ -110,8 +112,6 @@ def _show(args) -> int:
 
 
 def _plot(args) -> int:
-    from .plot import plot_panels
-
     panels = _panels(args)
     out = plot_panels(panels, args.out)
     print(f"wrote {out}")

@@ -101,15 +101,26 @@ def default_sqlite_path() -> Path:
     return Path(data_home) / "csrefine" / "history.sqlite"
 
 
-def database_url(url: str | None = None) -> str:
+def database_url(url: str | None = None, create: bool = True) -> str:
     """The URL to use: ``url`` (``--history-db``), else ``$CSREFINE_HISTORY_DB``, else the default
-    SQLite file (its directory is created)."""
+    SQLite file (its directory is created when ``create``)."""
     chosen = url or os.environ.get(HISTORY_DB_ENV)
     if chosen:
         return chosen
     path = default_sqlite_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def missing_sqlite_file(url: str | None = None) -> Path | None:
+    """The SQLite file a read would have to create (nothing recorded there yet), or None."""
+    sa_url = sa.make_url(database_url(url, create=False))
+    if sa_url.get_backend_name() != "sqlite" or not sa_url.database \
+            or sa_url.database == ":memory:":
+        return None
+    path = Path(sa_url.database)
+    return None if path.exists() else path
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
