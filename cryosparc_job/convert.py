@@ -476,6 +476,9 @@ class SignedImages:
     def warnings(self) -> list[str]:
         return self.reader.warnings
 
+    def describe(self, position: int) -> str:
+        return self.reader.describe(position)
+
     def read(self, positions, out=None):
         positions = np.asarray(positions, dtype=np.int64)
         images = self.reader.read(positions, out=out)

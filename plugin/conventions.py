@@ -109,7 +109,7 @@ def score_candidates(candidates: Sequence[OpticsGroup], positions: np.ndarray,
         band = group_band(group, context)
         refs = group_references(context.references, group, context.map_pixel_size_A)
         stats = accumulate_group(group, positions, sub, images, refs, band,
-                                 np.zeros(n, dtype=np.int64), 1, context.backend, options)
+                                 np.zeros(n, dtype=np.int64), 1, context.backend, options).stats
         terms = pixel_terms(group, band)
         radial = pool(stats, terms.k2, np.hypot(band.kx_px, band.ky_px) * band.box,
                       band.friedel_weight, n)

@@ -29,6 +29,14 @@ Two statistics follow, over a sample of the group's particles:
 Predicting a particle from a half map that contains its own noise biases the fitted Cs toward
 the nominal one (the reconstruction's CTF): with z ~ 0 and a clear excess, the group cannot be
 refined without bias.
+
+The same sample measures the particles' contrast against the maps: c_i = sum_p w_p Re(X_p
+conj(P_1,p + P_2,p)) is the correlation of the image with its prediction from both maps, positive
+on average when images and maps have the same contrast. Its t statistic far below zero means the
+particles' contrast is inverted relative to the maps (a cryoSPARC ``blob/sign`` that does not match
+the images, say, or RELION's extraction with the other "invert contrast"); flipping every image's
+sign then flips every d_i too, so the verdict on the half maps is taken on the flipped statistics
+and never mistakes inverted contrast for swapped maps.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ import numpy as np
 from .accumulate import N_STATS
 from .projection import PaddedReference
 
-#: |z| beyond which the assignment (as given / swapped) is taken as established.
+#: |z| beyond which the assignment (as given / swapped) is taken as established; also the
+#: contrast's t statistic below which the contrast is taken as inverted.
 Z_DECIDED = 5.0
 #: Excess beyond which (in standard errors) the maps are taken to contain these particles' noise.
 EXCESS_DECIDED = 5.0
@@ -60,6 +69,8 @@ SAMPLE_FIRST = 100
 Z_AT_ONCE = 2.0 * Z_DECIDED
 
 AS_GIVEN, SWAPPED, OTHER_SPLIT, INDEPENDENT = "as given", "swapped", "another split", "independent"
+#: The particles' contrast relative to the maps.
+CONTRAST_AS_MAPS, CONTRAST_INVERTED = "as the maps", "inverted"
 #: The fields that place a particle's prediction (orientation and origin); the null pairs an
 #: image with another particle's.
 POSE_FIELDS = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_A", "origin_y_A")
@@ -73,7 +84,9 @@ class HalfMapCheck:
         a split other than rlnRandomSubset's: no unbiased prediction), or "independent" (no
         particle's noise in either map: no bias, e.g. simulated maps);
     z : the direction statistic; excess, excess_sigma : the own-noise excess and its standard
-        error; n_particles : the particles used.
+        error; n_particles : the particles used; contrast : the particles' contrast relative to
+        the maps ("as the maps" or "inverted"; the other statistics are then those of the
+        images with their sign flipped); contrast_z : its t statistic.
     """
 
     verdict: str
@@ -81,6 +94,12 @@ class HalfMapCheck:
     excess: float
     excess_sigma: float
     n_particles: int
+    contrast: str = CONTRAST_AS_MAPS
+    contrast_z: float = float("nan")
+
+    @property
+    def inverted(self) -> bool:
+        return self.contrast == CONTRAST_INVERTED
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -99,15 +118,15 @@ def check_stages(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def staged_check(statistics, positions: np.ndarray) -> HalfMapCheck:
     """The verdict of :func:`decide` over the stages of :func:`check_stages`.
 
-    statistics : function(positions) -> (d, d0) for those particles (see
+    statistics : function(positions) -> (d, d0, c) for those particles (see
     :func:`own_noise_statistics`)."""
     first, rest = check_stages(positions)
-    d, d0 = statistics(first)
-    check = decide(d, d0)
+    stats = statistics(first)
+    check = decide(*stats)
     if rest.size == 0 or abs(check.z) >= Z_AT_ONCE:
         return check
-    d_rest, d0_rest = statistics(rest)
-    return decide(np.concatenate([d, d_rest]), np.concatenate([d0, d0_rest]))
+    more = statistics(rest)
+    return decide(*(np.concatenate([a, b]) for a, b in zip(stats, more)))
 
 
 def sample_positions(positions: np.ndarray, limit: int | None = None) -> np.ndarray:
@@ -128,40 +147,56 @@ def combined_reference(references: dict, a: float, b: float) -> PaddedReference:
 
 def own_noise_statistics(backend, images, particles, references: dict, terms, band,
                          pixel_size_A: float, threads: int = 1,
-                         batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(d_i, d0_i) of the module docstring for ``particles`` (their ``images``: (n, box, box)),
-    computed with the accumulation backend against the difference of the half maps, one
-    statistics cell per particle (the cell's D = sum Re(X conj(CTF (P_1 - P_2)))); d0 pairs each
-    image with the pose of another particle of the sample. Two arrays of shape (n,)."""
+                         batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d_i, d0_i, c_i) of the module docstring for ``particles`` (their ``images``: (n, box,
+    box)), computed with the accumulation backend, one statistics cell per particle (a cell's
+    D = sum Re(X conj(CTF P)) for the prediction P from the difference of the half maps, for d,
+    and from their sum, for c); d0 pairs each image with the pose of another particle of the
+    sample. Three arrays of shape (n,)."""
     n, m = len(particles), band.size
     w = band.friedel_weight
     diff_ref = combined_reference(references, 1.0, -1.0)
+    sum_ref = combined_reference(references, 1.0, 1.0)
     others = particles.subset(np.roll(np.arange(n), 1))
     null = replace(particles, **{f: getattr(others, f) for f in POSE_FIELDS})
-    d, d0 = np.zeros(n), np.zeros(n)
+    d, d0, c = np.zeros(n), np.zeros(n), np.zeros(n)
     for lo in range(0, n, batch):
         idx = np.arange(lo, min(lo + batch, n))
         k = idx.size
         own_sign = np.where(particles.half_set[idx] == 1, 1.0, -1.0)
-        # one backend call per batch: the images with their own poses (cells 0..k-1), then with
-        # the shuffled poses (cells k..2k-1)
+        # against the difference: the images with their own poses (cells 0..k-1), then with
+        # the shuffled poses (cells k..2k-1); against the sum: their own poses
         per = np.zeros((2 * k, N_STATS, m))
         backend.accumulate_batch(per, np.arange(2 * k), np.concatenate([images[idx]] * 2),
                                  particles.subset(idx).concat(null.subset(idx)), diff_ref, terms,
                                  band, pixel_size_A, threads)
+        together = np.zeros((k, N_STATS, m))
+        backend.accumulate_batch(together, np.arange(k), images[idx], particles.subset(idx),
+                                 sum_ref, terms, band, pixel_size_A, threads)
         sums = (w * per[:, 3, :]).sum(axis=1)
         d[idx], d0[idx] = own_sign * sums[:k], own_sign * sums[k:]
-    return d, d0
+        c[idx] = (w * together[:, 3, :]).sum(axis=1)
+    return d, d0, c
 
 
-def decide(d: np.ndarray, d0: np.ndarray) -> HalfMapCheck:
-    """The verdict from the per-particle statistics and their pose-shuffled null (see the module
-    docstring)."""
+def _t(values: np.ndarray) -> float:
+    """The t statistic of the mean of ``values``."""
+    spread = values.std(ddof=1)
+    return float(values.mean() / (spread / np.sqrt(values.size))) if spread > 0 else 0.0
+
+
+def decide(d: np.ndarray, d0: np.ndarray, c: np.ndarray | None = None) -> HalfMapCheck:
+    """The verdict from the per-particle statistics, their pose-shuffled null and, if given, the
+    contrast statistic (see the module docstring)."""
     d, d0 = np.asarray(d, float), np.asarray(d0, float)
     n = int(d.size)
     if n < 10 or not np.any(d0):
         return HalfMapCheck("not checked", float("nan"), float("nan"), float("nan"), n)
-    z = float(d.mean() / (d.std(ddof=1) / np.sqrt(n)))
+    contrast_z = _t(np.asarray(c, float)) if c is not None else float("nan")
+    contrast = CONTRAST_INVERTED if contrast_z <= -Z_DECIDED else CONTRAST_AS_MAPS
+    if contrast == CONTRAST_INVERTED:  # the images' sign flipped flips every d_i too
+        d, d0 = -d, -d0
+    z = _t(d)
     m2, m0 = float(np.mean(d * d)), float(np.mean(d0 * d0))
     excess = m2 / m0 - 1.0
     # delta method for the ratio of two means
@@ -175,4 +210,4 @@ def decide(d: np.ndarray, d0: np.ndarray) -> HalfMapCheck:
         verdict = OTHER_SPLIT
     else:
         verdict = INDEPENDENT
-    return HalfMapCheck(verdict, z, excess, excess_sigma, n)
+    return HalfMapCheck(verdict, z, excess, excess_sigma, n, contrast, contrast_z)

@@ -174,6 +174,10 @@ class StackReader:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def describe(self, position: int) -> str:
+        """The particle at ``position`` as a user finds it: 'image 12 of STACK'."""
+        return f"image {self.indices[position] + 1} of {self.stack_names[self.stack_of[position]]}"
+
     def read(self, positions, out: np.ndarray | None = None) -> np.ndarray:
         """Images of the particles at ``positions`` (list order), float32 (k, box, box).
 

@@ -45,6 +45,7 @@ from .options import RefineOptions
 from .phase_map import PhaseMap, phase_map
 from .projection import PaddedReference, for_particles, make_padded_reference
 from .results import GroupResult, Refinement, RefinementInputs
+from .screening import ImageScreen, screen_for
 from .streaming import BatchStream
 from .zernike import isotropic_k4_rad
 
@@ -66,6 +67,8 @@ PROGRESS_EVERY_S = 5.0
 PROGRESS_EVERY_FRACTION = 0.02
 #: Radial bins per Fourier shell in which the per-pixel statistics are pooled for the fit.
 BINS_PER_SHELL = 8
+#: The statistics that change sign with the images (D and E of :mod:`csrefine.accumulate`).
+CROSS_ROWS = slice(3, 5)
 
 
 ProgressFn = Callable[[str], None]
@@ -123,15 +126,27 @@ def _log(progress: ProgressFn | None, text: str):
         progress(text)
 
 
+@dataclass(frozen=True)
+class GroupStatistics:
+    """A group's accumulated statistics, (n_cells, 6, m), and how many of its images were
+    down-weighted as unusual (:mod:`csrefine.screening`)."""
+
+    stats: np.ndarray
+    downweighted: int
+
+
 def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
                      references, band, cells, n_cells, backend, options: RefineOptions,
-                     progress=None, should_abort=None) -> np.ndarray:
-    """Stream one group's particles through the backend; returns stats (n_cells, 6, m)."""
+                     progress=None, should_abort=None, screen: ImageScreen | None = None,
+                     inverted: bool = False) -> GroupStatistics:
+    """Stream one group's particles (``particles``: theirs, ``positions``: where ``images`` holds
+    them) through the backend, each image screened (``screen``, default: the group's own); with
+    ``inverted``, as if every image's sign were flipped."""
     stats = np.zeros((n_cells, 6, band.size), dtype=np.float64)
     terms = pixel_terms(group, band)
-    n = positions.size
-    done = 0
-    meter = ProgressMeter(f"optics group {group.optics_group}", n, progress)
+    screen = screen or screen_for(images, positions)
+    done = downweighted = 0
+    meter = ProgressMeter(f"optics group {group.optics_group}", positions.size, progress)
     # The next batch is read from the (memory-mapped) stacks in background threads while this
     # one is computed; the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
@@ -141,11 +156,15 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
         for idx, imgs in batches:
             if should_abort is not None:
                 check_abort(should_abort)
-            _accumulate_one(stats, cells[idx], imgs, particles.subset(idx), references, terms,
-                            band, group, backend, options)
+            batch, unusual = screen.weigh(imgs, particles.subset(idx), positions[idx], images)
+            _accumulate_one(stats, cells[idx], imgs, batch, references, terms, band, group,
+                            backend, options)
             done += idx.size
+            downweighted += unusual
             meter.update(done)
-    return stats
+    if inverted:
+        stats[:, CROSS_ROWS] *= -1.0  # X -> -X flips exactly the two cross sums
+    return GroupStatistics(stats, downweighted)
 
 
 class ProgressMeter:
@@ -295,6 +314,37 @@ def _not_refined(group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult
         voltage_kv=group.voltage_kv)
 
 
+#: A Cs change within this fraction of the search's half-width from its edge is at the edge.
+AT_SEARCH_EDGE = 0.995
+
+
+def failed_fit(cs_change_mm: float, cs_sigma_mm: float, subset_changes_mm: list, cs_mm: float,
+               cs_nominal_mm: float, options: RefineOptions) -> str | None:
+    """Why a group's fit cannot be reported as a refined Cs (None: it can): a standard error
+    that is not finite, zero or above ``options.max_cs_sigma_mm``; a best fit (``cs_mm``, a
+    change ``cs_change_mm`` from the input's Cs) at or beyond the edge of the search around the
+    nominal Cs; subsets that all give the same value (a degenerate fit, e.g. one image
+    dominating every block)."""
+    if not np.isfinite(cs_sigma_mm) or cs_sigma_mm > options.max_cs_sigma_mm:
+        return (f"too uncertain: jackknife sigma {cs_sigma_mm:.3f} mm exceeds "
+                f"{options.max_cs_sigma_mm} mm (too few particles or too low resolution)")
+    search = options.cs_search_mm
+    if abs(cs_change_mm) > search:
+        typo = (" The nominal Cs is negative: is its sign a typo (rlnSphericalAberration, "
+                "ctf/cs_mm)?" if cs_nominal_mm < 0 else "")
+        return (f"the best fit, Cs {cs_mm:.3f} mm, lies {abs(cs_change_mm):.2f} mm from the "
+                f"nominal {cs_nominal_mm:.3f} mm, outside the ±{search:g} mm search: the nominal "
+                f"Cs is far off or the data are dominated by something else.{typo}")
+    if abs(cs_change_mm) >= AT_SEARCH_EDGE * search:
+        return (f"the likelihood is largest at the edge of the ±{search:g} mm search (Cs "
+                f"{cs_mm:.3f} mm): the data do not determine Cs within it (widen cs_search_mm "
+                f"only if the nominal Cs may be that far off)")
+    if cs_sigma_mm <= 0 or np.ptp(subset_changes_mm) == 0:
+        return ("the fit is degenerate: every block of particles gives the same Cs (standard "
+                "error 0), as when a few images dominate the statistics")
+    return None
+
+
 def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
                     options: RefineOptions) -> GroupResult:
     """The group's result from its fits: Cs +- jackknife sigma, subsets, interpretation."""
@@ -308,11 +358,10 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
     model = fitted.model
     impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
                                  cs_ref - group.cs_mm, 1.0 / nyquist_A(group.pixel_size_A))
-    refined, reason = True, "refined"
-    if not np.isfinite(cs_sigma) or cs_sigma > options.max_cs_sigma_mm:
-        refined, reason = False, (f"too uncertain: jackknife sigma {cs_sigma:.3f} mm exceeds "
-                                  f"{options.max_cs_sigma_mm} mm (too few particles or too low "
-                                  f"resolution)")
+    reason = failed_fit(best.cs_change_mm, cs_sigma, [s.cs_change_mm for s in fitted.subsets],
+                        cs_ref, group.cs_mm, options)
+    refined = reason is None
+    reason = reason or "refined"
     result = GroupResult(
         optics_group=group.optics_group, name=group.name, n_particles=n, refined=refined,
         reason=reason, cs_nominal_mm=group.cs_mm,
@@ -346,14 +395,19 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
 
 
 def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
-                    references: dict, band, backend, threads: int = 1) -> HalfMapCheck:
-    """Measure whether the half maps match the group's half sets (:mod:`csrefine.halfsets`), on
-    an evenly spread sample of the group's particles."""
+                    references: dict, band, backend, threads: int = 1,
+                    screen: ImageScreen | None = None) -> HalfMapCheck:
+    """Measure whether the half maps match the group's half sets and the particles' contrast
+    (:mod:`csrefine.halfsets`), on an evenly spread sample of the group's particles (``screen``:
+    as :func:`accumulate_group`)."""
     terms = pixel_terms(group, band)
+    screen = screen or screen_for(images, positions)
 
     def statistics(sample):
-        return own_noise_statistics(backend, images.read(sample), particles.subset(sample),
-                                    references, terms, band, group.pixel_size_A, threads)
+        imgs = images.read(sample)
+        parts, _ = screen.weigh(imgs, particles.subset(sample), sample, images)
+        return own_noise_statistics(backend, imgs, parts, references, terms, band,
+                                    group.pixel_size_A, threads)
 
     return staged_check(statistics, positions)
 
@@ -362,6 +416,13 @@ def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warni
                           progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
     figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}"
+    if check.inverted:
+        text = (f"optics group {gid}: the particles' contrast is inverted relative to the maps "
+                f"(their correlation with the maps' predictions has z = {check.contrast_z:+.1f}): "
+                f"look at blob/sign (cryoSPARC) or the extraction's invert-contrast setting "
+                f"(RELION); the group was refined with every image's sign flipped")
+        warnings.append(text)
+        _log(progress, f"WARNING: {text}")
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
@@ -485,6 +546,74 @@ def check_band(low_A: float, high_A: float, resolution_A: float, options: Refine
                      f"of these particles, and is the mask right?")
 
 
+@dataclass
+class GroupContext:
+    """What every optics group's refinement shares within one run (see :func:`refine`)."""
+
+    particles: Particles
+    images: object
+    references: dict
+    map_pixel_size_A: float
+    band_A: list
+    backend: object
+    options: RefineOptions
+    progress: ProgressFn | None
+    should_abort: Callable[[], bool] | None
+    half_map_names: tuple[str, str] | None
+    timings: dict
+    warnings: list
+
+    def not_refined(self, group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
+        _log(self.progress, f"optics group {group.optics_group}: not refined ({reason})")
+        return _not_refined(group, n, reason, band_A)
+
+
+def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -> GroupResult:
+    """Refine one optics group (its particles at ``positions``): screen its images, check the
+    half maps and the contrast against a sample, accumulate, fit, and judge the fit."""
+    options, gid, n = ctx.options, group.optics_group, positions.size
+    low_A, high_A = ctx.band_A
+    n_cells = options.subsets * options.cells_per_subset
+    if n < max(options.min_particles, n_cells):
+        return ctx.not_refined(group, n, f"too few particles ({n} < "
+                                          f"{max(options.min_particles, n_cells)})", ctx.band_A)
+    high_g_A = max(high_A, nyquist_A(group.pixel_size_A))  # capped at this group's Nyquist
+    band_g = [float(low_A), float(high_g_A)]
+    if high_g_A > BAND_MIN_RATIO * low_A:
+        return ctx.not_refined(group, n, f"resolution too low: the band {low_A:g}-{high_g_A:.1f} "
+                                          f"Å is too narrow", band_g)
+    band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
+    refs = group_references(ctx.references, group, ctx.map_pixel_size_A)
+    t0 = time.monotonic()
+    screen = screen_for(ctx.images, positions)
+    check = check_half_maps(group, positions, ctx.particles, ctx.images, refs, band, ctx.backend,
+                            options.threads, screen)
+    ctx.timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
+    names = (f"the half maps {ctx.half_map_names[0]} and {ctx.half_map_names[1]}"
+             if ctx.half_map_names else "the half maps")
+    refs, problem = _apply_half_map_check(check, gid, refs, ctx.warnings, ctx.progress, names)
+    if problem:
+        result = ctx.not_refined(group, n, problem, band_g)
+        result.half_maps = check.as_dict()
+        return result
+    cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
+    t0 = time.monotonic()
+    accumulated = accumulate_group(group, positions, ctx.particles.subset(positions), ctx.images,
+                                   refs, band, cells, n_cells, ctx.backend, options, ctx.progress,
+                                   ctx.should_abort, screen, check.inverted)
+    ctx.timings[f"accumulate_group{gid}"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    fitted = fit_group(group, accumulated.stats, band, n_cells, n, options)
+    ctx.timings[f"fit_group{gid}"] = time.monotonic() - t0
+    result = summarise_group(group, n, fitted, band_g, options)
+    result.half_maps = check.as_dict()
+    result.contrast = check.contrast
+    result.images_downweighted = accumulated.downweighted
+    if not result.refined:
+        _log(ctx.progress, f"optics group {gid}: not refined ({result.reason})")
+    return result
+
+
 def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
            mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
            options: RefineOptions | None = None, progress: ProgressFn | None = None,
@@ -535,51 +664,12 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results = []
-    n_cells = options.subsets * options.cells_per_subset
+    context = GroupContext(particles, images, references, px, band_A, backend, options, progress,
+                           should_abort, half_map_names, timings, warnings)
     for gid in sorted(groups):
-        group = groups[gid]
         positions = np.flatnonzero(particles.optics_group == gid)
-        n = positions.size
-        if n == 0:
-            continue
-        if n < max(options.min_particles, n_cells):
-            results.append(_not_refined(group, n, f"too few particles ({n} < "
-                                        f"{max(options.min_particles, n_cells)})", band_A))
-            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
-            continue
-        high_g_A = max(high_A, nyquist_A(group.pixel_size_A))  # capped at this group's Nyquist
-        band_g = [float(low_A), float(high_g_A)]
-        if high_g_A > BAND_MIN_RATIO * low_A:
-            results.append(_not_refined(group, n, f"resolution too low: the band {low_A}"
-                                        f"-{high_g_A:.1f} Å is too narrow", band_g))
-            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
-            continue
-        band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
-        sub = particles.subset(positions)
-        refs_g = group_references(references, group, px)
-        t0 = time.monotonic()
-        check = check_half_maps(group, positions, particles, images, refs_g, band, backend,
-                                options.threads)
-        timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
-        refs_g, problem = _apply_half_map_check(
-            check, gid, refs_g, warnings, progress,
-            f"the half maps {half_map_names[0]} and {half_map_names[1]}" if half_map_names
-            else "the half maps")
-        if problem:
-            results.append(_not_refined(group, n, problem, band_g))
-            results[-1].half_maps = check.as_dict()
-            _log(progress, f"optics group {gid}: not refined ({problem})")
-            continue
-        cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
-        t0 = time.monotonic()
-        stats = accumulate_group(group, positions, sub, images, refs_g, band, cells, n_cells,
-                                 backend, options, progress, should_abort)
-        timings[f"accumulate_group{gid}"] = time.monotonic() - t0
-        t0 = time.monotonic()
-        fitted = fit_group(group, stats, band, n_cells, n, options)
-        timings[f"fit_group{gid}"] = time.monotonic() - t0
-        results.append(summarise_group(group, n, fitted, band_g, options))
-        results[-1].half_maps = check.as_dict()
+        if positions.size:
+            results.append(refine_group(groups[gid], positions, context))
     timings["total"] = time.monotonic() - t_start
     return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px),
                       warnings)

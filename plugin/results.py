@@ -19,9 +19,12 @@ if TYPE_CHECKING:  # the rounds' records refer to these records: imported for an
 
 
 class ImageSource(Protocol):
-    """Particle images in particle order: ``read(positions, out=None) -> (k, box, box)``."""
+    """Particle images in particle order: ``read(positions, out=None) -> (k, box, box)``, and
+    ``describe(position)``, how a message names one ('image 12 of Extract/job001/x.mrcs')."""
 
     def read(self, positions, out=None) -> np.ndarray: ...
+
+    def describe(self, position: int) -> str: ...
 
 
 @dataclass
@@ -69,6 +72,9 @@ class GroupResult:
     band_A : the group's fitted band (its high end capped at the group's Nyquist);
     half_maps : the check of the half maps against the particles' half sets
         (:class:`csrefine.halfsets.HalfMapCheck` as a dict; empty if not made);
+    contrast : the particles' contrast relative to the maps ("as the maps", or "inverted": the
+        group was refined with the images' sign flipped);
+    images_downweighted : images of unusual power given less weight (:mod:`csrefine.screening`);
     anisotropy : the anisotropic part of the measured phase vs the isotropic change at the
         band's edge (:meth:`csrefine.phase_map.PhaseMap.summary`).
     """
@@ -94,6 +100,8 @@ class GroupResult:
     cs_change_z: float | None = None
     half_maps: dict = field(default_factory=dict)
     anisotropy: dict = field(default_factory=dict)
+    contrast: str = "as the maps"
+    images_downweighted: int = 0
     curves: dict = field(default_factory=dict, repr=False)
 
 

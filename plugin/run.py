@@ -25,7 +25,7 @@ from .errors import InputError, check_abort
 from .options import RefineOptions
 from .pipeline import refine_inputs
 from .report import interpretation_text, report_dict, summary_table
-from .results import RefinementInputs, RunResult
+from .results import Refinement, RefinementInputs, RunResult
 from .rounds import Reconstructor, refine_rounds, rounds_json, rounds_text_lines
 
 AbortFn = Callable[[], bool]
@@ -115,10 +115,23 @@ def run_refinement(load: Callable[[], RefinementInputs], options: RefineOptions,
     report["timings_s"] = dict(refinement.timings_s)
     result = RunResult(inputs, refinement, report, calibration, rounds)
     destination.write(result, should_abort)
+    nothing = nothing_refined_line(refinement)
+    if nothing:
+        progress(nothing)
     progress(interpretation_text(refinement))
     if calibration is not None:
         progress("\n".join(calibration.lines))
     progress(summary_table(refinement))
     if rounds is not None:
         progress("\n".join(rounds_text_lines(rounds)))
+    if nothing:
+        progress(nothing)  # first and last: the line users read
     return result
+
+
+def nothing_refined_line(refinement: Refinement) -> str | None:
+    """One line when no optics group was refined (each group's reason), else None."""
+    if any(g.refined for g in refinement.groups):
+        return None
+    reasons = "; ".join(f"optics group {g.optics_group}: {g.reason}" for g in refinement.groups)
+    return f"NO OPTICS GROUP WAS REFINED, every Cs stays as it was. {reasons}"

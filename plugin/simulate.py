@@ -58,6 +58,9 @@ class ArrayImages:
     def __len__(self):
         return len(self.images)
 
+    def describe(self, position: int) -> str:
+        return f"image {position + 1} of the in-memory images"
+
     def read(self, positions, out=None):
         images = np.asarray(self.images[np.asarray(positions)], dtype=np.float32)
         if out is None:
