@@ -34,7 +34,7 @@ from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
 from csrefine.results import RefinementInputs
 
-from .convert import (
+from .aberrations import (
     ANISOMAG_DIRECTIONS,
     FIELD_CANDIDATES,
     FIELD_SETTING,

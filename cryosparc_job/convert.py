@@ -3,7 +3,7 @@
 Everything cryoSPARC-specific about particle fields lives here; the core only sees
 :class:`csrefine.model.OpticsGroup` / :class:`csrefine.model.Particles` in RELION conventions.
 
-Conventions (see ``cryosparc_job/README_section.md``; how each was checked is noted there):
+Conventions (docs/conventions.md says how each was checked):
 
 * ``alignments3D/pose`` is an axis-angle vector (radians). With ``R = Rotation.from_rotvec(pose)``
   (scipy, right-handed Rodrigues), RELION's matrix is ``A = R.as_matrix().T`` and therefore
@@ -44,66 +44,28 @@ Conventions (see ``cryosparc_job/README_section.md``; how each was checked is no
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cryosparc.dataset import Dataset
 from scipy.spatial.transform import Rotation
 
-from csrefine.ctf import electron_wavelength_A
 from csrefine.errors import InputError, shown
 from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
-from csrefine.model import OpticsGroup, Particles, check_optics_values
+from csrefine.images import StackReader
+from csrefine.model import OpticsGroup, Particles, check_optics_values, per_particle_geometry
 
-REQUIRED_FIELDS = (
-    "blob/path", "blob/idx", "blob/shape", "blob/psize_A",
-    "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A", "ctf/df2_A",
-    "ctf/df_angle_rad",
-    "alignments3D/pose", "alignments3D/shift",
+from .aberrations import MOST_LIKELY_CONVENTION, cryosparc_aberrations
+from .fields import (
+    OPTICS_FIELD_NAMES,
+    REQUIRED_FIELDS,
+    check_field_types,
+    check_unique_uids,
+    constant_per_group,
+    field,
 )
-#: Global CTF Refinement's higher-order fields and their lengths.
-ABERRATION_FIELDS = {"ctf/tilt_A": 2, "ctf/trefoil_A": 2, "ctf/tetra_A": 4, "ctf/anisomag": 4,
-                     "ctf/shift_A": 2}
-#: The kind of value each field read here must hold (numpy dtype kinds): a float ``blob/idx``
-#: would be truncated, integer poses are not cryoSPARC's, a string number is no number.
-INTEGER_FIELDS = ("blob/idx", "blob/shape", "ctf/exp_group_id", "alignments3D/split")
-STRING_FIELDS = ("blob/path",)
-FLOAT_FIELDS = ("blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast",
-                "ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/scale",
-                "ctf/bfactor", "alignments3D/pose", "alignments3D/shift",
-                "alignments3D/psize_A", *ABERRATION_FIELDS)
-_KINDS = {**{f: ("iu", "an integer") for f in INTEGER_FIELDS},
-          **{f: ("f", "a floating-point") for f in FLOAT_FIELDS},
-          **{f: ("OUS", "a string") for f in STRING_FIELDS}}
-#: The field of each quantity checked by csrefine.model.check_optics_values.
-OPTICS_FIELD_NAMES = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm",
-                      "amplitude_contrast": "ctf/amp_contrast", "pixel_size_A": "blob/psize_A",
-                      "box_size": "blob/shape"}
 
 
-def check_field_types(dset, what: str) -> None:
-    """InputError naming the file, field and dtype if a field csrefine reads holds the wrong
-    kind of value (:data:`INTEGER_FIELDS`, :data:`FLOAT_FIELDS`, :data:`STRING_FIELDS`)."""
-    for name in dset.fields():
-        if name not in _KINDS:
-            continue
-        kinds, label = _KINDS[name]
-        values = np.asarray(dset[name])
-        ok = values.dtype.kind in kinds
-        if ok and values.dtype.kind == "O":
-            ok = all(isinstance(v, (str, bytes)) for v in values[:1000].ravel().tolist())
-        if not ok:
-            raise InputError(f"{what}: field {name} has dtype {values.dtype} ({_kind_word(values)}); "
-                             f"csrefine expects {label} field")
-
-
-def _kind_word(values: np.ndarray) -> str:
-    return {"i": "integers", "u": "integers", "f": "floating-point numbers", "c": "complex numbers",
-            "b": "booleans", "U": "strings", "S": "strings", "O": "Python objects"}.get(
-        values.dtype.kind, "other values")
-
-
-# ----------------------------------------------------------------------------- poses
 def pose_to_euler_deg(pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cryoSPARC axis-angle poses (n, 3) in radians -> RELION (rot, tilt, psi) in degrees."""
     pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
@@ -148,220 +110,16 @@ def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]
     return out
 
 
-def _field(dset, name):
-    return np.asarray(dset[name])
-
-
-def _constant_per_group(values, group_ids, field: str, tol: float = 1e-6) -> dict[int, float]:
-    """One value per exposure group; InputError naming the field and group if it varies."""
-    out = {}
-    for gid in np.unique(group_ids):
-        v = np.asarray(values[group_ids == gid], dtype=np.float64)
-        lo, hi = float(v.min()), float(v.max())
-        if hi - lo > tol * max(1.0, abs(hi)):
-            raise InputError(f"{field} is not constant within exposure group {int(gid)} "
-                             f"(values from {lo:g} to {hi:g}); csrefine refines one Cs per exposure "
-                             f"group and needs one {field.split('/')[-1]} per group (split the "
-                             f"exposure groups, e.g. with Exposure Group Utilities)")
-        out[int(gid)] = float(v[0])
-    return out
-
-
-# ----------------------------------------------------------------------------- higher-order CTF terms
-#: anisomag directions: rlnMagMat M from A = anisomag.reshape(2, 2) (row-major).
-ANISOMAG_DIRECTIONS = ("I+A", "inv(I+A)", "I+A^T", "inv(I+A^T)")
-
-
-@dataclass(frozen=True)
-class Convention:
-    """Signs and directions of the higher-order fields (see the module docstring).
-
-    tilt_sign, trefoil_sign, tetra_sign, shift_sign : +1 or -1, the sign s of each phase;
-    anisomag : one of :data:`ANISOMAG_DIRECTIONS`.
-    """
-
-    tilt_sign: int = -1
-    trefoil_sign: int = -1
-    tetra_sign: int = 1
-    shift_sign: int = -1
-    anisomag: str = "I+A"
-
-    def label(self, field: str) -> str:
-        """Human-readable convention of ``field`` (a key of :data:`ABERRATION_FIELDS`)."""
-        if field == "ctf/anisomag":
-            return f"rlnMagMat = {self.anisomag}"
-        sign = "-" if getattr(self, FIELD_SETTING[field]) < 0 else "+"
-        return {"ctf/tilt_A": f"odd phase {sign}2π λ² |k|² (t·k)",
-                "ctf/trefoil_A": f"odd phase {sign}(2π/3) λ² |k|³ (r0 cos3φ + r1 sin3φ)",
-                "ctf/tetra_A": f"even phase {sign}λ³|k|⁴ [2π (q0 cos2φ + q1 sin2φ) + "
-                               f"(π/2) (q2 cos4φ + q3 sin4φ)]",
-                "ctf/shift_A": f"odd phase {sign}2π (k·shift)"}[field]
-
-
-#: The convention most likely from public sources (used where the data cannot tell).
-MOST_LIKELY_CONVENTION = Convention()
-#: Which :class:`Convention` attribute each field depends on, and its candidate values (the most
-#: likely first).
-FIELD_SETTING = {"ctf/tilt_A": "tilt_sign", "ctf/trefoil_A": "trefoil_sign",
-                 "ctf/tetra_A": "tetra_sign", "ctf/shift_A": "shift_sign",
-                 "ctf/anisomag": "anisomag"}
-FIELD_CANDIDATES = {"ctf/tilt_A": (-1, 1), "ctf/trefoil_A": (-1, 1), "ctf/tetra_A": (1, -1),
-                    "ctf/shift_A": (-1, 1), "ctf/anisomag": ANISOMAG_DIRECTIONS}
-
-
-@dataclass(frozen=True)
-class GroupAberrations:
-    """One exposure group's higher-order fields as stored by cryoSPARC (float64, Å but anisomag).
-
-    tilt_A (2,), trefoil_A (2,), tetra_A (4,), anisomag (4,) (M - I, row-major), shift_A (2,).
-    """
-
-    tilt_A: np.ndarray
-    trefoil_A: np.ndarray
-    tetra_A: np.ndarray
-    anisomag: np.ndarray
-    shift_A: np.ndarray
-
-    def value(self, field: str) -> np.ndarray:
-        return getattr(self, field.split("/")[1])
-
-    def nonzero_fields(self) -> list[str]:
-        """The fields (``ctf/...`` names) with any non-zero component, in ABERRATION_FIELDS order."""
-        return [f for f in ABERRATION_FIELDS if np.any(self.value(f) != 0)]
-
-
-@dataclass(frozen=True)
-class AberrationTerms:
-    """The core's form of one group's fields: even_zernike (9,) or (0,) and odd_zernike (6,) or
-    (0,) in radians (RELION order), mag_matrix (2, 2)."""
-
-    even_zernike: np.ndarray
-    odd_zernike: np.ndarray
-    mag_matrix: np.ndarray
-
-
-def group_aberrations(dset, exp_ids: np.ndarray) -> dict[int, GroupAberrations]:
-    """Each exposure group's higher-order fields (absent fields: zeros).
-
-    exp_ids : (n,) ``ctf/exp_group_id`` per particle. Raises InputError naming the field
-    component and group where a value is not constant within a group.
-    """
-    fields = set(dset.fields())
-    n = len(exp_ids)
-    per_field = {}
-    for name, length in ABERRATION_FIELDS.items():
-        values = (_field(dset, name).astype(np.float64).reshape(n, length) if name in fields
-                  else np.zeros((n, length)))
-        per_field[name] = [_constant_per_group(values[:, i], exp_ids, f"{name}[{i}]")
-                           for i in range(length)]
-    return {int(eid): GroupAberrations(**{
-        name.split("/")[1]: np.array([component[int(eid)] for component in per_field[name]])
-        for name in ABERRATION_FIELDS}) for eid in np.unique(exp_ids)}
-
-
-def odd_zernike_terms(values: GroupAberrations, convention: Convention,
-                      wavelength_A: float) -> np.ndarray:
-    """rlnOddZernike (6,) radians of tilt, trefoil and shift; (0,) when all are zero.
-
-    Order Z1^-1, Z1^1, Z3^-3, Z3^-1, Z3^1, Z3^3. |k|^3 cosφ = (Z3^1 + 2 Z1^1) / 3.
-    """
-    if not (np.any(values.tilt_A) or np.any(values.trefoil_A) or np.any(values.shift_A)):
-        return np.zeros(0)
-    lam2 = wavelength_A**2
-    c = np.zeros(6)
-    tilt_x, tilt_y = convention.tilt_sign * 2.0 * np.pi * lam2 * values.tilt_A
-    c[4] += tilt_x / 3.0
-    c[1] += 2.0 * tilt_x / 3.0
-    c[3] += tilt_y / 3.0
-    c[0] += 2.0 * tilt_y / 3.0
-    trefoil = convention.trefoil_sign * (2.0 * np.pi / 3.0) * lam2 * values.trefoil_A
-    c[5] += trefoil[0]
-    c[2] += trefoil[1]
-    shift = convention.shift_sign * 2.0 * np.pi * values.shift_A
-    c[1] += shift[0]
-    c[0] += shift[1]
-    return c
-
-
-def even_zernike_terms(values: GroupAberrations, convention: Convention,
-                       wavelength_A: float) -> np.ndarray:
-    """rlnEvenZernike (9,) radians of tetrafoil; (0,) when it is zero.
-
-    Order Z0^0, Z2^-2, Z2^0, Z2^2, Z4^-4, Z4^-2, Z4^0, Z4^2, Z4^4. |k|^4 cos2φ = (Z4^2 + 3 Z2^2) / 4.
-    """
-    if not np.any(values.tetra_A):
-        return np.zeros(0)
-    lam3 = wavelength_A**3
-    q = convention.tetra_sign * values.tetra_A
-    c = np.zeros(9)
-    two_fold = 2.0 * np.pi * lam3 * q[:2]
-    c[7] += two_fold[0] / 4.0
-    c[3] += 3.0 * two_fold[0] / 4.0
-    c[5] += two_fold[1] / 4.0
-    c[1] += 3.0 * two_fold[1] / 4.0
-    c[8] += 0.5 * np.pi * lam3 * q[2]
-    c[4] += 0.5 * np.pi * lam3 * q[3]
-    return c
-
-
-def anisomag_matrix(anisomag, direction: str) -> np.ndarray:
-    """rlnMagMat (2, 2) of ``anisomag`` = [m00, m01, m10, m11] (M - I) in ``direction``
-    (:data:`ANISOMAG_DIRECTIONS`); the identity for zeros."""
-    a = np.asarray(anisomag, dtype=np.float64).reshape(2, 2)
-    if direction not in ANISOMAG_DIRECTIONS:
-        raise ValueError(f"anisomag direction must be one of {ANISOMAG_DIRECTIONS}, got {direction!r}")
-    if not np.any(a):
-        return np.eye(2)
-    if "^T" in direction:
-        a = a.T
-    m = np.eye(2) + a
-    return np.linalg.inv(m) if direction.startswith("inv") else m
-
-
-def aberration_terms(values: GroupAberrations, convention: Convention,
-                     voltage_kv: float) -> AberrationTerms:
-    """One group's fields in the core's model under ``convention``."""
-    lam = electron_wavelength_A(voltage_kv)
-    return AberrationTerms(even_zernike_terms(values, convention, lam),
-                           odd_zernike_terms(values, convention, lam),
-                           anisomag_matrix(values.anisomag, convention.anisomag))
-
-
-def cryosparc_aberrations(dset, exp_ids, convention: Convention = MOST_LIKELY_CONVENTION
-                          ) -> dict[int, AberrationTerms]:
-    """Per exposure group (0-based id), the higher-order fields of ``dset`` as even/odd Zernike
-    coefficients and a magnification matrix under ``convention``.
-
-    exp_ids : (n,) exposure group of each particle. The fields and ``ctf/accel_kv`` must be
-    constant within each group (InputError naming the field and group otherwise).
-    """
-    exp_ids = np.asarray(exp_ids, dtype=np.int64)
-    voltage = _constant_per_group(_field(dset, "ctf/accel_kv"), exp_ids, "ctf/accel_kv")
-    return {eid: aberration_terms(values, convention, voltage[eid])
-            for eid, values in group_aberrations(dset, exp_ids).items()}
-
-
-
-# ----------------------------------------------------------------------------- cryoSPARC -> RELION
-def check_unique_uids(dset, what: str) -> None:
-    """InputError naming a uid that two rows share (outputs are matched to inputs by uid)."""
-    uid = np.asarray(dset["uid"])
-    values, counts = np.unique(uid, return_counts=True)
-    if np.any(counts > 1):
-        twice = values[counts > 1][0]
-        rows = np.flatnonzero(uid == twice)[:2] + 1
-        raise InputError(f"{what}: uid {int(twice)} appears twice (rows {rows[0]} and {rows[1]}); "
-                         f"each particle needs its own uid")
-
-
 def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particles"):
-    """Convert a cryoSPARC particle dataset into csrefine's RELION-convention model.
+    """Convert a cryoSPARC particle dataset into csrefine's RELION-convention model: THE
+    boundary conversion of the cryoSPARC adapter (the conventions are the module docstring's).
 
     Parameters
     ----------
     dset : cryosparc.dataset.Dataset with blob, ctf and alignments3D slots.
     project_dir : the cryoSPARC project directory; relative ``blob/path`` values are resolved
         against it (None: left as they are, minus a leading '>').
+    what : how messages name the dataset.
 
     Returns
     -------
@@ -371,6 +129,18 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     paths : list of stack paths, one per particle
     indices : int64 array, 0-based image index within each stack (``blob/idx``)
     """
+    check_dataset(dset, what)
+    exp = exposure_groups(dset)
+    groups = optics_groups(dset, exp, what)
+    particles = particle_parameters(dset, exp, what)
+    paths = resolve_blob_paths(field(dset, "blob/path"), project_dir, what)
+    return groups, particles, paths, field(dset, "blob/idx").astype(np.int64)
+
+
+def check_dataset(dset, what: str) -> None:
+    """InputError naming the dataset and field if it cannot be converted: empty, no 3D
+    alignments, a required field missing or of the wrong kind, a uid twice, images that are not
+    square, pixel sizes that are not positive, a split other than 0/1."""
     n = len(dset)
     if n == 0:
         raise InputError(f"{what}: the dataset is empty")
@@ -381,24 +151,39 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     missing = [f for f in REQUIRED_FIELDS if f not in fields]
     if missing:
         raise InputError(f"{what}: missing field(s) {', '.join(missing)}")
+    if "alignments3D/split" not in fields:
+        raise InputError(f"{what}: missing field alignments3D/split (half-set assignment)")
     check_field_types(dset, what)
     check_unique_uids(dset, what)
-
-    exp = (_field(dset, "ctf/exp_group_id").astype(np.int64) if "ctf/exp_group_id" in fields
-           else np.zeros(n, dtype=np.int64))
-    shape = _field(dset, "blob/shape").reshape(n, -1)
+    shape = field(dset, "blob/shape").reshape(n, -1)
     if shape.shape[1] != 2 or np.any(shape[:, 0] != shape[:, 1]):
         raise InputError(f"{what}: blob/shape must be square particle images, got {shape[0].tolist()}")
-    px = _field(dset, "blob/psize_A").astype(np.float64)
+    px = field(dset, "blob/psize_A").astype(np.float64)
     if np.any(~np.isfinite(px)) or np.any(px <= 0):
         bad = int(np.flatnonzero(~(px > 0))[0])
         raise InputError(f"{what}: blob/psize_A must be positive, got {shown(px[bad])} in row "
                          f"{bad + 1}")
+    split = field(dset, "alignments3D/split").astype(np.int64)
+    if not np.isin(split, (0, 1)).all():
+        bad = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
+        raise InputError(f"{what}: alignments3D/split must be 0 or 1, got {split[bad]} "
+                         f"in row {bad + 1}")
 
-    per = {name: _constant_per_group(_field(dset, name), exp, name)
+
+def exposure_groups(dset) -> np.ndarray:
+    """Each particle's exposure group (``ctf/exp_group_id``, 0 when absent), int64."""
+    if "ctf/exp_group_id" in set(dset.fields()):
+        return field(dset, "ctf/exp_group_id").astype(np.int64)
+    return np.zeros(len(dset), dtype=np.int64)
+
+
+def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
+    """One optics group per exposure group (number exp_group_id + 1, named as cryoSPARC names
+    it); Cs, voltage, amplitude contrast, pixel and box size must be constant within each."""
+    per = {name: constant_per_group(field(dset, name), exp, name)
            for name in ("ctf/cs_mm", "ctf/accel_kv", "ctf/amp_contrast", "blob/psize_A")}
-    boxes = _constant_per_group(shape[:, 0], exp, "blob/shape")
-    groups = {}
+    boxes = constant_per_group(field(dset, "blob/shape").reshape(len(dset), -1)[:, 0], exp,
+                               "blob/shape")
     for eid in sorted(per["ctf/cs_mm"]):
         check_optics_values(what, f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
                             cs_mm=per["ctf/cs_mm"][eid],
@@ -406,51 +191,42 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
                             pixel_size_A=per["blob/psize_A"][eid], box_size=boxes[eid],
                             names=OPTICS_FIELD_NAMES)
     aberrations = cryosparc_aberrations(dset, exp, MOST_LIKELY_CONVENTION)
-    for eid in sorted(per["ctf/cs_mm"]):
-        og = eid + 1
-        terms = aberrations[eid]
-        groups[og] = OpticsGroup(
-            optics_group=og, name=f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
-            cs_mm=per["ctf/cs_mm"][eid], amplitude_contrast=per["ctf/amp_contrast"][eid],
-            pixel_size_A=per["blob/psize_A"][eid], box_size=int(boxes[eid]),
-            even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
-            mag_matrix=terms.mag_matrix)
+    return {eid + 1: OpticsGroup(
+        optics_group=eid + 1, name=f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
+        cs_mm=per["ctf/cs_mm"][eid], amplitude_contrast=per["ctf/amp_contrast"][eid],
+        pixel_size_A=per["blob/psize_A"][eid], box_size=int(boxes[eid]),
+        even_zernike=aberrations[eid].even_zernike, odd_zernike=aberrations[eid].odd_zernike,
+        mag_matrix=aberrations[eid].mag_matrix) for eid in sorted(per["ctf/cs_mm"])}
 
-    if "alignments3D/split" in fields:
-        split = _field(dset, "alignments3D/split").astype(np.int64)
-        if not np.isin(split, (0, 1)).all():
-            bad = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
-            raise InputError(f"{what}: alignments3D/split must be 0 or 1, got {split[bad]} "
-                             f"in row {bad + 1}")
-    else:
-        raise InputError(f"{what}: missing field alignments3D/split (half-set assignment)")
 
-    align_px = (_field(dset, "alignments3D/psize_A").astype(np.float64)
+def particle_parameters(dset, exp: np.ndarray, what: str) -> Particles:
+    """The particles' CTF, pose and origin in RELION's conventions (module docstring)."""
+    n, fields = len(dset), set(dset.fields())
+    px = field(dset, "blob/psize_A").astype(np.float64)
+    align_px = (field(dset, "alignments3D/psize_A").astype(np.float64)
                 if "alignments3D/psize_A" in fields else px)
     align_px = np.where(align_px > 0, align_px, px)  # 0 = unset in allocated datasets
-    shift = _field(dset, "alignments3D/shift").astype(np.float64).reshape(n, 2)
-    rot, tilt, psi = pose_to_euler_deg(_field(dset, "alignments3D/pose"))
+    shift = field(dset, "alignments3D/shift").astype(np.float64).reshape(n, 2)
+    rot, tilt, psi = pose_to_euler_deg(field(dset, "alignments3D/pose"))
 
-    def opt(name, default):
-        return (_field(dset, name).astype(np.float64) if name in fields
+    def optional(name, default):
+        return (field(dset, name).astype(np.float64) if name in fields
                 else np.full(n, float(default)))
 
     particles = Particles(
-        defocus_u_A=_field(dset, "ctf/df1_A").astype(np.float64),
-        defocus_v_A=_field(dset, "ctf/df2_A").astype(np.float64),
-        defocus_angle_deg=np.rad2deg(_field(dset, "ctf/df_angle_rad").astype(np.float64)),
-        phase_shift_deg=np.rad2deg(opt("ctf/phase_shift_rad", 0.0)),
-        bfactor_A2=opt("ctf/bfactor", 0.0), ctf_scale=opt("ctf/scale", 1.0),
+        defocus_u_A=field(dset, "ctf/df1_A").astype(np.float64),
+        defocus_v_A=field(dset, "ctf/df2_A").astype(np.float64),
+        defocus_angle_deg=np.rad2deg(field(dset, "ctf/df_angle_rad").astype(np.float64)),
+        phase_shift_deg=np.rad2deg(optional("ctf/phase_shift_rad", 0.0)),
+        bfactor_A2=optional("ctf/bfactor", 0.0), ctf_scale=optional("ctf/scale", 1.0),
         rot_deg=rot, tilt_deg=tilt, psi_deg=psi,
         origin_x_A=shift[:, 0] * align_px, origin_y_A=shift[:, 1] * align_px,
-        half_set=split + 1, optics_group=exp + 1)
+        half_set=field(dset, "alignments3D/split").astype(np.int64) + 1, optics_group=exp + 1)
     try:
         particles.check_finite()
     except ValueError as exc:
         raise InputError(f"{what}: {exc}") from None
-    paths = resolve_blob_paths(_field(dset, "blob/path"), project_dir, what)
-    indices = _field(dset, "blob/idx").astype(np.int64)
-    return groups, particles, paths, indices
+    return particles
 
 
 def image_signs(dset) -> np.ndarray:
@@ -489,8 +265,6 @@ class SignedImages:
 def open_images(dset, groups, paths, indices, optics_group):
     """Memory-mapped particle images of ``dset`` (signs applied), in dataset order; each
     particle's box and pixel size are those of its group (``optics_group``, per particle)."""
-    from csrefine.images import StackReader
-    from csrefine.model import per_particle_geometry
 
     reader = StackReader(paths, indices, *per_particle_geometry(groups, optics_group))
     signs = image_signs(dset)
@@ -548,7 +322,6 @@ def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: floa
     Optics groups with aberrations cryoSPARC fields cannot hold verifiably (Zernike terms, beam
     tilt, magnification) raise InputError.
     """
-    from cryosparc.dataset import Dataset
 
     groups, p = star.groups, star.particles
     for g in groups.values():

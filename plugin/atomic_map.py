@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
 from .errors import InputError
@@ -25,8 +26,6 @@ def structure_centre_A(structure) -> np.ndarray:
 def docked_structure(structure, box: int, pixel_size_A: float, centre_A=None):
     """A copy of ``structure`` translated so that ``centre_A`` (default: its mean atom position)
     sits at voxel box//2 of a map whose voxel 0 is at 0 A: the model docked in that map."""
-    import gemmi
-
     st = structure.clone()
     st.setup_entities()
     st.remove_hydrogens()
@@ -49,8 +48,6 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
     each axis (see :func:`docked_structure`). Every atom gets the uniform ``b_factor_A2``. The
     model is not modified.
     """
-    import gemmi
-
     st = docked_structure(structure, box, pixel_size_A, centre_A)
     for model in st:
         for chain in model:
@@ -75,8 +72,6 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
 
 def read_model(path):
     """Read an atomic model (mmCIF or PDB, optionally gzipped) with gemmi; InputError if unusable."""
-    import gemmi
-
     path = check_input_file(path, "atomic model")
     try:
         structure = gemmi.read_structure(str(path))

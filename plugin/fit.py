@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,6 @@ class FitResult:
 
 
 def _local(radial, sums, model, start, scales):
-    from scipy.optimize import minimize  # imported here: 0.3 s, needed only when Newton fails
-
     fun = lambda x: -float(log_likelihood(radial, sums, model, x[0] * scales[0], x[1] * scales[1]))  # noqa: E731
     res = minimize(fun, np.asarray(start) / scales, method="Nelder-Mead",
                    options={"xatol": 1e-4, "fatol": 1e-9 * max(1.0, abs(fun(np.asarray(start) / scales))),

@@ -19,22 +19,24 @@ from csrefine.cryosparc.aberration_choice import (
     choose_conventions,
     decide_field,
 )
-from csrefine.cryosparc.convert import (
-    ABERRATION_FIELDS,
+from csrefine.cryosparc.aberrations import (
     ANISOMAG_DIRECTIONS,
     FIELD_CANDIDATES,
     FIELD_SETTING,
     MOST_LIKELY_CONVENTION,
-    PARTICLE_FIELDS_CS,
     Convention,
     GroupAberrations,
     aberration_terms,
     anisomag_matrix,
     cryosparc_aberrations,
+)
+from csrefine.cryosparc.convert import (
+    PARTICLE_FIELDS_CS,
     euler_deg_to_pose,
     relion_params_from_cryosparc,
     updated_dataset,
 )
+from csrefine.cryosparc.fields import ABERRATION_FIELDS
 from csrefine.ctf import electron_wavelength_A
 from csrefine.errors import InputError
 from csrefine.model import OpticsGroup
