@@ -250,10 +250,11 @@ class GroupFit:
     """Fits of one group's statistics.
 
     best : all particles; leave_one_out : (cells, 2) [defocus offset A, Cs change mm] with
-    each jackknife cell left out; subsets : one fit per random subset; profile_cs_mm /
-    profile_log_likelihood : the likelihood along the Cs change (mm, relative to nominal),
-    defocus re-optimised; radial : the pooled statistics; phase_map : the measured, fitted and
-    residual phase change in 2D (:mod:`csrefine.phase_map`).
+    each jackknife cell left out; subsets : one fit per random subset; model : the phase model
+    fitted (defocus and Cs factors); profile_cs_change_mm / profile_log_likelihood : the
+    likelihood along the Cs change (mm, relative to the input's Cs), defocus re-optimised;
+    radial : the pooled statistics; phase_map : the measured, fitted and residual phase change
+    in 2D (:mod:`csrefine.phase_map`).
     """
 
     best: FitResult
