@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import resolve_backend
 from .fit import PhaseModel, default_search_range, fit_phase, pool
 from .forward import pixel_terms
 from .fourier import Band, make_band
@@ -56,7 +55,7 @@ def scoring_context(groups: dict[int, OpticsGroup], half_maps, mask=None,
     """
     options = (options or RefineOptions()).validate()
     setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options, mag_matrices)
-    backend = load_backend(resolve_backend(options.device))
+    backend = load_backend(options.device)
     return ScoringContext(setup.references, setup.map_pixel_size_A, setup.band_A, backend,
                           options)
 

@@ -4,8 +4,7 @@ An adapter (RELION STAR, cryoSPARC .cs, cryoSPARC job) reads its format into
 :class:`RefinementInputs` and calls :func:`run_refinement` with a :class:`ResultWriter` for its
 own output format. The run is:
 
-1. validate the options; start importing what is needed late (plots, the compiled backend)
-   in the background;
+1. validate the options;
 2. load the inputs (the adapter's loader: every file read and checked before heavy work);
 3. let the writer check its destination (exists, writable, not locked by another job, free
    space, no input overwritten); the writer's ``release`` (if it has one) runs at the end, on
@@ -35,7 +34,6 @@ from .model import OpticsGroup, Particles
 from .options import RefineOptions
 from .paths import check_free_space, expected_output_bytes, make_output_directory, remove_if_empty
 from .pipeline import Refinement
-from .preload import start_preload
 from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
 from .rounds import (
     Reconstructor,
@@ -138,10 +136,10 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
                    reconstruct: Reconstructor | None = None) -> RunResult:
     """Refine Cs per optics group and write the results (see the module docstring).
 
-    inputs : the inputs, or a function that loads them (then their reading overlaps with the
-    background imports). reconstruct : rebuilds half maps between rounds (needed when
-    ``options.rounds`` > 1; :mod:`csrefine.rounds`). Raises InputError on bad input,
-    AbortRequested on abort; in both cases the writer has put nothing in place.
+    inputs : the inputs, or a function that loads them (called once the options are valid).
+    reconstruct : rebuilds half maps between rounds (needed when ``options.rounds`` > 1;
+    :mod:`csrefine.rounds`). Raises InputError on bad input, AbortRequested on abort; in both
+    cases the writer has put nothing in place.
     """
     t0 = time.monotonic()
     options = (options or RefineOptions()).validate()
@@ -150,7 +148,6 @@ def run_refinement(inputs: RefinementInputs | Callable[[], RefinementInputs],
                          f"which only the RELION path can do (relion_reconstruct); use rounds = 1 "
                          f"(cryoSPARC: csrefine-cryosparc --queue-reconstruction)")
     should_abort = should_abort or _never
-    start_preload(options.device)
     if callable(inputs):
         inputs = inputs()
     writer.prepare(inputs)
