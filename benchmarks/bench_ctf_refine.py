@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--voltage", type=float, default=300.0)
     p.add_argument("--snr", type=float, default=0.05, help="per-image SNR of the simulation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="csrefine --device (cpu, cuda, numba, ...)")
+    p.add_argument("--device", default="cpu", help="csrefine --device (cpu, cuda)")
     p.add_argument("--metadata-only-scale", type=int, default=0, metavar="ROWS",
                    help="also run on a STAR of ROWS rows re-using the simulated stack")
     p.add_argument("--relion-on-scaled", action="store_true",

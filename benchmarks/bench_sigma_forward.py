@@ -51,7 +51,7 @@ def main() -> None:
             halves = ((volume, volume) if kind == "noise-free map"
                       else half_maps_with_resolution(volume, args.pixel, 3.0, rng))
             g = refine({1: truth}, parts, images, halves,
-                       options=RefineOptions(device="numba", resolution_high_A=3.0, seed=r,
+                       options=RefineOptions(device="cpu", resolution_high_A=3.0, seed=r,
                                              threads=2)).groups[0]
             z[kind].append((g.cs_refined_mm - CS_TRUE) / g.cs_sigma_mm)
             log(f"replicate {r}, {kind}: {g.cs_refined_mm:.4f} ± {g.cs_sigma_mm:.4f} mm, "

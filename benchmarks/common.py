@@ -27,10 +27,9 @@ def repo_env() -> dict:
 
 
 def warm_up(device: str) -> None:
-    """Compile (or load from numba's on-disk cache) a backend's kernels outside the timed runs."""
-    code = ("from csrefine.backends import resolve_backend, get_backend; "
-            f"b = get_backend(resolve_backend({device!r})); "
-            "b.warm_up()")
+    """Compile the kernel of ``device`` (cpu: numba's, into its on-disk cache; cuda: initialise
+    CUDA) in a separate process, so that the timed runs load it as a user's later runs do."""
+    code = f"from csrefine.pipeline import load_backend; load_backend({device!r})"
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", code], env=repo_env(), check=True)
     log(f"warm-up {device} (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")

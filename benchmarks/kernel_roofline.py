@@ -3,8 +3,7 @@
 For one batch of real particles of a benchmark data set (its half map as the reference, its band),
 single-threaded and with --j threads, prints ns per particle-pixel of:
 
-* ``kernel``: csrefine's fused kernel, numba and C (slice + shift + CTF + statistics), touch on and
-  off (the run measures both on its first batches and keeps the faster: TouchChoice);
+* ``kernel``: csrefine's CPU kernel (numba; slice + shift + CTF + statistics, with its prefetch);
 * ``gather only``: the same trilinear interpolation of the padded reference at the same
   coordinates and nothing else -- the memory-latency floor of the slice;
 * ``compute only``: the kernel's arithmetic (shift, CTF, statistics) on a constant prediction,
@@ -25,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
 
+    from csrefine.backends import _tables
     from csrefine.backends import numba_backend as nb
     from csrefine.forward import pixel_terms
     from csrefine.fourier import make_band
@@ -149,12 +150,11 @@ def main(argv=None) -> int:
     rot = euler_zyz_to_matrix(parts.rot_deg, parts.tilt_deg, parts.psi_deg)[:, :2, :]
     rot = np.ascontiguousarray(rot.reshape(n, 6))
     kx, ky = np.ascontiguousarray(terms.kx_px), np.ascontiguousarray(terms.ky_px)
-    observed = np.ascontiguousarray(nb.band_transforms(images, band, 1))
-    from csrefine.backends._fused_cpu import _pixel_inputs
-    pix, lin, col, row, _ = _pixel_inputs(terms, band, group.pixel_size_A)
-    shift_x, shift_y = nb.shift_tables(parts, lin, band, group.pixel_size_A)
-    q = nb.defocus_tables(parts, lin, band, group.pixel_size_A, float(terms.defocus_factor))
-    from csrefine.backends._tables import PixelRow as R
+    observed = nb.band_transforms(images, band, 1)
+    inputs = _tables.kernel_inputs(cells, observed, parts, ref, terms, band, group.pixel_size_A)
+    pix, col, row = inputs.pixels.pix, inputs.pixels.col, inputs.pixels.row
+    shift_x, shift_y, q = inputs.shift_x, inputs.shift_y, inputs.qtab
+    R = _tables.PixelRow
     trig = [np.ascontiguousarray(pix[r]) for r in (R.COS_ODD_PHASE, R.SIN_ODD_PHASE,
                                                   R.COS_GAMMA_STATIC, R.SIN_GAMMA_STATIC)]
     buf = np.ones(256 * 2**20 // 8)
@@ -163,24 +163,12 @@ def main(argv=None) -> int:
     head = f"{'threads':>7} {'what':<28} {'ns / particle-pixel':>20} {'x kernel':>9}"
     print(head)
     print("-" * len(head))
-    from csrefine.backends import _fused_cpu, c_backend
-    kernels = {"numba": nb.kernel}
-    if c_backend.available():
-        kernels["C"] = c_backend.kernel
     for threads in sorted({1, args.j}):
-        nb.set_threads(threads)
+        numba.set_num_threads(threads)  # the floors' prange
         times = {}
-        for name, kernel_fn in kernels.items():
-            for touch in (True, False):
-                _fused_cpu.TOUCH.choice = touch
-                stats = np.zeros((40, 6, m))
-
-                def run(s, k=kernel_fn, c=cells, o=observed, pp=parts, t=threads):
-                    _fused_cpu.accumulate_observed(k, s, c, o, pp, ref, terms, band,
-                                                   group.pixel_size_A, t)
-                run(stats, c=cells[:8], o=observed[:8], pp=parts.subset(np.arange(8)))  # compile
-                times[f"{name} kernel, touch {'on' if touch else 'off'}"] = _best(
-                    lambda s=stats, r=run: r(s), args.repeat)
+        stats = np.zeros((40, 6, m))
+        nb.kernel(stats, inputs, threads)  # compiled or loaded from numba's cache
+        times["kernel"] = _best(lambda s=stats, t=threads: nb.kernel(s, inputs, t), args.repeat)
         gather_only(rot[:2], kx, ky, ref.data, float(ref.radius), float(ref.scale))
         times["gather only"] = _best(lambda: gather_only(rot, kx, ky, ref.data,
                                                          float(ref.radius), float(ref.scale)),
@@ -194,7 +182,7 @@ def main(argv=None) -> int:
         import scipy.fft
         times["rfft2 alone (pocketfft)"] = _best(
             lambda t=threads: scipy.fft.rfft2(images, workers=t), args.repeat)
-        kernel = min(v for k, v in times.items() if "kernel" in k)
+        kernel = times["kernel"]
         for what, seconds in times.items():
             print(f"{threads:>7} {what:<28} {seconds / samples * 1e9:>20.1f} "
                   f"{seconds / kernel:>9.2f}")

@@ -61,7 +61,6 @@ def main(argv=None) -> int:
           f"{args.batch}")
     print(f"{'threads':>7} {'transforms ms':>14} {'batch ms':>9} {'particles/s':>12}")
     for threads in (int(t) for t in args.threads.split(",")):
-        nb.set_threads(threads)
         transforms = _ms(lambda t=threads: nb.band_transforms(images, band, t), args.repeat)
         whole = _ms(lambda t=threads: nb.accumulate_batch(stats, cells, images, parts, ref, terms,
                                                           band, px, t), args.repeat)

@@ -61,7 +61,7 @@ def main() -> None:
     setup = prepare_references(inputs.groups, inputs.half_maps, inputs.mask,
                                inputs.map_pixel_size_A, options)
     px, (low_A, high_A) = setup.map_pixel_size_A, setup.band_A
-    backend = load_backend("numba")
+    backend = load_backend("cpu")
     box = inputs.half_maps[0].shape[0]
     k_max_px = px / high_A
     margin = reference_margin(inputs.groups)  # as prepare_references built the references

@@ -183,7 +183,7 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
     todo = {eid + 1: v for eid, v in values.items() if v.nonzero_fields()}
     if not todo:
         return inputs
-    options = (options or RefineOptions()).validate()
+    options = options or RefineOptions()
     mags = [anisomag_matrix(v.anisomag, d) for v in todo.values() for d in ANISOMAG_DIRECTIONS]
     context = scoring_context(inputs.groups, inputs.half_maps, inputs.mask,
                               inputs.map_pixel_size_A, options, mag_matrices=mags)

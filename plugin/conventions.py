@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import resolve_backend
 from .fit import PhaseModel, default_search_range, fit_phase, pool
 from .forward import pixel_terms
 from .fourier import Band, make_band
@@ -54,9 +53,9 @@ def scoring_context(groups: dict[int, OpticsGroup], half_maps, mask=None,
     mag_matrices : (2, 2) magnification matrices the candidates will use (besides the groups'),
     so that the references hold every frequency any candidate samples.
     """
-    options = (options or RefineOptions()).validate()
+    options = options or RefineOptions()
     setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options, mag_matrices)
-    backend = load_backend(resolve_backend(options.device))
+    backend = load_backend(options.device)
     return ScoringContext(setup.references, setup.map_pixel_size_A, setup.band_A, backend,
                           options)
 

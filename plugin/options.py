@@ -14,6 +14,7 @@ import argparse
 import math
 from dataclasses import dataclass, fields, replace
 
+from .backends import check_device
 from .errors import InputError, shown
 from .fsc import FSC_THRESHOLD
 
@@ -39,7 +40,7 @@ class RefineOptions:
     max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
     batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
         bounded by two batches of images plus the backend's work arrays.
-    device : cpu (auto: the C kernel, else numba), cuda, or a backend name (numpy, numba, c, cupy).
+    device : "cpu" (the numba kernel) or "cuda" (CuPy on a CUDA GPU).
     reference_half : "opposite" (default) predicts each particle from the half map it did not
         contribute to; "own" from its own half map (rlnRandomSubset), as relion_ctf_refine 4.0+
         does. The own half map contains the particle's own noise, which correlates with its
@@ -60,7 +61,7 @@ class RefineOptions:
     cells_per_subset: int = 13
     threads: int = 1
     batch_size: int | None = None
-    device: str = "auto"
+    device: str = "cpu"
     cs_search_mm: float = 1.5
     pad: int = 2
     seed: int = 0
@@ -98,8 +99,7 @@ class RefineOptions:
                              f"got {shown(self.keep_round_maps)}")
         if not 0 < self.fsc_threshold < 1:
             raise InputError(f"fsc_threshold must be between 0 and 1, got {shown(self.fsc_threshold)}")
-        from .backends import resolve_backend
-        resolve_backend(self.device)  # raises InputError for an unknown device
+        check_device(self.device)
         return self
 
 
@@ -141,7 +141,7 @@ USER_OPTIONS = (
     UserOption("threads", int, "threads", flag="j"),
     UserOption("batch_size", int, "particles per batch (bounds memory)",
                default_text="256 on the CPU, about 256 MiB of images on the GPU"),
-    UserOption("device", str, "cpu, cuda, or a backend: numpy, numba, c, cupy"),
+    UserOption("device", str, "where the kernel runs: cpu (numba) or cuda (CuPy, a CUDA GPU)"),
     UserOption("seed", int, "seed of the random subsets"),
     UserOption("reference_half", str,
                "predict each particle from the opposite half map (unbiased) or its own "

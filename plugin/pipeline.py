@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import fallback_note, get_backend, resolve_backend
+from .backends import get_backend
 from .ctf import cs_phase_factor, electron_wavelength_A
 from .errors import InputError, check_abort
 from .fit import (
@@ -210,9 +210,10 @@ def reader_threads(backend, options: RefineOptions) -> int:
     return int(backend.reader_threads(options.threads))
 
 
-def load_backend(name: str):
-    """The backend (a :class:`csrefine.backends.Backend`), warmed up (kernels compiled or loaded)."""
-    backend = get_backend(name)
+def load_backend(device: str):
+    """The backend running ``device`` (a :class:`csrefine.backends.Backend`: numba for cpu,
+    CuPy for cuda), warmed up (kernel compiled or loaded from numba's cache, CUDA initialised)."""
+    backend = get_backend(device)
     backend.warm_up()
     return backend
 
@@ -634,20 +635,12 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     progress : called with plain-text progress lines; should_abort : polled between batches.
     half_map_names : how to name the half maps in messages (e.g. their files).
     """
-    options = (options or RefineOptions()).validate()
+    options = options or RefineOptions()
     timings = {}
     t_start = time.monotonic()
-    backend_name = resolve_backend(options.device)
-    note = fallback_note(options.device, backend_name)
-    if note:
-        _log(progress, f"note: {note}")
     particles.check_finite()
     map_pixel_size(groups, half_maps, map_pixel_size_A)  # validate before starting the backend
-    # Inputs are valid: import and warm the backend (numba's kernel cache) in a thread while the
-    # FFTs of the set-up, which release the GIL, run here.
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csrefine-backend")
-    backend_future = loader.submit(load_backend, backend_name)
-    loader.shutdown(wait=False)
+    backend = load_backend(options.device)
     _log(progress, "set-up: half-map FSC and padded references")
     setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options)
     fsc, resolution, px, references = (setup.fsc, setup.resolution_A, setup.map_pixel_size_A,
@@ -662,7 +655,6 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         warnings.append(f"resolution_high_A {options.resolution_high_A:g} Å is beyond the half "
                         f"maps' Nyquist resolution ({high_A:.2f} Å): the band ends there")
         _log(progress, f"WARNING: {warnings[-1]}")
-    backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results = []
     context = GroupContext(particles, images, references, px, band_A, backend, options, progress,
@@ -672,7 +664,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         if positions.size:
             results.append(refine_group(groups[gid], positions, context))
     timings["total"] = time.monotonic() - t_start
-    return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px),
+    return Refinement(results, fsc, float(resolution), band_A, backend.name, timings, float(px),
                       warnings)
 
 

@@ -132,7 +132,7 @@ OUT = "Out"
 BOX = 48
 N_PER_GROUP = 150
 FAILURE, ABORTED, SUCCESS = "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED", "RELION_JOB_EXIT_SUCCESS"
-FAST = {"min_particles": "10", "device": "numpy", "resolution_high_A": "4"}
+FAST = {"min_particles": "10", "device": "cpu", "resolution_high_A": "4"}
 
 
 # ------------------------------------------------------------------------------ the project
@@ -726,7 +726,7 @@ def test_crlf_star_stays_crlf(project):
     text = Path(STAR).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     Path(STAR).write_bytes(text)
     assert cli_main(["refine", "--particles", STAR, "--half-maps", HALF1, HALF2, "--out", OUT,
-                     "--min-particles", "10", "--device", "numpy", "--resolution-high-A", "4"]) == 0
+                     "--min-particles", "10", "--device", "cpu", "--resolution-high-A", "4"]) == 0
     out = Path(OUT, "particles.star").read_bytes()
     assert out.count(b"\r\n") == text.count(b"\r\n") and b"\n" not in out.replace(b"\r\n", b"")
     assert sorted(p.name for p in Path(OUT).iterdir()) == ["csrefine.json", "logfile.pdf",

@@ -22,7 +22,7 @@ def project(tmp_path, monkeypatch):
 def _cli(info, model, out="out"):
     return cli_main(["refine", "--particles", str(info["star"]), "--half-maps", str(info["half1"]),
                      str(info["half2"]), "--mask", str(info["mask"]), "--out", out,
-                     "--kmax-A", "3.4", "--device", "numpy", "--model", str(model)])
+                     "--kmax-A", "3.4", "--device", "cpu", "--model", str(model)])
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_undocked_model_gets_no_calibration_but_the_refinement_stands(project, t
 
 def test_missing_model_fails_before_writing(project, capsys):
     args = ["--o", "External/job009/", "--in_parts", str(project["star"]),
-            "--in_3dref", str(project["map"]), "--model", "nope.cif", "--device", "numpy"]
+            "--in_3dref", str(project["map"]), "--model", "nope.cif", "--device", "cpu"]
     assert job_main(args) != 0
     assert "nope.cif: atomic model not found" in capsys.readouterr().err
     out = Path("External/job009")

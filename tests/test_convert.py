@@ -37,7 +37,7 @@ def test_star_to_cs_to_star_keeps_every_field_csrefine_uses(example_project):
 def test_the_cs_path_on_the_converted_example_gives_the_star_paths_cs(example_project):
     halves = ["Refine3D/job002/run_half1_class001_unfil.mrc",
               "Refine3D/job002/run_half2_class001_unfil.mrc"]
-    common = ["--half-maps", *halves, "--resolution-high-A", "3.4", "--device", "numpy"]
+    common = ["--half-maps", *halves, "--resolution-high-A", "3.4", "--device", "cpu"]
     assert main(["convert", STAR, "particles.cs", "--project-dir", "."]) == 0
     assert main(["refine", "--particles", STAR, "--out", "outR", *common]) == 0
     assert main(["refine", "--particles", "particles.cs", "--project-dir", ".", "--out", "outC",

@@ -284,7 +284,7 @@ def refine_cs(root: Path, cs_path: Path, out: str, zero_fields: bool = False):
     lines = []
     refinement = offline.run(cs_path, root / "half1.mrc", root / "half2.mrc", root / out,
                              project_dir=root, progress=lines.append,
-                             options=RefineOptions(device="numba", threads=2, min_particles=50))
+                             options=RefineOptions(device="cpu", threads=2, min_particles=50))
     report = json.loads((root / out / "csrefine.json").read_text())
     return refinement.group(1), report, lines
 

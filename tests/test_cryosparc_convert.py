@@ -290,7 +290,7 @@ def test_cross_path_same_cs_simulated(tmp_path, negate, cross_paths):
     from csrefine.relion.example import make_example
 
     info = make_example(tmp_path, n_per_group=(400, 400), model_path=PACKAGED_MODEL, seed=3)
-    options = RefineOptions(device="numpy", min_particles=50)
+    options = RefineOptions(device="cpu", min_particles=50)
     relion, cryo, dset = cross_paths.refine_both(info["star"], info["half1"], info["half2"],
                                             info["mask"], tmp_path, options, negate_copy=negate)
     cross_paths.assert_same_cs(relion, cryo, tmp_path, dset)
@@ -329,7 +329,7 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map, relion, cross_pa
         noisy = small_map + rng.normal(0, 0.002 * float(small_map.max()), small_map.shape)
         write_map(tmp_path / f"half{h}.mrc", noisy.astype(np.float32), px)
     write_map(tmp_path / "mask.mrc", soft_spherical_mask(box, 0.4 * box - 4), px)
-    options = RefineOptions(device="numpy", min_particles=50)
+    options = RefineOptions(device="cpu", min_particles=50)
     relion, cryo, dset = cross_paths.refine_both(tmp_path / "nominal.star", tmp_path / "half1.mrc",
                                             tmp_path / "half2.mrc", tmp_path / "mask.mrc",
                                             tmp_path, options)
@@ -354,7 +354,7 @@ def test_cli_cs_input_error_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["refine", "--particles", str(cs_file), "--project-dir", str(tmp_path),
                  "--half-maps", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--out", str(out),
-                 "--device", "numpy"])
+                 "--device", "cpu"])
     assert code == 2
     assert "particle stack not found" in capsys.readouterr().err
     assert not out.exists() and cs_file.read_bytes() == before

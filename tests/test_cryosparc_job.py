@@ -112,7 +112,7 @@ def project_data(tmp_path_factory):
 def _args(root, *extra):
     args = build_parser().parse_args(
         ["--project", "P3", "--workspace", "W2", "--particles", "J42.particles", "--volume",
-         "J42.volume", "--device", "numpy", "--min-particles", "50", "--project-dir", str(root),
+         "J42.volume", "--device", "cpu", "--min-particles", "50", "--project-dir", str(root),
          *extra])
     return args, options_from_namespace(args)
 
@@ -187,7 +187,7 @@ def test_main_reads_credentials_from_environment(api, project_data, monkeypatch,
     monkeypatch.setenv("CRYOSPARC_PASSWORD", "s3cret-pw")
     monkeypatch.delenv("CRYOSPARC_MASTER_HOSTNAME", raising=False)
     argv = ["--project", "P3", "--workspace", "W2", "--particles", "J42.particles", "--volume",
-            "J42.volume", "--device", "numpy", "--min-particles", "50", "--subsets", "2",
+            "J42.volume", "--device", "cpu", "--min-particles", "50", "--subsets", "2",
             "--project-dir", str(project_data.root)]
     assert main(argv) == 0
     out = capsys.readouterr()

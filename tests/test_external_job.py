@@ -20,7 +20,7 @@ def _args(info, *extra):
     Path(JOB).mkdir(parents=True, exist_ok=True)  # RELION's pipeliner makes the job directory
     return ["--o", JOB, "--in_parts", "Refine3D/job002/run_data.star",
             "--in_3dref", "Refine3D/job002/run_class001.mrc", "--in_mask", "MaskCreate/job003/mask.mrc",
-            "--kmax_A", "3.4", "--device", "numpy", *extra, "--j", "1"]
+            "--kmax_A", "3.4", "--device", "cpu", *extra, "--j", "1"]
 
 
 def _snapshot(root: Path):
@@ -61,7 +61,7 @@ def test_half_maps_from_a_postprocess_star(example_project):
                                 "rlnMaskName": str(example_project["mask"])}},
                    pp / "postprocess.star")
     args = ["--o", JOB, "--in_parts", "Refine3D/job002/run_data.star",
-            "--in_3dref", str(pp / "postprocess.star"), "--kmax_A", "3.4", "--device", "numpy"]
+            "--in_3dref", str(pp / "postprocess.star"), "--kmax_A", "3.4", "--device", "cpu"]
     assert main(args) == 0
     assert json.loads(Path(JOB, "csrefine.json").read_text())["inputs"]["mask"].endswith("mask.mrc")
 

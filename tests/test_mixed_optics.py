@@ -52,10 +52,10 @@ def mixed_project(structure, tmp_path_factory):
     return root
 
 
-DEVICES = ["numba", pytest.param("cuda", marks=pytest.mark.gpu)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _run(root, out, half_px=None, device="numba"):
+def _run(root, out, half_px=None, device="cpu"):
     halves = [root / "half1.mrc", root / "half2.mrc"]
     if half_px is not None:
         import mrcfile
@@ -104,7 +104,7 @@ def test_map_without_pixel_size_is_refused_when_groups_differ(mixed_project):
 def test_cryosparc_path_gives_the_same_cs(mixed_project, cross_paths):
     """The same mixed data as a cryoSPARC .cs (two exposure groups of different blob/psize_A and
     blob/shape) refine to the same Cs as through the STAR path."""
-    options = RefineOptions(device="numba", threads=2, resolution_high_A=3.6, min_particles=50)
+    options = RefineOptions(device="cpu", threads=2, resolution_high_A=3.6, min_particles=50)
     relion, cryo, dset = cross_paths.refine_both(mixed_project / "parts.star",
                                             mixed_project / "half1.mrc",
                                             mixed_project / "half2.mrc", None, mixed_project,

@@ -20,7 +20,7 @@ def test_relion_pipeliner_runs_the_external_job(example_project, relion):
         "Input 3D reference:  == Refine3D/job002/run_class001.mrc",
         "Input 3D mask:  == MaskCreate/job003/mask.mrc",
         "Param1 - label: == kmax_A", "Param1 - value: == 3.4",
-        "Param2 - label: == device", "Param2 - value: == numpy"]) + ";"
+        "Param2 - label: == device", "Param2 - value: == cpu"]) + ";"
     run_relion(["relion_pipeliner", "--addJob", "External", "--addJobOptions", options])
     try:
         run_relion(["relion_pipeliner", "--RunJobs", "External/job004/"], timeout_s=600)

@@ -136,7 +136,7 @@ def test_a_stack_header_2_percent_off_is_a_warning_not_an_error(example_project)
     with mrcfile.open("Extract/job001/particles.mrcs", mode="r+") as m:
         m.voxel_size = 1.6 * 1.02
     assert main(["--o", "External/job004/", "--in_parts", "Refine3D/job002/run_data.star",
-                 "--in_3dref", "Refine3D/job002/run_class001.mrc", "--device", "numpy"]) == 0
+                 "--in_3dref", "Refine3D/job002/run_class001.mrc", "--device", "cpu"]) == 0
     report = json.loads(Path("External/job004/csrefine.json").read_text())
     assert all(g["refined"] for g in report["groups"])
     assert any("header 1.6320 Å, optics table 1.6000 Å" in w for w in report["warnings"])
@@ -148,7 +148,7 @@ def test_half_maps_with_different_header_pixel_sizes_are_refused(example_project
     with mrcfile.open(example_project["half2"], mode="r+") as m:
         m.voxel_size = 1.7
     assert main(["--o", "External/job004/", "--in_parts", "Refine3D/job002/run_data.star",
-                 "--in_3dref", "Refine3D/job002/run_class001.mrc", "--device", "numpy"]) == 2
+                 "--in_3dref", "Refine3D/job002/run_class001.mrc", "--device", "cpu"]) == 2
     assert "the half maps are not a pair" in capsys.readouterr().err
 
 

@@ -27,7 +27,7 @@ def replicate_results(small_map):
                        .astype(np.float32) for _ in range(2))
         nominal = OpticsGroup(1, "g", 300.0, 2.7, 0.1, px, box)
         res = refine({1: nominal}, parts, ArrayImages(images), halves,
-                     options=RefineOptions(device="numpy", resolution_high_A=3.4, min_particles=50,
+                     options=RefineOptions(device="cpu", resolution_high_A=3.4, min_particles=50,
                                            seed=r, batch_size=300))
         g = res.groups[0]
         results.append((cs_true, g.cs_refined_mm, g.cs_sigma_mm, g.cs_sigma_curvature_mm))

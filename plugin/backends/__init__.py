@@ -1,20 +1,18 @@
 """Accumulation backends: the hot loop (image transforms, central slices, CTF, statistics).
 
 Every backend is a module implementing :class:`Backend`; its ``accumulate_batch`` has the
-semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch` and must agree with it to
-floating-point accuracy (tests/test_backends.py).
+semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch` (the reference) and must
+agree with it to floating-point accuracy (tests/test_backends.py). ``--device cpu`` runs
+:mod:`csrefine.backends.numba_backend`, ``--device cuda`` :mod:`csrefine.backends.cupy_backend`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, shown
 
 
 @runtime_checkable
@@ -56,23 +54,8 @@ class Backend(Protocol):
         per optics group; pinned memory on the GPU, a plain ``numpy.empty`` on the CPU)."""
 
     def warm_up(self) -> None:
-        """Compile or load kernels and initialise devices before the first batch."""
-
-
-def kernel_cache_dir(kind: str = "numba") -> Path:
-    """Where compiled CPU kernels are cached: ``$CSREFINE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/csrefine`` (``~/.cache/csrefine``), subfolder ``kind`` (``numba``: numba's
-    cache; ``c``: the C kernel's library).
-
-    Never inside the installed package: a cache there is not in the wheel's RECORD, survives
-    ``pip uninstall`` and turns the package folder into a namespace package that shadows a later
-    editable install. ``NUMBA_CACHE_DIR``, when set, still takes precedence (numba's own rule).
-    """
-    base = os.environ.get("CSREFINE_CACHE_DIR")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = os.path.join(xdg, "csrefine")
-    return Path(base) / kind
+        """Compile or load the kernel and initialise the device (the run calls it once, before
+        its set-up, so that a device that cannot run fails early)."""
 
 
 def centring_sign(band) -> np.ndarray:
@@ -89,57 +72,29 @@ def empty_host_buffer(shape: tuple) -> np.ndarray:
     """``numpy.empty(shape, float32)``: the host buffer of backends that need no special one."""
     return np.empty(shape, dtype=np.float32)
 
-BACKENDS = ("numpy", "numba", "c", "cupy")
+
+#: The user's ``--device`` values: ``cpu`` runs the numba kernel, ``cuda`` CuPy's CUDA kernel.
+#: (The numpy reference backend, the yardstick of the tests, is not a device.)
+DEVICES = ("cpu", "cuda")
 
 
-def resolve_backend(device: str) -> str:
-    """Map a user's --device (cpu, cuda, numpy, numba, c, cupy, auto) to a backend name.
-
-    cpu (and auto): the C kernel where a C compiler built it (once per machine, see
-    :mod:`csrefine.backends.c_backend`), else numba, else numpy."""
-    device = (device or "auto").lower()
-    if device in ("auto", "cpu"):
-        from . import c_backend
-        if c_backend.available():
-            return "c"
-        # find_spec, not import: importing numba takes ~0.3 s, which the run spends later in a
-        # background thread
-        return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
-    if device in ("cuda", "gpu"):
-        return "cupy"
-    if device in BACKENDS:
-        return device
-    raise InputError(f"unknown device {device!r}: use cpu, cuda, numpy, numba, c or cupy")
+def check_device(device) -> None:
+    """Raise InputError unless ``device`` is one of :data:`DEVICES` (imports nothing)."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {shown(device)}")
 
 
-def fallback_note(device: str, name: str) -> str | None:
-    """Why ``--device cpu`` (or auto) runs backend ``name`` instead of the C kernel, or None."""
-    if (device or "auto").lower() not in ("auto", "cpu") or name == "c":
-        return None
-    from . import c_backend
-    return f"{c_backend.unavailable_reason()}; the {name} kernel runs instead"
-
-
-def get_backend(name: str) -> Backend:
-    """The module implementing backend ``name`` (a :class:`Backend`)."""
-    if name == "numpy":
-        from . import numpy_backend
-        return numpy_backend
-    if name == "numba":
+def get_backend(device: str) -> Backend:
+    """The backend module running ``device`` (a :class:`Backend`): imports numba (cpu) or CuPy
+    (cuda); InputError for an unknown device or a missing CuPy."""
+    check_device(device)
+    if device == "cpu":
         from . import numba_backend
         return numba_backend
-    if name == "c":
-        from . import c_backend
-        try:
-            c_backend.load()
-        except OSError as exc:
-            raise InputError(f"--device c: {exc}") from exc
-        return c_backend
-    if name == "cupy":
-        try:
-            from . import cupy_backend
-        except ImportError as exc:
-            raise InputError("--device cuda needs CuPy: pip install 'csrefine[gpu]' "
-                             f"({exc})") from exc
-        return cupy_backend
-    raise InputError(f"unknown backend {name!r}")
+    from . import cupy_backend
+    try:
+        cupy_backend._cupy()
+    except ImportError as exc:
+        raise InputError("--device cuda needs CuPy: pip install 'csrefine[gpu]' "
+                         f"(cupy-cuda12x) or 'csrefine[gpu-cuda13]' ({exc})") from exc
+    return cupy_backend

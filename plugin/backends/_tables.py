@@ -1,7 +1,7 @@
-"""The kernel inputs of the compiled backends: THE definition of their tables' layout.
+"""The inputs of the compiled kernels: THE definition of their tables' layout, and the
+per-particle tables of the CPU kernel's separable path.
 
-Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CuPy array
-formulation, CUDA source):
+Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CUDA):
 
 * the per-particle table, (n, N_PARTICLE_COLUMNS), one row per particle, columns
   :class:`ParticleColumn`;
@@ -9,19 +9,25 @@ formulation, CUDA source):
   ``N_BASE_PIXEL_ROWS`` always; the trigonometric rows only ``with_trig``).
 
 Every kernel reads these tables through the names defined here: the numba kernel uses the enum
-members (compile-time constants), the CuPy array kernel indexes with them, and the CUDA source
-gets ``#define`` lines generated from them by :func:`cuda_defines`, so reordering a table here
-reorders every kernel's reads.
+members (compile-time constants) and the CUDA source gets ``#define`` lines generated from them
+by :func:`cuda_defines`, so reordering a table here reorders every kernel's reads.
 
 numba's on-disk cache (``cache=True``) is keyed on the source file of the compiled function,
 not on this module: after editing a layout here, the numba kernel compiled with the old one
 would be loaded again. The kernel therefore returns :data:`LAYOUT_ID` as it was compiled, and
 the numba backend refuses results from a kernel compiled with another layout.
+
+The CPU kernel also takes, where the projection frequencies are a linear map of the grid
+(:func:`linear_frequency_map`), the origin shift factorised along grid columns and rows
+(:func:`shift_tables`) and the defocus phase as a quadratic in the grid indices
+(:func:`defocus_tables`); :func:`kernel_inputs` gathers one call's arrays.
 """
 
 from __future__ import annotations
 
+import weakref
 import zlib
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -179,3 +185,146 @@ def cuda_defines(particle_columns=ParticleColumn, pixel_rows=PixelRow) -> str:
     lines += [f"#define CSREFINE_N_PARTICLE_COLUMNS {len(particle_columns)}",
               f"#define CSREFINE_N_STATS {N_STATS}"]
     return "\n".join(lines) + "\n"
+
+
+def grid_indices(band) -> tuple[np.ndarray, np.ndarray]:
+    """Column j (0..box/2) and row (0..box-1, ky index + box/2) of each band pixel, (m,) int64."""
+    col = np.rint(band.kx_px * band.box).astype(np.int64)
+    row = np.rint(band.ky_px * band.box).astype(np.int64) + band.box // 2
+    return col, row
+
+
+def row_continuation(band) -> np.ndarray:
+    """(m,) int8: 1 where a band pixel directly follows the previous one on the same rfft2 row."""
+    col, row = grid_indices(band)
+    cont = np.zeros(col.size, dtype=np.int8)
+    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
+    return cont
+
+
+def linear_frequency_map(terms, band) -> np.ndarray | None:
+    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px), or None
+    when the projection frequencies are not a linear map of the grid's (then the kernel
+    evaluates the shift and defocus phases directly per pixel)."""
+    basis = np.stack([band.kx_px, band.ky_px], axis=1)
+    target = np.stack([terms.kx_px, terms.ky_px], axis=1)
+    if basis.shape[0] < 2:
+        return None
+    sol, *_ = np.linalg.lstsq(basis, target, rcond=None)
+    if np.max(np.abs(basis @ sol - target), initial=0.0) > 1e-12:
+        return None
+    return sol.T
+
+
+def shift_tables(particles, lin: np.ndarray, band, pixel_size_A: float):
+    """Per-particle factors of exp(2 pi i k.origin) along grid columns and rows: (n, box/2 + 1)
+    and (n, box) complex128, with k = L k_grid / pixel_size (L: :func:`linear_frequency_map`)."""
+    box = band.box
+    ox, oy = particles.origin_x_A, particles.origin_y_A
+    # k.o = (kx_g (L00 ox + L10 oy) + ky_g (L01 ox + L11 oy)) / pixel
+    sx = (lin[0, 0] * ox + lin[1, 0] * oy) / pixel_size_A
+    sy = (lin[0, 1] * ox + lin[1, 1] * oy) / pixel_size_A
+    kcol = np.arange(box // 2 + 1) / box
+    krow = (np.arange(box) - box // 2) / box
+    shift_x = np.exp(2j * np.pi * sx[:, None] * kcol[None, :])
+    shift_y = np.exp(2j * np.pi * sy[:, None] * krow[None, :])
+    return shift_x, shift_y
+
+
+def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
+                   defocus_factor: float) -> np.ndarray:
+    """Per-particle coefficients of the defocus phase as a quadratic in the grid indices,
+    (n, 7) float64.
+
+    With k' = (j u + y v) (1/A; j the column, y the signed row, u, v the columns of the linear
+    frequency map over box * pixel), the defocus phase defocus_factor * defocus(theta) * |k'|^2
+    is k'^T S k' with S = defocus_factor * [[mean + h cos2phi, h sin2phi],
+    [h sin2phi, mean - h cos2phi]] (h: half the astigmatism). Columns: uSu, uSv, vSv,
+    cos(2 uSu), sin(2 uSu), cos(phase shift), sin(phase shift)."""
+    ast = astigmatism(particles.defocus_u_A, particles.defocus_v_A, particles.defocus_angle_deg)
+    mean, half = ast.mean_A, ast.half_difference_A
+    sxx = defocus_factor * (mean + half * ast.cos_2phi)
+    syy = defocus_factor * (mean - half * ast.cos_2phi)
+    sxy = defocus_factor * half * ast.sin_2phi
+    u = lin[:, 0] / (band.box * pixel_size_A)
+    v = lin[:, 1] / (band.box * pixel_size_A)
+    suu = u[0] * u[0] * sxx + 2.0 * u[0] * u[1] * sxy + u[1] * u[1] * syy
+    suv = u[0] * v[0] * sxx + (u[0] * v[1] + u[1] * v[0]) * sxy + u[1] * v[1] * syy
+    svv = v[0] * v[0] * sxx + 2.0 * v[0] * v[1] * sxy + v[1] * v[1] * syy
+    ph = np.deg2rad(particles.phase_shift_deg)
+    return np.ascontiguousarray(np.stack([suu, suv, svv, np.cos(2.0 * suu), np.sin(2.0 * suu),
+                                          np.cos(ph), np.sin(ph)], axis=1))
+
+
+@dataclass(frozen=True)
+class PixelInputs:
+    """The per-pixel inputs of the CPU kernel for one (terms, band, pixel size): pix (rows, m)
+    float64 (:func:`pixel_table` with the trigonometric rows), lin the linear frequency map or
+    None, col and row (m,) int64 grid indices, cont (m,) int8 row continuation."""
+
+    pix: np.ndarray
+    lin: np.ndarray | None
+    col: np.ndarray
+    row: np.ndarray
+    cont: np.ndarray
+
+
+#: The last :class:`PixelInputs` computed: ((weak refs to terms and band, pixel size), inputs).
+_LAST_PIXEL_INPUTS: list = [None, None]
+
+
+def pixel_inputs(terms, band, pixel_size_A: float) -> PixelInputs:
+    """The :class:`PixelInputs` of (terms, band), computed once while the same objects are
+    passed batch after batch (one optics group), then recomputed for the next."""
+    key, cached = _LAST_PIXEL_INPUTS
+    if key is not None and key[0]() is terms and key[1]() is band and key[2] == pixel_size_A:
+        return cached
+    col, row = grid_indices(band)
+    value = PixelInputs(pixel_table(terms, pixel_size_A), linear_frequency_map(terms, band), col,
+                        row, row_continuation(band))
+    _LAST_PIXEL_INPUTS[:] = [(weakref.ref(terms), weakref.ref(band), pixel_size_A), value]
+    return value
+
+
+@dataclass(frozen=True)
+class KernelInputs:
+    """One CPU kernel call's arrays (C-contiguous) and scalars; n particles, m band pixels.
+
+    cells (n,) int64; observed (n, m) complex64 or complex128 band transforms; ptab (n, columns)
+    float64 (:func:`particle_table`); pixels: :class:`PixelInputs`; ref: the padded reference's
+    complex64 data, radius, scale; separable: the projection frequencies are a linear map of the
+    grid (then shift_x (n, box/2 + 1), shift_y (n, box) complex128 and qtab (n, 7) float64 hold
+    the factorised shift and defocus phase, else they are (1, 1) and (1, 7) dummies);
+    half_box = box // 2."""
+
+    cells: np.ndarray
+    observed: np.ndarray
+    ptab: np.ndarray
+    pixels: PixelInputs
+    ref: np.ndarray
+    radius: int
+    ref_scale: float
+    defocus_factor: float
+    separable: bool
+    shift_x: np.ndarray
+    shift_y: np.ndarray
+    qtab: np.ndarray
+    half_box: int
+
+
+def kernel_inputs(cells, observed, particles, reference, terms, band,
+                  pixel_size_A: float) -> KernelInputs:
+    """The :class:`KernelInputs` of band transforms ``observed`` (n, m) of ``particles``,
+    predicted from ``reference`` (:class:`csrefine.projection.PaddedReference`)."""
+    pixels = pixel_inputs(terms, band, pixel_size_A)
+    lin = pixels.lin
+    if lin is not None:
+        shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
+        qtab = defocus_tables(particles, lin, band, pixel_size_A, float(terms.defocus_factor))
+    else:
+        shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
+        qtab = np.zeros((1, 7))
+    return KernelInputs(np.ascontiguousarray(cells, dtype=np.int64), np.ascontiguousarray(observed),
+                        particle_table(particles), pixels, reference.data, int(reference.radius),
+                        float(reference.scale), float(terms.defocus_factor), lin is not None,
+                        shift_x, shift_y, qtab, band.box // 2)
