@@ -85,7 +85,7 @@ def pseudo_atomic_map(box: int, pixel_size_A: float, rng: np.random.Generator,
         phase = (kx[..., None] * chunk[:, 0] + ky[..., None] * chunk[:, 1] + kz[..., None] * chunk[:, 2])
         ft += np.exp(-2j * np.pi * phase).sum(axis=-1)
     ft *= np.exp(-0.25 * b_factor_A2 * (kx**2 + ky**2 + kz**2))
-    vol = np.fft.irfftn(ft, s=(box,) * 3)
+    vol = np.fft.irfftn(ft, s=(box,) * 3, axes=(0, 1, 2))
     return np.fft.fftshift(vol).astype(np.float32) * (box**3 / n_atoms) * 0.02
 
 
