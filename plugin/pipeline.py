@@ -40,7 +40,7 @@ from .halfsets import (
     staged_check,
 )
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
+from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, group_label, nyquist_A
 from .options import RefineOptions
 from .phase_map import PhaseMap, phase_map
 from .projection import PaddedReference, for_particles, make_padded_reference
@@ -190,7 +190,7 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     terms = pixel_terms(group, band)
     n = positions.size
     done = 0
-    meter = ProgressMeter(f"optics group {group.optics_group}", n, progress)
+    meter = ProgressMeter(group_label(group.optics_group, group.name), n, progress)
     # The next batch is read from the (memory-mapped) stacks in background threads while this
     # one is computed; the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
@@ -210,7 +210,8 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
 class ProgressMeter:
     """Progress lines as RELION prints them: done/total, percentage, elapsed and estimated time
     left, at most every PROGRESS_EVERY_S seconds or PROGRESS_EVERY_FRACTION of the work (and at
-    the end), so that a million particles make about fifty lines, not four thousand."""
+    the end), so that a million particles make about fifty lines, not four thousand. The last
+    line gives the time taken instead of the time left."""
 
     def __init__(self, label: str, total: int, progress: ProgressFn | None):
         self.label, self.total, self.progress = label, max(int(total), 1), progress
@@ -227,15 +228,25 @@ class ProgressMeter:
         self.last_time, self.last_done = now, done
         elapsed = now - self.t0
         rate = done / max(elapsed, 1e-9)
+        head = f"{self.label}: {done}/{self.total} particles"
+        if done >= self.total:
+            self.progress(f"{head} in {duration_text(elapsed)}, {rate:.0f} particles/s")
+            return
         left = (self.total - done) / max(rate, 1e-9)
-        self.progress(f"{self.label}: {done}/{self.total} particles "
-                      f"({100 * done / self.total:.0f}%), {_clock(elapsed)} elapsed, "
-                      f"{_clock(left)} left, {rate:.0f} particles/s")
+        self.progress(f"{head} ({100 * done / self.total:.0f}%), {duration_text(elapsed)} "
+                      f"elapsed, about {duration_text(left)} left, {rate:.0f} particles/s")
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: "0.4 s", "38 s", "2:05 min", "1:02:05 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60}:{whole % 60:02d} min"
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d} h"
 
 
 def batch_size_for(backend, options: RefineOptions, box: int) -> int:
@@ -417,18 +428,18 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
     return staged_check(statistics, positions)
 
 
-def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,
+def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, warnings: list,
                           progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
     figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}"
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
-        text = (f"optics group {gid}: the half maps were given the other way round ({figures}): "
+        text = (f"{label}: the half maps were given the other way round ({figures}): "
                 f"each particle correlates better with the half map of the other half set; "
                 f"they were swapped for the refinement")
     elif check.verdict == INDEPENDENT:
-        text = (f"optics group {gid}: neither half map shows a measurable trace of these "
+        text = (f"{label}: neither half map shows a measurable trace of these "
                 f"particles' noise ({figures}): they were not reconstructed from these particles "
                 f"(e.g. simulated maps), which biases nothing, or the group is too large for the "
                 f"check's sample to resolve their own noise; the half maps are used as given")
@@ -580,6 +591,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     n_cells = options.subsets * options.cells_per_subset
     for gid in sorted(groups):
         group = groups[gid]
+        label = group_label(gid, group.name)
         positions = np.flatnonzero(particles.optics_group == gid)
         n = positions.size
         if n == 0:
@@ -587,14 +599,14 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         if n < max(options.min_particles, n_cells):
             results.append(_not_refined(group, n, f"too few particles ({n} < "
                                         f"{max(options.min_particles, n_cells)})", band_A))
-            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
+            _log(progress, f"{label}: not refined ({results[-1].reason})")
             continue
         high_g_A = max(high_A, nyquist_A(group.pixel_size_A))  # capped at this group's Nyquist
         band_g = [float(low_A), float(high_g_A)]
         if high_g_A > BAND_MIN_RATIO * low_A:
             results.append(_not_refined(group, n, f"resolution too low: the band {low_A}"
                                         f"-{high_g_A:.1f} Å is too narrow", band_g))
-            _log(progress, f"optics group {gid}: not refined ({results[-1].reason})")
+            _log(progress, f"{label}: not refined ({results[-1].reason})")
             continue
         band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
         sub = particles.subset(positions)
@@ -604,13 +616,13 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                 options.threads)
         timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
         refs_g, problem = _apply_half_map_check(
-            check, gid, refs_g, warnings, progress,
+            check, label, refs_g, warnings, progress,
             f"the half maps {half_map_names[0]} and {half_map_names[1]}" if half_map_names
             else "the half maps")
         if problem:
             results.append(_not_refined(group, n, problem, band_g))
             results[-1].half_maps = check.as_dict()
-            _log(progress, f"optics group {gid}: not refined ({problem})")
+            _log(progress, f"{label}: not refined ({problem})")
             continue
         cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
         t0 = time.monotonic()
@@ -622,7 +634,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         timings[f"fit_group{gid}"] = time.monotonic() - t0
         results.append(summarise_group(group, n, fitted, band_g, options))
         results[-1].half_maps = check.as_dict()
-    timings["total"] = time.monotonic() - t_start
+    timings["refine"] = time.monotonic() - t_start
     return Refinement(results, fsc, float(resolution), band_A, backend_name, timings, float(px),
                       warnings)
 

@@ -37,15 +37,8 @@ from .paths import check_free_space, expected_output_bytes, make_output_director
 from .pipeline import Refinement
 from .preload import start_preload
 from .report import interpretation_text, report_dict, summary_table, write_json, write_pdf
-from .rounds import (
-    Reconstructor,
-    RoundsOutcome,
-    refine_inputs,
-    refine_rounds,
-    rounds_figure,
-    rounds_json,
-    rounds_text_lines,
-)
+from .rounds import Reconstructor, RoundsOutcome, refine_inputs, refine_rounds
+from .rounds_report import rounds_figure, rounds_json, rounds_summary_lines, rounds_text_lines
 
 ProgressFn = Callable[[str], None]
 AbortFn = Callable[[], bool]
@@ -192,10 +185,10 @@ def _refine_and_write(inputs: RefinementInputs, options: RefineOptions, writer: 
     result = RunResult(inputs, refinement, report, calibration, rounds)
     writer.write(result, should_abort)
     if progress is not None:
-        progress(interpretation_text(refinement))
+        progress(interpretation_text(refinement, calibration))
         if calibration is not None:
             progress("\n".join(calibration.lines))
-        progress(summary_table(refinement))
+        progress(summary_table(refinement, calibration))
         if rounds is not None:
             progress("\n".join(rounds_text_lines(rounds)))
     return result
@@ -231,14 +224,13 @@ def _write_report_json(path: Path, result: RunResult) -> None:
 
 
 def _write_report_pdf(path: Path, result: RunResult) -> None:
-    cal = result.calibration
-    rounds = result.rounds
+    cal, rounds = result.calibration, result.rounds
     write_pdf(path, result.refinement,
-              extra_figures=(list(cal.figures) if cal else [])
-              + ([rounds_figure(rounds, result.refinement.map_pixel_size_A or 1.0)]
-                 if rounds else []),
-              extra_lines=(list(cal.lines) if cal else [])
-              + (rounds_text_lines(rounds)[:2] if rounds else []))
+              extra_figures=[rounds_figure(rounds, result.refinement.map_pixel_size_A or 1.0)]
+              if rounds else [],
+              extra_lines=(cal.lines[:1] if cal else [])
+              + (rounds_summary_lines(rounds) if rounds else []),
+              calibration=cal)
 
 
 class OutputDirectory:
