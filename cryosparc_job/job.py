@@ -195,8 +195,8 @@ class JobOutputs:
         import matplotlib.pyplot as plt
 
         refinement, calibration = result.refinement, result.calibration
-        plots = list(zip(figures(refinement),
-                         (json.dumps(r) for r in figure_raw_data(refinement))))
+        plots = list(zip(figures(refinement, calibration=calibration),
+                         (json.dumps(r) for r in figure_raw_data(refinement, calibration))))
         if calibration is not None:
             plots += [(f, json.dumps(calibration.json, default=float))
                       for f in calibration.figures]
