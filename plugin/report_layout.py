@@ -45,8 +45,9 @@ def text_width(fig: Figure, text: str, fontsize: float, weight: str = "normal") 
     return width / fig.bbox.width
 
 
-#: A number and its unit, or the two sides of "±", which a line is never broken between.
-_UNBREAKABLE = re.compile(r"(?<=\d) (?=Å|mm|°|%|s\b|±)|(?<=±) (?=\d)")
+#: Where a line is never broken: between a number and its unit, around "±", and within
+#: "round 2", "group 1".
+_UNBREAKABLE = re.compile(r"(?<=\d) (?=Å|mm|°|%|s\b|±)|(?<=±) (?=\d)|(?<=round|group) (?=\d)")
 
 
 def wrapped_lines(fig: Figure, lines, width: float, fontsize: float, indent: str = "    ") -> list[str]:

@@ -52,9 +52,9 @@ class PixelVerdict:
 
     @property
     def pixel_text(self) -> str:
+        """"1.0204 ± 0.0002 Å (+2.04%)": the calibrated pixel size and its departure."""
         rel = 100 * (self.pixel_size_A / self.pixel_size_nominal_A - 1)
-        return (f"{self.pixel_size_A:.4f} ± {self.pixel_size_sigma_A:.4f} Å, {rel:+.2f}% from "
-                f"the nominal {self.pixel_size_nominal_A:.4f} Å")
+        return f"{self.pixel_size_A:.4f} ± {self.pixel_size_sigma_A:.4f} Å ({rel:+.2f}%)"
 
 
 def label(g) -> str:
@@ -146,14 +146,14 @@ def headline(g: GroupResult, verdict: PixelVerdict | None = None,
 
 def verdict_sentence(g: GroupResult, v: PixelVerdict) -> str:
     """The calibration's verdict for one group in plain words."""
-    at = f"at that pixel size Cs is {v.cs_mm:.3f}" + (
-        f" ± {v.cs_sigma_mm:.3f} mm" if v.cs_sigma_mm is not None else " mm")
+    cs = f"{v.cs_mm:.3f}" + (f" ± {v.cs_sigma_mm:.3f} mm" if v.cs_sigma_mm is not None else " mm")
+    at = f"at that pixel size Cs is {cs}"
     if v.kind == "Cs":
-        return (f"The atomic model confirms the pixel size ({v.pixel_text}): the change is in "
-                f"Cs ({at}).")
+        return (f"The atomic model confirms the pixel size, {v.pixel_text}: the change is in "
+                f"Cs ({cs} at that pixel size).")
     if v.kind == "neither":
-        return (f"The atomic model confirms the pixel size ({v.pixel_text}); {at}, consistent "
-                f"with the nominal: neither changed.")
+        return (f"The atomic model confirms the pixel size, {v.pixel_text}; {at}, consistent "
+                f"with the nominal.")
     if v.kind == "pixel size":
         return (f"The atomic model puts the pixel size at {v.pixel_text}; {at}, consistent "
                 f"with the nominal: the change is the pixel size, not Cs.")

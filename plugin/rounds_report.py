@@ -15,6 +15,7 @@ import numpy as np
 
 from .fsc import FSC_THRESHOLD
 from .halfsets import INDEPENDENT
+from .report import CURVE_SIGNIFICANT_DIGITS
 from .report_layout import new_page, resolution_axis, wrapped_lines
 from .report_text import resolution_text, text_table
 from .rounds import RoundRecord, RoundsOutcome, cs_text
@@ -64,7 +65,9 @@ def rounds_table(records: list[RoundRecord]) -> str:
 def rounds_json(outcome: RoundsOutcome) -> dict:
     """csrefine.json's entries: ``rounds`` (one dict per round), ``rounds_stop`` (why the
     loop ended) and ``resolution_change`` (the one line)."""
-    return {"rounds": [r.as_dict() for r in outcome.records], "rounds_stop": outcome.stop_reason,
+    rounds = [{**r.as_dict(), "fsc": [float(f"{v:.{CURVE_SIGNIFICANT_DIGITS}g}") for v in r.fsc]}
+              for r in outcome.records]
+    return {"rounds": rounds, "rounds_stop": outcome.stop_reason,
             "resolution_change": resolution_change_line(outcome.records)}
 
 

@@ -126,7 +126,7 @@ def test_with_an_atomic_model_the_verdict_replaces_the_alternative():
     confirmed = PixelVerdict("Cs", 1.2002, 0.0002, 1.2, 2.999, 0.007)
     text = "\n".join(interpretation(g, confirmed, model_given=True))
     assert "absolute ruler" not in text and "Alternatively" not in text
-    assert "The atomic model confirms the pixel size (1.2002 ± 0.0002 Å" in text
+    assert "The atomic model confirms the pixel size, 1.2002 ± 0.0002 Å (+0.02%)" in text
     assert status(g, confirmed) == "use refined Cs"
     pixel = PixelVerdict("pixel size", 1.169, 0.0002, 1.2, 2.700, 0.007)
     assert status(g, pixel) == "keep nominal Cs, use calibrated pixel"
