@@ -583,8 +583,10 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                        setup.references)
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
-    _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} Å; "
-                   f"fitting {low_A:.1f}-{high_A:.2f} Å")
+    reach = (f"stays above {options.fsc_threshold} up to Nyquist ({resolution:.2f} Å)"
+             if np.isclose(resolution, nyquist_A(px), rtol=1e-6)
+             else f"reaches {options.fsc_threshold} at {resolution:.2f} Å")
+    _log(progress, f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
     backend = backend_future.result()
     timings["setup"] = time.monotonic() - t_start
     results, warnings = [], []
