@@ -431,7 +431,8 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
 def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, warnings: list,
                           progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
-    figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}"
+    figures = (f"own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}, "
+               f"{check.z:+.1f} standard errors")
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
