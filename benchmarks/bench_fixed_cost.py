@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 if program == "csrefine":
                     r = run_csrefine(paths, star, args.j, tag, "cpu")
                     phases = " ".join(f"{k.split('_group')[0]} {v:.2f}"
-                                      for k, v in r["timings"].items() if k != "total")
+                                      for k, v in r["timings"].items() if k != "refine")
                     log(f"{s.name} 1k run {i + 1}: csrefine {r['wall_s']:.2f} s wall, CPU "
                         f"{r['cpu_s']:.2f} s, Cs {r['cs_mm']:.4f} mm, backend {r['backend']}; "
                         f"phases: {phases}")

@@ -25,7 +25,6 @@ import re
 from contextlib import ExitStack
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from cryosparc.tools import CryoSPARC
 
@@ -229,17 +228,14 @@ class CryosparcJob:
 
     def write(self, result: RunResult, should_abort) -> None:
         refinement, calibration = result.refinement, result.calibration
-        plots = list(zip(figures(refinement),
-                         (json.dumps(r) for r in figure_raw_data(refinement))))
+        plots = list(zip(figures(refinement, calibration=calibration),
+                         (json.dumps(r) for r in figure_raw_data(refinement, calibration))))
         if calibration is not None:
             plots += [(f, json.dumps(calibration.json, default=float))
                       for f in calibration.figures]
-        for (title, fig), raw in plots:
-            try:
-                self.job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw,
-                                  raw_data_format="json")
-            finally:
-                plt.close(fig)
+        for (title, fig), raw in plots:  # matplotlib Figures outside pyplot: nothing to close
+            self.job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw,
+                              raw_data_format="json")
         particles = result.inputs.source
         new = updated_dataset(particles, refinement)
         out = self.job.add_output("particle", "particles", passthrough="particles",

@@ -1,9 +1,14 @@
-"""Pixel-size calibration inside a refinement run: JSON keys, report lines and the scan plot.
+"""Pixel-size calibration inside a refinement run: JSON keys, report lines and the scan page.
 
 The adapters read the model file (:func:`csrefine.atomic_map.read_model`) before any work, so a missing
 or unreadable model fails the run before anything is written. A model that cannot serve as a ruler
 (not docked, not covering the map) is reported with its reason and *no* calibration; the Cs
 refinement itself still stands.
+
+Each group's verdict (pixel size, Cs, both, neither) is decided at the report's significance
+(:data:`csrefine.report_text.SIGNIFICANT_Z` standard errors), so that it never contradicts the
+Cs text of the same group; its sentence (:func:`csrefine.report_text.verdict_sentence`) is the
+one csrefine.json, run.out and logfile.pdf give.
 """
 
 from __future__ import annotations
@@ -12,18 +17,27 @@ from dataclasses import dataclass, field
 
 from .calibrate import apply_calibration, calibrate_pixel_size
 from .errors import InputError
+from .report_layout import new_page, wrapped_lines
+from .report_text import SIGNIFICANT_Z, PixelVerdict, verdict_sentence
 
 WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged (RELION advises "
               "against editing it). To use the calibrated pixel size, give it where the map's scale "
               "is set (e.g. --angpix of relion_postprocess, the map header before model building "
-              "and deposition); if the pixel size explains the Cs departure, keep the nominal Cs.")
+              "and deposition); where the pixel size explains the Cs change, keep the nominal Cs.")
 
 
 @dataclass
 class CalibrationOutcome:
+    """The calibration's part of a run: csrefine.json additions, report lines (the calibrated
+    pixel size and what to do with it; each group's verdict is in that group's text), the scan
+    page, each group's verdict by optics group number, and why there is no calibration (None:
+    there is one)."""
+
     json: dict
     lines: list
     figures: list = field(default_factory=list)
+    verdicts: dict = field(default_factory=dict)
+    error: str | None = None
 
 
 def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, structure,
@@ -32,22 +46,36 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
 
     Returns the csrefine.json additions (top level: pixel_size_calibrated_A, pixel_size_sigma_A,
     cs_at_calibrated_pixel_mm and verdict per group; the per-group entries are also merged into
-    the groups by :func:`merge_into_groups`), plain report lines, and the scan figure.
+    the groups by :func:`merge_into_groups`), plain report lines, the scan page and the verdicts.
     """
     try:
         cal = calibrate_pixel_size(half_maps[0], half_maps[1], pixel_size_A, structure, mask=mask,
                                    fsc=refinement.fsc, progress=progress)
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
-                                  [f"Pixel-size calibration NOT done: {exc}"])
-    extra = apply_calibration(refinement.groups, cal)
+                                  [f"Pixel-size calibration NOT done: {exc}"], error=str(exc))
+    extra = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
+    verdicts = {g.optics_group: _verdict(g, cal, extra) for g in refinement.groups}
+    extra["verdict"] = {str(g.optics_group): verdict_sentence(g, verdicts[g.optics_group])
+                        for g in refinement.groups}
     rel = 100 * (cal.pixel_size_calibrated_A / pixel_size_A - 1)
     lines = [f"Pixel size calibrated against the atomic model: {cal.pixel_size_calibrated_A:.4f} "
              f"± {cal.pixel_size_sigma_A:.4f} Å (nominal {pixel_size_A:.4f} Å, {rel:+.2f}%; half "
-             f"maps {cal.pixel_size_half1_A:.4f} / {cal.pixel_size_half2_A:.4f} Å)."]
-    lines += [f"  Optics group {gid}: {text}" for gid, text in extra["verdict"].items()]
-    lines.append("  " + WHAT_TO_DO)
-    return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))])
+             f"maps {cal.pixel_size_half1_A:.4f} / {cal.pixel_size_half2_A:.4f} Å).",
+             "  " + WHAT_TO_DO]
+    return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))],
+                              verdicts)
+
+
+def _verdict(g, cal, extra: dict) -> PixelVerdict:
+    """One group's verdict from apply_calibration's output (scaled to the group's pixel size)."""
+    key = str(g.optics_group)
+    scale = g.pixel_size_A / cal.pixel_size_nominal_A
+    details = extra["pixel_calibration"]["groups"][key]
+    return PixelVerdict(details["kind"], cal.pixel_size_calibrated_A * scale,
+                        cal.pixel_size_sigma_A * scale, g.pixel_size_A,
+                        extra["cs_at_calibrated_pixel_mm"][key],
+                        details["cs_at_calibrated_pixel_sigma_mm"])
 
 
 #: Per-group calibration facts, written into each group's entry of csrefine.json (only there:
@@ -73,19 +101,24 @@ def merge_into_groups(report: dict, extra: dict) -> dict:
 
 
 def _scan_figure(cal):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(cal.scan_pixel_size_A, cal.scan_score, ".-")
+    """The scan page: the model-map match against the trial pixel size, nominal and calibrated
+    marked, and the figures beneath."""
+    fig = new_page()
+    ax = fig.add_axes([0.08, 0.3, 0.86, 0.6])
+    ax.plot(cal.scan_pixel_size_A, cal.scan_score, ".-", color="C0", label="match per trial pixel size")
     ax.axvline(cal.pixel_size_nominal_A, color="grey", ls=":",
                label=f"nominal {cal.pixel_size_nominal_A:.4f} Å")
     ax.axvline(cal.pixel_size_calibrated_A, color="C3",
                label=f"calibrated {cal.pixel_size_calibrated_A:.4f} ± {cal.pixel_size_sigma_A:.4f} Å")
-    ax.set_xlabel("pixel size (A)")
+    ax.set_xlabel("pixel size (Å)")
     ax.set_ylabel("model-map match (FSC-weighted correlation)")
-    ax.set_title("Pixel size against the atomic model")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_title("Pixel size against the atomic model", fontsize=13)
+    ax.legend(fontsize=9, loc="lower center")
+    text = (f"The half maps calibrated one by one give {cal.pixel_size_half1_A:.4f} and "
+            f"{cal.pixel_size_half2_A:.4f} Å. The model covers {100 * cal.coverage:.0f}% of the "
+            f"masked density; its best match is {cal.relative_correlation:.2f} of what a perfect "
+            f"model would give, with a B-factor of {cal.b_factor_A2:.0f} Å² and a shift of "
+            f"{sum(s * s for s in cal.shift_A) ** 0.5:.2f} Å. Fitted band "
+            f"{cal.band_A[0]:.1f}–{cal.band_A[1]:.2f} Å.")
+    fig.text(0.08, 0.2, "\n".join(wrapped_lines(fig, [text], 0.86, 10)), va="top", fontsize=10)
     return fig

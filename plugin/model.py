@@ -6,6 +6,7 @@ Adapters build these from STAR files or cryoSPARC datasets; the numerics only se
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,6 +21,16 @@ PIXEL_TOLERANCE = 0.005
 def nyquist_A(pixel_size_A: float) -> float:
     """The Nyquist resolution, 2 * pixel size (Å)."""
     return 2.0 * pixel_size_A
+
+
+#: How the cryoSPARC adapter names a group: after its exposure group, numbered from 0.
+_EXPOSURE_GROUP = re.compile(r"exposure group \d+")
+
+
+def group_label(optics_group: int, name: str) -> str:
+    """How messages and reports name a group: as cryoSPARC numbers it where the adapter named it
+    after its exposure group ("exposure group 0"), else by RELION's number ("optics group 1")."""
+    return name if _EXPOSURE_GROUP.fullmatch(name or "") else f"optics group {optics_group}"
 
 
 @dataclass(frozen=True)

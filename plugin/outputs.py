@@ -24,7 +24,7 @@ from .paths import (
 )
 from .report import write_json, write_pdf
 from .results import RefinementInputs, RunResult
-from .rounds import rounds_figure, rounds_text_lines
+from .rounds_report import rounds_figure, rounds_summary_lines
 
 FileWriter = Callable[[Path, RunResult], None]
 REPORT_JSON = "csrefine.json"
@@ -37,14 +37,14 @@ def write_report_json(path: Path, result: RunResult) -> None:
 
 
 def write_report_pdf(path: Path, result: RunResult) -> None:
-    """logfile.pdf: the refinement's pages, then the calibration's and the rounds' pages."""
+    """logfile.pdf: the refinement's pages, the calibration's and the rounds'."""
     cal, rounds = result.calibration, result.rounds
     pixel_size_A = result.refinement.map_pixel_size_A or 1.0
     write_pdf(path, result.refinement,
-              extra_figures=(list(cal.figures) if cal else [])
-              + ([rounds_figure(rounds, pixel_size_A)] if rounds else []),
-              extra_lines=(list(cal.lines) if cal else [])
-              + (rounds_text_lines(rounds)[:2] if rounds else []))
+              extra_figures=[rounds_figure(rounds, pixel_size_A)] if rounds else [],
+              extra_lines=(cal.lines[:1] if cal else [])
+              + (rounds_summary_lines(rounds) if rounds else []),
+              calibration=cal)
 
 
 def print_line(text: str) -> None:

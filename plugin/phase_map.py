@@ -9,13 +9,19 @@ offset and Cs change: isotropic) and the residual complete the picture; the resi
 anisotropic part (cos 2phi, sin 2phi, cos 4phi, sin 4phi terms in k^2 and k^4) is fitted and
 compared, at the band's edge, with the isotropic change: magnification anisotropy, astigmatism
 or tetrafoil show there, a Cs or pixel-size change does not.
+
+:func:`shifted_curves` re-expresses a group's measured and fitted phase against another CTF
+that differs by a known isotropic phase (refinement rounds: against the user's nominal CTF).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from .forward import magnified
 
 #: Blocks whose fitted amplitude is below this many standard errors are masked.
 MIN_SNR = 2.0
@@ -120,3 +126,35 @@ def _anisotropic_amplitude_deg(residual_deg, kx, ky, snr, keep, k_edge_per_A) ->
     two = np.hypot(coef[3] + coef[5], coef[4] + coef[6])  # at the edge, scale2 = scale4 = 1
     four = np.hypot(coef[7], coef[8])
     return float(max(two, four))
+
+
+def shifted_curves(curves: dict, delta_rad: Callable[[np.ndarray], np.ndarray],
+                   mag_matrix) -> dict:
+    """A group's plot curves with the phase ``delta_rad(k2)`` (radians; k2 = |M k|^2 in 1/Å^2)
+    added to the measured and fitted phase change, radial (``measured_delta_rad``,
+    ``fit_delta_rad``) and 2D (``phase_map``); the residual is unchanged. A copy; the input is
+    not modified."""
+    out = dict(curves)
+    if "k2" in curves:
+        shift = delta_rad(np.asarray(curves["k2"], dtype=float))
+        for name in ("measured_delta_rad", "fit_delta_rad"):
+            out[name] = (np.asarray(curves[name], dtype=float) + shift).tolist()
+    pm = curves.get("phase_map")
+    if pm:
+        k = np.asarray(pm["k_axis_per_A"], dtype=float)
+        kx, ky = magnified(*np.meshgrid(k, k), mag_matrix)  # [y, x], as the maps
+        shift = np.rad2deg(delta_rad(kx * kx + ky * ky))
+        out["phase_map"] = {**pm, **{name: (np.asarray(pm[name], dtype=float) + shift).tolist()
+                                     for name in ("measured_deg", "fitted_deg")}}
+    return out
+
+
+def with_isotropic_change(anisotropy: dict, isotropic_deg: float) -> dict:
+    """The anisotropy summary (:meth:`csrefine.phase_map.PhaseMap.summary`) with the isotropic
+    change at the band's edge replaced (and the ratio recomputed)."""
+    if not anisotropy:
+        return anisotropy
+    aniso = anisotropy["anisotropic_deg_at_band_edge"]
+    ratio = aniso / isotropic_deg if isotropic_deg > 0 else float("nan")
+    return {**anisotropy, "isotropic_change_deg_at_band_edge": round(float(isotropic_deg), 2),
+            "anisotropy_ratio": round(float(ratio), 3)}

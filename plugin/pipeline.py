@@ -40,7 +40,7 @@ from .halfsets import (
     staged_check,
 )
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, nyquist_A
+from .model import PIXEL_TOLERANCE, OpticsGroup, Particles, group_label, nyquist_A
 from .options import RefineOptions
 from .phase_map import PhaseMap, phase_map
 from .projection import PaddedReference, for_particles, make_padded_reference
@@ -146,7 +146,8 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     terms = pixel_terms(group, band)
     screen = screen or screen_for(images, positions)
     done = downweighted = 0
-    meter = ProgressMeter(f"optics group {group.optics_group}", positions.size, progress)
+    meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size,
+                          progress)
     # The next batch is read from the (memory-mapped) stacks in background threads while this
     # one is computed; the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
@@ -170,7 +171,8 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
 class ProgressMeter:
     """Progress lines as RELION prints them: done/total, percentage, elapsed and estimated time
     left, at most every PROGRESS_EVERY_S seconds or PROGRESS_EVERY_FRACTION of the work (and at
-    the end), so that a million particles make about fifty lines, not four thousand."""
+    the end), so that a million particles make about fifty lines, not four thousand. The last
+    line gives the time taken instead of the time left."""
 
     def __init__(self, label: str, total: int, progress: ProgressFn | None):
         self.label, self.total, self.progress = label, max(int(total), 1), progress
@@ -187,15 +189,25 @@ class ProgressMeter:
         self.last_time, self.last_done = now, done
         elapsed = now - self.t0
         rate = done / max(elapsed, 1e-9)
+        head = f"{self.label}: {done}/{self.total} particles"
+        if done >= self.total:
+            self.progress(f"{head} in {duration_text(elapsed)}, {rate:.0f} particles/s")
+            return
         left = (self.total - done) / max(rate, 1e-9)
-        self.progress(f"{self.label}: {done}/{self.total} particles "
-                      f"({100 * done / self.total:.0f}%), {_clock(elapsed)} elapsed, "
-                      f"{_clock(left)} left, {rate:.0f} particles/s")
+        self.progress(f"{head} ({100 * done / self.total:.0f}%), {duration_text(elapsed)} "
+                      f"elapsed, about {duration_text(left)} left, {rate:.0f} particles/s")
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: "0.4 s", "38 s", "2:05 min", "1:02:05 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60}:{whole % 60:02d} min"
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d} h"
 
 
 def batch_size_for(backend, options: RefineOptions, box: int) -> int:
@@ -414,25 +426,27 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
     return staged_check(statistics, positions)
 
 
-def _apply_half_map_check(check: HalfMapCheck, gid: int, references: dict, warnings: list,
+def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, warnings: list,
                           progress, names: str = "the half maps") -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
-    figures = f"z = {check.z:+.1f}, own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}"
+    figures = (f"own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}, "
+               f"{check.z:+.1f} standard errors")
     if check.inverted:
-        text = (f"optics group {gid}: the particles' contrast is inverted relative to the maps "
-                f"(their correlation with the maps' predictions has z = {check.contrast_z:+.1f}): "
-                f"look at blob/sign (cryoSPARC) or the extraction's invert-contrast setting "
-                f"(RELION); the group was refined with every image's sign flipped")
+        text = (f"{label}: the particles' contrast is inverted relative to the maps (their "
+                f"correlation with the maps' predictions is {-check.contrast_z:.0f} standard "
+                f"errors below zero): look at blob/sign (cryoSPARC) or the extraction's "
+                f"invert-contrast setting (RELION); the group was refined with every image's "
+                f"sign flipped")
         warnings.append(text)
         _log(progress, f"WARNING: {text}")
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
-        text = (f"optics group {gid}: the half maps were given the other way round ({figures}): "
+        text = (f"{label}: the half maps were given the other way round ({figures}): "
                 f"each particle correlates better with the half map of the other half set; "
                 f"they were swapped for the refinement")
     elif check.verdict == INDEPENDENT:
-        text = (f"optics group {gid}: neither half map shows a measurable trace of these "
+        text = (f"{label}: neither half map shows a measurable trace of these "
                 f"particles' noise ({figures}): they were not reconstructed from these particles "
                 f"(e.g. simulated maps), which biases nothing, or the group is too large for the "
                 f"check's sample to resolve their own noise; the half maps are used as given")
@@ -566,7 +580,8 @@ class GroupContext:
     warnings: list
 
     def not_refined(self, group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
-        _log(self.progress, f"optics group {group.optics_group}: not refined ({reason})")
+        _log(self.progress, f"{group_label(group.optics_group, group.name)}: not refined "
+                            f"({reason})")
         return _not_refined(group, n, reason, band_A)
 
 
@@ -593,7 +608,8 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     ctx.timings[f"half_map_check_group{gid}"] = time.monotonic() - t0
     names = (f"the half maps {ctx.half_map_names[0]} and {ctx.half_map_names[1]}"
              if ctx.half_map_names else "the half maps")
-    refs, problem = _apply_half_map_check(check, gid, refs, ctx.warnings, ctx.progress, names)
+    label = group_label(gid, group.name)
+    refs, problem = _apply_half_map_check(check, label, refs, ctx.warnings, ctx.progress, names)
     if problem:
         result = ctx.not_refined(group, n, problem, band_g)
         result.half_maps = check.as_dict()
@@ -612,7 +628,7 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     result.contrast = check.contrast
     result.images_downweighted = accumulated.downweighted
     if not result.refined:
-        _log(ctx.progress, f"optics group {gid}: not refined ({result.reason})")
+        _log(ctx.progress, f"{label}: not refined ({result.reason})")
     return result
 
 
@@ -648,8 +664,10 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
     check_band(low_A, high_A, resolution, options)
-    _log(progress, f"half-map FSC reaches {options.fsc_threshold} at {resolution:.2f} Å; "
-                   f"fitting {low_A:.1f}-{high_A:.2f} Å")
+    reach = (f"stays above {options.fsc_threshold} up to Nyquist ({resolution:.2f} Å)"
+             if np.isclose(resolution, nyquist_A(px), rtol=1e-6)
+             else f"reaches {options.fsc_threshold} at {resolution:.2f} Å")
+    _log(progress, f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
     warnings = []
     if options.resolution_high_A and options.resolution_high_A < high_A:
         warnings.append(f"resolution_high_A {options.resolution_high_A:g} Å is beyond the half "
@@ -663,7 +681,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
         positions = np.flatnonzero(particles.optics_group == gid)
         if positions.size:
             results.append(refine_group(groups[gid], positions, context))
-    timings["total"] = time.monotonic() - t_start
+    timings["refine"] = time.monotonic() - t_start
     return Refinement(results, fsc, float(resolution), band_A, backend.name, timings, float(px),
                       warnings)
 

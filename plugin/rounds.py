@@ -10,8 +10,9 @@ user's own data ("FSC 0.143: 2.93 Å → 2.23 Å with the refined Cs").
 The core does not reconstruct: the adapter passes a :class:`Reconstructor` (RELION:
 relion_reconstruct). This module holds the loop (:func:`refine_rounds`), the update of the
 inputs between rounds, the stop rule (:func:`settled`), the per-round records, the result
-combined relative to the original inputs (:func:`combine`), and the per-round report (text,
-JSON, the FSC page of logfile.pdf).
+combined relative to the original inputs (:func:`combine`: Cs, defocus offset and the measured
+phase, curves and 2D maps, against the user's nominal CTF) and the one progress line per round;
+:mod:`csrefine.rounds_report` reports them (text, JSON, the rounds page of logfile.pdf).
 
 Stop rule: after round r >= 2, stop when every refined group's change in that round is below
 its jackknife sigma. Round 1 is always followed by a rebuild when more rounds are asked for: its
@@ -30,10 +31,12 @@ import numpy as np
 
 from .ctf import cs_phase_factor, defocus_phase_factor, electron_wavelength_A
 from .errors import check_abort
+from .fit import PhaseModel
 from .fsc import FSC_THRESHOLD
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import OpticsGroup, Particles, nyquist_A
+from .model import OpticsGroup, Particles, group_label, nyquist_A
 from .options import RefineOptions
+from .phase_map import shifted_curves, with_isotropic_change
 from .pipeline import refine_inputs
 from .results import GroupResult, Refinement
 from .zernike import fold_out_k4, rescale_beam_tilt
@@ -100,7 +103,9 @@ class RoundGroup:
     """One optics group in one round.
 
     cs_input_mm : the round's starting (effective) Cs; cs_mm : refined (the input's where the
-    group was not refined); cs_sigma_mm : jackknife sigma; defocus_offset_A : the round's offset.
+    group was not refined); cs_sigma_mm : jackknife sigma; defocus_offset_A : the round's offset;
+    half_map_check : the verdict of the check of that round's half maps against the group's
+    half sets (:mod:`csrefine.halfsets`; empty if not made); name : the group's name.
     """
 
     optics_group: int
@@ -109,6 +114,12 @@ class RoundGroup:
     cs_mm: float
     cs_sigma_mm: float | None
     defocus_offset_A: float
+    half_map_check: str = ""
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return group_label(self.optics_group, self.name)
 
     @property
     def change_mm(self) -> float:
@@ -129,7 +140,9 @@ class RoundRecord:
 
     half_maps : the maps' names (round 1: the user's); fsc : per Fourier shell; resolution_A :
     where it drops below the threshold; reconstruct_s : the rebuild before this round (0 for
-    round 1); refine_s : the refinement.
+    round 1); refine_s : the refinement; map_pixel_size_A : the half maps' pixel size (None:
+    unknown); reaches_nyquist : the FSC never drops below the threshold (resolution_A is then
+    the maps' Nyquist, a bound, not a measurement).
     """
 
     round: int
@@ -139,15 +152,24 @@ class RoundRecord:
     half_maps: tuple[str, ...]
     reconstruct_s: float
     refine_s: float
+    map_pixel_size_A: float | None = None
+
+    @property
+    def reaches_nyquist(self) -> bool:
+        return (self.map_pixel_size_A is not None
+                and math.isclose(self.resolution_A, nyquist_A(self.map_pixel_size_A),
+                                 rel_tol=1e-6))
 
     def as_dict(self) -> dict:
         return {"round": self.round, "resolution_fsc_A": self.resolution_A,
                 "half_maps": list(self.half_maps), "reconstruct_s": self.reconstruct_s,
+                "fsc_reaches_nyquist": self.reaches_nyquist,
                 "refine_s": self.refine_s, "fsc": list(self.fsc),
                 "groups": [{"optics_group": int(g.optics_group), "refined": bool(g.refined),
                             "cs_input_mm": g.cs_input_mm, "cs_mm": g.cs_mm,
                             "cs_sigma_mm": g.cs_sigma_mm, "cs_change_mm": g.change_mm,
-                            "defocus_offset_A": g.defocus_offset_A, "settled": bool(g.settled)}
+                            "defocus_offset_A": g.defocus_offset_A, "settled": bool(g.settled),
+                            "half_map_check": g.half_map_check}
                            for g in self.groups]}
 
 
@@ -168,11 +190,12 @@ def round_record(number: int, refinement: Refinement, half_maps, reconstruct_s: 
     """The record of one round from its refinement (relative to that round's inputs)."""
     groups = tuple(RoundGroup(g.optics_group, g.refined, g.cs_nominal_mm + g.cs_zernike_mm,
                               g.cs_refined_mm, g.cs_sigma_mm,
-                              g.defocus_offset_A if g.refined else 0.0)
+                              g.defocus_offset_A if g.refined else 0.0,
+                              str(g.half_maps.get("verdict", "")), g.name)
                    for g in refinement.groups)
     return RoundRecord(number, groups, float(refinement.resolution_A),
                        tuple(float(v) for v in refinement.fsc), tuple(str(n) for n in half_maps),
-                       float(reconstruct_s), float(refine_s))
+                       float(reconstruct_s), float(refine_s), refinement.map_pixel_size_A)
 
 
 def settled(record: RoundRecord) -> bool:
@@ -226,7 +249,8 @@ def updated_particles(particles: Particles, refinement: Refinement) -> Particles
 def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupResult:
     """One group's rounds as one result relative to the original optics: the last refined
     round's Cs and sigma, the sum of the refined rounds' defocus offsets, the change, its z, the
-    pixel-size alternative and the resolution where it matters, against the original nominal."""
+    pixel-size alternative and the resolution where it matters, against the original nominal;
+    the measured phase (curves, 2D maps, anisotropy) against the original nominal CTF too."""
     refined = [r for r in results if r.refined]
     if not refined:
         return results[0]
@@ -235,14 +259,24 @@ def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupR
     change = last.cs_refined_mm - original.cs_mm
     sigma = last.cs_sigma_mm
     lam = electron_wavelength_A(original.voltage_kv)
-    impact = resolution_impact_A(defocus_phase_factor(lam), cs_phase_factor(lam), offset, change,
+    model = PhaseModel(defocus_phase_factor(lam), cs_phase_factor(lam))
+    impact = resolution_impact_A(model.defocus_factor, model.cs_factor, offset, change,
                                  1.0 / nyquist_A(original.pixel_size_A))
+    # What the earlier rounds changed: the last round's input optics against the original ones
+    # (defocus shifted by their offsets, the effective Cs moved; the rest of the phase is kept).
+    cs_input = original.cs_mm + results[0].cs_zernike_mm
+    earlier_offset = offset - last.defocus_offset_A
+    earlier_cs = last.cs_nominal_mm + last.cs_zernike_mm - cs_input
+    curves = shifted_curves(last.curves, lambda k2: model.delta(earlier_offset, earlier_cs, k2),
+                            original.mag_matrix)
+    edge = model.delta(offset, last.cs_refined_mm - cs_input, (1.0 / last.band_A[1]) ** 2)
     return replace(last, refined=True, reason=last.reason, cs_nominal_mm=original.cs_mm,
                    cs_zernike_mm=results[0].cs_zernike_mm, defocus_offset_A=offset,
                    cs_change_z=change / sigma if sigma else None,
                    pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(
                        original.pixel_size_A, original.cs_mm, last.cs_refined_mm),
-                   resolution_impact_A=impact)
+                   resolution_impact_A=impact, curves=curves,
+                   anisotropy=with_isotropic_change(last.anisotropy, abs(np.rad2deg(edge))))
 
 
 def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinement]) -> Refinement:
@@ -281,7 +315,7 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
     """
     should_abort = should_abort or (lambda: False)
     names = inputs.sources.get("half_maps") or ("half map 1", "half map 2")
-    refine_s = first.timings_s.get("total", 0.0) if first_seconds is None else first_seconds
+    refine_s = first.timings_s.get("refine", 0.0) if first_seconds is None else first_seconds
     records = [round_record(1, first, names, 0.0, refine_s)]
     refinements, maps, current = [first], [], inputs
     stop = f"all {options.rounds} rounds done"
@@ -310,7 +344,6 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
                 stop = (f"stopped after round {number} of {options.rounds}: every group's "
                         f"change was below its sigma")
             break
-    _log(progress, stop)
     combined = combine(inputs.groups, refinements)
     for r in records[1:]:
         combined.timings_s[f"round{r.round}_reconstruct"] = r.reconstruct_s
@@ -318,11 +351,8 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
     return RoundsOutcome(records, combined, current, maps, stop)
 
 
-# ------------------------------------------------------------------------------------------
-# Reporting
-
-
-def _cs_text(g: RoundGroup) -> str:
+def cs_text(g: RoundGroup) -> str:
+    """A round's Cs of one group: "2.997 ± 0.003", or "2.700 (not refined)"."""
     if not g.refined:
         return f"{g.cs_mm:.3f} (not refined)"
     sigma = f"{g.cs_sigma_mm:.3f}" if g.cs_sigma_mm is not None else "-"
@@ -330,89 +360,10 @@ def _cs_text(g: RoundGroup) -> str:
 
 
 def round_line(record: RoundRecord) -> str:
-    """One progress line per round: Cs per group and the FSC resolution of its half maps."""
-    groups = "; ".join(f"group {g.optics_group} Cs {_cs_text(g)} mm (change {g.change_mm:+.3f})"
+    """One progress line per round: Cs per group (and its change in this round) and the FSC
+    resolution of the round's half maps."""
+    groups = "; ".join(f"{g.label} Cs {cs_text(g)} mm (change in this round {g.change_mm:+.3f})"
                        for g in record.groups)
-    return (f"round {record.round}: {groups}; half-map FSC {FSC_THRESHOLD} at "
-            f"{record.resolution_A:.2f} Å")
-
-
-def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_THRESHOLD) -> str:
-    """What the refined Cs did to the resolution, in one line (empty for a single round)."""
-    if len(records) < 2:
-        return ""
-    first, last = records[0], records[-1]
-    return (f"FSC {threshold:g}: {first.resolution_A:.2f} Å → {last.resolution_A:.2f} Å with the "
-            f"refined Cs (round 1: the given half maps; round {last.round}: rebuilt with the Cs "
-            f"of round {last.round - 1})")
-
-
-def rounds_table(records: list[RoundRecord]) -> str:
-    """One row per round and optics group: Cs +- sigma, change, FSC resolution, wall times."""
-    head = (f"{'round':>5} {'group':>5} {'Cs (mm)':>22} {'change (mm)':>11} {'FSC 0.143':>9} "
-            f"{'rebuild (s)':>11} {'refine (s)':>10}")
-    lines = [head, "-" * len(head)]
-    for r in records:
-        for g in r.groups:
-            lines.append(f"{r.round:>5} {g.optics_group:>5} {_cs_text(g):>22} "
-                         f"{g.change_mm:>+11.3f} {r.resolution_A:>7.2f} Å {r.reconstruct_s:>11.1f} "
-                         f"{r.refine_s:>10.1f}")
-    return "\n".join(lines)
-
-
-def rounds_json(outcome: RoundsOutcome) -> dict:
-    """csrefine.json's entries: ``rounds`` (one dict per round), ``rounds_stop`` (why the
-    loop ended) and ``resolution_change`` (the one line)."""
-    return {"rounds": [r.as_dict() for r in outcome.records], "rounds_stop": outcome.stop_reason,
-            "resolution_change": resolution_change_line(outcome.records)}
-
-
-def rounds_text_lines(outcome: RoundsOutcome) -> list[str]:
-    """The lines the summary page and run.out carry: the one line, the stop reason, the table."""
-    return [resolution_change_line(outcome.records), outcome.stop_reason,
-            rounds_table(outcome.records)]
-
-
-def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float = FSC_THRESHOLD):
-    """(title, figure): the half-map FSC of the first and the last round on one plot, with the
-    per-round Cs and resolution beside it."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    first, last = outcome.records[0], outcome.records[-1]
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(11.7, 6), gridspec_kw={"width_ratios": [2, 1]})
-    # round 1 wide underneath, the last round thin on top: both stay visible where they agree
-    for record, colour, width, alpha, label in (
-            (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
-            (last, "C3", 1.2, 1.0,
-             f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
-        fsc = np.asarray(record.fsc, dtype=float)
-        box = 2 * (len(fsc) - 1)
-        k = np.arange(1, len(fsc)) / (box * pixel_size_A)
-        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha,
-                label=f"{label} ({record.resolution_A:.2f} Å)")
-        ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
-    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
-    _resolution_ticks(ax, float(k.max()))
-    ax.set_ylabel("half-map FSC (masked)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(resolution_change_line(outcome.records).split(" (")[0], fontsize=11)
-    side.axis("off")
-    side.text(0.0, 1.0, "Cs per round\n\n" + "\n".join(
-        f"round {r.round}: " + ", ".join(f"group {g.optics_group} {_cs_text(g)} mm"
-                                         for g in r.groups) + f"\n    FSC {threshold:g} at "
-        f"{r.resolution_A:.2f} Å" for r in outcome.records) + f"\n\n{outcome.stop_reason}",
-        va="top", ha="left", fontsize=8.5, family="monospace", wrap=True,
-        transform=side.transAxes)
-    fig.tight_layout()
-    return "Rounds: half-map FSC before and after", fig
-
-
-def _resolution_ticks(ax, k_max_per_A: float) -> None:
-    ticks = [A for A in (20, 10, 7, 5, 4, 3.5, 3, 2.5, 2.2, 2, 1.8, 1.6, 1.5, 1.2, 1)
-             if 1 / A <= k_max_per_A * 1.0001]
-    ax.set_xticks([1 / A for A in ticks])
-    ax.set_xticklabels([f"{A:g}" for A in ticks])
-    ax.set_xlabel("resolution (Å)")
+    fsc = (f"stays above {FSC_THRESHOLD} up to Nyquist ({record.resolution_A:.2f} Å)"
+           if record.reaches_nyquist else f"{FSC_THRESHOLD} at {record.resolution_A:.2f} Å")
+    return f"round {record.round}: {groups}; half-map FSC {fsc}"

@@ -26,7 +26,8 @@ from .options import RefineOptions
 from .pipeline import refine_inputs
 from .report import interpretation_text, report_dict, summary_table
 from .results import Refinement, RefinementInputs, RunResult
-from .rounds import Reconstructor, refine_rounds, rounds_json, rounds_text_lines
+from .rounds import Reconstructor, refine_rounds
+from .rounds_report import rounds_json, rounds_text_lines
 
 AbortFn = Callable[[], bool]
 
@@ -118,10 +119,10 @@ def run_refinement(load: Callable[[], RefinementInputs], options: RefineOptions,
     nothing = nothing_refined_line(refinement)
     if nothing:
         progress(nothing)
-    progress(interpretation_text(refinement))
+    progress(interpretation_text(refinement, calibration))
     if calibration is not None:
         progress("\n".join(calibration.lines))
-    progress(summary_table(refinement))
+    progress(summary_table(refinement, calibration))
     if rounds is not None:
         progress("\n".join(rounds_text_lines(rounds)))
     if nothing:

@@ -23,13 +23,11 @@ from csrefine.rounds import (
     RoundRecord,
     RoundsOutcome,
     combine,
-    resolution_change_line,
-    rounds_json,
-    rounds_table,
     settled,
     updated_groups,
     updated_particles,
 )
+from csrefine.rounds_report import resolution_change_line, rounds_json, rounds_table
 
 GROUP = OpticsGroup(1, "g1", 300.0, 2.0, 0.1, 1.1, 128)
 
@@ -47,7 +45,7 @@ def _result(cs_input_mm, cs_refined_mm, sigma_mm, offset_A=0.0, refined=True, gi
 
 def _refinement(*groups, resolution_A=3.0) -> Refinement:
     return Refinement(list(groups), np.linspace(1, 0, 65), resolution_A, [20.0, resolution_A],
-                      "numpy", {"total": 1.0}, 1.1)
+                      "numpy", {"refine": 1.0}, 1.1)
 
 
 def test_stop_rule_every_group_below_its_sigma():
@@ -110,11 +108,81 @@ def test_one_line_table_and_json():
     assert line.startswith("FSC 0.143: 2.93 Å → 2.23 Å with the refined Cs")
     assert resolution_change_line(records[:1]) == ""
     table = rounds_table(records)
-    assert "2.700 ± 0.003" in table and "2.23 Å" in table and len(table.splitlines()) == 4
+    assert "2.700 ± 0.003" in table and "2.23 Å" in table and len(table.splitlines()) == 5
+    assert "change from" in table and "+0.700" in table  # round 2 against the nominal 2.0
     content = rounds_json(RoundsOutcome(records, _refinement(), None, [], "stopped"))
     assert [r["round"] for r in content["rounds"]] == [1, 2]
     assert content["rounds"][1]["groups"][0]["cs_change_mm"] == pytest.approx(0.015)
     json.dumps(content)
+
+
+def _with_curves(result: GroupResult, k2, measured_rad, fit_rad, anisotropic_deg=1.5):
+    """``result`` with plot curves (radial and a 4x4 phase map) and an anisotropy summary as
+    the pipeline gives them for that round's inputs."""
+    axis = np.array([-0.3, -0.1, 0.1, 0.3])
+    kx, ky = np.meshgrid(axis, axis)
+    result.curves = {"k2": list(k2), "measured_delta_rad": list(measured_rad),
+                     "fit_delta_rad": list(fit_rad),
+                     "phase_map": {"k_axis_per_A": axis.tolist(),
+                                   "measured_deg": np.zeros((4, 4)).tolist(),
+                                   "fitted_deg": np.zeros((4, 4)).tolist(),
+                                   "residual_deg": np.full((4, 4), 0.5).tolist()}}
+    result.anisotropy = {"anisotropic_deg_at_band_edge": anisotropic_deg,
+                         "isotropic_change_deg_at_band_edge": 2.0, "anisotropy_ratio": 0.75}
+    return result
+
+
+def test_the_combined_phase_is_against_the_nominal_ctf():
+    """Round 2 measures against round 1's optics (Cs 2.685, defocus shifted by -10 Å): a flat
+    phase there is, against the nominal 2.0 mm, the phase of the whole change (both rounds'
+    defocus offsets and Cs 2.0 -> 2.700); the anisotropy is judged against that change."""
+    from csrefine.ctf import cs_phase_factor, defocus_phase_factor, electron_wavelength_A
+    from csrefine.fit import PhaseModel
+
+    lam = electron_wavelength_A(300.0)
+    model = PhaseModel(defocus_phase_factor(lam), cs_phase_factor(lam))
+    k2 = np.linspace(0.0025, 1 / 3.0**2, 50)
+    r1 = _refinement(_result(2.0, 2.685, 0.005, offset_A=-10.0))
+    last = _with_curves(_result(2.685, 2.700, 0.003, offset_A=-2.0), k2, np.zeros_like(k2),
+                        model.delta(-2.0, 0.015, k2))
+    g = combine({1: GROUP}, [r1, _refinement(last, resolution_A=2.23)]).groups[0]
+    whole = model.delta(-12.0, 0.700, k2)
+    np.testing.assert_allclose(g.curves["fit_delta_rad"], whole, atol=1e-9)
+    np.testing.assert_allclose(g.curves["measured_delta_rad"], model.delta(-10.0, 0.685, k2),
+                               atol=1e-9)
+    pm = g.curves["phase_map"]
+    corner = np.rad2deg(model.delta(-10.0, 0.685, 0.3**2 + 0.3**2))
+    assert pm["measured_deg"][0][0] == pytest.approx(corner)
+    assert pm["fitted_deg"][3][3] == pytest.approx(corner) and pm["residual_deg"][0][0] == 0.5
+    iso = abs(np.rad2deg(model.delta(-12.0, 0.700, 1 / 3.0**2)))  # band's edge 3.0 Å
+    assert g.anisotropy["isotropic_change_deg_at_band_edge"] == pytest.approx(iso, abs=0.01)
+    assert g.anisotropy["anisotropy_ratio"] == pytest.approx(1.5 / iso, abs=1e-3) and iso > 45
+    assert last.curves["measured_delta_rad"][0] == 0.0  # the round's own result is untouched
+    from csrefine.report_text import interpretation
+    text = "\n".join(interpretation(g))
+    assert "the change is isotropic" in text and "small at the band's edge" not in text
+
+
+def _round(number, resolution_A, check="as given", cs=2.7):
+    return RoundRecord(number, (RoundGroup(1, True, 2.0, cs, 0.003, 0.0, check, "opticsGroup1"),),
+                       resolution_A, (1.0, 0.6, 0.3), ("a.mrc", "b.mrc"), 0.0, 1.0, 1.1)
+
+
+def test_an_fsc_that_never_crosses_is_said_to_reach_nyquist():
+    line = resolution_change_line([_round(1, 3.06), _round(2, 2.2)])
+    assert line.startswith("FSC 0.143: 3.06 Å → better than 2.20 Å (Nyquist) with the refined Cs")
+    assert "better than 2.20 Å (Nyquist)" in rounds_table([_round(1, 3.06), _round(2, 2.2)])
+    assert "better than" not in resolution_change_line([_round(1, 3.06), _round(2, 2.31)])
+
+
+def test_given_maps_without_these_particles_noise_are_explained():
+    from csrefine.rounds_report import given_maps_note, rounds_text_lines
+
+    simulated = [_round(1, 2.62, "independent"), _round(2, 2.2)]
+    assert "not reconstructed from these particles" in given_maps_note(simulated)
+    assert given_maps_note([_round(1, 3.06), _round(2, 2.27)]) == ""
+    lines = rounds_text_lines(RoundsOutcome(simulated, _refinement(), None, [], "all 2 rounds done"))
+    assert sum("all 2 rounds done" in line for line in lines) == 1
 
 
 @pytest.mark.parametrize("field, value", [("rounds", 0), ("rounds", 11), ("rounds", 1.5),

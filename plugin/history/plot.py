@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from .summary import Panel
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .summary import Panel, counted
 
 #: Width of one panel, and height of the Cs row and of the pixel-size row, inches.
 PANEL_WIDTH_IN = 7.0
@@ -17,6 +20,12 @@ def _dates(panel: Panel, datasets) -> list[date]:
     return [date.fromisoformat(d.date) for d in datasets]
 
 
+def _middle(panel: Panel) -> date:
+    """The middle of the panel's dates."""
+    days = sorted(date.fromisoformat(d.date) for d in panel.datasets)
+    return days[0] + (days[-1] - days[0]) / 2
+
+
 def plot_panels(panels: list[Panel], out_path) -> Path:
     """Write the figure: one column per instrument and voltage; top row Cs ± sigma per data set
     over time (outliers in red, Cs at the calibrated pixel size as open squares), the nominal Cs
@@ -25,19 +34,16 @@ def plot_panels(panels: list[Panel], out_path) -> Path:
 
     out_path : ``.pdf`` or ``.png`` (any format matplotlib writes). Returns the path.
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     if not panels:
         raise ValueError("nothing recorded to plot")
     with_pixel = any(d.pixel_size_calibrated_A for p in panels for d in p.datasets)
     rows = 2 if with_pixel else 1
     height = CS_ROW_HEIGHT_IN + (PIXEL_ROW_HEIGHT_IN if with_pixel else 0)
-    fig, axes = plt.subplots(rows, len(panels), figsize=(PANEL_WIDTH_IN * len(panels), height),
-                             squeeze=False, sharex="col",
-                             gridspec_kw={"height_ratios": [CS_ROW_HEIGHT_IN, PIXEL_ROW_HEIGHT_IN]
-                                          if with_pixel else [1]})
+    fig = Figure(figsize=(PANEL_WIDTH_IN * len(panels), height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, len(panels), squeeze=False, sharex="col",
+                        gridspec_kw={"height_ratios": [CS_ROW_HEIGHT_IN, PIXEL_ROW_HEIGHT_IN]
+                                     if with_pixel else [1]})
     for col, panel in enumerate(panels):
         _cs_axes(axes[0][col], panel)
         if with_pixel:
@@ -47,10 +53,8 @@ def plot_panels(panels: list[Panel], out_path) -> Path:
         for label in ax.get_xticklabels():
             label.set_rotation(30)
             label.set_horizontalalignment("right")
-    fig.tight_layout()
     out = Path(out_path)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -67,9 +71,12 @@ def _cs_axes(ax, panel: Panel) -> None:
         ax.errorbar(_dates(panel, cal), [d.cs_at_calibrated_pixel_mm for d in cal],
                     yerr=[d.cs_at_calibrated_pixel_sigma_mm or 0 for d in cal], fmt="s",
                     mfc="none", color="C2", capsize=3, label="Cs at calibrated pixel size")
-    for d in shown:
+    for d in shown:  # labels left of the points in the right half, so that none leaves the axes
+        right = date.fromisoformat(d.date) > _middle(panel)
         ax.annotate(d.label, (date.fromisoformat(d.date), d.cs_mm), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-4 if right else 4, 4), textcoords="offset points",
+                    ha="right" if right else "left")
+    ax.margins(x=0.06, y=0.12)
     if panel.cs_nominal_mm is not None:
         ax.axhline(panel.cs_nominal_mm, color="grey", ls=":", label=f"nominal {panel.cs_nominal_mm:g} mm")
     s = panel.without_outliers
@@ -79,7 +86,8 @@ def _cs_axes(ax, panel: Panel) -> None:
             ax.axhspan(s.mean_mm - s.se_mm, s.mean_mm + s.se_mm, color="C1", alpha=0.2)
     kv = f"{panel.voltage_kv:.0f} kV" if panel.voltage_kv else "? kV"
     n_out = sum(d.outlier for d in panel.datasets)
-    ax.set_title(f"{panel.instrument}, {kv}: {panel.all_data.n} data set(s), {n_out} outlier(s)")
+    ax.set_title(f"{panel.instrument}, {kv}: {counted(panel.all_data.n, 'data set')}, "
+                 f"{counted(n_out, 'outlier')}")
     ax.set_ylabel("Cs (mm)")
     ax.legend(fontsize=7)
 

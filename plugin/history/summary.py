@@ -186,6 +186,11 @@ def _calibrated(datasets: list[DataSet]) -> MeanSummary | None:
                                         [d.cs_at_calibrated_pixel_sigma_mm for d in cal]))
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 data set", "6 data sets", "0 outliers"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _pm(value: float | None, sigma: float | None) -> str:
     if value is None:
         return "-"
@@ -218,10 +223,12 @@ def explain_outlier(d: DataSet, panel_datasets: list[DataSet], mean_mm: float,
     agreeing = [o for o in same_mag if not o.outlier]
     text = f"its apparent Cs is explained by a {size} pixel size at that magnification ({d.magnification})"
     if agreeing:
-        text += (f", but {len(agreeing)} other data set(s) at that magnification agree with the "
-                 f"instrument, so a pixel-size error there is unlikely: a one-off")
+        text += (f", but {counted(len(agreeing), 'other data set')} at that magnification "
+                 f"{'agrees' if len(agreeing) == 1 else 'agree'} with the instrument, so a "
+                 f"pixel-size error there is unlikely: a one-off")
     elif same_mag:
-        text += f", as are the {len(same_mag)} other data set(s) at that magnification"
+        text += (f", as {'is' if len(same_mag) == 1 else 'are'} the "
+                 f"{counted(len(same_mag), 'other data set')} at that magnification")
     return text
 
 
@@ -236,8 +243,8 @@ def conclusion(panel: Panel) -> str:
     nominal = f"nominal {panel.cs_nominal_mm:g} mm" if panel.cs_nominal_mm is not None else "nominal unknown"
     if panel.cs_nominal_mm is not None and s.se_mm:
         nominal += f", {(s.mean_mm - panel.cs_nominal_mm) / s.se_mm:+.1f}σ"
-    text = head + f"Cs {_pm(s.mean_mm, s.se_mm)} mm over {s.n} data set{'s' if s.n != 1 else ''}"
-    excluded = f"{len(outliers)} outlier{'s' if len(outliers) > 1 else ''} excluded; " if outliers else ""
+    text = head + f"Cs {_pm(s.mean_mm, s.se_mm)} mm over {counted(s.n, 'data set')}"
+    excluded = f"{counted(len(outliers), 'outlier')} excluded; " if outliers else ""
     text += f" ({excluded}{nominal})"
     if s.chi2_per_dof is not None:
         text += f", χ²/dof {s.chi2_per_dof:.1f}"
@@ -300,7 +307,7 @@ def panel_text(panel: Panel) -> str:
                         else ""))
     if panel.calibrated is not None:
         c = panel.calibrated
-        lines.append(f"Cs at the calibrated pixel sizes ({c.n} data set(s)): "
+        lines.append(f"Cs at the calibrated pixel sizes ({counted(c.n, 'data set')}): "
                      f"{_pm(c.mean_mm, c.se_mm)} mm, χ²/dof {_fmt(c.chi2_per_dof, '.2f')}")
     lines.append(f"outlier rule: {panel.outlier_rule}")
     lines.append(panel.conclusion)

@@ -1,0 +1,165 @@
+"""Page layout of logfile.pdf (and the cryoSPARC event log's plots), drawn by matplotlib.
+
+Every page is one size, A4 landscape (:data:`PAGE_SIZE_IN`), a :class:`matplotlib.figure.Figure`
+with an Agg canvas (no pyplot state). Text is wrapped by measuring it with the canvas' renderer,
+so that no line runs off the page and no table cell is clipped: :class:`Flow` lays out lines and
+tables down as many pages as they need.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+
+#: Every page: A4 landscape, inches.
+PAGE_SIZE_IN = (11.69, 8.27)
+#: Margins of text pages, as fractions of the page.
+MARGIN_X, MARGIN_TOP, MARGIN_BOTTOM = 0.05, 0.06, 0.05
+#: Line height in units of the font size, and where the baseline lies below a line's top.
+LINE_SPACING = 1.45
+BASELINE = 1.05
+#: Horizontal padding of a table cell, points.
+CELL_PAD_PT = 8.0
+#: Smallest font size a table is shrunk to before it is allowed to run over its width.
+MIN_TABLE_FONTSIZE = 6.5
+
+
+def new_page() -> Figure:
+    """An empty page with an Agg canvas."""
+    fig = Figure(figsize=PAGE_SIZE_IN)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def text_width(fig: Figure, text: str, fontsize: float, weight: str = "normal") -> float:
+    """Width of ``text`` as a fraction of the page width."""
+    renderer = fig.canvas.get_renderer()
+    width, _, _ = renderer.get_text_width_height_descent(
+        text, FontProperties(size=fontsize, weight=weight), ismath=False)
+    return width / fig.bbox.width
+
+
+#: Where a line is never broken: between a number and its unit, around "±", and within
+#: "round 2", "group 1".
+_UNBREAKABLE = re.compile(r"(?<=\d) (?=Å|mm|°|%|s\b|±)|(?<=±) (?=\d)|(?<=round|group) (?=\d)")
+
+
+def wrapped_lines(fig: Figure, lines, width: float, fontsize: float, indent: str = "    ") -> list[str]:
+    """``lines`` wrapped so that each fits ``width`` (fraction of the page) at ``fontsize``;
+    continuation lines indented by ``indent`` plus the line's own leading spaces; never between
+    a number and its unit."""
+    out = []
+    for line in (_UNBREAKABLE.sub("\u00a0", text) for text in lines):
+        if text_width(fig, line, fontsize) <= width:
+            out.append(line)
+            continue
+        lead = line[:len(line) - len(line.lstrip())]
+        chars = max(20, int(len(line) * width / text_width(fig, line, fontsize)))
+        while True:
+            parts = textwrap.wrap(line, chars, subsequent_indent=lead + indent, break_on_hyphens=False)
+            if chars <= 20 or all(text_width(fig, p, fontsize) <= width for p in parts):
+                break
+            chars -= 2
+        out.extend(parts)
+    return out
+
+
+class Flow:
+    """Lines and tables laid out down a sequence of pages (a new page, with ``title``
+    continued, when the next line does not fit)."""
+
+    def __init__(self, title: str, subtitle: str = ""):
+        self.title, self.pages = title, []
+        self._page(subtitle)
+
+    def _page(self, subtitle: str = "") -> None:
+        self.fig = new_page()
+        self.pages.append(self.fig)
+        title = self.title if len(self.pages) == 1 else f"{self.title} (continued)"
+        self.fig.text(MARGIN_X, 1 - MARGIN_TOP, title, fontsize=16, weight="bold", va="top")
+        self.y = 1 - MARGIN_TOP - self._height(16) * 1.2
+        if subtitle:
+            self.text([subtitle], fontsize=10, color="dimgray")
+        self.space(0.5)
+
+    def _height(self, fontsize: float) -> float:
+        return fontsize * LINE_SPACING / 72 / PAGE_SIZE_IN[1]
+
+    def _baseline(self, fontsize: float) -> float:
+        return fontsize * BASELINE / 72 / PAGE_SIZE_IN[1]
+
+    def space(self, lines: float = 1.0, fontsize: float = 10) -> None:
+        self.y -= lines * self._height(fontsize)
+
+    def _room(self, fontsize: float) -> None:
+        if self.y - self._height(fontsize) < MARGIN_BOTTOM:
+            self._page()
+
+    def text(self, lines, fontsize: float = 10, color: str = "black", weight: str = "normal",
+             family: str = "sans-serif") -> None:
+        """Draw ``lines`` (wrapped to the page's width), one under the other."""
+        for line in wrapped_lines(self.fig, lines, 1 - 2 * MARGIN_X, fontsize):
+            self._room(fontsize)
+            self.fig.text(MARGIN_X, self.y - self._baseline(fontsize), line, fontsize=fontsize,
+                          color=color, weight=weight, family=family, va="baseline")
+            self.y -= self._height(fontsize)
+
+    def table(self, header: list[str], rows: list[list[str]], fontsize: float = 10) -> None:
+        """A table whose columns are as wide as their widest cell (the font shrunk until the
+        table fits the page's width), the header repeated on each page it runs onto."""
+        width = 1 - 2 * MARGIN_X
+        while True:
+            pad = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
+            cols = [max([text_width(self.fig, part, fontsize, "bold") for part in header[i].split("\n")]
+                        + [text_width(self.fig, r[i], fontsize) for r in rows]) + 2 * pad
+                    for i in range(len(header))]
+            if sum(cols) <= width or fontsize <= MIN_TABLE_FONTSIZE:
+                break
+            fontsize -= 0.5
+        lefts = np.concatenate([[MARGIN_X], MARGIN_X + np.cumsum(cols)[:-1]])
+        right = MARGIN_X + sum(cols)
+        self._row(header, lefts, cols, fontsize, "bold", right, rule=True)
+        for row in rows:
+            if self.y - 2 * self._height(fontsize) < MARGIN_BOTTOM:
+                self._page()
+                self._row(header, lefts, cols, fontsize, "bold", right, rule=True)
+            self._row(row, lefts, cols, fontsize, "normal", right)
+        self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.8))
+
+    def _row(self, cells, lefts, cols, fontsize, weight, right, rule=False) -> None:
+        """One row; cells of several lines (newlines) bottom-aligned."""
+        pad = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
+        h = self._height(fontsize)
+        if rule:
+            self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.8))
+        parts = [cell.split("\n") for cell in cells]
+        depth = max(len(p) for p in parts)
+        for i, (lines, left, w) in enumerate(zip(parts, lefts, cols)):
+            x, ha = (left + pad, "left") if i in (0, len(cells) - 1) else (left + w - pad, "right")
+            for j, text in enumerate(lines, start=depth - len(lines)):
+                self.fig.text(x, self.y - (0.2 + j) * h - self._baseline(fontsize), text,
+                              fontsize=fontsize, weight=weight, ha=ha, va="baseline")
+        self.y -= (depth + 0.4) * h
+        if rule:
+            self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.5))
+
+
+def resolution_axis(ax, k_max_per_A: float, squared: bool = False) -> None:
+    """Label an x axis in 1/Å (or 1/Å², ``squared``) with resolutions in Å, ticks no closer
+    than 6% of the axis."""
+    candidates = [A for A in (50, 20, 10, 7, 5, 4, 3.5, 3, 2.5, 2.2, 2, 1.8, 1.6, 1.5, 1.4,
+                              1.2, 1) if 1 / A <= k_max_per_A * 1.0001]
+    power = 2 if squared else 1
+    kept = []
+    for A in candidates:
+        if not kept or (1 / A) ** power - (1 / kept[-1]) ** power > 0.06 * k_max_per_A ** power:
+            kept.append(A)
+    ax.set_xticks([(1 / A) ** power for A in kept])
+    ax.set_xticklabels([f"{A:g}" for A in kept])
+    ax.set_xlabel("resolution (Å)" + (", axis linear in k²" if squared else ""))

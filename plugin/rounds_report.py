@@ -1,0 +1,132 @@
+"""The report of refinement rounds (:mod:`csrefine.rounds`): the one line of what the refined
+Cs did to the resolution, the per-round table, csrefine.json's entries and the rounds page of
+logfile.pdf.
+
+An FSC that never drops below the threshold is reported as "better than <Nyquist>", not as a
+resolution. Where round 1's half maps contain none of these particles' noise (the half-map
+check's verdict "independent": e.g. simulated maps), their FSC is not that of a reconstruction
+from these particles, and the report says so: the rebuilt maps' FSC then differs from it at
+every resolution, also where Cs does not matter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fsc import FSC_THRESHOLD
+from .halfsets import INDEPENDENT
+from .report import CURVE_SIGNIFICANT_DIGITS
+from .report_layout import new_page, resolution_axis, wrapped_lines
+from .report_text import resolution_text, text_table
+from .rounds import RoundRecord, RoundsOutcome, cs_text
+
+
+def fsc_text(record: RoundRecord) -> str:
+    """A round's FSC resolution: "2.62 Å" or "better than 2.40 Å (Nyquist)"."""
+    return resolution_text(record.resolution_A, record.map_pixel_size_A)
+
+
+def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_THRESHOLD) -> str:
+    """What the refined Cs did to the resolution, in one line (empty for a single round)."""
+    if len(records) < 2:
+        return ""
+    first, last = records[0], records[-1]
+    return (f"FSC {threshold:g}: {fsc_text(first)} → {fsc_text(last)} with the refined Cs "
+            f"(round 1: the given half maps; round {last.round}: rebuilt with the Cs of round "
+            f"{last.round - 1})")
+
+
+def given_maps_note(records: list[RoundRecord]) -> str:
+    """Why round 1's FSC is not comparable where the given half maps were not reconstructed from
+    these particles (empty otherwise)."""
+    checks = [g.half_map_check for g in records[0].groups if g.half_map_check]
+    if len(records) < 2 or not checks or any(c != INDEPENDENT for c in checks):
+        return ""
+    return ("The given half maps contain none of these particles' noise (the half-map check of "
+            "round 1): they were not reconstructed from these particles (e.g. simulated maps), "
+            "so round 1's FSC is theirs, not what these particles give. The rebuilt maps are "
+            "reconstructions from these particles: their FSC differs from round 1's for that reason "
+            "too, also at low resolution, where Cs does not matter.")
+
+
+def rounds_table(records: list[RoundRecord]) -> str:
+    """One row per round and optics group: Cs ± sigma, the change in that round and from the
+    nominal Cs, the FSC resolution and the wall times."""
+    nominal = {g.optics_group: g.cs_input_mm for g in records[0].groups}
+    kind = records[0].groups[0].label.rsplit(" ", 1)[0] if records[0].groups else "group"
+    header = ["round", kind.replace(" ", "\n"), "Cs (mm)", "change in\nround (mm)",
+              "change from\nnominal (mm)", "FSC 0.143", "rebuild\n(s)", "refine\n(s)"]
+    rows = [[str(r.round), g.label.rsplit(" ", 1)[1], cs_text(g), f"{g.change_mm:+.3f}",
+             f"{g.cs_mm - nominal[g.optics_group]:+.3f}", fsc_text(r), f"{r.reconstruct_s:.1f}",
+             f"{r.refine_s:.1f}"] for r in records for g in r.groups]
+    return text_table(header, rows)
+
+
+def rounds_json(outcome: RoundsOutcome) -> dict:
+    """csrefine.json's entries: ``rounds`` (one dict per round), ``rounds_stop`` (why the
+    loop ended) and ``resolution_change`` (the one line)."""
+    rounds = [{**r.as_dict(), "fsc": [float(f"{v:.{CURVE_SIGNIFICANT_DIGITS}g}") for v in r.fsc]}
+              for r in outcome.records]
+    return {"rounds": rounds, "rounds_stop": outcome.stop_reason,
+            "resolution_change": resolution_change_line(outcome.records)}
+
+
+def rounds_summary_lines(outcome: RoundsOutcome) -> list[str]:
+    """The lines page 1 of logfile.pdf carries: the one line and why the loop stopped."""
+    return [line for line in (resolution_change_line(outcome.records), outcome.stop_reason) if line]
+
+
+def rounds_text_lines(outcome: RoundsOutcome) -> list[str]:
+    """The lines run.out ends with: the one line, the note on the given maps, why the loop
+    stopped, the table."""
+    return [line for line in (resolution_change_line(outcome.records),
+                              given_maps_note(outcome.records), outcome.stop_reason,
+                              rounds_table(outcome.records)) if line]
+
+
+def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float = FSC_THRESHOLD):
+    """(title, figure): the half-map FSC of the first and the last round on one plot, the Cs
+    per round beside it, and the one line, the note on the given maps and why the loop stopped
+    beneath."""
+    records = outcome.records
+    first, last = records[0], records[-1]
+    fig = new_page()
+    fig.suptitle(f"Rounds: {resolution_change_line(records).split(' (round 1')[0]}", fontsize=13)
+    ax = fig.add_axes([0.07, 0.36, 0.56, 0.53])
+    k = np.zeros(1)
+    # round 1 wide underneath, the last round thin on top: both stay visible where they agree
+    for record, colour, width, alpha, name in (
+            (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
+            (last, "C3", 1.2, 1.0, f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
+        fsc = np.asarray(record.fsc, dtype=float)
+        k = np.arange(1, len(fsc)) / (2 * (len(fsc) - 1) * pixel_size_A)
+        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha, label=f"{name} ({fsc_text(record)})")
+        if not record.reaches_nyquist:
+            ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
+    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
+    resolution_axis(ax, float(k.max()))
+    ax.set_xlim(0, float(k.max()) * 1.01)
+    ax.set_ylabel("half-map FSC (masked)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8.5, loc="lower left")
+    _cs_per_round(fig.add_axes([0.72, 0.36, 0.25, 0.53]), records)
+    text = [line for line in (resolution_change_line(records), given_maps_note(records),
+                              outcome.stop_reason) if line]
+    fig.text(0.07, 0.25, "\n".join(wrapped_lines(fig, text, 0.9, 10)), fontsize=10, va="top")
+    return "Rounds: half-map FSC before and after", fig
+
+
+def _cs_per_round(ax, records: list[RoundRecord]) -> None:
+    """Cs ± sigma per round and group, the nominal Cs dotted."""
+    rounds = [r.round for r in records]
+    for i, g0 in enumerate(records[0].groups):
+        gs = [next(g for g in r.groups if g.optics_group == g0.optics_group) for r in records]
+        ax.errorbar(np.array(rounds) + 0.04 * i, [g.cs_mm for g in gs],
+                    yerr=[g.cs_sigma_mm or 0.0 for g in gs], fmt="o-", ms=4, capsize=3,
+                    color=f"C{i % 10}", label=g0.label)
+        ax.axhline(g0.cs_input_mm, color=f"C{i % 10}", ls=":", lw=0.8)
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round")
+    ax.set_ylabel("Cs (mm); dotted: nominal")
+    ax.set_title("Cs per round", fontsize=10)
+    ax.legend(fontsize=8)
