@@ -124,3 +124,26 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
         for h in (1, 2):
             reconstruct_half("particles.star", info[f"half{h}"].name, h, cwd=d)
     return info
+
+
+def star_values(path) -> dict:
+    """Every loop of a STAR file, as csrefine's reader splits it: block -> column -> the values'
+    text (without the quotes that protect spaces)."""
+    from .star_syntax import unquoted
+    from .star_tables import read_tables
+
+    tables, _ = read_tables(path, lambda block, labels: (tuple(labels), frozenset()))
+    return {block: {c: [unquoted(v) for v in table.columns[c]] for c in table.labels}
+            for block, table in tables.items()}
+
+
+def relion_rewrite(src, dst, cwd=None) -> dict:
+    """``relion_star_handler --i src --o dst`` (the file as RELION reads it, written by RELION);
+    returns :func:`star_values` of what RELION wrote. RelionError if RELION refuses the file
+    or writes no table (it does so, with exit status 0, for a file it cannot parse, e.g. with
+    CRLF line ends)."""
+    run_relion(["relion_star_handler", "--i", src, "--o", dst], cwd=cwd)
+    values = star_values(Path(cwd or ".") / dst)
+    if not values:
+        raise RelionError(f"relion_star_handler wrote no table for {src}")
+    return values
