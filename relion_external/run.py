@@ -44,7 +44,7 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
                 base_dir=".") -> RefinementInputs:
     """Read and validate the particle STAR, its stacks, the half maps, the mask and the model."""
     structure = read_model(model) if model else None
-    star = read_particle_star(particles)
+    star = read_particle_star(particles, base_dir)
     images = stack_reader(star, Path(base_dir))
     (h1, h2), m, px = read_half_maps(half1, half2, mask)
     sources, paths = file_sources(particles, half1, half2, mask, model)

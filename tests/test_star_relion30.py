@@ -1,6 +1,8 @@
 """Particle tables without an optics table (RELION 3.0's layout): optics groups from the
 per-particle optics, the box from the stack header, the refined Cs written per particle."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,38 @@ def test_relion_converts_the_written_table_with_the_refined_cs(project, relion):
     assert converted["optics"]["rlnVoltage"] == ["300.000000", "300.000000", "200.000000"]
     assert converted["particles"]["rlnOpticsGroup"] == ["1", "2", "1", "3", "2", "3"]
     assert converted["particles"]["rlnDefocusU"][1] == "11050.000000"
+
+
+def test_a_relion30_table_refines_as_its_relion31_form(example_project):
+    """The example's first optics group as a RELION 3.0 table (optics per particle, origins in
+    pixels, no optics table): the same Cs as from the RELION 3.1 table, written into each
+    particle's rlnSphericalAberration."""
+    import json
+
+    import starfile
+
+    from csrefine.cli import main
+
+    blocks = starfile.read("Refine3D/job002/run_data.star", always_dict=True)
+    optics, particles = blocks["optics"].iloc[:1], blocks["particles"]
+    particles = particles[particles["rlnOpticsGroup"] == 1].copy()
+    starfile.write({"optics": optics, "particles": particles}, "group1.star", overwrite=True)
+    px = float(optics["rlnImagePixelSize"].iloc[0])
+    for column in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+        particles[column] = float(optics[column].iloc[0])
+    particles["rlnMagnification"], particles["rlnDetectorPixelSize"] = 10000.0, px
+    particles["rlnOriginX"] = particles.pop("rlnOriginXAngst") / px
+    particles["rlnOriginY"] = particles.pop("rlnOriginYAngst") / px
+    starfile.write({"images": particles.drop(columns=["rlnOpticsGroup"])}, "group1_30.star",
+                   overwrite=True)
+    common = ["--half-maps", "Refine3D/job002/run_half1_class001_unfil.mrc",
+              "Refine3D/job002/run_half2_class001_unfil.mrc", "--resolution-high-A", "3.4",
+              "--device", "numpy"]
+    for name in ("group1", "group1_30"):
+        assert main(["refine", "--particles", f"{name}.star", "--out", f"out_{name}", *common]) == 0
+    cs = [json.loads(Path(f"out_{n}/csrefine.json").read_text())["groups"][0]["cs_refined_mm"]
+          for n in ("group1", "group1_30")]
+    assert cs[0] == pytest.approx(cs[1], abs=1e-6) and abs(cs[0] - 3.0) < 0.1
+    written = star_values("out_group1_30/particles.star")["images"]["rlnSphericalAberration"]
+    assert len(set(written)) == 1 and float(written[0]) == pytest.approx(cs[1], abs=1e-6)
+    assert len(written[0].split(".")[1]) == 9
