@@ -23,7 +23,14 @@ from csrefine.paths import check_input_file
 
 from . import star_relion30
 from .star_syntax import unquoted
-from .star_tables import Table, integer_column, numeric_column, parse_vector, read_tables
+from .star_tables import (
+    CHUNK_ROWS,
+    Table,
+    integer_column,
+    numeric_column,
+    parse_vector,
+    read_tables,
+)
 from .star_write import format_vector, optics_table, particle_table, write_new_star, write_updated_star
 
 __all__ = ["ParticleStar", "read_blocks", "read_particle_star", "write_updated_star",
@@ -186,22 +193,37 @@ MAX_IMAGE_NUMBER = 10**9
 
 
 def _image_locations(names: list[str], where: str):
-    """rlnImageName 'N@path' -> (distinct paths, code per particle, 0-based index per particle)."""
+    """rlnImageName 'N@path' -> (distinct paths, code per particle, 0-based index per particle),
+    in chunks of CHUNK_ROWS names (a million names split at once would hold three million
+    strings)."""
     uniques: dict[str, int] = {}
-    numbers, codes = [], []
-    for row, name in enumerate(names):
-        number, at, stack = unquoted(name).partition("@")
+    codes, numbers = [], []
+    for start in range(0, len(names), CHUNK_ROWS):
+        split = [unquoted(name).partition("@") for name in names[start:start + CHUNK_ROWS]]
+        digits = [n for n, _, _ in split]
+        if not (all(at and stack for _, at, stack in split) and "".join(digits).isascii()
+                and all(n.isdigit() and len(n) <= 10 for n in digits)):
+            _bad_image_name(names, start, where)
+        codes += [uniques.setdefault(stack, len(uniques)) for _, _, stack in split]
+        numbers.append(np.array(list(map(int, digits)), dtype=np.int64))
+    index = np.concatenate(numbers) if numbers else np.zeros(0, np.int64)
+    if index.size and not (index.min() >= 1 and index.max() <= MAX_IMAGE_NUMBER):
+        _bad_image_name(names, 0, where)
+    return list(uniques), np.array(codes, dtype=np.int64), index - 1
+
+
+def _bad_image_name(names: list[str], start: int, where: str):
+    """InputError naming the first image name from ``start`` on that is not 'N@stack'."""
+    for row in range(start, len(names)):
+        number, at, stack = unquoted(names[row]).partition("@")
         if not at or not stack:
-            raise InputError(f"{where}: _rlnImageName {name!r} (row {row + 1}) is not of the "
-                             f"form N@stack")
+            raise InputError(f"{where}: _rlnImageName {names[row]!r} (row {row + 1}) is not of "
+                             f"the form N@stack")
         if not (number.isascii() and number.isdigit() and len(number) <= 10
                 and 1 <= int(number) <= MAX_IMAGE_NUMBER):
-            raise InputError(f"{where}: _rlnImageName {name!r} (row {row + 1}) has no valid "
-                             f"image number (numbers start at 1 and stay below "
+            raise InputError(f"{where}: _rlnImageName {names[row]!r} (row {row + 1}) has no "
+                             f"valid image number (numbers start at 1 and stay below "
                              f"{MAX_IMAGE_NUMBER:.0e})")
-        numbers.append(int(number))
-        codes.append(uniques.setdefault(stack, len(uniques)))
-    return list(uniques), np.array(codes, dtype=np.int64), np.array(numbers, dtype=np.int64) - 1
 
 
 def _stack_box(stack_paths: list[str], codes: np.ndarray, base_dir: Path, where: str):

@@ -18,7 +18,7 @@ What RELION (3.1.3's reader, checked with ``relion_star_handler``) takes from a 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 #: A quoted value (up to the same quote followed by whitespace or the end) or any other value.
 TOKEN = re.compile(r"""(?:"[^\n]*?"|'[^\n]*?')(?=\s|$)|\S+""")
@@ -72,20 +72,11 @@ STRAY = "stray"      # text in a block after its loop has ended (RELION ignores 
 OTHER = "other"      # blank lines, comments, key-value pairs (_name value) outside loops
 
 
-class StarLine(NamedTuple):
-    """One line: its 1-based number, kind, block name (None before the first data_), the
-    current loop's column names (without '_'; the same list object for all of a loop's lines,
-    complete from its first row on) and the line itself with its line end."""
-
-    number: int
-    kind: str
-    block: str | None
-    labels: list
-    text: str
-
-
-def star_lines(lines: Iterable[str]) -> Iterator[StarLine]:
-    """Classify each line of a STAR file (see the module docstring for the rules)."""
+def star_lines(lines: Iterable[str]) -> Iterator[tuple[int, str, str | None, list, str]]:
+    """Classify each line of a STAR file (see the module docstring for the rules): yields
+    (line number from 1, kind, block name (None before the first data_), the current loop's
+    column names (without '_'; one list object per loop, complete from its first row on), the
+    line with its line end)."""
     block, labels, state = None, [], "none"  # state: none, header, rows, ended
     for number, line in enumerate(lines, start=1):
         text = line.strip()
@@ -107,4 +98,4 @@ def star_lines(lines: Iterable[str]) -> Iterator[StarLine]:
             kind = STRAY
         else:
             kind = OTHER
-        yield StarLine(number, kind, block, labels, line)
+        yield number, kind, block, labels, line

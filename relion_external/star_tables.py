@@ -136,47 +136,46 @@ def read_tables(path, choose: Chooser, where: str | None = None):
     where = where or str(path)
     tables: dict[str, Table] = {}
     blocks: list[str] = []
-    loop, reader = None, None  # the current loop_ line; its reader (None: not kept)
+    loop, reader = None, None  # (line, block, labels) of the current loop_; its reader
 
     def close(loop, reader):
         if reader is UNOPENED:  # a loop without rows
             reader = _open(loop, choose, tables, blocks, where)
         if reader is not None:
-            tables[loop.block] = reader.finish()
+            tables[loop[1]] = reader.finish()
 
     with open(path, "r", encoding="utf-8", errors="surrogateescape") as fh:
-        for line in star_lines(fh):
-            kind = line.kind
+        for number, kind, block, labels, text in star_lines(fh):
             if kind == ROW:
                 if reader is UNOPENED:  # the first row: the header is complete
                     reader = _open(loop, choose, tables, blocks, where)
                 if reader is not None:
-                    reader.add(line.number, line.text)
+                    reader.add(number, text)
             elif kind in (DATA, LOOP, END):
                 close(loop, reader)
-                loop, reader = (line, UNOPENED) if kind == LOOP else (None, None)
+                loop, reader = ((number, block, labels), UNOPENED) if kind == LOOP else (None, None)
                 if kind == DATA:
-                    blocks.append(line.block)
-            elif kind == STRAY and line.block in tables:
-                raise InputError(f"{where}: line {line.number}: text after the end of "
-                                 f"data_{line.block}'s loop (a blank line ends a loop's rows)")
+                    blocks.append(block)
+            elif kind == STRAY and block in tables:
+                raise InputError(f"{where}: line {number}: text after the end of "
+                                 f"data_{block}'s loop (a blank line ends a loop's rows)")
         close(loop, reader)
     return tables, blocks
 
 
 def _open(loop, choose: Chooser, tables, blocks, where) -> _LoopReader | None:
-    """The reader of the loop that starts at the ``loop_`` line ``loop`` (its column names
-    complete), or None if it is not asked for."""
-    wanted = choose(loop.block, loop.labels)
+    """The reader of the loop ``loop`` (line number, block, column names: complete), or None if
+    it is not asked for."""
+    number, block, labels = loop
+    wanted = choose(block, labels)
     if wanted is None:
         return None
-    block = loop.block
     if block in tables:
         twice = blocks.count(block) > 1
         raise InputError(f"{where}: data_{block} " + ("appears twice" if twice else
-                         "has more than one loop") + f" (line {loop.number})")
-    _check_labels(loop.labels, block, where, loop.number)
-    return _LoopReader(Table(block, tuple(loop.labels), loop.number), wanted[0], wanted[1], where)
+                         "has more than one loop") + f" (line {number})")
+    _check_labels(labels, block, where, number)
+    return _LoopReader(Table(block, tuple(labels), number), wanted[0], wanted[1], where)
 
 
 def numeric_column(table: Table, column: str, where: str, default=None) -> np.ndarray:

@@ -53,8 +53,8 @@ class _TableEdit:
     the defocus offset; and the values of the columns the table gains."""
 
     def __init__(self, labels: list, changes: dict[int, dict[str, str]],
-                 defocus_offset_A: dict[int, float], added: dict[str, str]):
-        self.labels = labels
+                 defocus_offset_A: dict[int, float], added: dict[str, str], optics: bool):
+        self.labels, self.optics = labels, optics
         self.position = {name: i for i, name in enumerate(labels)}
         self.changes = {gid: [(self.position[c], text) for c, text in new.items()
                               if c in self.position] for gid, new in changes.items()}
@@ -102,8 +102,8 @@ class _Writer:
         self.groups = star.particles.optics_group
         self.in_rows, self.n_rows = False, 0
 
-    def __call__(self, line) -> str:
-        kind, text = line.kind, line.text if line.text.endswith("\n") else line.text + "\n"
+    def __call__(self, kind: str, block: str | None, labels: list, line: str) -> str:
+        text = line if line.endswith("\n") else line + "\n"
         if kind in (DATA, LOOP):
             out = self.finish() + ("\n" if self.in_rows else "")
             self.in_rows, self.edit = False, None
@@ -112,7 +112,7 @@ class _Writer:
                 return out
             return out + text
         if kind == ROW:
-            out = self._open(line) if self.header is not None else ""
+            out = self._open(block, labels) if self.header is not None else ""
             self.in_rows = True
             return out + (self._row(line) if self.edit is not None else text)
         self.in_rows = self.in_rows and kind != END
@@ -126,27 +126,28 @@ class _Writer:
         header, self.header = self.header or [], None
         return "".join(header)
 
-    def _open(self, line) -> str:
+    def _open(self, block: str | None, labels: list) -> str:
         """At a loop's first row: whether and how its rows change; its header."""
         header, self.header = self.header, None
-        if self.star.optics_table and line.block == "optics":
+        optics = self.star.optics_table and block == "optics"
+        if optics:
             changes, offsets = self.optics, {}
-        elif line.block == self.star.particle_block and "rlnImageName" in line.labels:
+        elif block == self.star.particle_block and "rlnImageName" in labels:
             changes, offsets = self.particles, self.offsets
         else:
             return "".join(header)
         added = {}
-        if any(EVEN_ZERNIKE in new for new in changes.values()) and EVEN_ZERNIKE not in line.labels:
+        if any(EVEN_ZERNIKE in new for new in changes.values()) and EVEN_ZERNIKE not in labels:
             added = {EVEN_ZERNIKE: NO_TERMS}
             last = max(i for i, t in enumerate(header) if t.lstrip().startswith("_"))
-            header[last + 1:last + 1] = [f"_{name} #{len(line.labels) + i + 1}\n"
+            header[last + 1:last + 1] = [f"_{name} #{len(labels) + i + 1}\n"
                                          for i, name in enumerate(added)]
-        self.edit = _TableEdit(line.labels, changes, offsets, added)
+        self.edit = _TableEdit(labels, changes, offsets, added, optics)
         return "".join(header)
 
-    def _row(self, line) -> str:
-        values = tokens(line.text)
-        if "rlnImageName" not in self.edit.position:  # the optics table
+    def _row(self, line: str) -> str:
+        values = tokens(line)
+        if self.edit.optics:
             gid = int(float(values[self.edit.position["rlnOpticsGroup"]]))
         else:
             gid = int(self.groups[self.n_rows]) if self.n_rows < len(self.groups) else -1
@@ -178,8 +179,8 @@ def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
     with atomic_output(dst) as tmp:
         with open(star.path, "r", encoding="utf-8", errors="surrogateescape") as src, \
                 open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:
-            for line in star_lines(src):
-                out.write(writer(line))
+            for _, kind, block, labels, line in star_lines(src):
+                out.write(writer(kind, block, labels, line))
             out.write(writer.finish())
         if writer.n_rows != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "

@@ -279,8 +279,9 @@ def test_numbers_are_converted_in_chunks_and_a_bad_value_is_named_by_its_row(tmp
                                                                                monkeypatch):
     """A million-row file holds at most CHUNK_ROWS texts per numeric column; the first bad
     value is reported with its row, also beyond the first chunk."""
-    from csrefine.relion import star_tables
+    from csrefine.relion import star_io, star_tables
     monkeypatch.setattr(star_tables, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(star_io, "CHUNK_ROWS", 3)
     particles = _particles(8)
     path = _write(tmp_path / "ok.star", OPTICS, particles)
     star = read_particle_star(path)
@@ -293,6 +294,13 @@ def test_numbers_are_converted_in_chunks_and_a_bad_value_is_named_by_its_row(tmp
     with pytest.raises(InputError, match=r"_rlnRandomSubset must be a whole number, got '1.5' "
                                          r"in row 7"):
         read_particle_star(_write(tmp_path / "half.star", OPTICS, half))
+    names = dict(particles, rlnImageName=particles["rlnImageName"][:6] + ["7@x.mrcs", "8x@y"])
+    star = read_particle_star(_write(tmp_path / "names.star", OPTICS, dict(names, rlnImageName=(
+        names["rlnImageName"][:7] + ["8@y.mrcs"]))))
+    assert star.stack_paths == ["stack.mrcs", "x.mrcs", "y.mrcs"]
+    assert star.stack_code.tolist() == [0] * 6 + [1, 2] and star.image_index[-2:].tolist() == [6, 7]
+    with pytest.raises(InputError, match=r"'8x@y' \(row 8\) has no valid image number"):
+        read_particle_star(_write(tmp_path / "names.star", OPTICS, names))
 
 
 def test_empty_or_key_value_blocks_are_named(tmp_path):
