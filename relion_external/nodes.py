@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .star_syntax import quoted
+
 EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
@@ -90,19 +92,14 @@ def mark_failed_if_ours(argv) -> None:
             pass
 
 
-def star_value(text: str) -> str:
-    """A STAR value as RELION writes a string: in double quotes when it holds whitespace or is
-    empty."""
-    return f'"{text}"' if not text or any(c.isspace() for c in text) else text
-
-
 def output_nodes_text(out_dir, nodes) -> str:
     """RELION_OUTPUT_NODES.star for (file name, kind) pairs; node names are the output
-    directory as RELION gave it (relative to the project) joined with the file name."""
+    directory as RELION gave it (relative to the project) joined with the file name, in double
+    quotes (as RELION writes them) if they hold a space."""
     prefix = str(out_dir).rstrip("/") + "/"
     lines = ["", "# version 30001", "", "data_output_nodes", "", "loop_",
              "_rlnPipeLineNodeName #1", "_rlnPipeLineNodeType #2", "_rlnPipeLineNodeTypeLabel #3"]
     for name, kind in nodes:
         number, label = NODE_TYPES[kind]
-        lines.append(f"{star_value(prefix + name)} {number} {label}")
+        lines.append(f"{quoted(prefix + name)} {number} {label}")
     return "\n".join(lines) + "\n\n"

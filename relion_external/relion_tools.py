@@ -124,3 +124,96 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
         for h in (1, 2):
             reconstruct_half("particles.star", info[f"half{h}"].name, h, cwd=d)
     return info
+
+
+def star_values(path) -> dict:
+    """Every loop of a STAR file, as csrefine's reader splits it: block -> column -> the values'
+    text (without the quotes that protect spaces)."""
+    from .star_syntax import unquoted
+    from .star_tables import read_tables
+
+    tables, _ = read_tables(path, lambda block, labels: (tuple(labels), frozenset()))
+    return {block: {c: [unquoted(v) for v in table.columns[c]] for c in table.labels}
+            for block, table in tables.items()}
+
+
+def relion_rewrite(src, dst, cwd=None) -> dict:
+    """``relion_star_handler --i src --o dst`` (the file as RELION reads it, written by RELION);
+    returns :func:`star_values` of what RELION wrote. RelionError if RELION refuses the file
+    or writes no table (it does so, with exit status 0, for a file it cannot parse, e.g. with
+    CRLF line ends)."""
+    run_relion(["relion_star_handler", "--i", src, "--o", dst], cwd=cwd)
+    values = star_values(Path(cwd or ".") / dst)
+    if not values:
+        raise RelionError(f"relion_star_handler wrote no table for {src}")
+    return values
+
+
+#: The columns write_updated_star changes.
+CHANGED_COLUMNS = ("rlnSphericalAberration", "rlnBeamTiltX", "rlnBeamTiltY", "rlnEvenZernike",
+                   "rlnDefocusU", "rlnDefocusV")
+
+
+def _numbers(text: str):
+    import numpy as np
+
+    from .star_tables import parse_vector
+
+    return parse_vector(text, text) if text.startswith("[") else np.array([float(text)])
+
+
+def meant_values(relion_in: dict, cs_mm: dict, defocus_offset_A: dict, beam_tilt_mrad: dict,
+                 even_zernike: dict | None = None) -> dict:
+    """The numbers the changed columns of RELION's rewrite of csrefine's output should hold
+    (block -> column -> one array per row), from RELION's rewrite of the input
+    (:func:`relion_rewrite`: optics and particles tables) and the changes given to
+    ``write_updated_star``; rlnEvenZernike where the input has none: no terms."""
+    import numpy as np
+
+    optics, particles = relion_in["optics"], relion_in["particles"]
+    groups = [int(g) for g in optics["rlnOpticsGroup"]]
+    meant = {"optics": {c: [_numbers(v) for v in optics[c]] for c in CHANGED_COLUMNS
+                        if c in optics},
+             "particles": {c: [_numbers(v) + (defocus_offset_A or {}).get(int(g), 0.0)
+                               for v, g in zip(particles[c], particles["rlnOpticsGroup"])]
+                           for c in ("rlnDefocusU", "rlnDefocusV")}}
+    if even_zernike and "rlnEvenZernike" not in optics:
+        meant["optics"]["rlnEvenZernike"] = [np.zeros(0) for _ in groups]
+    for row, gid in enumerate(groups):
+        new = {"rlnSphericalAberration": cs_mm.get(gid), "rlnEvenZernike":
+               (even_zernike or {}).get(gid)}
+        new.update(zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, (None, None))))
+        for column, value in new.items():
+            if value is not None and column in meant["optics"]:
+                meant["optics"][column][row] = np.atleast_1d(np.asarray(value, dtype=float))
+    return meant
+
+
+def compare_rewrites(relion_in: dict, relion_out: dict, meant: dict, atol: float = 1e-5) -> list:
+    """What differs between RELION's rewrites of the input and of csrefine's output, other than
+    the intended changes (``meant``, see :func:`meant_values`: compared as numbers to ``atol``;
+    RELION writes six decimals, five for some negative numbers: -0.06316 for -0.0631612); every
+    other value must have the same text. [] if nothing."""
+    import numpy as np
+
+    problems = []
+    if list(relion_out) != list(relion_in):
+        return [f"blocks {list(relion_out)} instead of {list(relion_in)}"]
+    for block, table in relion_out.items():
+        expected = list(relion_in[block]) + [c for c in meant.get(block, {})
+                                             if c not in relion_in[block]]
+        if list(table) != expected:
+            problems.append(f"data_{block}: columns {list(table)} instead of {expected}")
+            continue
+        for column, values in table.items():
+            if column not in meant.get(block, {}):
+                if values != relion_in[block][column]:
+                    problems.append(f"data_{block} _{column}: {values} instead of "
+                                    f"{relion_in[block][column]}")
+                continue
+            for row, (text, want) in enumerate(zip(values, meant[block][column])):
+                got = _numbers(text)
+                if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=atol):
+                    problems.append(f"data_{block} _{column} row {row + 1}: {text} instead of "
+                                    f"{want.tolist()}")
+    return problems

@@ -53,7 +53,7 @@ def load_inputs(particles, half1, half2, mask=None, model=None,
         if path:
             check_input_file(path, what)
     structure = read_model(model) if model else None
-    star = read_particle_star(particles)
+    star = read_particle_star(particles, base_dir)
     images = stack_reader(star, Path(base_dir))
     (h1, h2), m, px = read_half_maps(half1, half2, mask)
     sources, paths = file_sources(particles, half1, half2, mask, model)

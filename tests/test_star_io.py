@@ -1,4 +1,7 @@
-"""STAR reading/writing: validation errors and exact pass-through of untouched values."""
+"""Particle STAR reading and writing: validation errors, RELION's table layout, the values the
+writer keeps and the ones it changes."""
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -6,7 +9,10 @@ import pytest
 import starfile
 
 from csrefine.errors import InputError
+from csrefine.relion.relion_tools import star_values
 from csrefine.relion.star_io import read_particle_star, write_updated_star
+
+DATA = Path(__file__).parent / "data"
 
 
 def _write(path, optics, particles, extra=None):
@@ -34,6 +40,72 @@ def _particles(n=4):
             "rlnMicrographName": ["mic1.mrc"] * n}
 
 
+#: Two optics groups and four particles as relion_star_handler (RELION 3.1.3) writes them:
+#: right-aligned fields, so the rows start with spaces (optics rows: lines 17-18; the particles'
+#: loop_: line 25, rows: lines 38-41).
+RELION_LAYOUT = (DATA / "relion31_two_groups.star").read_text()
+
+
+def _changed(before: dict, after: dict, ignore=()) -> dict:
+    """block -> column -> rows whose text differs (columns of ``ignore`` left out)."""
+    assert list(after) == list(before)
+    out = {}
+    for block, columns in before.items():
+        assert list(after[block])[:len(columns)] == list(columns), block
+        for column, values in columns.items():
+            rows = [i for i, (a, b) in enumerate(zip(values, after[block][column])) if a != b]
+            assert len(after[block][column]) == len(values)
+            if rows and column not in ignore:
+                out.setdefault(block, {})[column] = rows
+    return out
+
+
+def test_rows_that_start_with_spaces_get_each_new_value_in_its_own_column(tmp_path):
+    """RELION's layout: the new Cs, beam tilt and defocus land in their columns, every other
+    value keeps its text, every row keeps its number of values."""
+    path = tmp_path / "run_data.star"
+    path.write_text(RELION_LAYOUT)
+    star = read_particle_star(path)
+    out = tmp_path / "out.star"
+    write_updated_star(star, out, {1: 3.0017219362}, {1: 100.0}, {1: (0.31, -0.21)},
+                       {1: np.array([0.0, 0.1, 0.25])})
+    before, after = star_values(path), star_values(out)
+    assert _changed(before, after) == {
+        "optics": {c: [0] for c in ("rlnSphericalAberration", "rlnBeamTiltX", "rlnBeamTiltY",
+                                    "rlnEvenZernike")},
+        "particles": {"rlnDefocusU": [0, 2], "rlnDefocusV": [0, 2]}}
+    assert after["optics"]["rlnSphericalAberration"][0] == "3.001721936"
+    assert after["optics"]["rlnBeamTiltX"][0] == "0.310000000"
+    assert after["optics"]["rlnEvenZernike"][0] == "[0.0,0.1,0.25]"
+    assert after["particles"]["rlnDefocusU"][:3] == ["10100.000000", "13333.333333", "16766.666667"]
+    g = read_particle_star(out).groups[1]
+    assert (g.cs_mm, g.amplitude_contrast, g.voltage_kv) == (3.001721936, 0.1, 300.0)
+
+
+def test_ctf_refine_output_keeps_every_value_but_the_refined_ones(tmp_path):
+    """relion_ctf_refine --fit_aberr's output (RELION-written, three optics groups, beam tilt,
+    odd and 4th-order even Zernike terms): only the refined values change."""
+    star = read_particle_star(DATA / "relion31_ctf_refine.star")
+    assert sorted(star.groups) == [1, 2, 3] and star.groups[2].even_zernike.size == 9
+    even = star.groups[2].even_zernike.copy()
+    even[6] = 0.0
+    out = tmp_path / "out.star"
+    write_updated_star(star, out, {2: 2.345678912, 3: 2.5}, {2: -40.0, 3: 0.0},
+                       {2: (0.1, 0.2)}, {2: even})
+    before, after = star_values(star.path), star_values(out)
+    groups = star.particles.optics_group
+    moved = np.flatnonzero(groups == 2).tolist()
+    assert _changed(before, after) == {
+        "optics": {"rlnSphericalAberration": [1, 2], "rlnBeamTiltX": [1], "rlnBeamTiltY": [1],
+                   "rlnEvenZernike": [1]},
+        "particles": {"rlnDefocusU": moved, "rlnDefocusV": moved}}
+    new = read_particle_star(out)
+    assert new.groups[2].cs_mm == 2.345678912 and new.groups[3].cs_mm == 2.5
+    np.testing.assert_array_equal(new.groups[2].even_zernike, even)
+    np.testing.assert_allclose(new.particles.defocus_u_A - star.particles.defocus_u_A,
+                               np.where(groups == 2, -40.0, 0.0), atol=1e-6)
+
+
 def test_reads_groups_and_particles(tmp_path):
     star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
     assert sorted(star.groups) == [1, 2]
@@ -45,7 +117,7 @@ def test_reads_groups_and_particles(tmp_path):
     assert np.array_equal(star.particles.half_set, [1, 2, 1, 2])
 
 
-def test_update_changes_only_refined_tokens_and_keeps_every_other_byte(tmp_path):
+def test_other_blocks_and_text_values_are_copied(tmp_path):
     path = _write(tmp_path / "p.star", OPTICS, _particles(),
                   extra={"other": pd.DataFrame({"rlnSomething": ["a", "b"]})})
     original = path.read_bytes()
@@ -53,61 +125,24 @@ def test_update_changes_only_refined_tokens_and_keeps_every_other_byte(tmp_path)
     out = tmp_path / "out.star"
     write_updated_star(star, out, {1: 2.9}, {1: 100.0}, {1: (0.3 * 2.7 / 2.9, -0.2 * 2.7 / 2.9)})
     assert path.read_bytes() == original  # the input is untouched
-    old_lines, new_lines = original.decode().splitlines(), out.read_text().splitlines()
-    assert len(old_lines) == len(new_lines)
-    changed = [(o, n) for o, n in zip(old_lines, new_lines) if o != n]
-    assert len(changed) == 1 + 2  # the optics row of group 1 and the two particle rows of group 1
-    new = starfile.read(out, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
-    old = starfile.read(path, always_dict=True, parse_as_string=["rlnGroupName", "rlnImageName"])
-    assert list(new) == list(old)
-    assert new["optics"]["rlnSphericalAberration"].tolist() == [2.9, 2.7]
-    assert new["optics"]["rlnBeamTiltX"].iloc[0] == pytest.approx(0.3 * 2.7 / 2.9, abs=1e-6)
-    assert new["particles"]["rlnGroupName"].tolist() == ["007"] * 4
-    du = new["particles"]["rlnDefocusU"] - old["particles"]["rlnDefocusU"]
-    assert np.allclose(du, [100.0, 0.0, 100.0, 0.0])
-    for column in old["particles"].columns:
-        if column not in ("rlnDefocusU", "rlnDefocusV"):
-            assert new["particles"][column].tolist() == old["particles"][column].tolist(), column
-    assert new["other"]["rlnSomething"].tolist() == ["a", "b"]
+    before, after = star_values(path), star_values(out)
+    assert _changed(before, after) == {
+        "optics": {"rlnSphericalAberration": [0], "rlnBeamTiltX": [0], "rlnBeamTiltY": [0]},
+        "particles": {"rlnDefocusU": [0, 2], "rlnDefocusV": [0, 2]}}
+    assert after["particles"]["rlnGroupName"] == ["007"] * 4
+    assert after["other"] == {"rlnSomething": ["a", "b"]}
+    assert "# Created by the starfile Python package" in out.read_text().splitlines()[0]
 
 
-def test_image_names_are_split_into_stacks_and_indices(tmp_path):
-    star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
-    assert star.stack_paths == ["stack.mrcs"]
-    assert star.image_index.tolist() == [0, 1, 2, 3]
-    for name, message in (("stack.mrcs", r"'stack.mrcs' \(row 3\) is not of the form N@stack"),
-                          ("3@", r"'3@' \(row 3\) is not of the form N@stack"),
-                          ("0@stack.mrcs", r"'0@stack.mrcs' \(row 3\) has no valid image number"),
-                          ("x@stack.mrcs", r"'x@stack.mrcs' \(row 3\) has no valid image number")):
-        bad = _particles()
-        bad["rlnImageName"][2] = name
-        with pytest.raises(InputError, match=message):
-            read_particle_star(_write(tmp_path / "b.star", OPTICS, bad))
-
-
-@pytest.mark.parametrize("mutate, message", [
-    (lambda o, p: o.pop("rlnSphericalAberration"), "rlnSphericalAberration"),
-    (lambda o, p: p.pop("rlnAngleTilt"), "rlnAngleTilt"),
-    (lambda o, p: p.pop("rlnRandomSubset"), "rlnRandomSubset"),
-    (lambda o, p: p.__setitem__("rlnDefocusU", ["nan", 1, 2, 3]), "rlnDefocusU"),
-    (lambda o, p: p.__setitem__("rlnRandomSubset", [1, 3, 1, 2]), "rlnRandomSubset"),
-    (lambda o, p: p.__setitem__("rlnOpticsGroup", [1, 5, 1, 2]), "optics group 5"),
-    (lambda o, p: o.__setitem__("rlnVoltage", ["abc", 300]), "rlnVoltage"),
-    (lambda o, p: o.__setitem__("rlnCtfDataAreCtfPremultiplied", [1, 0]), "pre-multiplied"),
-])
-def test_bad_tables_name_the_column(tmp_path, mutate, message):
-    optics, particles = dict(OPTICS), _particles()
-    mutate(optics, particles)
-    path = _write(tmp_path / "bad.star", optics, particles)
-    with pytest.raises(InputError, match=message):
-        read_particle_star(path)
-
-
-def test_star_without_optics_table_is_refused(tmp_path):
-    path = tmp_path / "old.star"
-    starfile.write(pd.DataFrame(_particles()), path)
-    with pytest.raises(InputError, match="no data_optics table"):
-        read_particle_star(path)
+def test_an_even_zernike_column_is_added_where_the_input_has_none(tmp_path):
+    optics = {k: v for k, v in OPTICS.items() if k != "rlnEvenZernike"}
+    star = read_particle_star(_write(tmp_path / "p.star", optics, _particles()))
+    write_updated_star(star, tmp_path / "out.star", {2: 2.8}, {}, {}, {2: [0.0, 0.1, 0.0]})
+    after = star_values(tmp_path / "out.star")
+    assert list(after["optics"])[-1] == "rlnEvenZernike"
+    assert after["optics"]["rlnEvenZernike"] == ["[]", "[0.0,0.1,0.0]"]
+    out = read_particle_star(tmp_path / "out.star")
+    assert out.groups[1].even_zernike.size == 0 and out.groups[2].cs_mm == 2.8
 
 
 def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_change(tmp_path):
@@ -151,27 +186,60 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     np.testing.assert_allclose(pixel_terms(g_out, band).odd_phase, terms.odd_phase, atol=1e-6)
 
 
-def test_changed_rows_keep_their_tabs_padding_and_every_unchanged_value(tmp_path):
-    """Only the changed values' text changes: tabs, padding and every other value of a row stay
-    byte for byte (RELION pads columns; other programs write tabs)."""
-    path = _write(tmp_path / "p.star", OPTICS, _particles())
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    tabbed = [("\t".join(line.split()) + "\n") if line.startswith("0000") else line
-              for line in lines]
-    path.write_text("".join(tabbed))
-    star = read_particle_star(path)
-    write_updated_star(star, tmp_path / "out.star", {1: 2.9}, {1: 100.0}, {})
-    before = path.read_text().splitlines(keepends=True)
-    after = (tmp_path / "out.star").read_text().splitlines(keepends=True)
-    changed = [(b, a) for b, a in zip(before, after) if b != a]
-    assert len(changed) == 1 + 2
-    for b, a in changed[1:]:  # the particle rows of group 1
-        assert a.count("\t") == b.count("\t") > 5
-        old, new = b.split("\t"), a.split("\t")
-        differing = [i for i, (x, y) in enumerate(zip(old, new)) if x != y]
-        assert len(differing) == 2  # rlnDefocusU and rlnDefocusV only
-        assert float(new[differing[0]]) == pytest.approx(float(old[differing[0]]) + 100.0)
+def test_image_names_are_split_into_stacks_and_indices(tmp_path):
+    star = read_particle_star(_write(tmp_path / "p.star", OPTICS, _particles()))
+    assert star.stack_paths == ["stack.mrcs"]
+    assert star.image_index.tolist() == [0, 1, 2, 3]
+    for name, message in (("stack.mrcs", r"'stack.mrcs' \(row 3\) is not of the form N@stack"),
+                          ("3@", r"'3@' \(row 3\) is not of the form N@stack"),
+                          ("0@stack.mrcs", r"'0@stack.mrcs' \(row 3\) has no valid image number"),
+                          ("x@stack.mrcs", r"'x@stack.mrcs' \(row 3\) has no valid image number"),
+                          ("99999999999999999999999@stack.mrcs",
+                           r"'99999999999999999999999@stack.mrcs' \(row 3\) has no valid image "
+                           r"number \(numbers start at 1 and stay below 1e\+09\)")):
+        bad = _particles()
+        bad["rlnImageName"][2] = name
+        with pytest.raises(InputError, match=message):
+            read_particle_star(_write(tmp_path / "b.star", OPTICS, bad))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda o, p: o.pop("rlnSphericalAberration"), "rlnSphericalAberration"),
+    (lambda o, p: p.pop("rlnAngleTilt"), "rlnAngleTilt"),
+    (lambda o, p: p.pop("rlnOriginXAngst"), "rlnOriginXAngst"),
+    (lambda o, p: p.pop("rlnRandomSubset"), "rlnRandomSubset"),
+    (lambda o, p: p.__setitem__("rlnDefocusU", ["nan", 1, 2, 3]), "rlnDefocusU"),
+    (lambda o, p: p.__setitem__("rlnRandomSubset", [1, 3, 1, 2]), "rlnRandomSubset"),
+    (lambda o, p: p.__setitem__("rlnOpticsGroup", [1, 5, 1, 2]), "optics group 5"),
+    (lambda o, p: p.__setitem__("rlnOpticsGroup", [1, 1e30, 1, 2]), "_rlnOpticsGroup must be a whole"),
+    (lambda o, p: o.__setitem__("rlnVoltage", ["abc", 300]), "rlnVoltage"),
+    (lambda o, p: o.__setitem__("rlnCtfDataAreCtfPremultiplied", [1, 0]), "pre-multiplied"),
+])
+def test_bad_tables_name_the_column(tmp_path, mutate, message):
+    optics, particles = dict(OPTICS), _particles()
+    mutate(optics, particles)
+    path = _write(tmp_path / "bad.star", optics, particles)
+    with pytest.raises(InputError, match=message):
+        read_particle_star(path)
+
+
+def test_a_column_given_twice_is_named(tmp_path):
+    text = RELION_LAYOUT.replace("_rlnDefocusV #4", "_rlnDefocusU #4")
+    (tmp_path / "twice.star").write_text(text)
+    with pytest.raises(InputError, match=r"twice.star: data_particles has the column "
+                                         r"_rlnDefocusU twice \(the loop of line 25\)"):
+        read_particle_star(tmp_path / "twice.star")
+
+
+def test_a_table_without_optics_of_any_kind_is_refused(tmp_path):
+    path = tmp_path / "old.star"
+    starfile.write(pd.DataFrame(_particles()), path)
+    with pytest.raises(InputError, match="no data_optics table, and data_ does not state the "
+                                         "optics per particle"):
+        read_particle_star(path)
+    path.write_text("data_x\n\nloop_\n_rlnDefocusU #1\n1000\n")
+    with pytest.raises(InputError, match="no data_optics table .* and no particle table"):
+        read_particle_star(path)
 
 
 def _starfile_view(path):
@@ -184,23 +252,24 @@ def _starfile_view(path):
 
 
 def test_reader_keeps_the_columns_asked_for_as_starfile_reads_them(tmp_path):
-    """read_loops (one pass, the writer's parser) against starfile on a RELION-written table:
-    same columns, same values, same row count; only the asked-for particle columns kept, the
-    numeric ones as numbers."""
-    from csrefine.relion.star_io import NUMERIC_PARTICLE_COLUMNS, PARTICLE_COLUMNS, NumericColumn, read_loops
+    """read_tables against starfile on a starfile-written table: same columns, values, rows."""
+    from csrefine.relion.star_io import NUMERIC_PARTICLE_COLUMNS, PARTICLE_COLUMNS
+    from csrefine.relion.star_tables import read_tables
+
     path = _write(tmp_path / "p.star", OPTICS, _particles(6))
-    tables, blocks = read_loops(path, {"optics": None, "particles": PARTICLE_COLUMNS},
-                                numeric={"particles": NUMERIC_PARTICLE_COLUMNS})
+    tables, blocks = read_tables(path, lambda b, labels: (
+        (tuple(labels), frozenset()) if b == "optics"
+        else (PARTICLE_COLUMNS, frozenset(NUMERIC_PARTICLE_COLUMNS))))
     assert blocks == ["optics", "particles"]
     theirs = _starfile_view(path)
     assert list(tables["optics"].columns) == list(theirs["optics"])
     assert set(tables["particles"].columns) == set(PARTICLE_COLUMNS) & set(theirs["particles"])
-    assert "rlnGroupName" in tables["particles"].all_columns
+    assert "rlnGroupName" in tables["particles"].labels
     for block, table in tables.items():
         assert len(table) == len(next(iter(theirs[block].values())))
         for column, data in table.columns.items():
-            if isinstance(data, NumericColumn):
-                assert list(data.values()) == [float(v) for v in theirs[block][column]], column
+            if column in NUMERIC_PARTICLE_COLUMNS and block == "particles":
+                assert list(data) == [float(v) for v in theirs[block][column]], column
             elif column in ("rlnImageName", "rlnOpticsGroupName", "rlnEvenZernike"):
                 assert data == theirs[block][column], column
             else:
@@ -211,7 +280,8 @@ def test_numbers_are_converted_in_chunks_and_a_bad_value_is_named_by_its_row(tmp
                                                                                monkeypatch):
     """A million-row file holds at most CHUNK_ROWS texts per numeric column; the first bad
     value is reported with its row, also beyond the first chunk."""
-    from csrefine.relion import star_io
+    from csrefine.relion import star_io, star_tables
+    monkeypatch.setattr(star_tables, "CHUNK_ROWS", 3)
     monkeypatch.setattr(star_io, "CHUNK_ROWS", 3)
     particles = _particles(8)
     path = _write(tmp_path / "ok.star", OPTICS, particles)
@@ -225,6 +295,13 @@ def test_numbers_are_converted_in_chunks_and_a_bad_value_is_named_by_its_row(tmp
     with pytest.raises(InputError, match=r"_rlnRandomSubset must be a whole number, got '1.5' "
                                          r"in row 7"):
         read_particle_star(_write(tmp_path / "half.star", OPTICS, half))
+    names = dict(particles, rlnImageName=particles["rlnImageName"][:6] + ["7@x.mrcs", "8x@y"])
+    star = read_particle_star(_write(tmp_path / "names.star", OPTICS, dict(names, rlnImageName=(
+        names["rlnImageName"][:7] + ["8@y.mrcs"]))))
+    assert star.stack_paths == ["stack.mrcs", "x.mrcs", "y.mrcs"]
+    assert star.stack_code.tolist() == [0] * 6 + [1, 2] and star.image_index[-2:].tolist() == [6, 7]
+    with pytest.raises(InputError, match=r"'8x@y' \(row 8\) has no valid image number"):
+        read_particle_star(_write(tmp_path / "names.star", OPTICS, names))
 
 
 def test_empty_or_key_value_blocks_are_named(tmp_path):
@@ -243,7 +320,7 @@ def test_empty_or_key_value_blocks_are_named(tmp_path):
         read_particle_star(tmp_path / "twice.star")
 
 
-def test_reader_takes_quoted_values_tabs_comments_and_crlf(tmp_path):
+def test_quotes_tabs_comments_and_crlf_are_read_and_the_output_has_lf(tmp_path):
     path = tmp_path / "q.star"
     optics = ("data_optics\r\n\r\nloop_\r\n_rlnOpticsGroup #1\r\n_rlnOpticsGroupName #2\r\n"
               "_rlnVoltage #3\r\n_rlnSphericalAberration #4\r\n_rlnAmplitudeContrast #5\r\n"
@@ -261,6 +338,53 @@ def test_reader_takes_quoted_values_tabs_comments_and_crlf(tmp_path):
     assert star.stack_paths == ["stacks/a b.mrcs"]
     assert list(star.image_index) == [0, 1, 2, 3]
     assert list(star.particles.half_set) == [1, 2, 1, 2]
+    write_updated_star(star, tmp_path / "out.star", {1: 2.9}, {1: 10.0}, {})
+    written = (tmp_path / "out.star").read_bytes()
+    assert b"\r" not in written and b"# a comment\n" in written
+    assert b"\n1 'my group' 300 2.900000000 0.1 1.0 64\n" in written
+    assert b"\n'000002@stacks/a b.mrcs' 10010.000000 9910.000000 1 2 3 0.5 -0.5 2\n" in written
+
+
+def test_a_hash_in_a_value_is_a_value_and_after_a_space_a_comment(tmp_path):
+    """As RELION 3.1.3 reads them: 'og#1' and 'stack#a.mrcs' are values; ' # ...' after a
+    row's values is a comment; the writer keeps the values and leaves the comment out."""
+    text = (RELION_LAYOUT.replace("opticsGroup1", "og#1")
+            .replace("000003@stack.mrcs", "000003@stack#a.mrcs")
+            .replace("-0.50000            1            2 \n", "-0.50000 1 2 # third\n"))
+    path = tmp_path / "hash.star"
+    path.write_text(text)
+    star = read_particle_star(path)
+    assert star.groups[1].name == "og#1"
+    assert star.stack_paths == ["stack.mrcs", "stack#a.mrcs"]
+    write_updated_star(star, tmp_path / "out.star", {1: 2.9}, {}, {})
+    after = star_values(tmp_path / "out.star")
+    assert after["optics"]["rlnOpticsGroupName"] == ["og#1", "opticsGroup2"]
+    assert after["particles"]["rlnImageName"][2] == "000003@stack#a.mrcs"
+    assert "third" not in (tmp_path / "out.star").read_text()
+
+
+def test_what_relion_refuses_between_rows_is_named_or_left_out(tmp_path):
+    """A blank line ends a loop (RELION ignores rows after it: named as an error); a comment
+    line among rows (RELION stops there) is read past and left out of the output; a data_
+    right after a row gets a blank line before it; an unclosed quote is named."""
+    path = tmp_path / "p.star"
+    path.write_text(RELION_LAYOUT.replace("            2            2 \n",
+                                          "            2            2 \n\n"))
+    with pytest.raises(InputError, match=r"p.star: line 41: text after the end of "
+                                         r"data_particles's loop"):
+        read_particle_star(path)
+    lines = RELION_LAYOUT.rstrip().splitlines()
+    lines.insert(38, "# among the rows")
+    path.write_text("\n".join(lines) + "\ndata_extra\nloop_\n_rlnX #1\n5\n")
+    star = read_particle_star(path)
+    assert len(star.particles) == 4
+    write_updated_star(star, tmp_path / "out.star", {}, {}, {})
+    written = (tmp_path / "out.star").read_text()
+    assert "among the rows" not in written and " 2 1\n\ndata_extra\n" in written
+    assert star_values(tmp_path / "out.star")["extra"] == {"rlnX": ["5"]}
+    path.write_text(RELION_LAYOUT.replace("opticsGroup2", "'opticsGroup2"))
+    with pytest.raises(InputError, match=r"line 18: the quote of \"'opticsGroup2\" is not closed"):
+        read_particle_star(path)
 
 
 def test_a_ragged_row_is_named_by_file_and_line(tmp_path):
