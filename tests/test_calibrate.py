@@ -11,6 +11,7 @@ import pytest
 
 from csrefine.atomic_map import PACKAGED_MODEL, density_map
 from csrefine.calibrate import (
+    CalibrationSettings,
     apply_calibration,
     calibrate_pixel_size,
     centroid_A,
@@ -193,7 +194,7 @@ def test_cropped_calibration_agrees_with_the_whole_box(structure, docked):
     well before Nyquist (4 A) and the Fourier crop removes shells."""
     p_true = 1.02 * PX
     h1, h2 = half_maps(structure, p_true, seed=2, noise=6.0)
-    whole = calibrate_pixel_size(h1, h2, PX, docked, crop=False)
+    whole = calibrate_pixel_size(h1, h2, PX, docked, settings=CalibrationSettings(crop=False))
     cropped = calibrate_pixel_size(h1, h2, PX, docked)
     assert whole.grid["fourier_box"] == BOX
     assert cropped.grid["fourier_box"] < BOX  # 2 A pixels, FSC 0.143 well before Nyquist
