@@ -229,7 +229,7 @@ class CryosparcJob:
 
     def write(self, result: RunResult, should_abort) -> None:
         refinement, calibration = result.refinement, result.calibration
-        plots = list(zip(figures(refinement),
+        plots = list(zip(figures(refinement, model_given=result.inputs.structure is not None),
                          (json.dumps(r) for r in figure_raw_data(refinement))))
         if calibration is not None:
             plots += [(f, json.dumps(calibration.json, default=float))

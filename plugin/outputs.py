@@ -44,7 +44,8 @@ def write_report_pdf(path: Path, result: RunResult) -> None:
               extra_figures=(list(cal.figures) if cal else [])
               + ([rounds_figure(rounds, pixel_size_A)] if rounds else []),
               extra_lines=(list(cal.lines) if cal else [])
-              + (rounds_text_lines(rounds)[:2] if rounds else []))
+              + (rounds_text_lines(rounds)[:2] if rounds else []),
+              model_given=result.inputs.structure is not None)
 
 
 def print_line(text: str) -> None:

@@ -84,8 +84,11 @@ def summary_table(refinement: Refinement) -> str:
     return "\n".join(lines)
 
 
-def interpretation(g) -> list[str]:
-    """Plain sentences answering: Cs +- sigma, reproducibility, pixel-size alternative, impact."""
+def interpretation(g, model_given: bool = False) -> list[str]:
+    """Plain sentences answering: Cs +- sigma, reproducibility, pixel-size alternative, impact.
+
+    model_given : an atomic model was given, so the pixel-size calibration (reported after these
+    lines) tells a pixel-size error from a Cs error."""
     head = f"Optics group {g.optics_group} ({g.name}, {g.n_particles} particles):"
     if not g.refined:
         return [head, f"  not refined: {g.reason}; Cs stays at the nominal {g.cs_nominal_mm:.3f} mm."]
@@ -100,7 +103,7 @@ def interpretation(g) -> list[str]:
         spread = float(np.std(g.cs_subsets_mm, ddof=1)) if len(g.cs_subsets_mm) > 1 else float("nan")
         lines.append(f"  Independent random subsets: {', '.join(f'{c:.3f}' for c in g.cs_subsets_mm)} mm "
                      f"(standard deviation {spread:.3f} mm).")
-    lines.extend(_pixel_alternative(g))
+    lines.extend(_pixel_alternative(g, model_given))
     lines.extend(_anisotropy(g))
     nyquist = 2 * g.pixel_size_A
     if g.resolution_impact_A:
@@ -152,7 +155,7 @@ def _significance(g) -> str:
 PLAUSIBLE_PIXEL_ERROR = 0.05
 
 
-def _pixel_alternative(g) -> list[str]:
+def _pixel_alternative(g, model_given: bool = False) -> list[str]:
     """The pixel size that would explain the refined Cs instead, where that is plausible."""
     p_alt = g.pixel_size_if_cs_nominal_A
     if p_alt is None:
@@ -167,15 +170,18 @@ def _pixel_alternative(g) -> list[str]:
                 f"pixel-size error that large is implausible, so this is not a pixel-size effect "
                 f"(Cs is a small fraction of its change, as on Cs-corrected microscopes, or the "
                 f"k^4 term absorbs another phase error)."]
-    return [f"  Alternatively, with Cs at its nominal value, {text} explains the same CTF; only "
-            f"an absolute ruler (an atomic model) tells which."]
+    which = ("the pixel-size calibration against the given atomic model (below) tells which"
+             if model_given else "only an absolute ruler (an atomic model) tells which")
+    return [f"  Alternatively, with Cs at its nominal value, {text} explains the same CTF; "
+            f"{which}."]
 
 
-def interpretation_text(refinement: Refinement) -> str:
-    return "\n".join(line for g in refinement.groups for line in interpretation(g))
+def interpretation_text(refinement: Refinement, model_given: bool = False) -> str:
+    """Every group's :func:`interpretation`, one line each."""
+    return "\n".join(line for g in refinement.groups for line in interpretation(g, model_given))
 
 
-def figures(refinement: Refinement, extra_lines=(), plt=None):
+def figures(refinement: Refinement, extra_lines=(), plt=None, model_given: bool = False):
     """The report's pages: a summary page (table and verdicts), the half-map FSC with the band,
     and per group the 2D phase change (measured, fitted, residual), the phase change against
     resolution and the likelihood along Cs. Returns a list of (title, figure), in the order of
@@ -183,20 +189,21 @@ def figures(refinement: Refinement, extra_lines=(), plt=None):
 
     plt : the pyplot-like module that makes the figures: ``matplotlib.pyplot`` (the default;
         matplotlib figures) or :mod:`csrefine.pdfplot` (figures that draw straight into a PDF).
+    model_given : an atomic model was given (see :func:`interpretation`).
     """
     if plt is None:
         import matplotlib
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-    figs = [("Summary", _summary_figure(plt, refinement, extra_lines)),
+    figs = [("Summary", _summary_figure(plt, refinement, extra_lines, model_given)),
             ("Half-map FSC", _fsc_figure(plt, refinement))]
     figs += [(f"Optics group {g.optics_group}", _group_figure(plt, g))
              for g in refinement.groups if g.curves]
     return figs
 
 
-def _summary_figure(plt, refinement: Refinement, extra_lines):
+def _summary_figure(plt, refinement: Refinement, extra_lines, model_given: bool = False):
     import textwrap
 
     fig = plt.figure(figsize=(11.7, 8.3))  # A4 landscape
@@ -217,7 +224,7 @@ def _summary_figure(plt, refinement: Refinement, extra_lines):
                      bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(10)
-    lines = "\n".join([interpretation_text(refinement), *extra_lines]).splitlines()
+    lines = "\n".join([interpretation_text(refinement, model_given), *extra_lines]).splitlines()
     text = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in lines)
     fig.text(0.04, 0.86 - height, text, va="top", ha="left", fontsize=8.5)
     return fig
@@ -347,14 +354,16 @@ def figure_raw_data(refinement: Refinement) -> list[dict]:
     return out
 
 
-def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) -> None:
+def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=(),
+              model_given: bool = False) -> None:
     """All figures into one PDF (RELION's logfile.pdf), written atomically: drawn by
     :mod:`csrefine.pdfplot` (milliseconds, no matplotlib), or by matplotlib when
     ``extra_figures`` (matplotlib figures of a calibration or of rounds) are to be added."""
     if not extra_figures:
         from . import pdfplot
 
-        pages = [fig for _, fig in figures(refinement, extra_lines, plt=pdfplot)]
+        pages = [fig for _, fig in figures(refinement, extra_lines, plt=pdfplot,
+                                           model_given=model_given)]
         atomic_write_bytes(path, pdfplot.pdf_bytes(pages, "csrefine: Cs per optics group"))
         return
     import matplotlib
@@ -362,7 +371,7 @@ def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=()) ->
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
-    figs = figures(refinement, extra_lines) + list(extra_figures)
+    figs = figures(refinement, extra_lines, model_given=model_given) + list(extra_figures)
     try:
         with atomic_output(path) as tmp, PdfPages(tmp) as pdf:
             for _, fig in figs:

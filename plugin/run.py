@@ -115,7 +115,7 @@ def run_refinement(load: Callable[[], RefinementInputs], options: RefineOptions,
     report["timings_s"] = dict(refinement.timings_s)
     result = RunResult(inputs, refinement, report, calibration, rounds)
     destination.write(result, should_abort)
-    progress(interpretation_text(refinement))
+    progress(interpretation_text(refinement, model_given=inputs.structure is not None))
     if calibration is not None:
         progress("\n".join(calibration.lines))
     progress(summary_table(refinement))

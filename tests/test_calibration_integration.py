@@ -30,6 +30,7 @@ def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project, capsys)
     assert _cli(project, project["model"]) == 0
     out = capsys.readouterr().out
     assert "pixel-size calibration: scan step 41 of 41" in out  # progress during the scan
+    assert "only an absolute ruler" not in out and "neither:" not in out  # a model was given
     report = json.loads(Path("out/csrefine.json").read_text())
     assert abs(report["pixel_size_calibrated_A"] / 1.6 - 1) < 0.002
     assert report["pixel_size_sigma_A"] > 0

@@ -26,6 +26,11 @@ def test_small_pixel_error_is_offered_as_alternative():
     cs_apparent = apparent_cs_mm(2.7, 1.0, 1 / 1.02)
     text = "\n".join(interpretation(_group(2.7, cs_apparent)))
     assert "Alternatively" in text and "0.9804 Å" in text and "(-1.96%)" in text
+    assert "only an absolute ruler (an atomic model) tells which" in text
+    # with a model given, the calibration that follows tells which: no call for a ruler
+    text = "\n".join(interpretation(_group(2.7, cs_apparent), model_given=True))
+    assert "Alternatively" in text and "ruler" not in text
+    assert "calibration against the given atomic model (below) tells which" in text
 
 
 @pytest.mark.parametrize("cs_nominal, cs_refined", [(0.01, 0.5), (2.7, 4.5), (2.7, 1.0)])

@@ -24,6 +24,7 @@ def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibratio
             "sigma_note": "pixel_size_sigma_A = sqrt(sigma_curvature_A^2 + sigma_halves_A^2 + "
                           "sigma_systematic_A^2)",
             "pixel_size_half1_A": c.pixel_size_half1_A, "pixel_size_half2_A": c.pixel_size_half2_A,
+            "sigma_half1_A": c.sigma_half1_A, "sigma_half2_A": c.sigma_half2_A,
             "correlation": c.correlation, "correlation_expected": c.correlation_expected,
             "relative_correlation": c.relative_correlation,
             "real_space_correlation": c.real_space_correlation, "b_factor_A2": c.b_factor_A2,

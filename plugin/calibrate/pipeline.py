@@ -113,7 +113,8 @@ def _result(box: int, p_nom: float, matcher: Matcher, maps: MatchMaps, fit: Scal
         sigma_systematic_A=float(settings.systematic_rel * p_best),
         grid={"box": box, "cube_box": plan.cube_box,
               "fourier_box": plan.fourier_box, "model_box": matcher.models.model_box,
-              "cube_start_zyx": list(plan.start_zyx)})
+              "cube_start_zyx": list(plan.start_zyx)},
+        sigma_half1_A=float(unc.half_sigmas[0]), sigma_half2_A=float(unc.half_sigmas[1]))
 
 
 def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: float, structure, *,

@@ -58,36 +58,41 @@ class Uncertainty:
     """The pixel size's sigma and its parts, Angstrom (of the grid they were measured on).
 
     curvature : sandwich sigma; halves : |p1 - p2| / 2; sigma : these two and the systematic
-    floor in quadrature; half_pixels : (p_half1, p_half2).
+    floor in quadrature; half_pixels : (p_half1, p_half2); half_sigmas : each half map's own
+    curvature sigma (their agreement is judged on these, see
+    :func:`csrefine.calibrate.verdict.group_verdict`).
     """
 
     curvature: float
     halves: float
     sigma: float
     half_pixels: tuple[float, float]
+    half_sigmas: tuple[float, float]
 
     def scaled(self, factor: float) -> Uncertainty:
         """The same, every length divided by ``factor`` (the cropped grid's voxel in map voxels)."""
         return Uncertainty(self.curvature / factor, self.halves / factor, self.sigma / factor,
-                           tuple(h / factor for h in self.half_pixels))
+                           tuple(h / factor for h in self.half_pixels),
+                           tuple(s / factor for s in self.half_sigmas))
 
 
 def half_map_pixels(matcher: Matcher, halves, p_best: float, scan_step: float) -> tuple:
-    """Each half map's refined pixel size (Å), within :data:`HALF_MAP_STEPS` scan steps of
-    ``p_best``."""
-    out = []
+    """((p_half1, p_half2), (sigma_half1, sigma_half2)), Å: each half map's refined pixel size,
+    within :data:`HALF_MAP_STEPS` scan steps of ``p_best``, and its curvature sigma there."""
+    pixels, sigmas = [], []
     for tg in halves:
         width = HALF_MAP_STEPS * scan_step * matcher.p_nom
-        ph, _, _, _ = matcher.refine(tg, p_best - width, p_best + width)
-        out.append(ph)
-    return tuple(out)
+        ph, _, th, _ = matcher.refine(tg, p_best - width, p_best + width)
+        pixels.append(ph)
+        sigmas.append(curvature_sigma(matcher, tg, ph, th))
+    return tuple(pixels), tuple(sigmas)
 
 
 def uncertainty(matcher: Matcher, halves, p_best: float, sigma_curvature: float,
                 scan_step: float, systematic_rel: float) -> Uncertainty:
     """The sigma of ``p_best`` (Å): its curvature sigma, the two half maps' spread and the
     systematic floor ``systematic_rel * p_best``, in quadrature."""
-    pixels = half_map_pixels(matcher, halves, p_best, scan_step)
+    pixels, sigmas = half_map_pixels(matcher, halves, p_best, scan_step)
     sig_halves = abs(pixels[0] - pixels[1]) / 2.0
     sigma = float(np.sqrt(sigma_curvature**2 + sig_halves**2 + (systematic_rel * p_best) ** 2))
-    return Uncertainty(sigma_curvature, sig_halves, sigma, pixels)
+    return Uncertainty(sigma_curvature, sig_halves, sigma, pixels, sigmas)
