@@ -82,7 +82,7 @@ class PixelCalibration:
     scan_score: list = field(default_factory=list, repr=False)
     sigma_systematic_A: float = 0.0  # the systematic floor; sigma is the three in quadrature
     grid: dict = field(default_factory=dict, repr=False)  # box, cube_box, fourier_box, model_box
-    sigma_half1_A: float | None = None  # each half map's curvature sigma (None: not measured)
+    sigma_half1_A: float | None = None  # each half map's sigma: curvature and floor (None: unknown)
     sigma_half2_A: float | None = None
 
     @property

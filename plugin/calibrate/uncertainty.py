@@ -59,8 +59,8 @@ class Uncertainty:
 
     curvature : sandwich sigma; halves : |p1 - p2| / 2; sigma : these two and the systematic
     floor in quadrature; half_pixels : (p_half1, p_half2); half_sigmas : each half map's own
-    curvature sigma (their agreement is judged on these, see
-    :func:`csrefine.calibrate.verdict.group_verdict`).
+    sigma, its curvature sigma and the systematic floor in quadrature (their agreement is judged
+    on these, see :func:`csrefine.calibrate.verdict.group_verdict`).
     """
 
     curvature: float
@@ -77,8 +77,9 @@ class Uncertainty:
 
 
 def half_map_pixels(matcher: Matcher, halves, p_best: float, scan_step: float) -> tuple:
-    """((p_half1, p_half2), (sigma_half1, sigma_half2)), Å: each half map's refined pixel size,
-    within :data:`HALF_MAP_STEPS` scan steps of ``p_best``, and its curvature sigma there."""
+    """((p_half1, p_half2), (curvature sigma 1, curvature sigma 2)), Å: each half map's refined
+    pixel size, within :data:`HALF_MAP_STEPS` scan steps of ``p_best``, and its curvature sigma
+    there."""
     pixels, sigmas = [], []
     for tg in halves:
         width = HALF_MAP_STEPS * scan_step * matcher.p_nom
@@ -92,7 +93,9 @@ def uncertainty(matcher: Matcher, halves, p_best: float, sigma_curvature: float,
                 scan_step: float, systematic_rel: float) -> Uncertainty:
     """The sigma of ``p_best`` (Å): its curvature sigma, the two half maps' spread and the
     systematic floor ``systematic_rel * p_best``, in quadrature."""
-    pixels, sigmas = half_map_pixels(matcher, halves, p_best, scan_step)
+    pixels, curvatures = half_map_pixels(matcher, halves, p_best, scan_step)
     sig_halves = abs(pixels[0] - pixels[1]) / 2.0
     sigma = float(np.sqrt(sigma_curvature**2 + sig_halves**2 + (systematic_rel * p_best) ** 2))
-    return Uncertainty(sigma_curvature, sig_halves, sigma, pixels, sigmas)
+    # the floor holds for any one calibration: below it, two halves' difference means nothing
+    half_sigmas = tuple(float(np.hypot(c, systematic_rel * p)) for c, p in zip(curvatures, pixels))
+    return Uncertainty(sigma_curvature, sig_halves, sigma, pixels, half_sigmas)

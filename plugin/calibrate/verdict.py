@@ -66,8 +66,8 @@ def _decimals(sigma: float, minimum: int = 4, maximum: int = 6) -> int:
 class PixelEvidence:
     """The map's calibration at one group's nominal pixel size (all in Angstrom).
 
-    halves_A, halves_sigma_A : each half map's calibrated pixel size and curvature sigma (None:
-    not known, the agreement is not checked).
+    halves_A, halves_sigma_A : each half map's calibrated pixel size and sigma (curvature and the
+    systematic floor; None: not known, the agreement is not checked).
     """
 
     nominal_A: float
@@ -182,8 +182,8 @@ def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm
     """(kind, one-line verdict, Cs at the calibrated pixel in mm, its sigma in mm) for one group.
 
     Cs in mm, pixel sizes in Angstrom (the group's nominal, the map's calibration scaled to it);
-    pixel_halves_A, pixel_halves_sigma_A : each half map's calibration and its curvature sigma
-    (None: their agreement is not checked). kind: see the module docstring.
+    pixel_halves_A, pixel_halves_sigma_A : each half map's calibration and its sigma (None: their
+    agreement is not checked). kind: see the module docstring.
     """
     ev = PixelEvidence(pixel_nominal_A, pixel_calibrated_A, pixel_sigma_A, pixel_halves_A,
                        pixel_halves_sigma_A)
