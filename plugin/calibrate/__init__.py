@@ -17,7 +17,9 @@ The phases, one module each:
 * :mod:`.uncertainty` — the sigma from the score's curvature, the two half maps and a floor;
 * :mod:`.pipeline` — the phases in order, and the refusals (never a wrong number);
 * :mod:`.verdict` — Cs and defocus re-expressed at the calibrated pixel size, and per optics
-  group whether the refined Cs departure is Cs, pixel size, both or neither;
+  group whether the refined Cs departure is Cs, the pixel size or both, or whether nothing
+  changed or the calibration cannot tell (a pixel size is called different only on a significant
+  shift on which the two half maps agree);
 * :mod:`.json_keys` — the csrefine.json entries; :mod:`.records` — settings and results.
 
 Entry points: :func:`calibrate_pixel_size` (arrays + gemmi Structure, with a
