@@ -223,9 +223,10 @@ def run_case(name: str, args, structure) -> dict:
     from csrefine.calibrate import apply_calibration, calibrate_pixel_size
     from csrefine.images import read_map
     from csrefine.options import RefineOptions
-    from csrefine.pipeline import refine, result_dict
+    from csrefine.pipeline import refine
     from csrefine.relion.run import stack_reader
     from csrefine.relion.star_io import read_particle_star
+    from csrefine.results import result_dict
 
     p_nom = args.px
     p_true, cs_true, cs_nominal, expect = case_truth(name, p_nom)

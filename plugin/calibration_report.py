@@ -5,7 +5,7 @@ or unreadable model fails the run before anything is written. A model that canno
 (not docked, not covering the map) is reported with its reason and *no* calibration; the Cs
 refinement itself still stands.
 
-Each group's verdict (pixel size, Cs, both, neither) is decided at the report's significance
+Each group's verdict (pixel size, Cs, both, no change, undetermined) is decided at the report's significance
 (:data:`csrefine.report_text.SIGNIFICANT_Z` standard errors), so that it never contradicts the
 Cs text of the same group; its sentence (:func:`csrefine.report_text.verdict_sentence`) is the
 one csrefine.json, run.out and logfile.pdf give.
@@ -75,7 +75,7 @@ def _verdict(g, cal, extra: dict) -> PixelVerdict:
     return PixelVerdict(details["kind"], cal.pixel_size_calibrated_A * scale,
                         cal.pixel_size_sigma_A * scale, g.pixel_size_A,
                         extra["cs_at_calibrated_pixel_mm"][key],
-                        details["cs_at_calibrated_pixel_sigma_mm"])
+                        details["cs_at_calibrated_pixel_sigma_mm"], extra["verdict"][key])
 
 
 #: Per-group calibration facts, written into each group's entry of csrefine.json (only there:

@@ -37,10 +37,11 @@ SHORT_REASON_CHARS = 34
 class PixelVerdict:
     """What the pixel-size calibration against an atomic model says about one group.
 
-    kind : "pixel size", "Cs", "both", "neither" or "not refined" (:mod:`csrefine.calibrate`);
-    pixel_size_A / pixel_size_sigma_A : the calibrated pixel size at this group's scale;
-    pixel_size_nominal_A : the group's; cs_mm / cs_sigma_mm : Cs at the calibrated pixel size
-    (sigma None where the group was not refined).
+    kind : "pixel size", "Cs", "both", "no change", "undetermined" or "not refined"
+    (:mod:`csrefine.calibrate`); pixel_size_A / pixel_size_sigma_A : the calibrated pixel size
+    at this group's scale; pixel_size_nominal_A : the group's; cs_mm / cs_sigma_mm : Cs at the
+    calibrated pixel size (sigma None where the group was not refined); text : the
+    calibration's own one-line verdict.
     """
 
     kind: str
@@ -49,6 +50,7 @@ class PixelVerdict:
     pixel_size_nominal_A: float
     cs_mm: float
     cs_sigma_mm: float | None
+    text: str = ""
 
     @property
     def pixel_text(self) -> str:
@@ -102,9 +104,11 @@ def status(g: GroupResult, verdict: PixelVerdict | None = None) -> str:
     if not g.refined:
         return f"not refined: {short_reason(g.reason)}"
     if verdict is not None:
-        return {"Cs": "use refined Cs", "neither": "keep nominal Cs",
+        return {"Cs": "use refined Cs", "no change": "keep nominal Cs",
                 "pixel size": "keep nominal Cs, use calibrated pixel",
-                "both": "use calibrated pixel and its Cs"}.get(verdict.kind, "keep nominal Cs")
+                "both": "use calibrated pixel and its Cs",
+                "undetermined": "use refined Cs; pixel size open"}.get(verdict.kind,
+                                                                      "keep nominal Cs")
     return "use refined Cs" if significant(g) else "keep nominal Cs"
 
 
@@ -151,9 +155,12 @@ def verdict_sentence(g: GroupResult, v: PixelVerdict) -> str:
     if v.kind == "Cs":
         return (f"The atomic model confirms the pixel size, {v.pixel_text}: the change is in "
                 f"Cs ({cs} at that pixel size).")
-    if v.kind == "neither":
+    if v.kind == "no change":
         return (f"The atomic model confirms the pixel size, {v.pixel_text}; {at}, consistent "
                 f"with the nominal.")
+    if v.kind == "undetermined":
+        reason = v.text.split(": ", 1)[-1]
+        return f"The atomic model cannot tell pixel size from Cs here: {reason}."
     if v.kind == "pixel size":
         return (f"The atomic model puts the pixel size at {v.pixel_text}; {at}, consistent "
                 f"with the nominal: the change is the pixel size, not Cs.")

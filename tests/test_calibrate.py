@@ -5,12 +5,15 @@ noise per half map; the model is docked at the nominal pixel size (its centroid 
 """
 
 
+from dataclasses import replace
+
 import gemmi
 import numpy as np
 import pytest
 
 from csrefine.atomic_map import PACKAGED_MODEL, density_map
 from csrefine.calibrate import (
+    CalibrationSettings,
     apply_calibration,
     calibrate_pixel_size,
     centroid_A,
@@ -141,7 +144,7 @@ def test_reexpress_cs_and_defocus():
     (2.7 / 1.02**4, 1.02, "pixel size"),     # apparent Cs from a 2% pixel error, Cs right
     (3.0, 1.0002, "Cs"),                     # pixel right, Cs off by 0.3 mm
     (3.0 / 1.02**4, 1.02, "both"),           # both wrong
-    (2.71, 1.0001, "neither"),               # within the errors
+    (2.71, 1.0001, "no change"),             # within the errors
 ])
 def test_verdict(cs_ref, p_cal, kind):
     got, text, cs_cal, sig = group_verdict(cs_ref, 0.02, 2.7, 1.0, p_cal, 0.0008)
@@ -154,17 +157,74 @@ def test_verdict(cs_ref, p_cal, kind):
 
 def test_verdict_practical_floor_and_not_refined():
     # a 0.05% pixel departure with a tiny sigma is significant but below the 0.01 mm floor
-    kind, *_ = group_verdict(2.7, 0.001, 2.7, 1.0, 1.0005, 0.00001)
-    assert kind == "neither"
+    kind, text, *_ = group_verdict(2.7, 0.001, 2.7, 1.0, 1.0005, 0.00001)
+    assert kind == "no change" and "pixel size is confirmed" in text and "too close" in text
     kind, text, cs_cal, sig = group_verdict(2.7, None, 2.7, 1.0, 1.02, 0.001, refined=False)
     assert kind == "not refined" and sig is None and text.startswith("not refined")
+
+
+# The seed's numbers: pixel right (1.1 A), true Cs 3.0 mm labelled 2.7, refined 3.000 +- 0.007.
+SEED = dict(cs_refined_mm=3.0, cs_sigma_mm=0.007, cs_nominal_mm=2.7, pixel_nominal_A=1.1)
+
+
+def _seed_verdict(p_cal, sigma, halves=None, halves_sigma=None):
+    return group_verdict(SEED["cs_refined_mm"], SEED["cs_sigma_mm"], SEED["cs_nominal_mm"],
+                         SEED["pixel_nominal_A"], p_cal, sigma, pixel_halves_A=halves,
+                         pixel_halves_sigma_A=halves_sigma)
+
+
+def test_half_maps_that_disagree_give_no_pixel_size_verdict():
+    """1.1052 +- 0.0023 A from half maps at 1.1054 and 1.1008 (+-0.0006 each, 5.4 combined
+    sigma apart): the pixel size is undetermined, the verdict says so and names both halves;
+    with the same numbers and consistent halves it would be called (a 7-sigma shift)."""
+    kind, text, _, _ = _seed_verdict(1.1052, 0.0023, (1.1054, 1.1008), (0.0006, 0.0006))
+    assert kind == "undetermined"
+    assert "pixel size is undetermined" in text and "1.1054" in text and "1.1008" in text
+    assert "5.4 standard errors apart" in text and "+0.300 mm" in text
+    kind, *_ = _seed_verdict(1.1080, 0.0005, (1.1079, 1.1082), (0.0006, 0.0006))
+    assert kind == "both"
+    # no Cs departure either: nothing changes, and the pixel size is still not called
+    kind, text, _, _ = group_verdict(2.71, 0.02, 2.7, 1.1, 1.1052, 0.0023,
+                                     pixel_halves_A=(1.1054, 1.1008),
+                                     pixel_halves_sigma_A=(0.0006, 0.0006))
+    assert kind == "no change" and "pixel size is undetermined" in text
+
+
+def test_a_shift_below_three_sigma_confirms_the_pixel_size():
+    """+0.47% at 2.3 sigma with consistent halves: not significant, the pixel size is confirmed
+    in plain words and the departure is Cs."""
+    kind, text, _, _ = _seed_verdict(1.1052, 0.0023, (1.1054, 1.1050), (0.0015, 0.0015))
+    assert kind == "Cs" and text.startswith("Cs: the pixel size is confirmed, 1.1052 ± 0.0023 Å")
+    # 3.1 sigma, consistent, above the floor: a pixel-size share of the departure
+    kind, text, _, _ = _seed_verdict(1.1052, 0.0017, (1.1054, 1.1050), (0.0015, 0.0015))
+    assert kind == "both" and "3.1 standard errors from the nominal" in text
+
+
+def test_a_pixel_size_too_uncertain_to_split_the_departure_is_undetermined():
+    """+-0.86% on the pixel size: 3 sigma of it move Cs by 0.31 mm, more than the 0.30 mm
+    departure; at +-0.80% (0.29 mm) the pixel size still confirms that the departure is Cs."""
+    kind, text, _, _ = _seed_verdict(1.1010, 0.0095, (1.1000, 1.1020), (0.011, 0.011))
+    assert kind == "undetermined" and "too uncertain" in text and "0.312 mm" in text
+    assert _seed_verdict(1.1010, 0.0088, (1.1000, 1.1020), (0.011, 0.011))[0] == "Cs"
+
+
+@pytest.mark.parametrize("cs_ref,p_cal,sigma,halves", [
+    (2.7 / 1.02**4, 1.02, 0.0008, (1.0195, 1.0205)), (3.0, 1.0002, 0.0008, (1.0, 1.0004)),
+    (3.0 / 1.02**4, 1.02, 0.0008, (1.0195, 1.0205)), (2.71, 1.0001, 0.0008, (1.0, 1.0002)),
+    (3.0, 1.0052, 0.0023, (1.0054, 1.0008)), (3.0, 1.001, 0.008, (1.0, 1.002))])
+def test_verdict_words(cs_ref, p_cal, sigma, halves):
+    """Plain words: never 'neither', never a call for an absolute ruler (a model was given)."""
+    _, text, _, _ = group_verdict(cs_ref, 0.02, 2.7, 1.0, p_cal, sigma, pixel_halves_A=halves,
+                                  pixel_halves_sigma_A=(0.0006, 0.0006))
+    assert "neither" not in text and "ruler" not in text
 
 
 def test_apply_calibration_keys():
     from csrefine.calibrate import PixelCalibration
 
     cal = PixelCalibration(1.0, 1.02, 0.0008, 0.0005, 0.0006, 1.0195, 1.0205, 0.7, 0.8, 0.875, 0.9,
-                           60.0, [0.0, 0.0, 0.0], 0.98, 3.5, [20.0, 3.5], [1.0], [0.5])
+                           60.0, [0.0, 0.0, 0.0], 0.98, 3.5, [20.0, 3.5], [1.0], [0.5],
+                           sigma_half1_A=0.0007, sigma_half2_A=0.0007)
     groups = [
         {"optics_group": 1, "refined": True, "cs_nominal_mm": 2.7, "cs_refined_mm": 2.7 / 1.02**4,
          "cs_sigma_mm": 0.02, "defocus_offset_A": 100.0, "pixel_size_A": 1.0},
@@ -177,6 +237,12 @@ def test_apply_calibration_keys():
     assert out["cs_at_calibrated_pixel_mm"]["2"] == pytest.approx(3.0)
     assert out["verdict"]["1"].startswith("pixel size:")
     assert out["verdict"]["2"].startswith("both:")
+    assert "the two half maps agree (1.0195 ± 0.0007 and 1.0205 ± 0.0007 Å)" in out["verdict"]["1"]
+    # the same calibration with half maps 0.0030 A apart: no pixel-size verdict for either group
+    out = apply_calibration(groups, replace(cal, pixel_size_half1_A=1.0185,
+                                            pixel_size_half2_A=1.0215))
+    assert [g["kind"] for g in out["pixel_calibration"]["groups"].values()] == [
+        "undetermined", "undetermined"]
     g1 = out["pixel_calibration"]["groups"]["1"]
     assert g1["defocus_offset_at_calibrated_pixel_A"] == pytest.approx(100.0 * 1.02**2)
     import json
@@ -193,7 +259,7 @@ def test_cropped_calibration_agrees_with_the_whole_box(structure, docked):
     well before Nyquist (4 A) and the Fourier crop removes shells."""
     p_true = 1.02 * PX
     h1, h2 = half_maps(structure, p_true, seed=2, noise=6.0)
-    whole = calibrate_pixel_size(h1, h2, PX, docked, crop=False)
+    whole = calibrate_pixel_size(h1, h2, PX, docked, settings=CalibrationSettings(crop=False))
     cropped = calibrate_pixel_size(h1, h2, PX, docked)
     assert whole.grid["fourier_box"] == BOX
     assert cropped.grid["fourier_box"] < BOX  # 2 A pixels, FSC 0.143 well before Nyquist
@@ -229,3 +295,31 @@ def test_work_is_set_by_the_mask_and_band_not_the_box(structure, docked):
     assert big.pixel_size_calibrated_A == pytest.approx(mid.pixel_size_calibrated_A, rel=1e-5)
     assert abs(big.pixel_size_calibrated_A - small.pixel_size_calibrated_A) < (
         0.5 * small.pixel_size_sigma_A)
+
+
+@pytest.mark.parametrize("fourier_box", [66, 60, 48])
+def test_model_maps_on_a_barely_cropped_grid_match_a_fine_reference(structure, fourier_box):
+    """Model maps on a cropped grid nearly as fine as the cube (the model grid can then be only
+    1.09x finer): the anti-alias blur divided out stays small enough that the band's shells
+    match a map computed on a grid twice as fine, without blur (a blur chosen for 1e-3 aliasing
+    at 1.09x would be divided out by ~1e9 at the band's edge, leaving gemmi's truncation)."""
+    import scipy.fft
+
+    from csrefine.calibrate.model_maps import ModelMaps
+    from csrefine.calibrate.region import CropPlan
+    from csrefine.calibrate.target import FourierGrid
+    from csrefine.fourier import crop_rfftn
+
+    grid = FourierGrid(fourier_box)
+    p = PX * BOX / fourier_box
+    models = ModelMaps(structure, grid, CropPlan((0, 0, 0), BOX, fourier_box), p,
+                       (fourier_box // 2,) * 3, 20.0)
+    ft = models.model_ft(p)[0]
+    fine = 2 * BOX
+    ref = crop_rfftn(scipy.fft.rfftn(density_map(
+        structure, fine, p * fourier_box / fine, b_factor_A2=20.0,
+        centre_A=models.centre_A).astype(np.float64)), fourier_box) * (models.model_box / fine) ** 3
+    err = np.sqrt(grid.shell_mean(np.abs(ft - ref) ** 2) / grid.shell_mean(np.abs(ref) ** 2))
+    edge = fourier_box // 2 - 3  # the band's highest shell
+    assert err[fourier_box // 4] < 1e-2
+    assert err[edge - 5:edge + 1].max() < 0.15

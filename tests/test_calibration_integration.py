@@ -1,4 +1,5 @@
-"""--model through the real entry points: csrefine refine (RELION STAR) and the External job."""
+"""--model through the real entry points: csrefine refine (RELION STAR), the External job, and
+the RELION and cryoSPARC runs on data made with RELION itself."""
 
 import json
 from pathlib import Path
@@ -6,9 +7,13 @@ from pathlib import Path
 import gemmi
 import pytest
 
-from csrefine.atomic_map import PACKAGED_MODEL
+from csrefine.atomic_map import PACKAGED_MODEL, docked_structure
 from csrefine.cli import main as cli_main
+from csrefine.options import RefineOptions
 from csrefine.relion.external_job import main as job_main
+from csrefine.relion.relion_tools import simulate_dataset
+
+PIXEL_A, CS_TRUE, CS_NOMINAL = 1.1, 3.0, 2.7
 
 
 @pytest.fixture()
@@ -30,6 +35,7 @@ def test_docked_model_calibrates_pixel_size_and_gives_a_verdict(project, capsys)
     assert _cli(project, project["model"]) == 0
     out = capsys.readouterr().out
     assert "pixel-size calibration: scan step 41 of 41" in out  # progress during the scan
+    assert "only an absolute ruler" not in out and "neither:" not in out  # a model was given
     report = json.loads(Path("out/csrefine.json").read_text())
     assert abs(report["pixel_size_calibrated_A"] / 1.6 - 1) < 0.002
     assert report["pixel_size_sigma_A"] > 0
@@ -72,3 +78,64 @@ def test_missing_model_fails_before_writing(project, capsys):
     out = Path("External/job009")
     assert (out / "RELION_JOB_EXIT_FAILURE").is_file()
     assert not (out / "csrefine.json").exists() and not (out / "particles_csrefine.star").exists()
+
+
+@pytest.fixture(scope="module")
+def cs_error_data(tmp_path_factory, structure, relion):
+    """A Cs error with the pixel size right, as a facility's data have it: relion_project images
+    with the true Cs 3.0 mm, the STAR labelled 2.7 (box 128, 1.1 A, 5,000 particles), the half
+    maps reconstructed by relion_reconstruct from the nominal STAR (so they carry the nominal
+    CTF), 1BD2 docked where the map was built."""
+    d = tmp_path_factory.mktemp("cs_error")
+    info = simulate_dataset(d, structure, n=5000, cs_true_mm=CS_TRUE, cs_nominal_mm=CS_NOMINAL,
+                            box=128, pixel_nominal_A=PIXEL_A, seed=9)
+    info["model"] = d / "model_docked.cif"
+    docked_structure(structure, 128, PIXEL_A).make_mmcif_document().write_file(str(info["model"]))
+    return info
+
+
+def _assert_called_cs(report: dict, lines: list) -> None:
+    """Within 0.1% of the true pixel size, the verdict Cs, no call for a ruler."""
+    p_cal, sigma = report["pixel_size_calibrated_A"], report["pixel_size_sigma_A"]
+    g = report["groups"][0]
+    print(f"calibrated {p_cal:.5f} ± {sigma:.5f} A; {g['verdict']}")
+    assert abs(p_cal / PIXEL_A - 1) < 0.001 and 0 < sigma < 0.001 * PIXEL_A
+    assert g["kind"] == "Cs" and g["verdict"].startswith("Cs: the pixel size is confirmed")
+    assert abs(g["cs_at_calibrated_pixel_mm"] - CS_TRUE) < 0.03
+    assert not any("only an absolute ruler" in line for line in lines)
+
+
+@pytest.mark.relion
+@pytest.mark.slow
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_a_cs_error_is_called_cs_with_maps_of_the_nominal_cs_and_rebuilt(cs_error_data, tmp_path,
+                                                                          rounds):
+    """Round 1 calibrates against the given maps (the nominal CTF, the FSC at ~2.66 A: a cropped
+    grid of 120 in a 128 cube); --rounds 2 against maps rebuilt with the refined Cs."""
+    from csrefine.relion.run import run
+
+    lines = []
+    run(cs_error_data["star"], cs_error_data["half1"], cs_error_data["half2"], tmp_path / "out",
+        model=cs_error_data["model"], options=RefineOptions(threads=2, rounds=rounds),
+        base_dir=cs_error_data["dir"], progress=lines.append)
+    report = json.loads((tmp_path / "out" / "csrefine.json").read_text())
+    assert len(report.get("rounds", [None])) == rounds
+    _assert_called_cs(report, lines)
+
+
+@pytest.mark.relion
+@pytest.mark.slow
+def test_the_cryosparc_path_calibrates_the_cs_error_the_same(cs_error_data, tmp_path):
+    """The same particles as a .cs through the cryoSPARC path's run: the same core calibration."""
+    from csrefine.cryosparc import offline
+    from csrefine.cryosparc.convert import cryosparc_dataset_from_relion
+    from csrefine.relion.star_io import read_particle_star
+
+    d = cs_error_data["dir"]
+    dset = cryosparc_dataset_from_relion(read_particle_star(cs_error_data["star"]), d, base_dir=d)
+    dset.save(tmp_path / "particles.cs")
+    lines = []
+    offline.run(tmp_path / "particles.cs", cs_error_data["half1"], cs_error_data["half2"],
+                tmp_path / "out", model=cs_error_data["model"], project_dir=d,
+                options=RefineOptions(threads=2), progress=lines.append)
+    _assert_called_cs(json.loads((tmp_path / "out" / "csrefine.json").read_text()), lines)

@@ -39,6 +39,12 @@ def test_small_pixel_error_is_offered_as_alternative():
     cs_apparent = apparent_cs_mm(2.7, 1.0, 1 / 1.02)
     text = "\n".join(interpretation(_group(2.7, cs_apparent)))
     assert "Alternatively" in text and "0.9804 Å" in text and "(-1.96%)" in text
+    assert "only an absolute ruler (an atomic model) tells which" in text
+    # with a model given but no verdict from it (the calibration could not be done): no call
+    # for a ruler, the calibration's reason is on its page
+    text = "\n".join(interpretation(_group(2.7, cs_apparent), model_given=True))
+    assert "Alternatively" in text and "ruler" not in text
+    assert "the atomic model could not tell which (see the calibration)" in text
 
 
 @pytest.mark.parametrize("cs_nominal, cs_refined", [(0.01, 0.5), (2.7, 4.5), (2.7, 1.0)])
@@ -131,7 +137,7 @@ def test_with_an_atomic_model_the_verdict_replaces_the_alternative():
     pixel = PixelVerdict("pixel size", 1.169, 0.0002, 1.2, 2.700, 0.007)
     assert status(g, pixel) == "keep nominal Cs, use calibrated pixel"
     assert "the change is the pixel size, not Cs" in headline(g, pixel)[1]
-    neither = PixelVerdict("neither", 1.2002, 0.0002, 1.2, 2.694, 0.006)
+    neither = PixelVerdict("no change", 1.2002, 0.0002, 1.2, 2.694, 0.006)
     sentence = headline(_group(2.7, 2.692, sigma_mm=0.005), neither)[1]
     assert sentence.startswith("The atomic model confirms the pixel size") and "neither:" not in sentence
     # a model that could not calibrate: the text does not ask for one

@@ -1,0 +1,207 @@
+"""The search for the scale: a coarse scan, then Brent's method, with a rigid-body translation
+refined at every trial pixel size.
+
+Search: a coarse scan of the scale ``p/p_nom`` over +-``scan_range`` (default 5%, 0.25% steps) on
+the half-map average, then Brent's method between :data:`SCAN_BRACKET_STEPS` scan steps either
+side of the best scan point. At each trial pixel size the translation ``t`` is searched globally
+within ``max_shift_A`` by FFT, then polished by Newton steps. Rotation is not refined: a docked
+model is assumed correctly oriented (a wrong orientation is refused by the pipeline). The model's
+blur is fitted at the optimum (maximising the band-limited unwhitened correlation) and the scale
+refined again with the model blurred like the map.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy import optimize
+
+from .model_maps import ModelMaps
+from .records import CalibrationSettings
+from .target import Target
+
+#: The refinement searches this many scan steps either side of the scan's best point.
+SCAN_BRACKET_STEPS = 2
+#: Upper bound of the model B-factor kept for the second pass, Angstrom^2.
+MAX_B_MODEL_A2 = 300.0
+
+
+class Matcher:
+    """Scores of the model maps against a target, with the translation refined.
+
+    models : the model maps on the cropped grid; max_shift_A : radius of the translation
+    search, Angstrom. Pixel sizes are those of the cropped grid (see :class:`ModelMaps`).
+    """
+
+    def __init__(self, models: ModelMaps, max_shift_A: float):
+        self.models = models
+        self.box = models.box
+        self.p_nom = models.p_nom
+        self.max_shift_vox = max_shift_A / models.p_nom
+        c = np.fft.fftfreq(self.box) * self.box
+        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+        self.window_flat = np.flatnonzero(r2 <= self.max_shift_vox**2)  # translations searched
+
+    def best_shift(self, target: Target, mw: np.ndarray) -> tuple[float, np.ndarray, bool]:
+        """(score, translation t in voxels (z, y, x), True if t is on the search limit) of the
+        whitened model transform ``mw`` against ``target``."""
+        # the weights vanish outside the band: products over the band's coefficients only
+        mw_b = mw.ravel()[target.band_flat]
+        y = np.zeros(mw.shape, dtype=np.complex128)
+        y.ravel()[target.band_flat] = (np.conj(mw_b) * target.white_w_b
+                                       * (self.box**3 / target.norm))
+        cc = scipy.fft.irfftn(y, s=(self.box,) * 3)
+        c = np.fft.fftfreq(self.box) * self.box
+        i = self.window_flat[int(np.argmax(cc.ravel()[self.window_flat]))]
+        i = np.unravel_index(int(i), cc.shape)
+        t = np.array([c[j] for j in i], dtype=float)
+        on_edge = bool(np.sqrt((t**2).sum()) > self.max_shift_vox - 1.0)
+        t = _parabola_peak(cc, i, t)
+        z0 = mw_b * target.white_w_fw_b
+        t = _newton_shift(target, z0, t)
+        z = z0 * target.band_phase(t)
+        return float(np.sum(z.real) / target.norm), t, on_edge
+
+    def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
+        """:meth:`best_shift` of the model map at trial pixel ``p`` (Å)."""
+        return self.best_shift(target, self.models.model_ft(p)[1])
+
+    def score_at(self, target: Target, p: float, t: np.ndarray) -> float:
+        """The score at trial pixel ``p`` (Å) and the fixed translation ``t`` (voxels, z/y/x)."""
+        mw = self.models.model_ft(p)[1]
+        z = mw.ravel()[target.band_flat] * target.white_w_fw_b * target.band_phase(t)
+        return float(np.sum(z.real) / target.norm)
+
+    def refine(self, target: Target, lo: float, hi: float, tol_rel: float = 2e-5):
+        """(p, score, t, on_edge) at the best pixel size in [lo, hi] (Å; bounded Brent)."""
+        res = optimize.minimize_scalar(lambda p: -self.score(target, p)[0], bounds=(lo, hi),
+                                       method="bounded",
+                                       options={"xatol": tol_rel * self.p_nom, "maxiter": 60})
+        p = float(res.x)
+        s, t, edge = self.score(target, p)
+        return p, s, t, edge
+
+    def fit_blur(self, target: Target, p: float, t: np.ndarray, res_A: float):
+        """(B-factor of the model, Å^2, that maximises the band-limited unwhitened correlation;
+        that correlation) at pixel ``p`` (Å) and translation ``t`` (voxels), up to ``res_A``."""
+        g = self.models.grid
+        k2 = g.k2 / p**2  # 1/A^2 at the calibrated pixel
+        band = (g.shell >= 1) & (np.sqrt(k2) <= 1.0 / res_A)
+        b_model = self.models.b_model
+        m = (self.models.model_ft(p)[0] * g.phase(t))[band]
+        e = target.ft[band]
+        fw = g.fw[band]
+        kk = k2[band]
+        ee = np.sum(fw * np.abs(e) ** 2)
+
+        def cc(b):
+            mb = m * np.exp(-b * kk / 4.0)
+            return np.sum(fw * (mb * np.conj(e)).real) / np.sqrt(np.sum(fw * np.abs(mb) ** 2) * ee)
+
+        res = optimize.minimize_scalar(lambda b: -cc(b), bounds=(-b_model, 500.0),
+                                       method="bounded")
+        return float(b_model + res.x), float(cc(res.x))
+
+
+def _parabola_peak(cc: np.ndarray, i: tuple, t: np.ndarray) -> np.ndarray:
+    """Sub-voxel peak of the cross-correlation ``cc`` at index ``i``: a 3-point parabola per
+    axis (at most half a voxel), added to the integer shift ``t`` (voxels, z/y/x)."""
+    box = cc.shape[0]
+    t = t.copy()
+    for ax in range(3):
+        ip, im = list(i), list(i)
+        ip[ax] = (i[ax] + 1) % box
+        im[ax] = (i[ax] - 1) % box
+        f0, fp, fm = cc[i], cc[tuple(ip)], cc[tuple(im)]
+        den = fp + fm - 2 * f0
+        if den < 0:
+            t[ax] += float(np.clip(0.5 * (fm - fp) / den, -0.5, 0.5))
+    return t
+
+
+def _newton_shift(target: Target, z0: np.ndarray, t: np.ndarray, steps: int = 3) -> np.ndarray:
+    """Newton steps on the translation (voxels, z/y/x) over the band's coefficients ``z0``
+    (model x target products); stops where the Hessian is not negative definite or a step
+    exceeds a voxel."""
+    kmat = target.band_kmat
+    for _ in range(steps):
+        z = z0 * target.band_phase(t)
+        # d/dt Re(z) = Re(-2 pi i k z) = 2 pi k Im(z); second: -4 pi^2 k_a k_b Re(z)
+        grad = 2 * np.pi * (kmat @ z.imag)
+        hess = -4 * np.pi**2 * ((kmat * z.real) @ kmat.T)
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.linalg.eigvalsh(hess) < 0) or np.abs(step).max() > 1.0:
+            break
+        t = t - step
+        if np.abs(step).max() < 1e-4:
+            break
+    return t
+
+
+def scan_progress(progress, done: int, total: int, elapsed_s: float) -> None:
+    """'pixel-size scan: step k of n, elapsed, left' about every 10% of the scan."""
+    if progress is None or (done % max(total // 10, 1) and done != total):
+        return
+    left = elapsed_s / done * (total - done)
+    progress(f"pixel-size calibration: scan step {done} of {total}, {elapsed_s:.0f} s elapsed, "
+             f"about {left:.0f} s left (then refinement against each half map)")
+
+
+@dataclass
+class ScaleFit:
+    """The search's result on the cropped grid.
+
+    scales, scan : the coarse scan (p / p_nom, dimensionless; scores); best_index : its best
+    point; pixel_A : the refined pixel (Å, of the cropped grid); score : the score there;
+    shift_vox : the translation (voxels, z/y/x); shift_on_edge : t on the search limit.
+    """
+
+    scales: np.ndarray
+    scan: np.ndarray
+    best_index: int
+    pixel_A: float
+    score: float
+    shift_vox: np.ndarray
+    shift_on_edge: bool
+
+
+def coarse_scan(matcher: Matcher, target: Target, settings: CalibrationSettings,
+                progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scales p / p_nom, scores) of the scan over +-scan_range on the cropped grid's maps."""
+    p_nom = matcher.p_nom
+    n_steps = int(round(settings.scan_range / settings.scan_step))
+    scales = 1.0 + settings.scan_step * np.arange(-n_steps, n_steps + 1)
+    scan = np.empty(scales.size)
+    t0 = time.monotonic()
+    matcher.models.coarse = True
+    for i, s in enumerate(scales):
+        scan[i] = matcher.score(target, p_nom * s)[0]
+        scan_progress(progress, i + 1, scales.size, time.monotonic() - t0)
+    matcher.models.coarse = False
+    return scales, scan
+
+
+def fit_scale(matcher: Matcher, target: Target, resolution_A: float,
+              settings: CalibrationSettings, progress=None) -> ScaleFit:
+    """Scan, refine, fit the model's blur, refine again with the model blurred like the map."""
+    p_nom = matcher.p_nom
+    scales, scan = coarse_scan(matcher, target, settings, progress)
+    ib = int(np.argmax(scan))
+    # the scan's maps are not anti-aliased: bracket the refinement by two steps either side
+    lo = p_nom * scales[max(ib - SCAN_BRACKET_STEPS, 0)]
+    hi = p_nom * scales[min(ib + SCAN_BRACKET_STEPS, scales.size - 1)]
+    p_best, s_best, t_best, t_edge = matcher.refine(target, lo, hi)
+    # Second pass with the model blurred like the map: per-shell whitening removes the B-factor's
+    # envelope, but a sharp model map aliases differently from a blurred map (a ~0.03% bias).
+    b_fit, _ = matcher.fit_blur(target, p_best, t_best, resolution_A)
+    matcher.models.set_b_model(float(np.clip(b_fit, 0.0, MAX_B_MODEL_A2)))
+    step = settings.scan_step * p_nom
+    p_best, s_best, t_best, t_edge = matcher.refine(target, max(lo, p_best - step),
+                                                    min(hi, p_best + step))
+    return ScaleFit(scales, scan, ib, p_best, s_best, t_best, t_edge)
