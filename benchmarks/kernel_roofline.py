@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     from csrefine.fourier import make_band
     from csrefine.geometry import euler_zyz_to_matrix
     from csrefine.options import RefineOptions
-    from csrefine.pipeline import prepare_references
+    from csrefine.references import prepare_references
     from csrefine.relion.run import load_inputs
 
     d = Path(args.data)

@@ -3,7 +3,7 @@
 The jackknife over particle cells sees every error that differs between cells: image noise, and the
 half maps' noise as particles meet it one by one (image noise times map noise, different for every
 particle). What it cannot see is the part of the map noise that moves all particles' Cs alike.
-This script measures that shared part by linear propagation (:mod:`csrefine.reference_noise`) on a
+This script measures that shared part by linear propagation (``noise_propagation.py`` here) on a
 real data set and prints it next to the jackknife sigma, per optics group.
 
   python benchmarks/reference_noise.py --particles P.star --half-maps H1 H2 --mask M [--j 2]
@@ -13,29 +13,23 @@ real data set and prints it next to the jackknife sigma, per optics group.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from csrefine import reference_noise
-from csrefine.fit import parameter_scales
-from csrefine.forward import pixel_terms
-from csrefine.fourier import band_limited_box, band_limited_map, make_band
-from csrefine.options import RefineOptions
-from csrefine.pipeline import (
-    BINS_PER_SHELL,
-    accumulate_group,
-    assign_cells,
-    fit_group,
-    group_references,
-    load_backend,
-    prepare_references,
-    reference_for,
-    reference_margin,
-    summarise_group,
-)
-from csrefine.relion.run import load_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import noise_propagation as reference_noise  # noqa: E402
+
+from csrefine.fit import parameter_scales  # noqa: E402
+from csrefine.forward import pixel_terms  # noqa: E402
+from csrefine.fourier import band_limited_box, band_limited_map, make_band  # noqa: E402
+from csrefine.group_fit import BINS_PER_SHELL, fit_group, summarise_group  # noqa: E402
+from csrefine.options import RefineOptions  # noqa: E402
+from csrefine.pipeline import accumulate_group, assign_cells, load_backend, reference_for  # noqa: E402
+from csrefine.references import group_references, prepare_references, reference_margin  # noqa: E402
+from csrefine.relion.run import load_inputs  # noqa: E402
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ from .forward import pixel_terms
 from .fourier import Band, make_band
 from .model import OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
-from .pipeline import accumulate_group, group_references, load_backend, prepare_references
+from .pipeline import accumulate_group, load_backend
 from .projection import PaddedReference
+from .references import group_references, prepare_references
 
 #: Particles of a group used to score candidates (evenly spaced through the group).
 SCORING_PARTICLES = 2000

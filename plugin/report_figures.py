@@ -11,9 +11,9 @@ from matplotlib import colormaps
 from . import __version__
 from .fsc import FSC_THRESHOLD
 from .phase_map import wrap_deg
-from .pipeline import GroupResult, Refinement
 from .report_layout import Flow, new_page, resolution_axis, wrapped_lines
 from .report_text import headline, interpretation, label, resolution_text, table_rows
+from .results import GroupResult, Refinement
 
 #: Colours of the 2D phase maps: red positive, blue negative, white where masked.
 PHASE_COLOURS = colormaps["RdBu_r"].with_extremes(bad="white")

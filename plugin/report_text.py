@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import group_label, nyquist_A
-from .pipeline import GroupResult, Refinement
+from .results import GroupResult, Refinement
 
 #: A change of Cs is called significant when it exceeds this many standard errors.
 SIGNIFICANT_Z = 3.0

@@ -8,8 +8,8 @@ import scipy.fft
 from csrefine.atomic_map import density_map
 from csrefine.fourier import band_limited_box, band_limited_map, crop_rfftn, fourier_crop
 from csrefine.options import RefineOptions
-from csrefine.pipeline import band_limited_reference
 from csrefine.projection import make_padded_reference, sample_trilinear
+from csrefine.references import band_limited_reference
 
 
 @pytest.mark.parametrize("n,n_out,slab", [(48, 48, 32), (48, 20, 7), (50, 30, 100)])

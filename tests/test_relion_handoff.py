@@ -31,14 +31,15 @@ pytestmark = pytest.mark.relion
 
 def _ctf_refine_changes(star):
     """What csrefine writes for relion_ctf_refine's output when groups 1 and 3 are refined:
-    Z4^0 folded into the Cs, beam tilt rescaled (csrefine.relion.run.refined_values)."""
-    from csrefine.pipeline import Refinement, _not_refined, zernike_cs_mm
-    from csrefine.relion.run import refined_values
+    Z4^0 folded into the Cs, beam tilt rescaled (csrefine.relion.updated_star.refined_values)."""
+    from csrefine.group_fit import not_refined_result, zernike_cs_mm
+    from csrefine.relion.updated_star import refined_values
+    from csrefine.results import Refinement
 
     results = []
     for gid, (change_mm, offset_A) in {1: (0.021, -35.0), 3: (-0.013, 12.5)}.items():
         g = star.groups[gid]
-        result = _not_refined(g, 100, "", [20.0, 3.5])
+        result = not_refined_result(g, 100, "", [20.0, 3.5])
         result.refined, result.defocus_offset_A = True, offset_A
         result.cs_refined_mm = g.cs_mm + zernike_cs_mm(g) + change_mm
         results.append(result)

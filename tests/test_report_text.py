@@ -76,7 +76,7 @@ def test_the_part_held_by_z40_is_named():
 # ------------------------------------------------------------------------------------------
 # Page 1: one headline and one status per group, in plain words and never contradicting the text
 
-def _not_refined(reason="too few particles (40 < 100)", name="g"):
+def not_refined_result(reason="too few particles (40 < 100)", name="g"):
     return replace(_group(2.7, 2.7), refined=False, reason=reason, cs_sigma_mm=None,
                    cs_change_z=None, name=name)
 
@@ -98,10 +98,10 @@ def test_headline_of_a_change_within_the_errors_says_consistent_with_the_nominal
 
 
 def test_headline_of_a_group_not_refined_gives_the_short_reason():
-    assert headline(_not_refined()) == ["Optics group 1: not refined (too few particles); Cs "
+    assert headline(not_refined_result()) == ["Optics group 1: not refined (too few particles); Cs "
                                         "stays at the nominal 2.700 mm."]
-    assert status(_not_refined()) == "not refined: too few particles"
-    other_split = _not_refined("the half maps a.mrc and b.mrc do not match the particles' half "
+    assert status(not_refined_result()) == "not refined: too few particles"
+    other_split = not_refined_result("the half maps a.mrc and b.mrc do not match the particles' half "
                                "sets (rlnRandomSubset / alignments3D/split): they contain ...")
     assert status(other_split) == "not refined: half maps of another split"
 

@@ -152,7 +152,7 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     refined change (Cs change and defocus offset), to 1e-6 rad over the band."""
     from csrefine.forward import particle_gamma, pixel_terms
     from csrefine.fourier import make_band
-    from csrefine.pipeline import _not_refined, zernike_cs_mm
+    from csrefine.group_fit import not_refined_result, zernike_cs_mm
     from csrefine.relion.star_io import format_vector
     from csrefine.relion.updated_star import refined_values
     from csrefine.results import Refinement
@@ -165,7 +165,7 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     cs_zernike = zernike_cs_mm(g_in)
     assert cs_zernike == pytest.approx(0.35 * 6 / (0.5 * np.pi * 1e7 * 0.0196875**3), rel=1e-3)
     change_mm, offset_A = 0.012, -35.0  # what the fit asked for, relative to the input optics
-    result = _not_refined(g_in, 100, "", [20.0, 3.0])
+    result = not_refined_result(g_in, 100, "", [20.0, 3.0])
     result.refined, result.defocus_offset_A = True, offset_A
     result.cs_refined_mm = g_in.cs_mm + cs_zernike + change_mm
     write_updated_star(star, tmp_path / "out.star",

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from csrefine.errors import InputError
+from csrefine.group_fit import failed_fit
 from csrefine.images import write_stack
 from csrefine.options import RefineOptions
-from csrefine.pipeline import failed_fit
 from csrefine.relion.run import run
 
 OPTIONS = RefineOptions(min_particles=50, resolution_high_A=3.4, threads=2)

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import PhaseModel, RadialStatistics, radial_bins, shell_terms
-from .forward import PixelTerms, particle_envelope, particle_gamma
-from .geometry import euler_zyz_to_matrix
-from .model import Particles
-from .projection import (
+from csrefine.fit import PhaseModel, RadialStatistics, radial_bins, shell_terms
+from csrefine.forward import PixelTerms, particle_envelope, particle_gamma
+from csrefine.geometry import euler_zyz_to_matrix
+from csrefine.model import Particles
+from csrefine.projection import (
     PaddedReference,
     central_slice_coordinates,
     make_padded_reference,
