@@ -1,4 +1,4 @@
-"""Benchmark: tell a pixel-size error from a Cs error with an atomic model (issue 5, "Shown by").
+"""Benchmark: tell a pixel-size error from a Cs error with an atomic model.
 
 Two data sets of the 1BD2 model (~95 kDa) are simulated with RELION 3.1's relion_project and
 reconstructed with relion_reconstruct; the Cs is refined with csrefine's core
@@ -39,7 +39,7 @@ half map biases Cs towards the nominal value on data this small.
 
 --cli: the whole ``csrefine refine --model`` run as a user starts it (a subprocess: its wall
 time, its peak RSS from wait4, the load average before and after, the calibrated pixel size and
-the run's timings_s from csrefine.json). The large-box figures of the README (issue 15):
+the run's timings_s from csrefine.json). The large-box figures of docs/validation.md:
 
   python benchmarks/bench_calibration.py --cli --case pixel --box 360 --px 0.85 --n 3000
   python benchmarks/bench_calibration.py --cli --case pixel --box 256 --px 0.9 --n 3000

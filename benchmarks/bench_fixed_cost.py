@@ -1,5 +1,5 @@
-"""The fixed cost: csrefine refine on the first 1,000 particles of a bench_suite data set (issue 13's
-target: <= 1.5 s wall on the 2-core development machine), alternating with relion_ctf_refine
+"""The fixed cost: csrefine refine on the first 1,000 particles of a bench_suite data set,
+alternating with relion_ctf_refine
 --fit_aberr on the same particles for scale.
 
 Each run is the whole command line as a subprocess (start-up, imports, reading, the refinement,

@@ -1,4 +1,4 @@
-"""Issue 16's acceptance over independent data sets: the Cs 0.7 mm off, two rounds (figures).
+"""Rounds over independent data sets: the Cs 0.7 mm off, two rounds (figures).
 
 For each seed, RELION's own tools make a data set (relion_project images with the true Cs 2.7 mm,
 the configuration of tests/test_rounds.py: 4,000 particles, box 128, 1.1 Å, white noise 4). The

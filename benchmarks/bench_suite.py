@@ -1,4 +1,4 @@
-"""csrefine against relion_ctf_refine --fit_aberr on several data sets (issue 13's benchmark).
+"""csrefine against relion_ctf_refine --fit_aberr on several data sets.
 
 Each data set is simulated as in bench_ctf_refine.py (relion_project from the 1BD2 model or a
 part of it, true Cs 3.0 mm, nominal 2.7 mm, half maps by relion_reconstruct; cached under

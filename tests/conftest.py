@@ -1,5 +1,5 @@
 """Shared fixtures: the atomic model, RELION availability (loud skips), GPU availability, small
-example projects (built once per session, copied per test).
+example projects (built once per test run, copied per test).
 
 Markers (pyproject.toml): ``relion`` (needs Debian's RELION binaries), ``gpu`` (needs CuPy and a
 CUDA GPU; skipped with the reason elsewhere), ``slow`` (end-to-end runs). The quick development

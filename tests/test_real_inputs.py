@@ -1,4 +1,4 @@
-"""The inputs real users bring (issue 9), on data made with RELION itself: half maps given the
+"""The inputs real users bring, on data made with RELION itself: half maps given the
 other way round or from another split, particles after relion_ctf_refine's 4th-order fit, stack
 headers that disagree with the optics table, data whose Cs is right."""
 

@@ -1,4 +1,4 @@
-"""Refinement rounds (issue 16): the core loop's rules (no RELION needed), the clear refusal
+"""Refinement rounds: the core loop's rules (no RELION needed), the clear refusal
 without relion_reconstruct, and RELION for real: a Cs 0.7 mm off converges and the half-map FSC
 improves; a right Cs stays where it is."""
 

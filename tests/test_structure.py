@@ -105,3 +105,28 @@ def test_an_abort_while_the_outputs_are_written_leaves_nothing(tmp_path):
     out.close(exc.value)
     assert written and not written[0].exists()
     assert not (tmp_path / "out").exists()  # created by this run, left empty: removed
+
+
+
+def _layout_by_folder() -> dict[str, str]:
+    """The README's Layout section, split at its ``### `folder/` `` headings."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Layout\n")
+    section = text[start:text.index("\n## ", start + 1)]
+    parts = section.split("\n### `")[1:]
+    return {part.split("/`", 1)[0]: part for part in parts}
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    """The README's Layout section lists every module of the three folders under its folder's
+    heading, by its path relative to the folder, and every module it lists exists."""
+    import re
+
+    layout = _layout_by_folder()
+    assert sorted(layout) == ["cryosparc_job", "plugin", "relion_external"]
+    for folder, text in layout.items():
+        modules = sorted(str(p.relative_to(ROOT / folder)) for p in (ROOT / folder).rglob("*.py")
+                         if p.name != "__init__.py")
+        listed = set(re.findall(r"`([\w/]+\.py)`", text))
+        assert [m for m in modules if m not in listed] == [], folder
+        assert sorted(m for m in listed if not (ROOT / folder / m).is_file()) == [], folder
