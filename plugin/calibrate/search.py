@@ -1,13 +1,9 @@
-"""The search for the scale: a coarse scan, then Brent's method, with a rigid-body translation
-refined at every trial pixel size.
+"""The search for the scale: a coarse scan of ``p/p_nom`` on the half-map average, then Brent's
+method around its best point, the model's blur fitted and the scale refined again.
 
-Search: a coarse scan of the scale ``p/p_nom`` over +-``scan_range`` (default 5%, 0.25% steps) on
-the half-map average, then Brent's method between :data:`SCAN_BRACKET_STEPS` scan steps either
-side of the best scan point. At each trial pixel size the translation ``t`` is searched globally
-within ``max_shift_A`` by FFT, then polished by Newton steps. Rotation is not refined: a docked
-model is assumed correctly oriented (a wrong orientation is refused by the pipeline). The model's
-blur is fitted at the optimum (maximising the band-limited unwhitened correlation) and the scale
-refined again with the model blurred like the map.
+At each trial pixel size the translation ``t`` is searched globally within ``max_shift_A`` by
+FFT, then polished by Newton steps. Rotation is not refined: a docked model is assumed correctly
+oriented (a wrong orientation is refused by the pipeline).
 """
 
 from __future__ import annotations
@@ -64,10 +60,8 @@ class Matcher:
         t = np.array([c[j] for j in i], dtype=float)
         on_edge = bool(np.sqrt((t**2).sum()) > self.max_shift_vox - 1.0)
         t = _parabola_peak(cc, i, t)
-        z0 = mw_b * target.white_w_fw_b
-        t = _newton_shift(target, z0, t)
-        z = z0 * target.band_phase(t)
-        return float(np.sum(z.real) / target.norm), t, on_edge
+        t = _newton_shift(target, mw_b * target.white_w_fw_b, t)
+        return _score(target, mw_b, t), t, on_edge
 
     def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
         """:meth:`best_shift` of the model map at trial pixel ``p`` (Å)."""
@@ -75,9 +69,7 @@ class Matcher:
 
     def score_at(self, target: Target, p: float, t: np.ndarray) -> float:
         """The score at trial pixel ``p`` (Å) and the fixed translation ``t`` (voxels, z/y/x)."""
-        mw = self.models.model_ft(p)[1]
-        z = mw.ravel()[target.band_flat] * target.white_w_fw_b * target.band_phase(t)
-        return float(np.sum(z.real) / target.norm)
+        return _score(target, self.models.model_ft(p)[1].ravel()[target.band_flat], t)
 
     def refine(self, target: Target, lo: float, hi: float):
         """(p, score, t, on_edge) at the best pixel size in [lo, hi] (Å; bounded Brent)."""
@@ -107,6 +99,12 @@ class Matcher:
         res = optimize.minimize_scalar(lambda b: -cc(b), bounds=(-b_model, 500.0),
                                        method="bounded")
         return float(b_model + res.x), float(cc(res.x))
+
+
+def _score(target: Target, mw_b: np.ndarray, t: np.ndarray) -> float:
+    """The score of the whitened model's band coefficients ``mw_b`` translated by ``t``."""
+    z = mw_b * target.white_w_fw_b * target.band_phase(t)
+    return float(np.sum(z.real) / target.norm)
 
 
 def _parabola_peak(cc: np.ndarray, i: tuple, t: np.ndarray) -> np.ndarray:
