@@ -47,7 +47,7 @@ def _checked_inputs(half1, half2, pixel_size_A, mask, structure, origin_A) -> tu
 def _matcher(structure, maps: MatchMaps, pixel_size_A: float, origin_A,
              settings: CalibrationSettings) -> Matcher:
     """The model maps and the search on the cropped grid (voxel ``pixel_size_A`` * q, Å)."""
-    plan = maps.band.plan
+    plan = maps.plan
     q = plan.coarse_voxel
     centre = (centroid_A(structure) - np.asarray(origin_A, float))[::-1] / pixel_size_A
     centre = (centre - np.asarray(plan.start_zyx, float)) / q
@@ -87,9 +87,9 @@ def _result(box: int, p_nom: float, matcher: Matcher, maps: MatchMaps, fit: Scal
             unc: Uncertainty, settings: CalibrationSettings) -> PixelCalibration:
     """The record, every length back at the map's pixel (the cropped grid's voxel is q map
     voxels); box : the maps' side, voxels."""
-    plan = maps.band.plan
+    plan = maps.plan
     q = plan.coarse_voxel
-    b_fit, cc_rs = matcher.fit_blur(maps.average, fit.pixel_A, fit.shift_vox, maps.band.resolution_A)
+    b_fit, cc_rs = matcher.fit_blur(maps.average, fit.pixel_A, fit.shift_vox, maps.resolution_A)
     shift_A = [float(v) for v in (fit.shift_vox[::-1] * fit.pixel_A)]
     p_best = fit.pixel_A / q
     return PixelCalibration(
@@ -99,14 +99,12 @@ def _result(box: int, p_nom: float, matcher: Matcher, maps: MatchMaps, fit: Scal
         correlation=float(fit.score), correlation_expected=maps.expected,
         relative_correlation=float(rel), real_space_correlation=cc_rs,
         b_factor_A2=b_fit, shift_A=shift_A, coverage=maps.coverage,
-        resolution_A=maps.band.resolution_A, band_A=[float(settings.low_res_A),
-                                                     maps.band.resolution_A],
+        resolution_A=maps.resolution_A, band_A=[float(settings.low_res_A), maps.resolution_A],
         scan_pixel_size_A=[float(v) for v in p_nom * fit.scales],
         scan_score=[float(v) for v in fit.scan],
         sigma_systematic_A=float(settings.systematic_rel * p_best),
-        grid={"box": box, "cube_box": plan.cube_box,
-              "fourier_box": plan.fourier_box, "model_box": matcher.models.model_box,
-              "cube_start_zyx": list(plan.start_zyx)},
+        grid={"box": box, "cube_box": plan.cube_box, "fourier_box": plan.fourier_box,
+              "model_box": matcher.models.model_box, "cube_start_zyx": list(plan.start_zyx)},
         sigma_half1_A=float(unc.half_sigmas[0]), sigma_half2_A=float(unc.half_sigmas[1]))
 
 
@@ -148,8 +146,8 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
                               settings.crop)
     maps = match_maps(half1, half2, mask, fsc, start, side, atoms, p_nom, settings)
     matcher = _matcher(structure, maps, p_nom, origin_A, settings)
-    fit = fit_scale(matcher, maps.average, maps.band.resolution_A, settings, progress)
+    fit = fit_scale(matcher, maps.average, maps.resolution_A, settings, progress)
     rel, sig_curv = _check_ruler(matcher, maps, fit, settings)
     unc = uncertainty(matcher, maps.halves, fit.pixel_A, sig_curv, settings.scan_step,
-                      settings.systematic_rel, maps.band.plan.coarse_voxel)
+                      settings.systematic_rel, maps.plan.coarse_voxel)
     return _result(box, p_nom, matcher, maps, fit, rel, unc, settings)

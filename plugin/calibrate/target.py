@@ -118,20 +118,6 @@ class Target:
         return pz[iz] * py[iy] * px[ix]
 
 
-@dataclass(frozen=True)
-class Band:
-    """The frequencies the match uses.
-
-    resolution_A : the FSC-threshold resolution, Angstrom; plan : the cube and its Fourier crop;
-    weight_average, weight_half : W(s) per shell of the cropped grid (zero outside the band).
-    """
-
-    resolution_A: float
-    plan: CropPlan
-    weight_average: np.ndarray
-    weight_half: np.ndarray
-
-
 def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold: float):
     """(resolution_A, the half-map FSC on the cube's shells): measured with the mask on the
     cube, or the given per-shell FSC of the whole box interpolated to the cube's shells."""
@@ -146,10 +132,12 @@ def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold
     return resolution, np.interp(np.arange(side // 2 + 1) * box / side, np.arange(fsc.size), fsc)
 
 
-def band_of(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
-            settings: CalibrationSettings) -> Band:
-    """The band between ``settings.low_res_A`` and the FSC threshold, its weights, and the crop
-    plan that holds it. Raises InputError when it spans fewer than three shells."""
+def _band(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
+          settings: CalibrationSettings) -> tuple[float, CropPlan, np.ndarray, np.ndarray]:
+    """The band between ``settings.low_res_A`` and the FSC threshold: (the FSC-threshold
+    resolution in Å, the crop plan that holds the band, W(s) for the average and for a half map
+    per shell of the cropped grid, zero outside the band). Raises InputError when it spans
+    fewer than three shells."""
     resolution, fsc_cube = _fsc_on_cube(cubes, fsc, box, side, pixel_size_A,
                                         settings.fsc_threshold)
     s_max = side * pixel_size_A / resolution
@@ -164,8 +152,8 @@ def band_of(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
                          f"shells between {settings.low_res_A:.0f} Å and the "
                          f"FSC={settings.fsc_threshold} limit to calibrate the pixel size")
     f = np.clip(fsc_cube[: nf // 2 + 1], 0.0, 0.999)
-    return Band(float(resolution), plan, np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0),
-                np.where(inband, np.sqrt(f), 0.0))
+    return (float(resolution), plan, np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0),
+            np.where(inband, np.sqrt(f), 0.0))
 
 
 def coverage(grid: FourierGrid, avg_ft: np.ndarray, diff_ft: np.ndarray, mask: np.ndarray,
@@ -202,13 +190,14 @@ def coverage(grid: FourierGrid, avg_ft: np.ndarray, diff_ft: np.ndarray, mask: n
 class MatchMaps:
     """The experimental maps as the search uses them (on the cropped grid).
 
-    band : frequencies, weights and crop plan; grid : the cropped grid's bookkeeping;
-    average, halves : the targets of the half-map average and of each half map; expected : the
-    score a perfect docked model would give against the average; coverage : fraction of the
-    significant masked density the model covers.
+    resolution_A : the FSC-threshold resolution, Angstrom; plan : the cube and its Fourier crop;
+    grid : the cropped grid's bookkeeping; average, halves : the targets of the half-map average
+    and of each half map; expected : the score a perfect docked model would give against the
+    average; coverage : fraction of the significant masked density the model covers.
     """
 
-    band: Band
+    resolution_A: float
+    plan: CropPlan
     grid: FourierGrid
     average: Target
     halves: tuple[Target, Target]
@@ -228,8 +217,8 @@ def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.
     box = half1.shape[0]
     cube = tuple(slice(s, s + side) for s in start_zyx)
     cubes = [a[cube].astype(np.float32) for a in (half1, half2, mask)]
-    band = band_of(cubes, fsc, box, start_zyx, side, pixel_size_A, settings)
-    plan = band.plan
+    resolution, plan, w_average, w_half = _band(cubes, fsc, box, start_zyx, side, pixel_size_A,
+                                                settings)
     nf, q = plan.fourier_box, plan.coarse_voxel
     mask_cube = cubes[2]
     fts = [fourier_crop(c * mask_cube, nf).astype(np.complex128) for c in cubes[:2]]
@@ -249,9 +238,9 @@ def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.
                          f"be calibrated against it")
     # noise power per shell of the average map (D = (h1 - h2)/2 has the same noise power)
     noise_avg = grid.shell_mean(np.abs(diff_ft) ** 2)[:-1]
-    average = Target(grid, avg_ft, band.weight_average, noise_avg, mask_ms)
-    halves = tuple(Target(grid, ft, band.weight_half, 2.0 * noise_avg, mask_ms) for ft in fts)
+    average = Target(grid, avg_ft, w_average, noise_avg, mask_ms)
+    halves = tuple(Target(grid, ft, w_half, 2.0 * noise_avg, mask_ms) for ft in fts)
     del fts, avg_ft, diff_ft
-    w = band.weight_average
+    w = w_average
     expected = float(np.sum(grid.count[:-1] * w * w) / np.sum(grid.count[:-1] * w))
-    return MatchMaps(band, grid, average, halves, expected, covered)
+    return MatchMaps(resolution, plan, grid, average, halves, expected, covered)

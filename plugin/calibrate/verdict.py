@@ -54,11 +54,11 @@ FLOOR_MM = 0.01
 HALVES_AGREE_SIGMA = 2.0
 
 
-def _decimals(sigma: float, minimum: int = 4, maximum: int = 6) -> int:
+def _decimals(sigma: float) -> int:
     """Decimals that show ``sigma`` with at least one significant digit (4 to 6)."""
     if not np.isfinite(sigma) or sigma <= 0:
-        return minimum
-    return int(np.clip(-np.floor(np.log10(sigma)), minimum, maximum))
+        return 4
+    return int(np.clip(-np.floor(np.log10(sigma)), 4, 6))
 
 
 @dataclass(frozen=True)
