@@ -31,29 +31,21 @@ MODEL_ALIAS_FRACTION = 1e-3
 CACHE_SIZE = 6
 
 
-def _alias_blur_A2(k_nyquist_per_A: float, oversampling: float) -> float:
-    """Total B-factor (Å^2) at which power folding into the cropped grid (Nyquist
-    ``k_nyquist_per_A``, 1/Å) from a grid ``oversampling`` times finer is
-    :data:`MODEL_ALIAS_FRACTION` of the amplitude at the cropped Nyquist: it folds in only from
-    2*os - 1 times that Nyquist."""
-    fold = (2 * oversampling - 1) ** 2 - 1
-    return float(-4.0 * np.log(MODEL_ALIAS_FRACTION) / (fold * k_nyquist_per_A**2))
-
-
-def antialias_blur_A2(k_nyquist_per_A: float, b_model_A2: float,
-                      oversampling: float = MODEL_OVERSAMPLING) -> float:
+def antialias_blur_A2(k_nyquist_per_A: float, b_model_A2: float, oversampling: float) -> float:
     """Extra B-factor (Å^2) for model maps on a grid ``oversampling`` times finer than the
     cropped one (Nyquist ``k_nyquist_per_A``, 1/Å), divided out after the transform.
 
-    The total blur keeps aliased power below :data:`MODEL_ALIAS_FRACTION` (see
-    :func:`_alias_blur_A2`), but never exceeds the blur at :data:`MODEL_OVERSAMPLING`: dividing
-    it out multiplies the map by at most MODEL_ALIAS_FRACTION^(-1/3) (10) at the cropped Nyquist.
-    Where the cube leaves the model grid less finer than that (a cropped grid nearly as fine as
-    the cube), more aliased power is accepted instead: dividing out the blur a 1.07x grid would
-    need (x1e9 at the band's edge) leaves only gemmi's truncation and float32 rounding there.
+    Power folds into the cropped grid only from 2*os - 1 times its Nyquist; the total blur keeps
+    it below :data:`MODEL_ALIAS_FRACTION` of the amplitude at the cropped Nyquist, but never
+    exceeds the blur at :data:`MODEL_OVERSAMPLING`: dividing it out multiplies the map by at most
+    MODEL_ALIAS_FRACTION^(-1/3) (10) at the cropped Nyquist. Where the cube leaves the model grid
+    less finer than that (a cropped grid nearly as fine as the cube), more aliased power is
+    accepted instead: dividing out the blur a 1.07x grid would need (x1e9 at the band's edge)
+    leaves only gemmi's truncation and float32 rounding there.
     """
-    b_total = min(_alias_blur_A2(k_nyquist_per_A, oversampling),
-                  _alias_blur_A2(k_nyquist_per_A, MODEL_OVERSAMPLING))
+    folds = [(2 * os - 1) ** 2 - 1 for os in (oversampling, MODEL_OVERSAMPLING)]
+    b_total = min(float(-4.0 * np.log(MODEL_ALIAS_FRACTION) / (fold * k_nyquist_per_A**2))
+                  for fold in folds)
     return float(max(b_total - b_model_A2, 0.0))
 
 
@@ -92,9 +84,7 @@ class ModelMaps:
         self.p_nom = p_nom
         self.grid = grid
         self.centre_A = centroid_A(structure)
-        self.d_zyx = np.asarray(centre_vox_zyx, float) - self.box // 2
-        self.d_phase = grid.phase(self.d_zyx)
-        self.b_model = b_model_A2
+        self.d_phase = grid.phase(np.asarray(centre_vox_zyx, float) - self.box // 2)
         # never finer than the map's own sampling (the cube): there the map has all it holds
         self.model_box = max(self.box, even_fast(self.box * oversampling, plan.cube_box))
         self.k_nyquist_per_A = 0.5 / p_nom

@@ -25,31 +25,29 @@ from .target import MatchMaps, match_maps
 from .uncertainty import Uncertainty, curvature_sigma, uncertainty
 
 
-def _checked_maps(half1, half2, pixel_size_A) -> tuple[np.ndarray, np.ndarray, float]:
-    """(half1, half2, pixel size in Å) after the checks: cubic, equal shapes, positive pixel."""
+def _checked_inputs(half1, half2, pixel_size_A, mask, structure, origin_A) -> tuple:
+    """(half1, half2, pixel size in Å, the atoms in map voxels, mask) after the checks: cubic
+    maps of equal shape, a positive pixel, the model docked in the box, the mask of the maps'
+    shape (default: :func:`model_mask` around the model)."""
     half1, half2 = np.asarray(half1), np.asarray(half2)
     if half1.ndim != 3 or len(set(half1.shape)) != 1 or half1.shape != half2.shape:
         raise InputError(f"half maps must be cubic and of equal shape, got {half1.shape} and "
                          f"{half2.shape}")
     if not pixel_size_A or pixel_size_A <= 0:
         raise InputError(f"pixel size must be positive, got {pixel_size_A}")
-    return half1, half2, float(pixel_size_A)
-
-
-def _checked_mask(mask, structure, shape: tuple, pixel_size_A: float, origin_A) -> np.ndarray:
-    """The given mask (same shape as the maps), or :func:`model_mask` around the model."""
+    atoms = docked_voxels(structure, half1.shape[0], float(pixel_size_A), origin_A)
     if mask is None:
-        mask = model_mask(structure, shape[0], pixel_size_A, origin_A=origin_A)
+        mask = model_mask(structure, half1.shape[0], float(pixel_size_A), origin_A=origin_A)
     mask = np.asarray(mask)
-    if mask.shape != shape:
-        raise InputError(f"mask shape {mask.shape} differs from the half maps' {shape}")
-    return mask
+    if mask.shape != half1.shape:
+        raise InputError(f"mask shape {mask.shape} differs from the half maps' {half1.shape}")
+    return half1, half2, float(pixel_size_A), atoms, mask
 
 
 def _matcher(structure, maps: MatchMaps, pixel_size_A: float, origin_A,
              settings: CalibrationSettings) -> Matcher:
     """The model maps and the search on the cropped grid (voxel ``pixel_size_A`` * q, Å)."""
-    plan = maps.band.plan
+    plan = maps.plan
     q = plan.coarse_voxel
     centre = (centroid_A(structure) - np.asarray(origin_A, float))[::-1] / pixel_size_A
     centre = (centre - np.asarray(plan.start_zyx, float)) / q
@@ -65,10 +63,11 @@ def _refuse(why: str):
 
 
 def _check_ruler(matcher: Matcher, maps: MatchMaps, fit: ScaleFit,
-                 settings: CalibrationSettings) -> float:
-    """Refuse a model that is not docked or has no clear optimum; returns the curvature sigma
-    (Å, of the cropped grid)."""
-    rel = _relative(fit, maps)
+                 settings: CalibrationSettings) -> tuple[float, float]:
+    """Refuse a model that is not docked or has no clear optimum; returns (the score as a
+    fraction of what a perfect docked model would give, the curvature sigma in Å of the cropped
+    grid)."""
+    rel = fit.score / maps.expected if maps.expected > 0 else 0.0
     if rel < settings.min_relative_correlation:
         _refuse(f"weighted model-map correlation {fit.score:.3f} is {100 * rel:.0f}% of the "
                 f"{maps.expected:.3f} a docked model would give; minimum "
@@ -81,39 +80,31 @@ def _check_ruler(matcher: Matcher, maps: MatchMaps, fit: ScaleFit,
     sig_curv = curvature_sigma(matcher, maps.average, fit.pixel_A, fit.shift_vox)
     if not np.isfinite(sig_curv) or sig_curv > settings.max_sigma_rel * matcher.p_nom:
         _refuse("the match score has no clear optimum in pixel size")
-    return sig_curv
+    return rel, sig_curv
 
 
-def _relative(fit: ScaleFit, maps: MatchMaps) -> float:
-    """The score as a fraction of what a perfect docked model would give."""
-    return fit.score / maps.expected if maps.expected > 0 else 0.0
-
-
-def _result(box: int, p_nom: float, matcher: Matcher, maps: MatchMaps, fit: ScaleFit,
+def _result(box: int, p_nom: float, matcher: Matcher, maps: MatchMaps, fit: ScaleFit, rel: float,
             unc: Uncertainty, settings: CalibrationSettings) -> PixelCalibration:
     """The record, every length back at the map's pixel (the cropped grid's voxel is q map
     voxels); box : the maps' side, voxels."""
-    plan = maps.band.plan
+    plan = maps.plan
     q = plan.coarse_voxel
-    b_fit, cc_rs = matcher.fit_blur(maps.average, fit.pixel_A, fit.shift_vox, maps.band.resolution_A)
+    b_fit, cc_rs = matcher.fit_blur(maps.average, fit.pixel_A, fit.shift_vox, maps.resolution_A)
     shift_A = [float(v) for v in (fit.shift_vox[::-1] * fit.pixel_A)]
     p_best = fit.pixel_A / q
-    unc = unc.scaled(q)
     return PixelCalibration(
         pixel_size_nominal_A=p_nom, pixel_size_calibrated_A=p_best, pixel_size_sigma_A=unc.sigma,
         sigma_curvature_A=float(unc.curvature), sigma_halves_A=float(unc.halves),
         pixel_size_half1_A=float(unc.half_pixels[0]), pixel_size_half2_A=float(unc.half_pixels[1]),
         correlation=float(fit.score), correlation_expected=maps.expected,
-        relative_correlation=float(_relative(fit, maps)), real_space_correlation=cc_rs,
+        relative_correlation=float(rel), real_space_correlation=cc_rs,
         b_factor_A2=b_fit, shift_A=shift_A, coverage=maps.coverage,
-        resolution_A=maps.band.resolution_A, band_A=[float(settings.low_res_A),
-                                                     maps.band.resolution_A],
+        resolution_A=maps.resolution_A, band_A=[float(settings.low_res_A), maps.resolution_A],
         scan_pixel_size_A=[float(v) for v in p_nom * fit.scales],
         scan_score=[float(v) for v in fit.scan],
         sigma_systematic_A=float(settings.systematic_rel * p_best),
-        grid={"box": box, "cube_box": plan.cube_box,
-              "fourier_box": plan.fourier_box, "model_box": matcher.models.model_box,
-              "cube_start_zyx": list(plan.start_zyx)},
+        grid={"box": box, "cube_box": plan.cube_box, "fourier_box": plan.fourier_box,
+              "model_box": matcher.models.model_box, "cube_start_zyx": list(plan.start_zyx)},
         sigma_half1_A=float(unc.half_sigmas[0]), sigma_half2_A=float(unc.half_sigmas[1]))
 
 
@@ -148,16 +139,15 @@ def calibrate_pixel_size(half1: np.ndarray, half2: np.ndarray, pixel_size_A: flo
         Raises InputError when the model cannot serve as a ruler (see the module docstring).
     """
     settings = settings or CalibrationSettings()
-    half1, half2, p_nom = _checked_maps(half1, half2, pixel_size_A)
+    half1, half2, p_nom, atoms, mask = _checked_inputs(half1, half2, pixel_size_A, mask, structure,
+                                                       origin_A)
     box = half1.shape[0]
-    atoms = docked_voxels(structure, box, p_nom, origin_A)
-    mask = _checked_mask(mask, structure, half1.shape, p_nom, origin_A)
     start, side = region_cube(mask, atoms, p_nom, settings.max_shift_A, settings.scan_range,
                               settings.crop)
     maps = match_maps(half1, half2, mask, fsc, start, side, atoms, p_nom, settings)
     matcher = _matcher(structure, maps, p_nom, origin_A, settings)
-    fit = fit_scale(matcher, maps.average, maps.band.resolution_A, settings, progress)
-    sig_curv = _check_ruler(matcher, maps, fit, settings)
+    fit = fit_scale(matcher, maps.average, maps.resolution_A, settings, progress)
+    rel, sig_curv = _check_ruler(matcher, maps, fit, settings)
     unc = uncertainty(matcher, maps.halves, fit.pixel_A, sig_curv, settings.scan_step,
-                      settings.systematic_rel)
-    return _result(box, p_nom, matcher, maps, fit, unc, settings)
+                      settings.systematic_rel, maps.plan.coarse_voxel)
+    return _result(box, p_nom, matcher, maps, fit, rel, unc, settings)

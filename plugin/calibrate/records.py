@@ -1,60 +1,36 @@
 """The calibration's records: its settings, the map's calibrated pixel size, each optics group
-re-expressed at it."""
+re-expressed at it, and their entries of csrefine.json."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..fsc import FSC_THRESHOLD
 
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How the pixel size is calibrated (defaults: the values the benchmarks were measured with).
+    """How the pixel size is calibrated (defaults: the values the benchmarks were measured with)."""
 
-    Attributes
-    ----------
-    scan_range : float
-        Half-width of the coarse scan of the scale p / p_nom (dimensionless; 0.05 = +-5%).
-    scan_step : float
-        Step of the coarse scan (dimensionless; 0.0025 = 0.25%).
-    low_res_A : float
-        Low-resolution end of the band the match uses, Angstrom.
-    max_shift_A : float
-        Radius of the rigid-body translation search, Angstrom.
-    b_model_A2 : float
-        B-factor of the model maps before the blur is fitted, Angstrom^2.
-    min_relative_correlation : float
-        Refuse the model when its weighted correlation is below this fraction of a perfect
-        docked model's.
-    min_coverage : float
-        Refuse the model when it covers less than this fraction of the significant masked density.
-    envelope_A : float
-        Density within this distance of an atom counts as covered, Angstrom.
-    max_sigma_rel : float
-        Refuse when the curvature sigma exceeds this fraction of the pixel size (no clear optimum).
-    fsc_threshold : float
-        FSC value that sets the band's high-resolution end.
-    systematic_rel : float
-        Relative systematic floor added in quadrature to the sigma (1e-4: the method's bias on
-        simulated relion_project data was <= 0.01%).
-    crop : bool
-        Work on the cube around the mask, Fourier cropped to the band (cost and memory follow the
-        mask's size and the resolution, not the box); False: the whole box at every frequency
-        (the reference the cropped calibration is tested against).
-    """
-
-    scan_range: float = 0.05
-    scan_step: float = 0.0025
-    low_res_A: float = 20.0
-    max_shift_A: float = 6.0
-    b_model_A2: float = 20.0
+    scan_range: float = 0.05  # half-width of the coarse scan of p / p_nom (0.05 = ±5%)
+    scan_step: float = 0.0025  # its step (0.0025 = 0.25%)
+    low_res_A: float = 20.0  # low-resolution end of the band the match uses, Å
+    max_shift_A: float = 6.0  # radius of the rigid-body translation search, Å
+    b_model_A2: float = 20.0  # B-factor of the model maps before the blur is fitted, Å^2
+    # refuse the model when its weighted correlation is below this fraction of a perfect
+    # docked model's, or when it covers less than min_coverage of the significant masked
+    # density (density within envelope_A, Å, of an atom counts as covered)
     min_relative_correlation: float = 0.35
     min_coverage: float = 0.5
     envelope_A: float = 6.0
-    max_sigma_rel: float = 0.01
-    fsc_threshold: float = FSC_THRESHOLD
+    max_sigma_rel: float = 0.01  # refuse when the curvature sigma exceeds this fraction of p
+    fsc_threshold: float = FSC_THRESHOLD  # the FSC that sets the band's high-resolution end
+    # relative systematic floor added to the sigma in quadrature (the method's bias on
+    # simulated relion_project data was <= 0.01%)
     systematic_rel: float = 1e-4
+    # work on the cube around the mask, Fourier cropped to the band (cost and memory follow the
+    # mask's size and the resolution, not the box); False: the whole box at every frequency
+    # (the reference the cropped calibration is tested against)
     crop: bool = True
 
 
@@ -90,9 +66,6 @@ class PixelCalibration:
         """p_calibrated / p_nominal - 1 (dimensionless)."""
         return self.pixel_size_calibrated_A / self.pixel_size_nominal_A - 1.0
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class GroupCalibration:
@@ -111,3 +84,37 @@ class GroupCalibration:
     defocus_scale: float
     kind: str
     verdict: str
+
+
+def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibration]) -> dict:
+    """The csrefine.json keys: pixel_size_calibrated_A, pixel_size_sigma_A (Å) and, per optics
+    group (keyed by the group number as a string), cs_at_calibrated_pixel_mm and verdict; plus
+    the details under ``pixel_calibration``."""
+    c = calibration
+    return {
+        "pixel_size_calibrated_A": c.pixel_size_calibrated_A,
+        "pixel_size_sigma_A": c.pixel_size_sigma_A,
+        "cs_at_calibrated_pixel_mm": {str(g.optics_group): g.cs_at_calibrated_pixel_mm
+                                      for g in groups},
+        "verdict": {str(g.optics_group): g.verdict for g in groups},
+        "pixel_calibration": {
+            "pixel_size_nominal_A": c.pixel_size_nominal_A,
+            "relative_error": c.relative_error,
+            "sigma_curvature_A": c.sigma_curvature_A, "sigma_halves_A": c.sigma_halves_A,
+            "sigma_systematic_A": c.sigma_systematic_A,
+            "sigma_note": "pixel_size_sigma_A = sqrt(sigma_curvature_A^2 + sigma_halves_A^2 + "
+                          "sigma_systematic_A^2)",
+            "pixel_size_half1_A": c.pixel_size_half1_A, "pixel_size_half2_A": c.pixel_size_half2_A,
+            "sigma_half1_A": c.sigma_half1_A, "sigma_half2_A": c.sigma_half2_A,
+            "correlation": c.correlation, "correlation_expected": c.correlation_expected,
+            "relative_correlation": c.relative_correlation,
+            "real_space_correlation": c.real_space_correlation, "b_factor_A2": c.b_factor_A2,
+            "shift_A": c.shift_A, "coverage": c.coverage, "band_A": c.band_A,
+            "scan_pixel_size_A": c.scan_pixel_size_A, "scan_score": c.scan_score,
+            "grid": c.grid,
+            "groups": {str(g.optics_group): {
+                "cs_at_calibrated_pixel_sigma_mm": g.cs_at_calibrated_pixel_sigma_mm,
+                "defocus_offset_at_calibrated_pixel_A": g.defocus_offset_at_calibrated_pixel_A,
+                "defocus_scale": g.defocus_scale, "kind": g.kind} for g in groups},
+        },
+    }

@@ -118,12 +118,6 @@ class CropPlan:
     def coarse_voxel(self) -> float:
         return self.cube_box / self.fourier_box
 
-    def cube(self, volume: np.ndarray) -> np.ndarray:
-        """The cube of ``volume`` (a view)."""
-        z, y, x = self.start_zyx
-        n = self.cube_box
-        return volume[z:z + n, y:y + n, x:x + n]
-
 
 def even_fast(n: float, limit: int) -> int:
     """Smallest even FFT-friendly size >= n, at most ``limit``."""
@@ -135,41 +129,29 @@ def even_fast(n: float, limit: int) -> int:
         m += 1
 
 
-def crop_cube(mask: np.ndarray, atom_voxels_zyx: np.ndarray, margin_vox: float) -> tuple:
-    """(start_zyx, side) of the smallest FFT-friendly cube (even side) holding the mask's support
-    and the atoms with ``margin_vox`` voxels around them (the model map's reach), inside the box:
-    the masked map is zero beyond the mask, so the transform on the cube is the map's, and the
-    model map, shifted within the search, does not wrap onto the map."""
-    box = mask.shape[0]
-    support = [np.flatnonzero(np.any(mask > 0, axis=tuple(a for a in range(3) if a != ax)))
-               for ax in range(3)]
-    lo = np.array([s[0] if s.size else box // 2 for s in support], float)
-    hi = np.array([s[-1] if s.size else box // 2 for s in support], float)
-    if atom_voxels_zyx.size:
-        lo = np.minimum(lo, atom_voxels_zyx.min(axis=0) - margin_vox)
-        hi = np.maximum(hi, atom_voxels_zyx.max(axis=0) + margin_vox)
-    side = even_fast(float((hi - lo).max()) + 1, box)
-    start = np.clip(np.floor((lo + hi) / 2 - side // 2), 0, box - side).astype(int)
-    return tuple(int(v) for v in start), int(side)
-
-
 def region_cube(mask: np.ndarray, atoms_xyz_vox: np.ndarray, pixel_size_A: float,
                 max_shift_A: float, scan_range: float, crop: bool) -> tuple:
     """(start_zyx, side) of the cube the calibration works on (the whole box if not ``crop``).
 
-    The margin around the atoms is the translation search, the scan's largest excursion of the
-    model's radius and :data:`CROP_MARGIN_A`, Angstrom; atoms_xyz_vox : (n, 3) map voxels.
+    The smallest FFT-friendly cube (even side) inside the box holding the mask's support and the
+    atoms (atoms_xyz_vox : (n, 3) map voxels) with a margin: the translation search, the scan's
+    largest excursion of the model's radius and :data:`CROP_MARGIN_A`, Angstrom. The masked map
+    is zero beyond the mask, so the transform on the cube is the map's, and the model map,
+    shifted within the search, does not wrap onto the map.
     """
     box = mask.shape[0]
     if not crop:
         return (0, 0, 0), box
     centred = atoms_xyz_vox - atoms_xyz_vox.mean(axis=0)
     radius_A = float(np.sqrt((centred ** 2).sum(axis=1)).max()) * pixel_size_A
-    margin_A = max_shift_A + scan_range * radius_A + CROP_MARGIN_A
-    return crop_cube(mask, atoms_xyz_vox[:, ::-1], margin_A / pixel_size_A)
-
-
-def fourier_box_for(cube_box: int, shell_max: float) -> int:
-    """Side of the Fourier-cropped grid that holds the band up to shell ``shell_max`` (shells of
-    the cube) with :data:`BAND_MARGIN_SHELLS` to spare."""
-    return even_fast(2 * (np.ceil(shell_max) + BAND_MARGIN_SHELLS), cube_box)
+    margin_vox = (max_shift_A + scan_range * radius_A + CROP_MARGIN_A) / pixel_size_A
+    atoms_zyx = atoms_xyz_vox[:, ::-1]
+    support = [np.flatnonzero(np.any(mask > 0, axis=tuple(a for a in range(3) if a != ax)))
+               for ax in range(3)]
+    lo = np.array([s[0] if s.size else box // 2 for s in support], float)
+    hi = np.array([s[-1] if s.size else box // 2 for s in support], float)
+    lo = np.minimum(lo, atoms_zyx.min(axis=0) - margin_vox)
+    hi = np.maximum(hi, atoms_zyx.max(axis=0) + margin_vox)
+    side = even_fast(float((hi - lo).max()) + 1, box)
+    start = np.clip(np.floor((lo + hi) / 2 - side // 2), 0, box - side).astype(int)
+    return tuple(int(v) for v in start), int(side)

@@ -1,13 +1,9 @@
-"""The search for the scale: a coarse scan, then Brent's method, with a rigid-body translation
-refined at every trial pixel size.
+"""The search for the scale: a coarse scan of ``p/p_nom`` on the half-map average, then Brent's
+method around its best point, the model's blur fitted and the scale refined again.
 
-Search: a coarse scan of the scale ``p/p_nom`` over +-``scan_range`` (default 5%, 0.25% steps) on
-the half-map average, then Brent's method between :data:`SCAN_BRACKET_STEPS` scan steps either
-side of the best scan point. At each trial pixel size the translation ``t`` is searched globally
-within ``max_shift_A`` by FFT, then polished by Newton steps. Rotation is not refined: a docked
-model is assumed correctly oriented (a wrong orientation is refused by the pipeline). The model's
-blur is fitted at the optimum (maximising the band-limited unwhitened correlation) and the scale
-refined again with the model blurred like the map.
+At each trial pixel size the translation ``t`` is searched globally within ``max_shift_A`` by
+FFT, then polished by Newton steps. Rotation is not refined: a docked model is assumed correctly
+oriented (a wrong orientation is refused by the pipeline).
 """
 
 from __future__ import annotations
@@ -27,6 +23,10 @@ from .target import Target
 SCAN_BRACKET_STEPS = 2
 #: Upper bound of the model B-factor kept for the second pass, Angstrom^2.
 MAX_B_MODEL_A2 = 300.0
+#: Brent's refinement stops at this tolerance, relative to the pixel size.
+REFINE_TOL_REL = 2e-5
+#: Newton steps on the translation at each trial pixel size.
+NEWTON_STEPS = 3
 
 
 class Matcher:
@@ -60,10 +60,8 @@ class Matcher:
         t = np.array([c[j] for j in i], dtype=float)
         on_edge = bool(np.sqrt((t**2).sum()) > self.max_shift_vox - 1.0)
         t = _parabola_peak(cc, i, t)
-        z0 = mw_b * target.white_w_fw_b
-        t = _newton_shift(target, z0, t)
-        z = z0 * target.band_phase(t)
-        return float(np.sum(z.real) / target.norm), t, on_edge
+        t = _newton_shift(target, mw_b * target.white_w_fw_b, t)
+        return _score(target, mw_b, t), t, on_edge
 
     def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
         """:meth:`best_shift` of the model map at trial pixel ``p`` (Å)."""
@@ -71,18 +69,15 @@ class Matcher:
 
     def score_at(self, target: Target, p: float, t: np.ndarray) -> float:
         """The score at trial pixel ``p`` (Å) and the fixed translation ``t`` (voxels, z/y/x)."""
-        mw = self.models.model_ft(p)[1]
-        z = mw.ravel()[target.band_flat] * target.white_w_fw_b * target.band_phase(t)
-        return float(np.sum(z.real) / target.norm)
+        return _score(target, self.models.model_ft(p)[1].ravel()[target.band_flat], t)
 
-    def refine(self, target: Target, lo: float, hi: float, tol_rel: float = 2e-5):
+    def refine(self, target: Target, lo: float, hi: float):
         """(p, score, t, on_edge) at the best pixel size in [lo, hi] (Å; bounded Brent)."""
         res = optimize.minimize_scalar(lambda p: -self.score(target, p)[0], bounds=(lo, hi),
                                        method="bounded",
-                                       options={"xatol": tol_rel * self.p_nom, "maxiter": 60})
+                                       options={"xatol": REFINE_TOL_REL * self.p_nom, "maxiter": 60})
         p = float(res.x)
-        s, t, edge = self.score(target, p)
-        return p, s, t, edge
+        return (p, *self.score(target, p))
 
     def fit_blur(self, target: Target, p: float, t: np.ndarray, res_A: float):
         """(B-factor of the model, Å^2, that maximises the band-limited unwhitened correlation;
@@ -106,6 +101,12 @@ class Matcher:
         return float(b_model + res.x), float(cc(res.x))
 
 
+def _score(target: Target, mw_b: np.ndarray, t: np.ndarray) -> float:
+    """The score of the whitened model's band coefficients ``mw_b`` translated by ``t``."""
+    z = mw_b * target.white_w_fw_b * target.band_phase(t)
+    return float(np.sum(z.real) / target.norm)
+
+
 def _parabola_peak(cc: np.ndarray, i: tuple, t: np.ndarray) -> np.ndarray:
     """Sub-voxel peak of the cross-correlation ``cc`` at index ``i``: a 3-point parabola per
     axis (at most half a voxel), added to the integer shift ``t`` (voxels, z/y/x)."""
@@ -122,12 +123,12 @@ def _parabola_peak(cc: np.ndarray, i: tuple, t: np.ndarray) -> np.ndarray:
     return t
 
 
-def _newton_shift(target: Target, z0: np.ndarray, t: np.ndarray, steps: int = 3) -> np.ndarray:
+def _newton_shift(target: Target, z0: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Newton steps on the translation (voxels, z/y/x) over the band's coefficients ``z0``
     (model x target products); stops where the Hessian is not negative definite or a step
     exceeds a voxel."""
     kmat = target.band_kmat
-    for _ in range(steps):
+    for _ in range(NEWTON_STEPS):
         z = z0 * target.band_phase(t)
         # d/dt Re(z) = Re(-2 pi i k z) = 2 pi k Im(z); second: -4 pi^2 k_a k_b Re(z)
         grad = 2 * np.pi * (kmat @ z.imag)
@@ -142,15 +143,6 @@ def _newton_shift(target: Target, z0: np.ndarray, t: np.ndarray, steps: int = 3)
         if np.abs(step).max() < 1e-4:
             break
     return t
-
-
-def scan_progress(progress, done: int, total: int, elapsed_s: float) -> None:
-    """'pixel-size scan: step k of n, elapsed, left' about every 10% of the scan."""
-    if progress is None or (done % max(total // 10, 1) and done != total):
-        return
-    left = elapsed_s / done * (total - done)
-    progress(f"pixel-size calibration: scan step {done} of {total}, {elapsed_s:.0f} s elapsed, "
-             f"about {left:.0f} s left (then refinement against each half map)")
 
 
 @dataclass
@@ -173,16 +165,21 @@ class ScaleFit:
 
 def coarse_scan(matcher: Matcher, target: Target, settings: CalibrationSettings,
                 progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(scales p / p_nom, scores) of the scan over +-scan_range on the cropped grid's maps."""
-    p_nom = matcher.p_nom
+    """(scales p / p_nom, scores) of the scan over +-scan_range on the cropped grid's maps;
+    ``progress`` is told the step, the time elapsed and left about every 10% of the scan."""
     n_steps = int(round(settings.scan_range / settings.scan_step))
     scales = 1.0 + settings.scan_step * np.arange(-n_steps, n_steps + 1)
-    scan = np.empty(scales.size)
+    total = scales.size
+    scan = np.empty(total)
     t0 = time.monotonic()
     matcher.models.coarse = True
     for i, s in enumerate(scales):
-        scan[i] = matcher.score(target, p_nom * s)[0]
-        scan_progress(progress, i + 1, scales.size, time.monotonic() - t0)
+        scan[i] = matcher.score(target, matcher.p_nom * s)[0]
+        done, elapsed_s = i + 1, time.monotonic() - t0
+        if progress is not None and (done % max(total // 10, 1) == 0 or done == total):
+            progress(f"pixel-size calibration: scan step {done} of {total}, {elapsed_s:.0f} s "
+                     f"elapsed, about {elapsed_s / done * (total - done):.0f} s left (then "
+                     f"refinement against each half map)")
     matcher.models.coarse = False
     return scales, scan
 

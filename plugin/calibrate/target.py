@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..fourier import fourier_crop
 from ..fsc import fsc_curve, resolution_at_threshold
 from .records import CalibrationSettings
-from .region import CropPlan, fourier_box_for
+from .region import BAND_MARGIN_SHELLS, CropPlan, even_fast
 
 #: Low-pass (Å, amplitude 0.5) of the density whose coverage by the model is measured.
 COVERAGE_LOWPASS_A = 8.0
@@ -85,7 +85,8 @@ class Target:
     """One experimental map (average or a half), whitened, with its shell weights.
 
     ft : rfftn of the masked map on ``grid`` (Fourier cropped); weight_shell, noise_power_shell :
-    per shell of the grid; mask_ms : mean square of the mask over the real-space cube."""
+    per shell of the grid; mask_ms : mean square of the mask over the real-space cube. The band's
+    coefficients (``band_*``) are kept flat: the search's products run over them only."""
 
     def __init__(self, grid: FourierGrid, ft: np.ndarray, weight_shell: np.ndarray,
                  noise_power_shell: np.ndarray, mask_ms: float):
@@ -100,7 +101,6 @@ class Target:
         # noise variance per whitened coefficient
         v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
         self.noise_var = np.clip(v, 0.0, 1.0)[grid.shell_c] / max(mask_ms, 1e-6)
-        self.weight_shell = weight_shell
         self.band_k = [k[self.band] for k in grid.k]  # (kz, ky, kx) of the band, cycles/voxel
         self.band_kmat = np.stack(self.band_k)         # the same as one (3, n) array
         self.band_flat = np.flatnonzero(self.band)
@@ -118,20 +118,6 @@ class Target:
         return pz[iz] * py[iy] * px[ix]
 
 
-@dataclass(frozen=True)
-class Band:
-    """The frequencies the match uses.
-
-    resolution_A : the FSC-threshold resolution, Angstrom; plan : the cube and its Fourier crop;
-    weight_average, weight_half : W(s) per shell of the cropped grid (zero outside the band).
-    """
-
-    resolution_A: float
-    plan: CropPlan
-    weight_average: np.ndarray
-    weight_half: np.ndarray
-
-
 def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold: float):
     """(resolution_A, the half-map FSC on the cube's shells): measured with the mask on the
     cube, or the given per-shell FSC of the whole box interpolated to the cube's shells."""
@@ -146,15 +132,18 @@ def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold
     return resolution, np.interp(np.arange(side // 2 + 1) * box / side, np.arange(fsc.size), fsc)
 
 
-def band_of(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
-            settings: CalibrationSettings) -> Band:
-    """The band between ``settings.low_res_A`` and the FSC threshold, its weights, and the crop
-    plan that holds it. Raises InputError when it spans fewer than three shells."""
+def _band(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
+          settings: CalibrationSettings) -> tuple[float, CropPlan, np.ndarray, np.ndarray]:
+    """The band between ``settings.low_res_A`` and the FSC threshold: (the FSC-threshold
+    resolution in Å, the crop plan that holds the band, W(s) for the average and for a half map
+    per shell of the cropped grid, zero outside the band). Raises InputError when it spans
+    fewer than three shells."""
     resolution, fsc_cube = _fsc_on_cube(cubes, fsc, box, side, pixel_size_A,
                                         settings.fsc_threshold)
     s_max = side * pixel_size_A / resolution
-    plan = CropPlan(start_zyx, side, fourier_box_for(side, s_max) if settings.crop else side)
-    nf = plan.fourier_box
+    # the cropped grid holds the band with BAND_MARGIN_SHELLS to spare
+    nf = even_fast(2 * (np.ceil(s_max) + BAND_MARGIN_SHELLS), side) if settings.crop else side
+    plan = CropPlan(start_zyx, side, nf)
     shells = np.arange(nf // 2 + 1)
     s_min = side * pixel_size_A / settings.low_res_A
     inband = (shells >= max(s_min, 1.0)) & (shells <= s_max + 1e-9)
@@ -163,8 +152,8 @@ def band_of(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
                          f"shells between {settings.low_res_A:.0f} Å and the "
                          f"FSC={settings.fsc_threshold} limit to calibrate the pixel size")
     f = np.clip(fsc_cube[: nf // 2 + 1], 0.0, 0.999)
-    return Band(float(resolution), plan, np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0),
-                np.where(inband, np.sqrt(f), 0.0))
+    return (float(resolution), plan, np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0),
+            np.where(inband, np.sqrt(f), 0.0))
 
 
 def coverage(grid: FourierGrid, avg_ft: np.ndarray, diff_ft: np.ndarray, mask: np.ndarray,
@@ -201,28 +190,19 @@ def coverage(grid: FourierGrid, avg_ft: np.ndarray, diff_ft: np.ndarray, mask: n
 class MatchMaps:
     """The experimental maps as the search uses them (on the cropped grid).
 
-    band : frequencies, weights and crop plan; grid : the cropped grid's bookkeeping;
-    average, halves : the targets of the half-map average and of each half map; expected : the
-    score a perfect docked model would give against the average; coverage : fraction of the
-    significant masked density the model covers; atoms_zyx : the atoms in the cropped grid's
-    voxels, (n, 3).
+    resolution_A : the FSC-threshold resolution, Angstrom; plan : the cube and its Fourier crop;
+    grid : the cropped grid's bookkeeping; average, halves : the targets of the half-map average
+    and of each half map; expected : the score a perfect docked model would give against the
+    average; coverage : fraction of the significant masked density the model covers.
     """
 
-    band: Band
+    resolution_A: float
+    plan: CropPlan
     grid: FourierGrid
     average: Target
     halves: tuple[Target, Target]
     expected: float
     coverage: float
-    atoms_zyx: np.ndarray
-
-
-def _refuse_coverage(value: float, minimum: float) -> None:
-    if value < minimum:
-        raise InputError(f"the atomic model covers only {100 * value:.0f}% of the map density "
-                         f"inside the mask (minimum {100 * minimum:.0f}%): it is not a model "
-                         f"of this map (or of this masked region); the pixel size cannot be "
-                         f"calibrated against it")
 
 
 def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.ndarray,
@@ -235,9 +215,10 @@ def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.
     masked density.
     """
     box = half1.shape[0]
-    cubes = [CropPlan(start_zyx, side, side).cube(a).astype(np.float32) for a in (half1, half2, mask)]
-    band = band_of(cubes, fsc, box, start_zyx, side, pixel_size_A, settings)
-    plan = band.plan
+    cube = tuple(slice(s, s + side) for s in start_zyx)
+    cubes = [a[cube].astype(np.float32) for a in (half1, half2, mask)]
+    resolution, plan, w_average, w_half = _band(cubes, fsc, box, start_zyx, side, pixel_size_A,
+                                                settings)
     nf, q = plan.fourier_box, plan.coarse_voxel
     mask_cube = cubes[2]
     fts = [fourier_crop(c * mask_cube, nf).astype(np.complex128) for c in cubes[:2]]
@@ -250,12 +231,16 @@ def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.
     avg_ft, diff_ft = 0.5 * (fts[0] + fts[1]), 0.5 * (fts[0] - fts[1])
     covered = coverage(grid, avg_ft, diff_ft, mask_coarse, atoms_coarse, pixel_size_A * q,
                        settings.envelope_A)
-    _refuse_coverage(covered, settings.min_coverage)
+    if covered < settings.min_coverage:
+        raise InputError(f"the atomic model covers only {100 * covered:.0f}% of the map density "
+                         f"inside the mask (minimum {100 * settings.min_coverage:.0f}%): it is not "
+                         f"a model of this map (or of this masked region); the pixel size cannot "
+                         f"be calibrated against it")
     # noise power per shell of the average map (D = (h1 - h2)/2 has the same noise power)
     noise_avg = grid.shell_mean(np.abs(diff_ft) ** 2)[:-1]
-    average = Target(grid, avg_ft, band.weight_average, noise_avg, mask_ms)
-    halves = tuple(Target(grid, ft, band.weight_half, 2.0 * noise_avg, mask_ms) for ft in fts)
+    average = Target(grid, avg_ft, w_average, noise_avg, mask_ms)
+    halves = tuple(Target(grid, ft, w_half, 2.0 * noise_avg, mask_ms) for ft in fts)
     del fts, avg_ft, diff_ft
-    w = band.weight_average
+    w = w_average
     expected = float(np.sum(grid.count[:-1] * w * w) / np.sum(grid.count[:-1] * w))
-    return MatchMaps(band, grid, average, halves, expected, covered, atoms_coarse)
+    return MatchMaps(resolution, plan, grid, average, halves, expected, covered)

@@ -31,22 +31,19 @@ CURVATURE_STEP_REL = 0.004
 HALF_MAP_STEPS = 3
 
 
-def curvature_sigma(matcher: Matcher, target: Target, p: float, t: np.ndarray,
-                    h_rel: float = CURVATURE_STEP_REL) -> float:
+def curvature_sigma(matcher: Matcher, target: Target, p: float, t: np.ndarray) -> float:
     """Sandwich sigma of p (Å, of the cropped grid): sd(score') / |score''| at pixel ``p`` and
     translation ``t`` (voxels, z/y/x); inf where the score is not curved down."""
-    h = h_rel * p
+    h = CURVATURE_STEP_REL * p
     f0 = matcher.score_at(target, p, t)
     fp = matcher.score_at(target, p + h, t)
     fm = matcher.score_at(target, p - h, t)
     d2 = (fp + fm - 2 * f0) / h**2
     if not np.isfinite(d2) or d2 >= 0:
         return float("inf")
-    g = matcher.models.grid
-    band = target.band
-    model_ft = matcher.models.model_ft
+    g, band, model_ft = matcher.models.grid, target.band, matcher.models.model_ft
     mdiff = ((model_ft(p + h)[1] - model_ft(p - h)[1]) / (2 * h))[band]
-    mdiff = mdiff * np.exp(-2j * np.pi * sum(k[band] * tt for k, tt in zip(g.k, t)))
+    mdiff = mdiff * np.exp(-2j * np.pi * sum(k * tt for k, tt in zip(target.band_k, t)))
     # Var(Re(m' n*)) = |m'|^2 var(n) / 2 per complex coefficient; a Friedel pair counts twice.
     var = np.sum((g.fw[band] * target.w[band]) ** 2 * np.abs(mdiff) ** 2
                  * target.noise_var[band] / 2.0) / target.norm**2
@@ -55,7 +52,7 @@ def curvature_sigma(matcher: Matcher, target: Target, p: float, t: np.ndarray,
 
 @dataclass(frozen=True)
 class Uncertainty:
-    """The pixel size's sigma and its parts, Angstrom (of the grid they were measured on).
+    """The pixel size's sigma and its parts, Angstrom (at the map's pixel).
 
     curvature : sandwich sigma; halves : |p1 - p2| / 2; sigma : these two and the systematic
     floor in quadrature; half_pixels : (p_half1, p_half2); half_sigmas : each half map's own
@@ -69,33 +66,22 @@ class Uncertainty:
     half_pixels: tuple[float, float]
     half_sigmas: tuple[float, float]
 
-    def scaled(self, factor: float) -> Uncertainty:
-        """The same, every length divided by ``factor`` (the cropped grid's voxel in map voxels)."""
-        return Uncertainty(self.curvature / factor, self.halves / factor, self.sigma / factor,
-                           tuple(h / factor for h in self.half_pixels),
-                           tuple(s / factor for s in self.half_sigmas))
 
-
-def half_map_pixels(matcher: Matcher, halves, p_best: float, scan_step: float) -> tuple:
-    """((p_half1, p_half2), (curvature sigma 1, curvature sigma 2)), Å: each half map's refined
-    pixel size, within :data:`HALF_MAP_STEPS` scan steps of ``p_best``, and its curvature sigma
-    there."""
-    pixels, sigmas = [], []
+def uncertainty(matcher: Matcher, halves, p_best: float, sigma_curvature: float,
+                scan_step: float, systematic_rel: float, voxel: float) -> Uncertainty:
+    """The sigma of ``p_best`` (Å, of the cropped grid): its curvature sigma, the two half maps'
+    spread and the systematic floor ``systematic_rel * p_best``, in quadrature; each half map
+    refined within :data:`HALF_MAP_STEPS` scan steps of ``p_best``. Every length of the record
+    is divided by ``voxel`` (the cropped grid's voxel in map voxels)."""
+    pixels, curvatures = [], []
     for tg in halves:
         width = HALF_MAP_STEPS * scan_step * matcher.p_nom
         ph, _, th, _ = matcher.refine(tg, p_best - width, p_best + width)
         pixels.append(ph)
-        sigmas.append(curvature_sigma(matcher, tg, ph, th))
-    return tuple(pixels), tuple(sigmas)
-
-
-def uncertainty(matcher: Matcher, halves, p_best: float, sigma_curvature: float,
-                scan_step: float, systematic_rel: float) -> Uncertainty:
-    """The sigma of ``p_best`` (Å): its curvature sigma, the two half maps' spread and the
-    systematic floor ``systematic_rel * p_best``, in quadrature."""
-    pixels, curvatures = half_map_pixels(matcher, halves, p_best, scan_step)
+        curvatures.append(curvature_sigma(matcher, tg, ph, th))
     sig_halves = abs(pixels[0] - pixels[1]) / 2.0
     sigma = float(np.sqrt(sigma_curvature**2 + sig_halves**2 + (systematic_rel * p_best) ** 2))
     # the floor holds for any one calibration: below it, two halves' difference means nothing
-    half_sigmas = tuple(float(np.hypot(c, systematic_rel * p)) for c, p in zip(curvatures, pixels))
-    return Uncertainty(sigma_curvature, sig_halves, sigma, pixels, half_sigmas)
+    half_sigmas = [float(np.hypot(c, systematic_rel * p)) for c, p in zip(curvatures, pixels)]
+    return Uncertainty(sigma_curvature / voxel, sig_halves / voxel, sigma / voxel,
+                       tuple(h / voxel for h in pixels), tuple(s / voxel for s in half_sigmas))

@@ -31,8 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .json_keys import calibration_json
-from .records import GroupCalibration, PixelCalibration
+from .records import GroupCalibration, PixelCalibration, calibration_json
 
 
 def reexpress_cs_defocus(cs_mm: float, defocus_A: float, pixel_nominal_A: float,
@@ -55,11 +54,11 @@ FLOOR_MM = 0.01
 HALVES_AGREE_SIGMA = 2.0
 
 
-def _decimals(sigma: float, minimum: int = 4, maximum: int = 6) -> int:
+def _decimals(sigma: float) -> int:
     """Decimals that show ``sigma`` with at least one significant digit (4 to 6)."""
     if not np.isfinite(sigma) or sigma <= 0:
-        return minimum
-    return int(np.clip(-np.floor(np.log10(sigma)), minimum, maximum))
+        return 4
+    return int(np.clip(-np.floor(np.log10(sigma)), 4, 6))
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,9 @@ class PixelStatus:
     text: str
 
 
-def pixel_status(ev: PixelEvidence, sig_pix_mm: float | None, d_pix_mm: float | None,
-                 d_total_mm: float | None, cs_sigma_mm: float | None, *,
-                 n_sigma: float = SIGNIFICANT_SIGMA, floor_mm: float = FLOOR_MM,
-                 halves_agree_sigma: float = HALVES_AGREE_SIGMA) -> PixelStatus:
+def _pixel_status(ev: PixelEvidence, n_sigma: float, sig_pix_mm: float | None = None,
+                  d_pix_mm: float | None = None, d_total_mm: float | None = None,
+                  cs_sigma_mm: float | None = None) -> PixelStatus:
     """The pixel size's state (see the module docstring).
 
     sig_pix_mm, d_pix_mm : the Cs sigma and departure the pixel-size shift accounts for, mm;
@@ -125,7 +123,7 @@ def pixel_status(ev: PixelEvidence, sig_pix_mm: float | None, d_pix_mm: float | 
     not refined: the pixel size is then judged on its own standard errors).
     """
     hz = ev.halves_z
-    if hz is not None and hz > halves_agree_sigma:
+    if hz is not None and hz > HALVES_AGREE_SIGMA:
         return PixelStatus("undetermined", (
             f"the pixel size is undetermined: the two half maps calibrate to {ev.halves_text()}, "
             f"{hz:.1f} standard errors apart (together {ev.text()})"))
@@ -134,7 +132,7 @@ def pixel_status(ev: PixelEvidence, sig_pix_mm: float | None, d_pix_mm: float | 
         shifted, below_floor = abs(z) >= n_sigma, False
     else:
         shifted = abs(d_pix_mm) >= n_sigma * sig_pix_mm
-        below_floor = shifted and abs(d_pix_mm) < floor_mm
+        below_floor = shifted and abs(d_pix_mm) < FLOOR_MM
         shifted = shifted and not below_floor
     if shifted:
         agree = "" if hz is None else f", and the two half maps agree ({ev.halves_text()})"
@@ -149,7 +147,7 @@ def pixel_status(ev: PixelEvidence, sig_pix_mm: float | None, d_pix_mm: float | 
     if below_floor:
         return PixelStatus("confirmed", (
             f"the pixel size is confirmed, {ev.text()}: {abs(z):.1f} standard errors from the "
-            f"nominal, but too close to it to move Cs by {floor_mm:g} mm"))
+            f"nominal, but too close to it to move Cs by {FLOOR_MM:g} mm"))
     return PixelStatus("confirmed", f"the pixel size is confirmed, {ev.text()}")
 
 
@@ -176,8 +174,7 @@ def _verdict_text(kind: str, pix: PixelStatus, cs_txt: str, refined_txt: str, no
 def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm: float,
                   pixel_nominal_A: float, pixel_calibrated_A: float, pixel_sigma_A: float, *,
                   pixel_halves_A: tuple | None = None, pixel_halves_sigma_A: tuple | None = None,
-                  n_sigma: float = SIGNIFICANT_SIGMA, floor_mm: float = FLOOR_MM,
-                  halves_agree_sigma: float = HALVES_AGREE_SIGMA, refined: bool = True
+                  n_sigma: float = SIGNIFICANT_SIGMA, refined: bool = True
                   ) -> tuple[str, str, float, float | None]:
     """(kind, one-line verdict, Cs at the calibrated pixel in mm, its sigma in mm) for one group.
 
@@ -189,20 +186,19 @@ def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm
                        pixel_halves_sigma_A)
     r = pixel_calibrated_A / pixel_nominal_A
     cs_cal = cs_refined_mm * r**4
-    options = {"n_sigma": n_sigma, "floor_mm": floor_mm, "halves_agree_sigma": halves_agree_sigma}
     if not refined or cs_sigma_mm is None or not np.isfinite(cs_sigma_mm):
-        pix = pixel_status(ev, None, None, None, None, **options)
+        pix = _pixel_status(ev, n_sigma)
         return ("not refined", f"not refined: Cs was not refined for this group; {pix.text}",
                 float(cs_cal), None)
     sig_pix_mm = 4.0 * abs(cs_refined_mm) * r**3 * (pixel_sigma_A / pixel_nominal_A)
     sig_cal = float(np.hypot(r**4 * cs_sigma_mm, sig_pix_mm))
     d_pix, d_cs = cs_refined_mm - cs_cal, cs_cal - cs_nominal_mm
     d_total = cs_refined_mm - cs_nominal_mm
-    pix = pixel_status(ev, sig_pix_mm, d_pix, d_total, cs_sigma_mm, **options)
+    pix = _pixel_status(ev, n_sigma, sig_pix_mm, d_pix, d_total, cs_sigma_mm)
     if pix.state == "undetermined":
-        cs_sig = abs(d_total) >= n_sigma * cs_sigma_mm and abs(d_total) >= floor_mm
+        cs_sig = abs(d_total) >= n_sigma * cs_sigma_mm and abs(d_total) >= FLOOR_MM
     else:
-        cs_sig = abs(d_cs) >= n_sigma * sig_cal and abs(d_cs) >= floor_mm
+        cs_sig = abs(d_cs) >= n_sigma * sig_cal and abs(d_cs) >= FLOOR_MM
     kind = {("different", False): "pixel size", ("different", True): "both",
             ("confirmed", True): "Cs", ("undetermined", True): "undetermined"}.get(
         (pix.state, cs_sig), "no change")
@@ -223,8 +219,10 @@ def _halves_at(calibration: PixelCalibration, pixel_nominal_A: float) -> dict:
             "pixel_halves_sigma_A": (calibration.sigma_half1_A * f, calibration.sigma_half2_A * f)}
 
 
-def apply_calibration(groups_results_dicts, calibration: PixelCalibration, **verdict_options) -> dict:
-    """Re-express each group's refined Cs and defocus offset at the calibrated pixel size.
+def apply_calibration(groups_results_dicts, calibration: PixelCalibration,
+                      n_sigma: float = SIGNIFICANT_SIGMA) -> dict:
+    """Re-express each group's refined Cs and defocus offset at the calibrated pixel size; a
+    departure is significant from ``n_sigma`` standard errors.
 
     groups_results_dicts : iterable of :func:`csrefine.results.result_dict` dicts or GroupResult
     objects (keys used: optics_group, refined, cs_nominal_mm, cs_refined_mm, cs_sigma_mm,
@@ -242,7 +240,7 @@ def apply_calibration(groups_results_dicts, calibration: PixelCalibration, **ver
         kind, text, cs_cal, sig = group_verdict(
             float(g["cs_refined_mm"]), g.get("cs_sigma_mm"), float(g["cs_nominal_mm"]), p_nom,
             p_cal, s_cal, refined=bool(g.get("refined", True)),
-            **_halves_at(calibration, p_nom), **verdict_options)
+            n_sigma=n_sigma, **_halves_at(calibration, p_nom))
         _, df_cal = reexpress_cs_defocus(0.0, float(g.get("defocus_offset_A") or 0.0), p_nom, p_cal)
         out.append(GroupCalibration(int(g["optics_group"]), cs_cal, sig, df_cal,
                                     float((p_cal / p_nom) ** 2), kind, text))
