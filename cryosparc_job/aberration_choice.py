@@ -45,6 +45,7 @@ from .aberrations import (
     anisomag_matrix,
     group_aberrations,
 )
+from .fields import exposure_groups
 
 #: Fields are decided in this order (the largest effects first), each with the ones before at
 #: their decision: a badly wrong magnification would otherwise blur the smaller terms' choice.
@@ -176,10 +177,7 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
     groups, ``report_extra["cryosparc_aberrations"]`` = {exposure group: {field: decision}}
     and, per field the data could not decide, a warning.
     """
-    dset = inputs.source
-    exp = (np.asarray(dset["ctf/exp_group_id"]).astype(np.int64)
-           if "ctf/exp_group_id" in set(dset.fields()) else np.zeros(len(dset), dtype=np.int64))
-    values = group_aberrations(dset, exp)
+    values = group_aberrations(inputs.source, exposure_groups(inputs.source))
     todo = {eid + 1: v for eid, v in values.items() if v.nonzero_fields()}
     if not todo:
         return inputs

@@ -184,7 +184,3 @@ def cryosparc_aberrations(dset, exp_ids, convention: Convention = MOST_LIKELY_CO
     voltage = constant_per_group(field(dset, "ctf/accel_kv"), exp_ids, "ctf/accel_kv")
     return {eid: aberration_terms(values, convention, voltage[eid])
             for eid, values in group_aberrations(dset, exp_ids).items()}
-
-
-
-# ----------------------------------------------------------------------------- cryoSPARC -> RELION
