@@ -1,5 +1,6 @@
-"""The inputs of the compiled kernels: THE definition of their tables' layout, and the
-per-particle tables of the CPU kernel's separable path.
+"""The inputs of the compiled kernels: THE definition of their tables' layout, the band
+pixels' grid indices and centring sign, and the per-particle tables of the CPU kernel's
+separable path.
 
 Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CUDA):
 
@@ -189,17 +190,18 @@ def cuda_defines(particle_columns=ParticleColumn, pixel_rows=PixelRow) -> str:
 
 def grid_indices(band) -> tuple[np.ndarray, np.ndarray]:
     """Column j (0..box/2) and row (0..box-1, ky index + box/2) of each band pixel, (m,) int64."""
-    col = np.rint(band.kx_px * band.box).astype(np.int64)
-    row = np.rint(band.ky_px * band.box).astype(np.int64) + band.box // 2
+    col = np.rint(np.asarray(band.kx_px) * band.box).astype(np.int64)
+    row = np.rint(np.asarray(band.ky_px) * band.box).astype(np.int64) + band.box // 2
     return col, row
 
 
-def row_continuation(band) -> np.ndarray:
-    """(m,) int8: 1 where a band pixel directly follows the previous one on the same rfft2 row."""
+def centring_sign(band) -> np.ndarray:
+    """(-1)^(kx + ky) at the band pixels (float32, (m,)): the rfft2 of an image centred at
+    box//2 times this equals the rfft2 of the image with its centre moved to index 0
+    (``ifftshift``), exactly, for the even boxes a band has. The backends transform the images
+    as they are and multiply by this, instead of copying each image shifted."""
     col, row = grid_indices(band)
-    cont = np.zeros(col.size, dtype=np.int8)
-    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
-    return cont
+    return np.where((col + row - band.box // 2) % 2 == 0, 1.0, -1.0).astype(np.float32)
 
 
 def linear_frequency_map(terms, band) -> np.ndarray | None:
@@ -280,8 +282,10 @@ def pixel_inputs(terms, band, pixel_size_A: float) -> PixelInputs:
     if key is not None and key[0]() is terms and key[1]() is band and key[2] == pixel_size_A:
         return cached
     col, row = grid_indices(band)
+    cont = np.zeros(col.size, dtype=np.int8)  # 1: the pixel follows the previous one on its row
+    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
     value = PixelInputs(pixel_table(terms, pixel_size_A), linear_frequency_map(terms, band), col,
-                        row, row_continuation(band))
+                        row, cont)
     _LAST_PIXEL_INPUTS[:] = [(weakref.ref(terms), weakref.ref(band), pixel_size_A), value]
     return value
 

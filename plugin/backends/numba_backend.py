@@ -50,6 +50,7 @@ from ..projection import make_padded_reference
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 from ._tables import LAYOUT_ID, KernelInputs, ParticleColumn, PixelRow, kernel_inputs
 from .numpy_backend import band_transforms as numpy_band_transforms
+from .numpy_backend import default_batch_size, reader_threads  # noqa: F401  (Backend methods)
 
 
 def kernel_cache_dir() -> Path:
@@ -403,13 +404,3 @@ def warm_up() -> None:
     stats = np.zeros((1, N_STATS, band.size))
     accumulate_batch(stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32), parts,
                      ref, pixel_terms(group, band), band, px, 1)
-
-
-def default_batch_size(box: int) -> int:
-    """256 particles per batch, whatever the box."""
-    return 256
-
-
-def reader_threads(threads: int) -> int:
-    """One thread reads images ahead; the kernel uses the ``threads`` threads."""
-    return 1

@@ -7,15 +7,16 @@ import scipy.fft
 
 from ..accumulate import accumulate_numpy
 from ..forward import particle_envelope, particle_gamma, shifted_projections
-from . import centring_sign
 from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+from ._tables import centring_sign
 
 name = "numpy"
 
 
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     """rfft2 of centred images (n, box, box) at the band pixels, as if each image's centre
-    (box//2) were moved to index 0 (:func:`csrefine.backends.centring_sign`): (n, m) complex."""
+    (box//2) were moved to index 0 (:func:`csrefine.backends._tables.centring_sign`): (n, m)
+    complex."""
     ft = scipy.fft.rfft2(images, workers=threads)
     return ft.reshape(images.shape[0], -1)[:, band.flat_index] * centring_sign(band)
 
@@ -55,7 +56,7 @@ def default_batch_size(box: int) -> int:
 
 
 def reader_threads(threads: int) -> int:
-    """One thread reads images ahead (the computation uses the others)."""
+    """One thread reads images ahead (the computation uses the ``--j`` threads)."""
     return 1
 
 
