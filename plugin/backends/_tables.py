@@ -1,6 +1,5 @@
 """The inputs of the compiled kernels: THE definition of their tables' layout, the band
-pixels' grid indices and centring sign, and the per-particle tables of the CPU kernel's
-separable path.
+pixels' grid indices and centring sign, and the per-particle tables of the CPU kernel.
 
 Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CUDA):
 
@@ -18,7 +17,7 @@ not on this module: after editing a layout here, the numba kernel compiled with 
 would be loaded again. The kernel therefore returns :data:`LAYOUT_ID` as it was compiled, and
 the numba backend refuses results from a kernel compiled with another layout.
 
-The CPU kernel also takes, where the projection frequencies are a linear map of the grid
+The CPU kernel also takes, the projection frequencies being a linear map of the grid
 (:func:`linear_frequency_map`), the origin shift factorised along grid columns and rows
 (:func:`shift_tables`) and the defocus phase as a quadratic in the grid indices
 (:func:`defocus_tables`); :func:`kernel_inputs` gathers one call's arrays.
@@ -204,17 +203,16 @@ def centring_sign(band) -> np.ndarray:
     return np.where((col + row - band.box // 2) % 2 == 0, 1.0, -1.0).astype(np.float32)
 
 
-def linear_frequency_map(terms, band) -> np.ndarray | None:
-    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px), or None
-    when the projection frequencies are not a linear map of the grid's (then the kernel
-    evaluates the shift and defocus phases directly per pixel)."""
+def linear_frequency_map(terms, band) -> np.ndarray:
+    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px) (the
+    magnification matrix :func:`csrefine.forward.pixel_terms` applies); ValueError if the
+    projection frequencies are no linear map of the grid's."""
     basis = np.stack([band.kx_px, band.ky_px], axis=1)
     target = np.stack([terms.kx_px, terms.ky_px], axis=1)
-    if basis.shape[0] < 2:
-        return None
     sol, *_ = np.linalg.lstsq(basis, target, rcond=None)
     if np.max(np.abs(basis @ sol - target), initial=0.0) > 1e-12:
-        return None
+        raise ValueError("the projection frequencies are no linear map of the band's grid: the "
+                         "CPU kernel cannot factorise the shift and defocus phases")
     return sol.T
 
 
@@ -261,11 +259,11 @@ def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
 @dataclass(frozen=True)
 class PixelInputs:
     """The per-pixel inputs of the CPU kernel for one (terms, band, pixel size): pix (rows, m)
-    float64 (:func:`pixel_table` with the trigonometric rows), lin the linear frequency map or
-    None, col and row (m,) int64 grid indices, cont (m,) int8 row continuation."""
+    float64 (:func:`pixel_table` with the trigonometric rows), lin the linear frequency map,
+    col and row (m,) int64 grid indices, cont (m,) int8 row continuation."""
 
     pix: np.ndarray
-    lin: np.ndarray | None
+    lin: np.ndarray
     col: np.ndarray
     row: np.ndarray
     cont: np.ndarray
@@ -296,10 +294,8 @@ class KernelInputs:
 
     cells (n,) int64; observed (n, m) complex64 or complex128 band transforms; ptab (n, columns)
     float64 (:func:`particle_table`); pixels: :class:`PixelInputs`; ref: the padded reference's
-    complex64 data, radius, scale; separable: the projection frequencies are a linear map of the
-    grid (then shift_x (n, box/2 + 1), shift_y (n, box) complex128 and qtab (n, 7) float64 hold
-    the factorised shift and defocus phase, else they are (1, 1) and (1, 7) dummies);
-    half_box = box // 2."""
+    complex64 data, radius, scale; shift_x (n, box/2 + 1), shift_y (n, box) complex128 and qtab
+    (n, 7) float64: the factorised shift and defocus phase; half_box = box // 2."""
 
     cells: np.ndarray
     observed: np.ndarray
@@ -308,8 +304,6 @@ class KernelInputs:
     ref: np.ndarray
     radius: int
     ref_scale: float
-    defocus_factor: float
-    separable: bool
     shift_x: np.ndarray
     shift_y: np.ndarray
     qtab: np.ndarray
@@ -321,14 +315,8 @@ def kernel_inputs(cells, observed, particles, reference, terms, band,
     """The :class:`KernelInputs` of band transforms ``observed`` (n, m) of ``particles``,
     predicted from ``reference`` (:class:`csrefine.projection.PaddedReference`)."""
     pixels = pixel_inputs(terms, band, pixel_size_A)
-    lin = pixels.lin
-    if lin is not None:
-        shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
-        qtab = defocus_tables(particles, lin, band, pixel_size_A, float(terms.defocus_factor))
-    else:
-        shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
-        qtab = np.zeros((1, 7))
+    shift_x, shift_y = shift_tables(particles, pixels.lin, band, pixel_size_A)
+    qtab = defocus_tables(particles, pixels.lin, band, pixel_size_A, float(terms.defocus_factor))
     return KernelInputs(np.ascontiguousarray(cells, dtype=np.int64), np.ascontiguousarray(observed),
                         particle_table(particles), pixels, reference.data, int(reference.radius),
-                        float(reference.scale), float(terms.defocus_factor), lin is not None,
-                        shift_x, shift_y, qtab, band.box // 2)
+                        float(reference.scale), shift_x, shift_y, qtab, band.box // 2)
