@@ -58,11 +58,6 @@ class Backend(Protocol):
         its set-up, so that a device that cannot run fails early)."""
 
 
-def empty_host_buffer(shape: tuple) -> np.ndarray:
-    """``numpy.empty(shape, float32)``: the host buffer of backends that need no special one."""
-    return np.empty(shape, dtype=np.float32)
-
-
 #: The user's ``--device`` values: ``cpu`` runs the numba kernel, ``cuda`` CuPy's CUDA kernel.
 #: (The numpy reference backend, the yardstick of the tests, is not a device.)
 DEVICES = ("cpu", "cuda")

@@ -46,10 +46,8 @@ from ..forward import pixel_terms
 from ..fourier import make_band
 from ..model import OpticsGroup, Particles
 from ..projection import make_padded_reference
-from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 from ._tables import LAYOUT_ID, KernelInputs, ParticleColumn, PixelRow, kernel_inputs
-from .numpy_backend import band_transforms as numpy_band_transforms
-from .numpy_backend import default_batch_size, reader_threads  # noqa: F401  (Backend methods)
+from .numpy_backend import band_transforms, default_batch_size, host_buffer, reader_threads  # noqa: F401
 
 
 def kernel_cache_dir() -> Path:
@@ -325,16 +323,6 @@ def kernel(stats: np.ndarray, k: KernelInputs, threads: int) -> int:
                            "csrefine/backends/_tables.py's: delete the numba cache "
                            f"({kernel_cache_dir()})")
     return sum(bad for bad, _ in results)
-
-
-def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
-    """The band transforms the kernel takes, (n, m) C-contiguous: the reference backend's
-    (:func:`csrefine.backends.numpy_backend.band_transforms`), complex64 for float32 images,
-    complex128 for any other (converted to float64 first)."""
-    images = np.asarray(images)
-    if images.dtype not in (np.float32, np.float64):
-        images = images.astype(np.float64)
-    return np.ascontiguousarray(numpy_band_transforms(images, band, threads))
 
 
 def _accumulate_observed(stats, cells, observed, particles, reference, terms, band,

@@ -7,7 +7,6 @@ import scipy.fft
 
 from ..accumulate import accumulate_numpy
 from ..forward import particle_envelope, particle_gamma, shifted_projections
-from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 from ._tables import centring_sign
 
 name = "numpy"
@@ -48,6 +47,11 @@ def accumulate_halves(stats, cells, images, particles, references, terms, band, 
         if sel.size:
             accumulate_batch(stats, cells[sel], images[sel], particles.subset(sel),
                              references[half], terms, band, pixel_size_A, threads)
+
+
+def host_buffer(shape: tuple) -> np.ndarray:
+    """``numpy.empty(shape, float32)``: no special memory for the images on the CPU."""
+    return np.empty(shape, dtype=np.float32)
 
 
 def default_batch_size(box: int) -> int:
