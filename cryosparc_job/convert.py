@@ -55,7 +55,7 @@ from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
 from csrefine.images import StackReader
 from csrefine.model import OpticsGroup, Particles, check_optics_values, per_particle_geometry
 
-from .aberrations import MOST_LIKELY_CONVENTION, cryosparc_aberrations
+from .aberrations import cryosparc_aberrations
 from .fields import (
     OPTICS_FIELD_NAMES,
     REQUIRED_FIELDS,
@@ -176,7 +176,7 @@ def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
     values = {eid: {q: per[q][eid] for q in per} for eid in sorted(per["cs_mm"])}
     for eid, v in values.items():
         check_optics_values(what, f"exposure group {eid}", **v, names=OPTICS_FIELD_NAMES)
-    aberrations = cryosparc_aberrations(dset, exp, MOST_LIKELY_CONVENTION)
+    aberrations = cryosparc_aberrations(dset, exp)
     groups = {}
     for eid, v in values.items():
         terms = aberrations[eid]
