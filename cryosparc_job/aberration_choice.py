@@ -45,6 +45,7 @@ from .aberrations import (
     anisomag_matrix,
     group_aberrations,
 )
+from .fields import exposure_groups
 
 #: Fields are decided in this order (the largest effects first), each with the ones before at
 #: their decision: a badly wrong magnification would otherwise blur the smaller terms' choice.
@@ -100,7 +101,7 @@ def _model_key(group: OpticsGroup) -> bytes:
                      for a in (group.even_zernike, group.odd_zernike, group.mag_matrix))
 
 
-def candidate_conventions(field: str, base: Convention = MOST_LIKELY_CONVENTION) -> list[Convention]:
+def candidate_conventions(field: str, base: Convention) -> list[Convention]:
     """``base`` with each candidate setting of ``field`` (``base``'s own first)."""
     setting = FIELD_SETTING[field]
     values = [getattr(base, setting)] + [v for v in FIELD_CANDIDATES[field]
@@ -138,12 +139,12 @@ def decide_field(field: str, exposure_group: int, values: np.ndarray, candidates
                          None if margin is None else float(margin), decided, lls, n)
 
 
-def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAberrations, context,
-                 max_particles: int) -> tuple[Convention, list[FieldDecision]]:
+def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAberrations,
+                 context) -> tuple[Convention, list[FieldDecision]]:
     """Decide each non-zero field of one group, in :data:`DECISION_ORDER`, each with the fields
     decided before at their decision and the others at their most likely convention; returns
     the convention and the decisions (in ABERRATION_FIELDS order)."""
-    positions = subsample_positions(inputs.particles, group.optics_group, max_particles)
+    positions = subsample_positions(inputs.particles, group.optics_group, SCORING_PARTICLES)
     scores: dict[bytes, CandidateScore] = {}
     noise = None
     convention = MOST_LIKELY_CONVENTION
@@ -168,7 +169,7 @@ def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAber
 
 
 def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None = None,
-                       progress=None, max_particles: int = SCORING_PARTICLES) -> RefinementInputs:
+                       progress=None) -> RefinementInputs:
     """The inputs with each exposure group's higher-order fields under the convention the
     particles choose (see the module docstring). ``inputs.source`` is the cryoSPARC dataset.
 
@@ -176,10 +177,7 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
     groups, ``report_extra["cryosparc_aberrations"]`` = {exposure group: {field: decision}}
     and, per field the data could not decide, a warning.
     """
-    dset = inputs.source
-    exp = (np.asarray(dset["ctf/exp_group_id"]).astype(np.int64)
-           if "ctf/exp_group_id" in set(dset.fields()) else np.zeros(len(dset), dtype=np.int64))
-    values = group_aberrations(dset, exp)
+    values = group_aberrations(inputs.source, exposure_groups(inputs.source))
     todo = {eid + 1: v for eid, v in values.items() if v.nonzero_fields()}
     if not todo:
         return inputs
@@ -190,7 +188,7 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
     groups = dict(inputs.groups)
     report, warnings = {}, list(inputs.warnings)
     for og, v in sorted(todo.items()):
-        convention, decisions = choose_group(inputs, groups[og], v, context, max_particles)
+        convention, decisions = choose_group(inputs, groups[og], v, context)
         groups[og] = group_with(groups[og], v, convention)
         report[str(og - 1)] = {d.field: d.as_json() for d in decisions}
         for d in decisions:  # undecided ones are warnings, printed by the run

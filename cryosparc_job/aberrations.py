@@ -172,19 +172,14 @@ def aberration_terms(values: GroupAberrations, convention: Convention,
                            anisomag_matrix(values.anisomag, convention.anisomag))
 
 
-def cryosparc_aberrations(dset, exp_ids, convention: Convention = MOST_LIKELY_CONVENTION
-                          ) -> dict[int, AberrationTerms]:
+def cryosparc_aberrations(dset, exp_ids) -> dict[int, AberrationTerms]:
     """Per exposure group (0-based id), the higher-order fields of ``dset`` as even/odd Zernike
-    coefficients and a magnification matrix under ``convention``.
+    coefficients and a magnification matrix under :data:`MOST_LIKELY_CONVENTION`.
 
     exp_ids : (n,) exposure group of each particle. The fields and ``ctf/accel_kv`` must be
     constant within each group (InputError naming the field and group otherwise).
     """
     exp_ids = np.asarray(exp_ids, dtype=np.int64)
     voltage = constant_per_group(field(dset, "ctf/accel_kv"), exp_ids, "ctf/accel_kv")
-    return {eid: aberration_terms(values, convention, voltage[eid])
+    return {eid: aberration_terms(values, MOST_LIKELY_CONVENTION, voltage[eid])
             for eid, values in group_aberrations(dset, exp_ids).items()}
-
-
-
-# ----------------------------------------------------------------------------- cryoSPARC -> RELION

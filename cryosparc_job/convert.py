@@ -55,20 +55,20 @@ from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
 from csrefine.images import StackReader
 from csrefine.model import OpticsGroup, Particles, check_optics_values, per_particle_geometry
 
-from .aberrations import MOST_LIKELY_CONVENTION, cryosparc_aberrations
+from .aberrations import cryosparc_aberrations
 from .fields import (
     OPTICS_FIELD_NAMES,
     REQUIRED_FIELDS,
     check_field_types,
     check_unique_uids,
     constant_per_group,
+    exposure_groups,
     field,
 )
 
 
 def pose_to_euler_deg(pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cryoSPARC axis-angle poses (n, 3) in radians -> RELION (rot, tilt, psi) in degrees."""
-    pose = np.asarray(pose, dtype=np.float64).reshape(-1, 3)
     return matrix_to_euler_zyz(pose_to_relion_matrix(pose))
 
 
@@ -85,14 +85,9 @@ def euler_deg_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- helpers
-def strip_export_marker(path: str) -> str:
-    """cryoSPARC exported paths may start with '>' (import-relative marker): drop it."""
-    path = str(path)
-    return path[1:] if path.startswith(">") else path
-
-
 def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]:
-    """``blob/path`` values are relative to the project directory; absolute ones are kept.
+    """``blob/path`` values are relative to the project directory; absolute ones are kept. A
+    leading '>' (the import-relative marker of exported paths) is dropped.
 
     A relative path that leaves the project directory (``../``) is refused (InputError): cryoSPARC
     writes paths inside the project, or absolute ones for imported stacks, so such a path is a
@@ -100,7 +95,8 @@ def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]
     """
     out = []
     for p in paths:
-        p = strip_export_marker(p.decode() if isinstance(p, bytes) else p)
+        p = str(p.decode() if isinstance(p, bytes) else p)
+        p = p[1:] if p.startswith(">") else p
         if not os.path.isabs(p) and os.path.normpath(p).split(os.sep)[0] == os.pardir:
             raise InputError(f"{what}: blob/path {p!r} leaves the project directory; cryoSPARC's "
                              f"relative paths stay inside it (absolute paths are accepted)")
@@ -170,33 +166,25 @@ def check_dataset(dset, what: str) -> None:
                          f"in row {bad + 1}")
 
 
-def exposure_groups(dset) -> np.ndarray:
-    """Each particle's exposure group (``ctf/exp_group_id``, 0 when absent), int64."""
-    if "ctf/exp_group_id" in set(dset.fields()):
-        return field(dset, "ctf/exp_group_id").astype(np.int64)
-    return np.zeros(len(dset), dtype=np.int64)
-
-
 def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
     """One optics group per exposure group (number exp_group_id + 1, named as cryoSPARC names
     it); Cs, voltage, amplitude contrast, pixel and box size must be constant within each."""
-    per = {name: constant_per_group(field(dset, name), exp, name)
-           for name in ("ctf/cs_mm", "ctf/accel_kv", "ctf/amp_contrast", "blob/psize_A")}
-    boxes = constant_per_group(field(dset, "blob/shape").reshape(len(dset), -1)[:, 0], exp,
-                               "blob/shape")
-    for eid in sorted(per["ctf/cs_mm"]):
-        check_optics_values(what, f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
-                            cs_mm=per["ctf/cs_mm"][eid],
-                            amplitude_contrast=per["ctf/amp_contrast"][eid],
-                            pixel_size_A=per["blob/psize_A"][eid], box_size=boxes[eid],
-                            names=OPTICS_FIELD_NAMES)
-    aberrations = cryosparc_aberrations(dset, exp, MOST_LIKELY_CONVENTION)
-    return {eid + 1: OpticsGroup(
-        optics_group=eid + 1, name=f"exposure group {eid}", voltage_kv=per["ctf/accel_kv"][eid],
-        cs_mm=per["ctf/cs_mm"][eid], amplitude_contrast=per["ctf/amp_contrast"][eid],
-        pixel_size_A=per["blob/psize_A"][eid], box_size=int(boxes[eid]),
-        even_zernike=aberrations[eid].even_zernike, odd_zernike=aberrations[eid].odd_zernike,
-        mag_matrix=aberrations[eid].mag_matrix) for eid in sorted(per["ctf/cs_mm"])}
+    per = {q: constant_per_group(field(dset, OPTICS_FIELD_NAMES[q]), exp, OPTICS_FIELD_NAMES[q])
+           for q in ("cs_mm", "voltage_kv", "amplitude_contrast", "pixel_size_A")}
+    per["box_size"] = constant_per_group(field(dset, "blob/shape").reshape(len(dset), -1)[:, 0],
+                                         exp, "blob/shape")
+    values = {eid: {q: per[q][eid] for q in per} for eid in sorted(per["cs_mm"])}
+    for eid, v in values.items():
+        check_optics_values(what, f"exposure group {eid}", **v, names=OPTICS_FIELD_NAMES)
+    aberrations = cryosparc_aberrations(dset, exp)
+    groups = {}
+    for eid, v in values.items():
+        terms = aberrations[eid]
+        groups[eid + 1] = OpticsGroup(
+            optics_group=eid + 1, name=f"exposure group {eid}", **dict(v, box_size=int(v["box_size"])),
+            even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
+            mag_matrix=terms.mag_matrix)
+    return groups
 
 
 def particle_parameters(dset, exp: np.ndarray, what: str) -> Particles:
@@ -234,30 +222,19 @@ def image_signs(dset) -> np.ndarray:
     if "blob/sign" not in set(dset.fields()):
         return np.ones(len(dset))
     sign = np.asarray(dset["blob/sign"], dtype=np.float64)
-    sign = np.where(sign == 0, 1.0, np.sign(sign))  # 0: unset (allocated, not extracted)
-    return sign
+    return np.where(sign == 0, 1.0, np.sign(sign))  # 0: unset (allocated, not extracted)
 
 
-class SignedImages:
-    """Image source applying a per-particle sign to a :class:`csrefine.images.StackReader`."""
+class SignedStackReader(StackReader):
+    """A :class:`csrefine.images.StackReader` multiplying each image by its particle's sign."""
 
-    def __init__(self, reader, signs):
-        self.reader = reader
+    def __init__(self, paths, indices, box, pixel_size_A, signs):
+        super().__init__(paths, indices, box, pixel_size_A)
         self.signs = np.asarray(signs, dtype=np.float32)
-
-    def __len__(self):
-        return len(self.reader)
-
-    @property
-    def warnings(self) -> list[str]:
-        return self.reader.warnings
-
-    def describe(self, position: int) -> str:
-        return self.reader.describe(position)
 
     def read(self, positions, out=None):
         positions = np.asarray(positions, dtype=np.int64)
-        images = self.reader.read(positions, out=out)
+        images = super().read(positions, out=out)
         images *= self.signs[positions][:, None, None]
         return images
 
@@ -265,10 +242,11 @@ class SignedImages:
 def open_images(dset, groups, paths, indices, optics_group):
     """Memory-mapped particle images of ``dset`` (signs applied), in dataset order; each
     particle's box and pixel size are those of its group (``optics_group``, per particle)."""
-
-    reader = StackReader(paths, indices, *per_particle_geometry(groups, optics_group))
+    geometry = per_particle_geometry(groups, optics_group)
     signs = image_signs(dset)
-    return reader if np.all(signs == 1) else SignedImages(reader, signs)
+    if np.all(signs == 1):
+        return StackReader(paths, indices, *geometry)
+    return SignedStackReader(paths, indices, *geometry, signs)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -279,8 +257,7 @@ def updated_dataset(dset, refinement):
     Groups that were not refined keep their values.
     """
     out = dset.copy()
-    exp = (np.asarray(dset["ctf/exp_group_id"]).astype(np.int64)
-           if "ctf/exp_group_id" in set(dset.fields()) else np.zeros(len(dset), dtype=np.int64))
+    exp = exposure_groups(dset)
     cs = np.array(out["ctf/cs_mm"])
     df1 = np.array(out["ctf/df1_A"], dtype=np.float64)
     df2 = np.array(out["ctf/df2_A"], dtype=np.float64)

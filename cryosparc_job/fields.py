@@ -54,12 +54,16 @@ def _kind_word(values: np.ndarray) -> str:
         values.dtype.kind, "other values")
 
 
-# ----------------------------------------------------------------------------- poses
-
-
 def field(dset, name) -> np.ndarray:
     """A dataset field as a numpy array."""
     return np.asarray(dset[name])
+
+
+def exposure_groups(dset) -> np.ndarray:
+    """Each particle's exposure group (``ctf/exp_group_id``, 0 when absent), int64."""
+    if "ctf/exp_group_id" in set(dset.fields()):
+        return field(dset, "ctf/exp_group_id").astype(np.int64)
+    return np.zeros(len(dset), dtype=np.int64)
 
 
 def constant_per_group(values, group_ids, field: str, tol: float = 1e-6) -> dict[int, float]:

@@ -2,8 +2,8 @@
 
 * numba (``--device cpu``): the fused kernel on random data with every forward-model ingredient
   (astigmatism, phase shift, B-factor, scale, origins, odd and even aberrations, magnification
-  matrix, both half sets, several cells), float32 and float64 images, the separable and the
-  direct shift path, to ~1e-9 relative; the same bits for any thread count;
+  matrix, both half sets, several cells), float32 and float64 images, to ~1e-9 relative; the
+  same bits for any thread count;
 * cupy (``--device cuda``): the CUDA kernel's source compiled as C++ for the CPU (where g++ is
   installed); on a machine with CuPy and a CUDA GPU, the real thing (kernel, cuFFT, pinned
   buffers, the whole refinement) -- skipped, and said so, elsewhere;
@@ -76,28 +76,27 @@ def _bent(problem):
 
 @pytest.mark.parametrize("mag,bfactor", [(True, 40.0), (False, 0.0)])
 @pytest.mark.parametrize("images_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shift_path", ["separable", "direct"])
-def test_numba_matches_numpy(mag, bfactor, images_dtype, shift_path):
+def test_numba_matches_numpy(mag, bfactor, images_dtype):
     problem = _problem(1, mag=mag, bfactor=bfactor)
     problem = problem[:5] + (problem[5].astype(images_dtype),) + problem[6:]
-    if shift_path == "direct":
-        problem = _bent(problem)
     lin = _tables.linear_frequency_map(problem[2], problem[1])
-    assert (lin is None) == (shift_path == "direct")
-    if lin is not None:
-        assert np.allclose(lin, problem[0].mag_matrix, atol=1e-12)
+    assert np.allclose(lin, problem[0].mag_matrix, atol=1e-12)
     ref = _accumulate(numpy_backend, problem)
     assert np.abs(ref).max() > 0
     _assert_close(_accumulate(numba_backend, problem), ref)
 
 
-@pytest.mark.parametrize("shift_path", ["separable", "direct"])
-def test_numba_threads_give_identical_numbers(shift_path):
+def test_numba_refuses_frequencies_that_are_no_linear_map():
+    """The kernel factorises the shift and defocus phases along the grid: projection frequencies
+    that are no linear map of the grid's are refused, not computed wrongly."""
+    with pytest.raises(ValueError, match="no linear map"):
+        _accumulate(numba_backend, _bent(_problem(1)))
+
+
+def test_numba_threads_give_identical_numbers():
     """Each pixel block is owned by one thread whatever the thread count: 1 and 3 threads give
     the same bits."""
-    problem = _problem(12, n=20)
-    group, band, terms, refs, parts, images, cells, n_cells = (
-        _bent(problem) if shift_path == "direct" else problem)
+    group, band, terms, refs, parts, images, cells, n_cells = _problem(12, n=20)
     out = []
     for threads in (1, 3):
         stats = np.zeros((n_cells, 6, band.size))

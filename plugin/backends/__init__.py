@@ -58,21 +58,6 @@ class Backend(Protocol):
         its set-up, so that a device that cannot run fails early)."""
 
 
-def centring_sign(band) -> np.ndarray:
-    """(-1)^(kx + ky) at the band pixels (float32, (m,)): the rfft2 of an image centred at
-    box//2 times this equals the rfft2 of the image with its centre moved to index 0
-    (``ifftshift``), exactly, for the even boxes a band has. The backends transform the images
-    as they are and multiply by this, instead of copying each image shifted."""
-    col = np.rint(np.asarray(band.kx_px) * band.box).astype(np.int64)
-    row = np.rint(np.asarray(band.ky_px) * band.box).astype(np.int64)
-    return np.where((col + row) % 2 == 0, 1.0, -1.0).astype(np.float32)
-
-
-def empty_host_buffer(shape: tuple) -> np.ndarray:
-    """``numpy.empty(shape, float32)``: the host buffer of backends that need no special one."""
-    return np.empty(shape, dtype=np.float32)
-
-
 #: The user's ``--device`` values: ``cpu`` runs the numba kernel, ``cuda`` CuPy's CUDA kernel.
 #: (The numpy reference backend, the yardstick of the tests, is not a device.)
 DEVICES = ("cpu", "cuda")

@@ -1,5 +1,5 @@
-"""The inputs of the compiled kernels: THE definition of their tables' layout, and the
-per-particle tables of the CPU kernel's separable path.
+"""The inputs of the compiled kernels: THE definition of their tables' layout, the band
+pixels' grid indices and centring sign, and the per-particle tables of the CPU kernel.
 
 Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CUDA):
 
@@ -17,7 +17,7 @@ not on this module: after editing a layout here, the numba kernel compiled with 
 would be loaded again. The kernel therefore returns :data:`LAYOUT_ID` as it was compiled, and
 the numba backend refuses results from a kernel compiled with another layout.
 
-The CPU kernel also takes, where the projection frequencies are a linear map of the grid
+The CPU kernel also takes, the projection frequencies being a linear map of the grid
 (:func:`linear_frequency_map`), the origin shift factorised along grid columns and rows
 (:func:`shift_tables`) and the defocus phase as a quadratic in the grid indices
 (:func:`defocus_tables`); :func:`kernel_inputs` gathers one call's arrays.
@@ -102,10 +102,7 @@ class PixelRow(IntEnum):
 TRIG_PIXEL_ROWS = (PixelRow.COS_ODD_PHASE, PixelRow.SIN_ODD_PHASE, PixelRow.COS_GAMMA_STATIC,
                    PixelRow.SIN_GAMMA_STATIC)
 N_PIXEL_ROWS = len(PixelRow)
-N_BASE_PIXEL_ROWS = N_PIXEL_ROWS - len(TRIG_PIXEL_ROWS)
-if sorted(TRIG_PIXEL_ROWS) != list(range(N_BASE_PIXEL_ROWS, N_PIXEL_ROWS)):
-    raise ImportError("the trigonometric pixel rows must come last (the table without them is "
-                      "a prefix of the full one)")
+N_BASE_PIXEL_ROWS = N_PIXEL_ROWS - len(TRIG_PIXEL_ROWS)  # the trigonometric rows come last
 
 #: Checksum of both layouts; the numba kernel returns the value it was compiled with.
 LAYOUT_ID = zlib.crc32(repr([(c.name, int(c)) for c in ParticleColumn]
@@ -173,46 +170,43 @@ def pixel_table(terms, pixel_size_A: float, with_trig: bool = True) -> np.ndarra
     return np.ascontiguousarray(np.stack([rows[row] for row in sorted(rows)]).astype(np.float64))
 
 
-def cuda_defines(particle_columns=ParticleColumn, pixel_rows=PixelRow) -> str:
-    """``#define`` lines naming the tables' indices, for the CUDA kernel source.
-
+def cuda_defines() -> str:
+    """``#define`` lines naming the tables' indices, for the CUDA kernel source:
     ``CSREFINE_PT_<column>`` (index into a particle's row), ``CSREFINE_PX_<row>`` (row of the
-    pixel table), ``CSREFINE_N_PARTICLE_COLUMNS`` and ``CSREFINE_N_STATS``. The arguments exist
-    so that tests can generate the source for another layout (an IntEnum with the same names).
-    """
-    lines = [f"#define CSREFINE_PT_{c.name} {int(c)}" for c in particle_columns]
-    lines += [f"#define CSREFINE_PX_{r.name} {int(r)}" for r in pixel_rows]
-    lines += [f"#define CSREFINE_N_PARTICLE_COLUMNS {len(particle_columns)}",
+    pixel table), ``CSREFINE_N_PARTICLE_COLUMNS`` and ``CSREFINE_N_STATS``."""
+    lines = [f"#define CSREFINE_PT_{c.name} {int(c)}" for c in ParticleColumn]
+    lines += [f"#define CSREFINE_PX_{r.name} {int(r)}" for r in PixelRow]
+    lines += [f"#define CSREFINE_N_PARTICLE_COLUMNS {N_PARTICLE_COLUMNS}",
               f"#define CSREFINE_N_STATS {N_STATS}"]
     return "\n".join(lines) + "\n"
 
 
 def grid_indices(band) -> tuple[np.ndarray, np.ndarray]:
     """Column j (0..box/2) and row (0..box-1, ky index + box/2) of each band pixel, (m,) int64."""
-    col = np.rint(band.kx_px * band.box).astype(np.int64)
-    row = np.rint(band.ky_px * band.box).astype(np.int64) + band.box // 2
+    col = np.rint(np.asarray(band.kx_px) * band.box).astype(np.int64)
+    row = np.rint(np.asarray(band.ky_px) * band.box).astype(np.int64) + band.box // 2
     return col, row
 
 
-def row_continuation(band) -> np.ndarray:
-    """(m,) int8: 1 where a band pixel directly follows the previous one on the same rfft2 row."""
+def centring_sign(band) -> np.ndarray:
+    """(-1)^(kx + ky) at the band pixels (float32, (m,)): the rfft2 of an image centred at
+    box//2 times this equals the rfft2 of the image with its centre moved to index 0
+    (``ifftshift``), exactly, for the even boxes a band has. The backends transform the images
+    as they are and multiply by this, instead of copying each image shifted."""
     col, row = grid_indices(band)
-    cont = np.zeros(col.size, dtype=np.int8)
-    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
-    return cont
+    return np.where((col + row - band.box // 2) % 2 == 0, 1.0, -1.0).astype(np.float32)
 
 
-def linear_frequency_map(terms, band) -> np.ndarray | None:
-    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px), or None
-    when the projection frequencies are not a linear map of the grid's (then the kernel
-    evaluates the shift and defocus phases directly per pixel)."""
+def linear_frequency_map(terms, band) -> np.ndarray:
+    """The 2x2 matrix L with (terms.kx_px, terms.ky_px) = L (band.kx_px, band.ky_px) (the
+    magnification matrix :func:`csrefine.forward.pixel_terms` applies); ValueError if the
+    projection frequencies are no linear map of the grid's."""
     basis = np.stack([band.kx_px, band.ky_px], axis=1)
     target = np.stack([terms.kx_px, terms.ky_px], axis=1)
-    if basis.shape[0] < 2:
-        return None
     sol, *_ = np.linalg.lstsq(basis, target, rcond=None)
     if np.max(np.abs(basis @ sol - target), initial=0.0) > 1e-12:
-        return None
+        raise ValueError("the projection frequencies are no linear map of the band's grid: the "
+                         "CPU kernel cannot factorise the shift and defocus phases")
     return sol.T
 
 
@@ -259,11 +253,11 @@ def defocus_tables(particles, lin: np.ndarray, band, pixel_size_A: float,
 @dataclass(frozen=True)
 class PixelInputs:
     """The per-pixel inputs of the CPU kernel for one (terms, band, pixel size): pix (rows, m)
-    float64 (:func:`pixel_table` with the trigonometric rows), lin the linear frequency map or
-    None, col and row (m,) int64 grid indices, cont (m,) int8 row continuation."""
+    float64 (:func:`pixel_table` with the trigonometric rows), lin the linear frequency map,
+    col and row (m,) int64 grid indices, cont (m,) int8 row continuation."""
 
     pix: np.ndarray
-    lin: np.ndarray | None
+    lin: np.ndarray
     col: np.ndarray
     row: np.ndarray
     cont: np.ndarray
@@ -280,8 +274,10 @@ def pixel_inputs(terms, band, pixel_size_A: float) -> PixelInputs:
     if key is not None and key[0]() is terms and key[1]() is band and key[2] == pixel_size_A:
         return cached
     col, row = grid_indices(band)
+    cont = np.zeros(col.size, dtype=np.int8)  # 1: the pixel follows the previous one on its row
+    cont[1:] = (row[1:] == row[:-1]) & (col[1:] == col[:-1] + 1)
     value = PixelInputs(pixel_table(terms, pixel_size_A), linear_frequency_map(terms, band), col,
-                        row, row_continuation(band))
+                        row, cont)
     _LAST_PIXEL_INPUTS[:] = [(weakref.ref(terms), weakref.ref(band), pixel_size_A), value]
     return value
 
@@ -292,10 +288,8 @@ class KernelInputs:
 
     cells (n,) int64; observed (n, m) complex64 or complex128 band transforms; ptab (n, columns)
     float64 (:func:`particle_table`); pixels: :class:`PixelInputs`; ref: the padded reference's
-    complex64 data, radius, scale; separable: the projection frequencies are a linear map of the
-    grid (then shift_x (n, box/2 + 1), shift_y (n, box) complex128 and qtab (n, 7) float64 hold
-    the factorised shift and defocus phase, else they are (1, 1) and (1, 7) dummies);
-    half_box = box // 2."""
+    complex64 data, radius, scale; shift_x (n, box/2 + 1), shift_y (n, box) complex128 and qtab
+    (n, 7) float64: the factorised shift and defocus phase; half_box = box // 2."""
 
     cells: np.ndarray
     observed: np.ndarray
@@ -304,8 +298,6 @@ class KernelInputs:
     ref: np.ndarray
     radius: int
     ref_scale: float
-    defocus_factor: float
-    separable: bool
     shift_x: np.ndarray
     shift_y: np.ndarray
     qtab: np.ndarray
@@ -317,14 +309,8 @@ def kernel_inputs(cells, observed, particles, reference, terms, band,
     """The :class:`KernelInputs` of band transforms ``observed`` (n, m) of ``particles``,
     predicted from ``reference`` (:class:`csrefine.projection.PaddedReference`)."""
     pixels = pixel_inputs(terms, band, pixel_size_A)
-    lin = pixels.lin
-    if lin is not None:
-        shift_x, shift_y = shift_tables(particles, lin, band, pixel_size_A)
-        qtab = defocus_tables(particles, lin, band, pixel_size_A, float(terms.defocus_factor))
-    else:
-        shift_x = shift_y = np.ones((1, 1), dtype=np.complex128)
-        qtab = np.zeros((1, 7))
+    shift_x, shift_y = shift_tables(particles, pixels.lin, band, pixel_size_A)
+    qtab = defocus_tables(particles, pixels.lin, band, pixel_size_A, float(terms.defocus_factor))
     return KernelInputs(np.ascontiguousarray(cells, dtype=np.int64), np.ascontiguousarray(observed),
                         particle_table(particles), pixels, reference.data, int(reference.radius),
-                        float(reference.scale), float(terms.defocus_factor), lin is not None,
-                        shift_x, shift_y, qtab, band.box // 2)
+                        float(reference.scale), shift_x, shift_y, qtab, band.box // 2)

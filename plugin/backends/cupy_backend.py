@@ -30,8 +30,7 @@ import weakref
 import numpy as np
 
 from ..accumulate import N_STATS
-from . import centring_sign
-from ._tables import cuda_defines, particle_table, pixel_table
+from ._tables import centring_sign, cuda_defines, particle_table, pixel_table
 
 name = "cupy"
 

@@ -13,13 +13,12 @@ array added to ``stats`` once per call. Per-particle and per-pixel inputs are th
 of :mod:`csrefine.backends._tables` (read by column name); the image transforms are the
 reference's.
 
-Trigonometry leaves the per-pixel loop where the projection frequencies are a linear map of the
-grid indices (always, for RELION's magnification matrices): the origin shift exp(2 pi i k.o)
-factorises into per-particle tables along columns and rows; exp(i gamma) = exp(i D)
-exp(i gamma_static) exp(-i phase shift), where the defocus phase D is a quadratic in the column
-index along a row, so exp(i D) advances by a second-order complex recurrence (re-seeded with
-sin/cos at the start of every row segment of a block; error ~1e-13). Otherwise the kernel
-evaluates sin/cos per pixel (same results).
+Trigonometry leaves the per-pixel loop because the projection frequencies are a linear map of
+the grid indices (the magnification matrix): the origin shift exp(2 pi i k.o) factorises into
+per-particle tables along columns and rows; exp(i gamma) = exp(i D) exp(i gamma_static)
+exp(-i phase shift), where the defocus phase D is a quadratic in the column index along a row,
+so exp(i D) advances by a second-order complex recurrence (re-seeded with sin/cos at the start
+of every row segment of a block; error ~1e-13).
 
 The rest of the cost is memory latency: each sample reads four cache lines of the padded 3D
 transform (tens of MB) at effectively random places. The kernel prefetches them (LLVM's
@@ -47,9 +46,8 @@ from ..forward import pixel_terms
 from ..fourier import make_band
 from ..model import OpticsGroup, Particles
 from ..projection import make_padded_reference
-from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
 from ._tables import LAYOUT_ID, KernelInputs, ParticleColumn, PixelRow, kernel_inputs
-from .numpy_backend import band_transforms as numpy_band_transforms
+from .numpy_backend import band_transforms, default_batch_size, host_buffer, reader_threads  # noqa: F401
 
 
 def kernel_cache_dir() -> Path:
@@ -104,8 +102,8 @@ def _prefetch(typingctx, array, z, y, x):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
-                      p0, p1, separable, shift_x, shift_y, col, row, qtab, cont, half_box):
+def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale, p0, p1,
+                      shift_x, shift_y, col, row, qtab, cont, half_box):
     """Pixels p0:p1 of one batch (serial); returns the number of out-of-range samples.
 
     Per particle: a coordinate loop computes the sampling coordinates (scale * A^T (kx, ky, 0),
@@ -113,7 +111,6 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
     bound, with prefetches); a third loop applies shift, CTF and sums (compute bound)."""
     n = observed.shape[0]
     n_cells = stats.shape[0]
-    two_pi = 2.0 * np.pi
     r = radius
     width = p1 - p0
     acc = np.zeros((n_cells, N_STATS, width), dtype=np.float64)
@@ -204,15 +201,8 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
                 si = -si
             buf_r[q] = sr
             buf_i[q] = si
-        mean = ptab[i, _P.MEAN_DEFOCUS_A]
-        half = ptab[i, _P.HALF_ASTIGMATISM_A]
-        cphi = ptab[i, _P.COS_2PHI]
-        sphi = ptab[i, _P.SIN_2PHI]
-        ph = ptab[i, _P.PHASE_SHIFT_RAD]
         nb4 = ptab[i, _P.NEG_QUARTER_B_A2]
         sc = ptab[i, _P.SCALE]
-        ox = ptab[i, _P.ORIGIN_X_A]
-        oy = ptab[i, _P.ORIGIN_Y_A]
         suu = qtab[i, 0]
         suv = qtab[i, 1]
         svv = qtab[i, 2]
@@ -228,55 +218,41 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
             p = p0 + q
             sr = buf_r[q]
             si = buf_i[q]
-            # origin shift and odd phase
-            if separable:
-                # exp(i 2pi k.o) = ex[col] * ey[row] (k linear in the grid indices), times
-                # exp(i odd) precomputed per pixel (cos/sin of the odd phase)
-                ex = shift_x[i, col[p]]
-                ey = shift_y[i, row[p]]
-                er = ex.real * ey.real - ex.imag * ey.imag
-                ei = ex.real * ey.imag + ex.imag * ey.real
-                ca = er * pix[_X.COS_ODD_PHASE, p] - ei * pix[_X.SIN_ODD_PHASE, p]
-                sa = er * pix[_X.SIN_ODD_PHASE, p] + ei * pix[_X.COS_ODD_PHASE, p]
-            else:
-                arg = (two_pi * (pix[_X.KX_PER_A, p] * ox + pix[_X.KY_PER_A, p] * oy)
-                       + pix[_X.ODD_PHASE, p])
-                ca = np.cos(arg)
-                sa = np.sin(arg)
+            # origin shift and odd phase: exp(i 2pi k.o) = ex[col] * ey[row] (k linear in the
+            # grid indices), times exp(i odd) precomputed per pixel (cos/sin of the odd phase)
+            ex = shift_x[i, col[p]]
+            ey = shift_y[i, row[p]]
+            er = ex.real * ey.real - ex.imag * ey.imag
+            ei = ex.real * ey.imag + ex.imag * ey.real
+            ca = er * pix[_X.COS_ODD_PHASE, p] - ei * pix[_X.SIN_ODD_PHASE, p]
+            sa = er * pix[_X.SIN_ODD_PHASE, p] + ei * pix[_X.COS_ODD_PHASE, p]
             pr = sr * ca - si * sa
             pim = sr * sa + si * ca
-            # CTF phase and envelope
-            k2 = pix[_X.K2, p]
-            if separable:
-                # exp(i gamma) = exp(i D) exp(i gamma_static) exp(-i phase_shift), with the
-                # defocus phase D a quadratic in the column j along a row: exp(i D) advances by
-                # T = exp(i (D(j+1) - D(j))), and T by W = exp(2 i uSu) (no trig per pixel).
-                if q == 0 or cont[p] == 0:
-                    jj = np.float64(col[p])
-                    yy = np.float64(row[p] - half_box)
-                    d = jj * jj * suu + 2.0 * jj * yy * suv + yy * yy * svv
-                    rr = np.cos(d)
-                    ri = np.sin(d)
-                    t = (2.0 * jj + 1.0) * suu + 2.0 * yy * suv
-                    tr = np.cos(t)
-                    ti = np.sin(t)
-                else:
-                    nr = rr * tr - ri * ti
-                    ri = rr * ti + ri * tr
-                    rr = nr
-                    nr = tr * wr - ti * wi
-                    ti = tr * wi + ti * wr
-                    tr = nr
-                er = rr * pix[_X.COS_GAMMA_STATIC, p] - ri * pix[_X.SIN_GAMMA_STATIC, p]
-                ei = rr * pix[_X.SIN_GAMMA_STATIC, p] + ri * pix[_X.COS_GAMMA_STATIC, p]
-                cg = er * pcos + ei * psin
-                sg = ei * pcos - er * psin
+            # CTF phase: exp(i gamma) = exp(i D) exp(i gamma_static) exp(-i phase_shift), with
+            # the defocus phase D a quadratic in the column j along a row: exp(i D) advances by
+            # T = exp(i (D(j+1) - D(j))), and T by W = exp(2 i uSu) (no trig per pixel).
+            if q == 0 or cont[p] == 0:
+                jj = np.float64(col[p])
+                yy = np.float64(row[p] - half_box)
+                d = jj * jj * suu + 2.0 * jj * yy * suv + yy * yy * svv
+                rr = np.cos(d)
+                ri = np.sin(d)
+                t = (2.0 * jj + 1.0) * suu + 2.0 * yy * suv
+                tr = np.cos(t)
+                ti = np.sin(t)
             else:
-                defocus = mean + half * (pix[_X.COS_2THETA, p] * cphi
-                                         + pix[_X.SIN_2THETA, p] * sphi)
-                g = defocus_factor * defocus * k2 + pix[_X.GAMMA_STATIC, p] - ph
-                sg = np.sin(g)
-                cg = np.cos(g)
+                nr = rr * tr - ri * ti
+                ri = rr * ti + ri * tr
+                rr = nr
+                nr = tr * wr - ti * wi
+                ti = tr * wi + ti * wr
+                tr = nr
+            er = rr * pix[_X.COS_GAMMA_STATIC, p] - ri * pix[_X.SIN_GAMMA_STATIC, p]
+            ei = rr * pix[_X.SIN_GAMMA_STATIC, p] + ri * pix[_X.COS_GAMMA_STATIC, p]
+            cg = er * pcos + ei * psin
+            sg = ei * pcos - er * psin
+            # envelope
+            k2 = pix[_X.K2, p]
             env = sc if nb4 == 0.0 else sc * np.exp(nb4 * k2)
             xv = observed[i, p]
             xr = xv.real
@@ -297,8 +273,8 @@ def _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale, defocus_factor,
-                       separable, shift_x, shift_y, col, row, qtab, cont, half_box, first, step):
+def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale, shift_x,
+                       shift_y, col, row, qtab, cont, half_box, first, step):
     """stats (n_cells, 6, m) += sums over particles for the pixel blocks first, first + step,
     ... (serial: one call per thread, without the GIL). Returns (number of out-of-range
     samples, table layout compiled with)."""
@@ -307,9 +283,9 @@ def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale
     bad = 0
     for b in range(first, n_blocks, step):
         p0 = b * PIXEL_BLOCK
-        bad += _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale,
-                                 defocus_factor, p0, min(p0 + PIXEL_BLOCK, m), separable,
-                                 shift_x, shift_y, col, row, qtab, cont, half_box)
+        bad += _accumulate_block(stats, cells, observed, ptab, pix, ref, radius, ref_scale, p0,
+                                 min(p0 + PIXEL_BLOCK, m), shift_x, shift_y, col, row, qtab,
+                                 cont, half_box)
     # LAYOUT_ID: the table layout this kernel was compiled with (numba's cache may predate
     # _tables.py)
     return bad, LAYOUT_ID
@@ -333,9 +309,8 @@ def kernel(stats: np.ndarray, k: KernelInputs, threads: int) -> int:
 
     def run(first: int):
         return _accumulate_blocks(stats, k.cells, k.observed, k.ptab, px.pix, k.ref, k.radius,
-                                  k.ref_scale, k.defocus_factor, k.separable, k.shift_x,
-                                  k.shift_y, px.col, px.row, k.qtab, px.cont, k.half_box, first,
-                                  workers)
+                                  k.ref_scale, k.shift_x, k.shift_y, px.col, px.row, k.qtab,
+                                  px.cont, k.half_box, first, workers)
 
     if workers == 1:
         results = [run(0)]
@@ -348,16 +323,6 @@ def kernel(stats: np.ndarray, k: KernelInputs, threads: int) -> int:
                            "csrefine/backends/_tables.py's: delete the numba cache "
                            f"({kernel_cache_dir()})")
     return sum(bad for bad, _ in results)
-
-
-def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
-    """The band transforms the kernel takes, (n, m) C-contiguous: the reference backend's
-    (:func:`csrefine.backends.numpy_backend.band_transforms`), complex64 for float32 images,
-    complex128 for any other (converted to float64 first)."""
-    images = np.asarray(images)
-    if images.dtype not in (np.float32, np.float64):
-        images = images.astype(np.float64)
-    return np.ascontiguousarray(numpy_band_transforms(images, band, threads))
 
 
 def _accumulate_observed(stats, cells, observed, particles, reference, terms, band,
@@ -403,13 +368,3 @@ def warm_up() -> None:
     stats = np.zeros((1, N_STATS, band.size))
     accumulate_batch(stats, np.zeros(1, np.int64), np.zeros((1, box, box), np.float32), parts,
                      ref, pixel_terms(group, band), band, px, 1)
-
-
-def default_batch_size(box: int) -> int:
-    """256 particles per batch, whatever the box."""
-    return 256
-
-
-def reader_threads(threads: int) -> int:
-    """One thread reads images ahead; the kernel uses the ``threads`` threads."""
-    return 1

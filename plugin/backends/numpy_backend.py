@@ -7,15 +7,15 @@ import scipy.fft
 
 from ..accumulate import accumulate_numpy
 from ..forward import particle_envelope, particle_gamma, shifted_projections
-from . import centring_sign
-from . import empty_host_buffer as host_buffer  # noqa: F401  (Backend.host_buffer)
+from ._tables import centring_sign
 
 name = "numpy"
 
 
 def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
     """rfft2 of centred images (n, box, box) at the band pixels, as if each image's centre
-    (box//2) were moved to index 0 (:func:`csrefine.backends.centring_sign`): (n, m) complex."""
+    (box//2) were moved to index 0 (:func:`csrefine.backends._tables.centring_sign`): (n, m)
+    complex."""
     ft = scipy.fft.rfft2(images, workers=threads)
     return ft.reshape(images.shape[0], -1)[:, band.flat_index] * centring_sign(band)
 
@@ -49,13 +49,18 @@ def accumulate_halves(stats, cells, images, particles, references, terms, band, 
                              references[half], terms, band, pixel_size_A, threads)
 
 
+def host_buffer(shape: tuple) -> np.ndarray:
+    """``numpy.empty(shape, float32)``: no special memory for the images on the CPU."""
+    return np.empty(shape, dtype=np.float32)
+
+
 def default_batch_size(box: int) -> int:
     """256 particles per batch, whatever the box."""
     return 256
 
 
 def reader_threads(threads: int) -> int:
-    """One thread reads images ahead (the computation uses the others)."""
+    """One thread reads images ahead (the computation uses the ``--j`` threads)."""
     return 1
 
 
