@@ -10,7 +10,6 @@ read too (:mod:`.star_relion30`). Other STAR files (PostProcess) go through star
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,18 +22,11 @@ from csrefine.paths import check_input_file
 
 from . import star_relion30
 from .star_syntax import unquoted
-from .star_tables import (
-    CHUNK_ROWS,
-    Table,
-    integer_column,
-    numeric_column,
-    parse_vector,
-    read_tables,
-)
+from .star_tables import CHUNK_ROWS, Table, integer_column, numeric_column, parse_vector, read_tables
 from .star_write import format_vector, optics_table, particle_table, write_new_star, write_updated_star
 
 __all__ = ["ParticleStar", "read_blocks", "read_particle_star", "write_updated_star",
-           "write_new_star", "optics_table", "particle_table", "format_vector", "parse_vector"]
+           "write_new_star", "optics_table", "particle_table", "format_vector"]
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
                    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
@@ -75,24 +67,16 @@ class ParticleStar:
     optics_table: bool = True
 
 
-def _column_names(path: Path) -> list[str]:
-    names = []
-    with open(path, "r", errors="replace") as fh:
-        for line in fh:
-            m = re.match(r"\s*_(\S+)", line)
-            if m:
-                names.append(m.group(1))
-    return sorted(set(names))
-
-
 def read_blocks(path) -> dict:
     """All data blocks of a STAR file with every value kept as text (starfile: pandas
     DataFrames for loops, dicts for key-value blocks)."""
     import starfile
 
     path = check_input_file(path, "STAR file")
+    with open(path, "r", errors="replace") as fh:
+        names = {line.split()[0][1:] for line in fh if line.lstrip().startswith("_")}
     try:
-        return starfile.read(path, always_dict=True, parse_as_string=_column_names(path))
+        return starfile.read(path, always_dict=True, parse_as_string=sorted(names - {""}))
     except Exception as exc:  # starfile raises assorted parser errors
         raise InputError(f"{path}: not a readable STAR file ({exc})") from exc
 
@@ -130,30 +114,25 @@ def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
                          f"must be unique)")
     if np.any(ids < 1):
         raise InputError(f"{where}: _rlnOpticsGroup must be at least 1, got {int(ids.min())}")
-    num = {c: numeric_column(optics, c, where) for c in REQUIRED_OPTICS[1:]}
-    tilt_x = numeric_column(optics, "rlnBeamTiltX", where, default=0.0)
-    tilt_y = numeric_column(optics, "rlnBeamTiltY", where, default=0.0)
-    has_mag = all(c in optics for c in MAG_COLUMNS)
-    mags = [numeric_column(optics, c, where) for c in MAG_COLUMNS] if has_mag else None
+    num = {quantity: numeric_column(optics, column[1:], where)
+           for quantity, column in OPTICS_COLUMN_NAMES.items()}
+    tilt_x, tilt_y = (numeric_column(optics, c, where, default=0.0)
+                      for c in ("rlnBeamTiltX", "rlnBeamTiltY"))
+    mags = ([numeric_column(optics, c, where) for c in MAG_COLUMNS]
+            if all(c in optics for c in MAG_COLUMNS) else None)
+    vectors = {c: optics[c] if c in optics else None for c in ("rlnEvenZernike", "rlnOddZernike")}
     groups = {}
     for row, gid in enumerate(ids.tolist()):
-        def vec(column, row=row, gid=gid):
-            if column not in optics:
-                return np.zeros(0)
-            return parse_vector(unquoted(optics[column][row]),
-                                f"{where}: _{column} of optics group {gid}")
         name = (unquoted(optics["rlnOpticsGroupName"][row]) if "rlnOpticsGroupName" in optics
                 else f"opticsGroup{gid}")
-        mag = (np.array([[mags[0][row], mags[1][row]], [mags[2][row], mags[3][row]]]) if has_mag
-               else np.eye(2))
-        values = {"voltage_kv": num["rlnVoltage"][row], "cs_mm": num["rlnSphericalAberration"][row],
-                  "amplitude_contrast": num["rlnAmplitudeContrast"][row],
-                  "pixel_size_A": num["rlnImagePixelSize"][row],
-                  "box_size": num["rlnImageSize"][row]}
+        mag = np.array([m[row] for m in mags]).reshape(2, 2) if mags else np.eye(2)
+        values = {quantity: column[row] for quantity, column in num.items()}
         check_optics_values(where, f"optics group {gid}", names=OPTICS_COLUMN_NAMES, **values)
+        terms = {c: parse_vector(unquoted(texts[row]), f"{where}: _{c} of optics group {gid}")
+                 if texts is not None else np.zeros(0) for c, texts in vectors.items()}
         groups[gid] = OpticsGroup(
             optics_group=gid, name=name, **dict(values, box_size=int(values["box_size"])),
-            even_zernike=vec("rlnEvenZernike"), odd_zernike=vec("rlnOddZernike"),
+            even_zernike=terms["rlnEvenZernike"], odd_zernike=terms["rlnOddZernike"],
             beam_tilt_x_mrad=tilt_x[row], beam_tilt_y_mrad=tilt_y[row], mag_matrix=mag,
             has_beam_tilt="rlnBeamTiltX" in optics or "rlnBeamTiltY" in optics)
     return groups
@@ -206,8 +185,8 @@ def _image_locations(names: list[str], where: str):
             _bad_image_name(names, start, where)
         codes += [uniques.setdefault(stack, len(uniques)) for _, _, stack in split]
         numbers.append(np.array(list(map(int, digits)), dtype=np.int64))
-    index = np.concatenate(numbers) if numbers else np.zeros(0, np.int64)
-    if index.size and not (index.min() >= 1 and index.max() <= MAX_IMAGE_NUMBER):
+    index = np.concatenate(numbers)  # the table has rows
+    if not (index.min() >= 1 and index.max() <= MAX_IMAGE_NUMBER):
         _bad_image_name(names, 0, where)
     return list(uniques), np.array(codes, dtype=np.int64), index - 1
 

@@ -114,15 +114,6 @@ class _LoopReader:
         return self.table
 
 
-def _check_labels(labels: list, block: str, where: str, line: int) -> None:
-    seen = set()
-    for name in labels:
-        if name in seen:
-            raise InputError(f"{where}: data_{block} has the column _{name} twice (the loop "
-                             f"of line {line})")
-        seen.add(name)
-
-
 #: The reader of a loop whose first row has not been seen yet.
 UNOPENED = object()
 
@@ -174,7 +165,10 @@ def _open(loop, choose: Chooser, tables, blocks, where) -> _LoopReader | None:
         twice = blocks.count(block) > 1
         raise InputError(f"{where}: data_{block} " + ("appears twice" if twice else
                          "has more than one loop") + f" (line {number})")
-    _check_labels(labels, block, where, number)
+    twice = [name for i, name in enumerate(labels) if name in labels[:i]]
+    if twice:
+        raise InputError(f"{where}: data_{block} has the column _{twice[0]} twice (the loop "
+                         f"of line {number})")
     return _LoopReader(Table(block, tuple(labels), number), wanted[0], wanted[1], where)
 
 
