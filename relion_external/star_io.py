@@ -3,15 +3,24 @@
 :func:`read_particle_star` reads the optics and particles tables in one pass over the file with
 the writer's own tokenizer (:mod:`.star_syntax`), keeping only the columns the refinement needs
 (:mod:`.star_tables`): neither pandas nor starfile is imported, values containing ``#`` and
-quotes are read as RELION reads them. Particle tables without an optics table (RELION 3.0) are
-read too (:mod:`.star_relion30`). Other STAR files (PostProcess) go through starfile
+quotes are read as RELION reads them. Other STAR files (PostProcess) go through starfile
 (:func:`read_blocks`).
+
+Particle tables without an optics table (RELION 3.0's layout, e.g. ``relion_preprocess`` and
+``relion_refine`` of that version) state each particle's optics. The optics groups are then the
+distinct combinations of rlnVoltage, rlnSphericalAberration, rlnAmplitudeContrast, pixel size
+and rlnBeamTiltX/Y, numbered in order of first appearance (as RELION 3.1 forms and numbers them
+when it converts such a file). The pixel size is rlnDetectorPixelSize (µm) * 1e4 /
+rlnMagnification where both are given (RELION 3.1 converts only such files), else
+rlnImagePixelSize or rlnPixelSize; origins are rlnOriginX/Y in pixels (rlnOriginXAngst/YAngst
+where present); the box size comes from the stack header.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,7 +29,6 @@ from csrefine.images import check_mrc_header
 from csrefine.model import OpticsGroup, Particles, check_optics_values
 from csrefine.paths import check_input_file
 
-from . import star_relion30
 from .star_syntax import unquoted
 from .star_tables import CHUNK_ROWS, Table, integer_column, numeric_column, parse_vector, read_tables
 from .star_write import format_vector, optics_table, particle_table, write_new_star, write_updated_star
@@ -38,12 +46,18 @@ MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberration",
                        "amplitude_contrast": "_rlnAmplitudeContrast",
                        "pixel_size_A": "_rlnImagePixelSize", "box_size": "_rlnImageSize"}
-#: The particle columns the refinement reads (the writer copies the others as text), with
-#: those of RELION 3.0's per-particle optics; all but the image name are numbers.
+#: The particle columns the refinement reads (the writer copies the others as text); all but
+#: the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
                                          "rlnCtfBfactor", "rlnCtfScalefactor")
 NUMERIC_PARTICLE_COLUMNS = tuple(c for c in PARTICLE_COLUMNS if c != "rlnImageName")
-KEPT_PARTICLE_COLUMNS = PARTICLE_COLUMNS + star_relion30.COLUMNS
+TILT_COLUMNS = ("rlnBeamTiltX", "rlnBeamTiltY")
+#: The optics RELION 3.0's layout states per particle; the reader keeps them and its pixel
+#: size and origin columns too.
+PARTICLE_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+KEPT_PARTICLE_COLUMNS = PARTICLE_COLUMNS + PARTICLE_OPTICS + (
+    "rlnDetectorPixelSize", "rlnMagnification", "rlnImagePixelSize", "rlnPixelSize",
+    *TILT_COLUMNS, "rlnOriginX", "rlnOriginY")
 
 
 @dataclass
@@ -116,8 +130,7 @@ def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
         raise InputError(f"{where}: _rlnOpticsGroup must be at least 1, got {int(ids.min())}")
     num = {quantity: numeric_column(optics, column[1:], where)
            for quantity, column in OPTICS_COLUMN_NAMES.items()}
-    tilt_x, tilt_y = (numeric_column(optics, c, where, default=0.0)
-                      for c in ("rlnBeamTiltX", "rlnBeamTiltY"))
+    tilt_x, tilt_y = (numeric_column(optics, c, where, default=0.0) for c in TILT_COLUMNS)
     mags = ([numeric_column(optics, c, where) for c in MAG_COLUMNS]
             if all(c in optics for c in MAG_COLUMNS) else None)
     vectors = {c: optics[c] if c in optics else None for c in ("rlnEvenZernike", "rlnOddZernike")}
@@ -134,7 +147,7 @@ def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
             optics_group=gid, name=name, **dict(values, box_size=int(values["box_size"])),
             even_zernike=terms["rlnEvenZernike"], odd_zernike=terms["rlnOddZernike"],
             beam_tilt_x_mrad=tilt_x[row], beam_tilt_y_mrad=tilt_y[row], mag_matrix=mag,
-            has_beam_tilt="rlnBeamTiltX" in optics or "rlnBeamTiltY" in optics)
+            has_beam_tilt=any(c in optics for c in TILT_COLUMNS))
     return groups
 
 
@@ -165,6 +178,61 @@ def _particles(table: Table, og: np.ndarray, origins, where: str) -> Particles:
         bfactor_A2=col("rlnCtfBfactor", 0.0), ctf_scale=col("rlnCtfScalefactor", 1.0),
         rot_deg=col("rlnAngleRot"), tilt_deg=col("rlnAngleTilt"), psi_deg=col("rlnAnglePsi"),
         origin_x_A=origins[0], origin_y_A=origins[1], half_set=half, optics_group=og)
+
+
+def _pixel_sizes_A(table: Table, where: str) -> tuple[np.ndarray, str]:
+    """Each particle's pixel size (Å) and the column(s) it comes from."""
+    if "rlnDetectorPixelSize" in table and "rlnMagnification" in table:
+        detector_um = numeric_column(table, "rlnDetectorPixelSize", where)
+        magnification = numeric_column(table, "rlnMagnification", where)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return detector_um * 1e4 / magnification, "_rlnDetectorPixelSize/_rlnMagnification"
+    for column in ("rlnImagePixelSize", "rlnPixelSize"):
+        if column in table:
+            return numeric_column(table, column, where), f"_{column}"
+    raise InputError(f"{where}: no data_optics table, and data_{table.block} states no pixel "
+                     f"size (_rlnDetectorPixelSize and _rlnMagnification, _rlnImagePixelSize or "
+                     f"_rlnPixelSize)")
+
+
+def _origins_A(table: Table, where: str, pixel_size_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origins in Å: rlnOriginXAngst/YAngst, or rlnOriginX/Y (pixels) times the pixel size."""
+    if "rlnOriginXAngst" in table or "rlnOriginX" not in table:
+        return (numeric_column(table, "rlnOriginXAngst", where),
+                numeric_column(table, "rlnOriginYAngst", where))
+    return (numeric_column(table, "rlnOriginX", where) * pixel_size_A,
+            numeric_column(table, "rlnOriginY", where) * pixel_size_A)
+
+
+def _relion30_groups(table: Table, where: str, box_of_row: Callable[[int], int]):
+    """(optics groups by number, each particle's group number, each particle's pixel size in
+    Å) of a table that states the optics per particle; ``box_of_row(row)`` is the box size of
+    that particle's stack."""
+    for column in PARTICLE_OPTICS:
+        if column not in table:
+            raise InputError(f"{where}: no data_optics table, and data_{table.block} does not "
+                             f"state the optics per particle (no _{column})")
+    voltage, cs, q0 = (numeric_column(table, c, where) for c in PARTICLE_OPTICS)
+    pixel, pixel_names = _pixel_sizes_A(table, where)
+    tilt_x, tilt_y = (numeric_column(table, c, where, default=0.0) for c in TILT_COLUMNS)
+    keys = np.stack([voltage, cs, q0, pixel, tilt_x, tilt_y], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # the groups in order of first appearance
+    number = np.empty(len(order), dtype=np.int64)
+    number[order] = np.arange(1, len(order) + 1)
+    names = dict(OPTICS_COLUMN_NAMES, pixel_size_A=pixel_names, box_size="the stack's box size")
+    groups = {}
+    for gid, row in enumerate(first[order].tolist(), start=1):
+        box = box_of_row(row)
+        check_optics_values(where, f"row {row + 1} (optics group {gid})", voltage_kv=voltage[row],
+                            cs_mm=cs[row], amplitude_contrast=q0[row], pixel_size_A=pixel[row],
+                            box_size=box, names=names)
+        groups[gid] = OpticsGroup(
+            gid, f"opticsGroup{gid}", float(voltage[row]), float(cs[row]), float(q0[row]),
+            float(pixel[row]), int(box), beam_tilt_x_mrad=float(tilt_x[row]),
+            beam_tilt_y_mrad=float(tilt_y[row]),
+            has_beam_tilt=any(c in table for c in TILT_COLUMNS))
+    return groups, number[np.ravel(inverse)], pixel
 
 
 #: Image numbers above this are refused (no stack holds a billion images).
@@ -259,11 +327,11 @@ def read_particle_star(path, base_dir=".") -> ParticleStar:
     if optics is not None:
         groups = _optics_groups(optics, where)
         og = _group_numbers(table, groups, where)
-        origins = star_relion30.origins_A(table, where, None)
+        origins = _origins_A(table, where, None)
     else:
-        groups, og, pixel = star_relion30.optics_groups(
+        groups, og, pixel = _relion30_groups(
             table, where, _stack_box(stack_paths, codes, Path(base_dir), where))
-        origins = star_relion30.origins_A(table, where, pixel)
+        origins = _origins_A(table, where, pixel)
     particles = _particles(table, og, origins, where)
     return ParticleStar(path, groups, particles, stack_paths, codes, index, table.block,
                         optics is not None)
