@@ -18,7 +18,7 @@ where present); the box size comes from the stack header.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -74,11 +74,11 @@ class ParticleStar:
     path: Path
     groups: dict[int, OpticsGroup]
     particles: Particles
-    stack_paths: list = field(default_factory=list)
-    stack_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    particle_block: str = "particles"
-    optics_table: bool = True
+    stack_paths: list
+    stack_code: np.ndarray
+    image_index: np.ndarray
+    particle_block: str
+    optics_table: bool
 
 
 def read_blocks(path) -> dict:

@@ -29,14 +29,12 @@ Chooser = Callable[[str, list], "tuple[tuple[str, ...], frozenset] | None"]
 
 @dataclass
 class Table:
-    """A loop of a STAR file: its block, all its column names in file order, the line of its
-    ``loop_``, the kept columns (float64 arrays for the numeric ones, lists of text for the
-    others) and, per numeric column, the (row, text) of its first value that is not a finite
-    number."""
+    """A loop of a STAR file: its block, all its column names in file order, the kept columns
+    (float64 arrays for the numeric ones, lists of text for the others) and, per numeric
+    column, the (row, text) of its first value that is not a finite number."""
 
     block: str
     labels: tuple[str, ...]
-    line: int
     columns: dict = field(default_factory=dict)
     bad: dict = field(default_factory=dict)
     n_rows: int = 0
@@ -76,8 +74,8 @@ class _LoopReader:
         index = [table.labels.index(c) for c in keep if c in table.labels]
         self.table, self.numeric, self.where = table, numeric, where
         self.names = [table.labels[i] for i in index]
-        self.take = itemgetter(*index) if len(index) > 1 else (
-            (lambda values, i=index[0]: (values[i],)) if index else (lambda values: ()))
+        self.take = (itemgetter(*index) if len(index) > 1  # itemgetter of one index: no tuple
+                     else lambda values: tuple(values[i] for i in index))
         self.parts = {name: [] for name in self.names}
         self.pending: list[tuple] = []
 
@@ -169,7 +167,7 @@ def _open(loop, choose: Chooser, tables, blocks, where) -> _LoopReader | None:
     if twice:
         raise InputError(f"{where}: data_{block} has the column _{twice[0]} twice (the loop "
                          f"of line {number})")
-    return _LoopReader(Table(block, tuple(labels), number), wanted[0], wanted[1], where)
+    return _LoopReader(Table(block, tuple(labels)), wanted[0], wanted[1], where)
 
 
 def numeric_column(table: Table, column: str, where: str, default=None) -> np.ndarray:
