@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -204,10 +203,10 @@ def _origins_A(table: Table, where: str, pixel_size_A: np.ndarray) -> tuple[np.n
             numeric_column(table, "rlnOriginY", where) * pixel_size_A)
 
 
-def _relion30_groups(table: Table, where: str, box_of_row: Callable[[int], int]):
+def _relion30_groups(table: Table, where: str, stacks: list[Path], codes: np.ndarray):
     """(optics groups by number, each particle's group number, each particle's pixel size in
-    Å) of a table that states the optics per particle; ``box_of_row(row)`` is the box size of
-    that particle's stack."""
+    Å) of a table that states the optics per particle; the box size is that of the stack
+    ``stacks[codes[row]]`` of each group's first particle."""
     for column in PARTICLE_OPTICS:
         if column not in table:
             raise InputError(f"{where}: no data_optics table, and data_{table.block} does not "
@@ -223,7 +222,7 @@ def _relion30_groups(table: Table, where: str, box_of_row: Callable[[int], int])
     names = dict(OPTICS_COLUMN_NAMES, pixel_size_A=pixel_names, box_size="the stack's box size")
     groups = {}
     for gid, row in enumerate(first[order].tolist(), start=1):
-        box = box_of_row(row)
+        box = _stack_box(stacks[codes[row]], where)
         check_optics_values(where, f"row {row + 1} (optics group {gid})", voltage_kv=voltage[row],
                             cs_mm=cs[row], amplitude_contrast=q0[row], pixel_size_A=pixel[row],
                             box_size=box, names=names)
@@ -273,22 +272,13 @@ def _bad_image_name(names: list[str], start: int, where: str):
                              f"{MAX_IMAGE_NUMBER:.0e})")
 
 
-def _stack_box(stack_paths: list[str], codes: np.ndarray, base_dir: Path, where: str):
-    """box_of_row(row): the box size in the header of that particle's stack."""
-    boxes: dict[int, int] = {}
-
-    def box_of_row(row: int) -> int:
-        code = int(codes[row])
-        if code not in boxes:
-            path = Path(stack_paths[code])
-            path = path if path.is_absolute() else base_dir / path
-            nx, ny, _, _ = check_mrc_header(path, f"particle stack (its box size is needed: "
-                                                  f"{where} has no optics table)")
-            if nx != ny:
-                raise InputError(f"{path}: images of {nx} x {ny} pixels; square images expected")
-            boxes[code] = nx
-        return boxes[code]
-    return box_of_row
+def _stack_box(path: Path, where: str) -> int:
+    """The box size in the header of a particle stack."""
+    nx, ny, _, _ = check_mrc_header(path, f"particle stack (its box size is needed: {where} has "
+                                          f"no optics table)")
+    if nx != ny:
+        raise InputError(f"{path}: images of {nx} x {ny} pixels; square images expected")
+    return nx
 
 
 def _tables(path: Path):
@@ -330,7 +320,7 @@ def read_particle_star(path, base_dir=".") -> ParticleStar:
         origins = _origins_A(table, where, None)
     else:
         groups, og, pixel = _relion30_groups(
-            table, where, _stack_box(stack_paths, codes, Path(base_dir), where))
+            table, where, [Path(base_dir) / p for p in stack_paths], codes)
         origins = _origins_A(table, where, pixel)
     particles = _particles(table, og, origins, where)
     return ParticleStar(path, groups, particles, stack_paths, codes, index, table.block,
