@@ -1,10 +1,8 @@
-"""The loops of a STAR file as columns: one pass over the file with
-:func:`csrefine.relion.star_syntax.star_lines` and :func:`~csrefine.relion.star_syntax.tokens`.
+"""The loops of a STAR file as columns, read in one pass with :mod:`.star_syntax`.
 
-Only the columns asked for are kept. Their values are held as text for :data:`CHUNK_ROWS` rows,
-then the numeric ones are converted to float64 arrays: a million-row file never holds more than
-that many texts per numeric column (the text of a value is ~60 bytes as a Python string, its
-number 8).
+Only the columns asked for are kept; their values are held as text for :data:`CHUNK_ROWS` rows,
+then the numeric ones are converted to float64: a million-row file never holds more texts than
+that per numeric column (a value's text is ~60 bytes as a Python string, its number 8).
 """
 
 from __future__ import annotations
