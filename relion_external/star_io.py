@@ -3,15 +3,22 @@
 :func:`read_particle_star` reads the optics and particles tables in one pass over the file with
 the writer's own tokenizer (:mod:`.star_syntax`), keeping only the columns the refinement needs
 (:mod:`.star_tables`): neither pandas nor starfile is imported, values containing ``#`` and
-quotes are read as RELION reads them. Particle tables without an optics table (RELION 3.0) are
-read too (:mod:`.star_relion30`). Other STAR files (PostProcess) go through starfile
+quotes are read as RELION reads them. Other STAR files (PostProcess) go through starfile
 (:func:`read_blocks`).
+
+Particle tables without an optics table (RELION 3.0's layout, e.g. ``relion_preprocess`` and
+``relion_refine`` of that version) state each particle's optics. The optics groups are then the
+distinct combinations of rlnVoltage, rlnSphericalAberration, rlnAmplitudeContrast, pixel size
+and rlnBeamTiltX/Y, numbered in order of first appearance (as RELION 3.1 forms and numbers them
+when it converts such a file). The pixel size is rlnDetectorPixelSize (µm) * 1e4 /
+rlnMagnification where both are given (RELION 3.1 converts only such files), else
+rlnImagePixelSize or rlnPixelSize; origins are rlnOriginX/Y in pixels (rlnOriginXAngst/YAngst
+where present); the box size comes from the stack header.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +28,12 @@ from csrefine.images import check_mrc_header
 from csrefine.model import OpticsGroup, Particles, check_optics_values
 from csrefine.paths import check_input_file
 
-from . import star_relion30
 from .star_syntax import unquoted
-from .star_tables import (
-    CHUNK_ROWS,
-    Table,
-    integer_column,
-    numeric_column,
-    parse_vector,
-    read_tables,
-)
+from .star_tables import CHUNK_ROWS, Table, integer_column, numeric_column, parse_vector, read_tables
 from .star_write import format_vector, optics_table, particle_table, write_new_star, write_updated_star
 
 __all__ = ["ParticleStar", "read_blocks", "read_particle_star", "write_updated_star",
-           "write_new_star", "optics_table", "particle_table", "format_vector", "parse_vector"]
+           "write_new_star", "optics_table", "particle_table", "format_vector"]
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
                    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
@@ -46,12 +45,18 @@ MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberration",
                        "amplitude_contrast": "_rlnAmplitudeContrast",
                        "pixel_size_A": "_rlnImagePixelSize", "box_size": "_rlnImageSize"}
-#: The particle columns the refinement reads (the writer copies the others as text), with
-#: those of RELION 3.0's per-particle optics; all but the image name are numbers.
+#: The particle columns the refinement reads (the writer copies the others as text); all but
+#: the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
                                          "rlnCtfBfactor", "rlnCtfScalefactor")
 NUMERIC_PARTICLE_COLUMNS = tuple(c for c in PARTICLE_COLUMNS if c != "rlnImageName")
-KEPT_PARTICLE_COLUMNS = PARTICLE_COLUMNS + star_relion30.COLUMNS
+TILT_COLUMNS = ("rlnBeamTiltX", "rlnBeamTiltY")
+#: The optics RELION 3.0's layout states per particle; the reader keeps them and its pixel
+#: size and origin columns too.
+PARTICLE_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+KEPT_PARTICLE_COLUMNS = PARTICLE_COLUMNS + PARTICLE_OPTICS + (
+    "rlnDetectorPixelSize", "rlnMagnification", "rlnImagePixelSize", "rlnPixelSize",
+    *TILT_COLUMNS, "rlnOriginX", "rlnOriginY")
 
 
 @dataclass
@@ -68,21 +73,11 @@ class ParticleStar:
     path: Path
     groups: dict[int, OpticsGroup]
     particles: Particles
-    stack_paths: list = field(default_factory=list)
-    stack_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    particle_block: str = "particles"
-    optics_table: bool = True
-
-
-def _column_names(path: Path) -> list[str]:
-    names = []
-    with open(path, "r", errors="replace") as fh:
-        for line in fh:
-            m = re.match(r"\s*_(\S+)", line)
-            if m:
-                names.append(m.group(1))
-    return sorted(set(names))
+    stack_paths: list
+    stack_code: np.ndarray
+    image_index: np.ndarray
+    particle_block: str
+    optics_table: bool
 
 
 def read_blocks(path) -> dict:
@@ -91,8 +86,10 @@ def read_blocks(path) -> dict:
     import starfile
 
     path = check_input_file(path, "STAR file")
+    with open(path, "r", errors="replace") as fh:
+        names = {line.split()[0][1:] for line in fh if line.lstrip().startswith("_")}
     try:
-        return starfile.read(path, always_dict=True, parse_as_string=_column_names(path))
+        return starfile.read(path, always_dict=True, parse_as_string=sorted(names - {""}))
     except Exception as exc:  # starfile raises assorted parser errors
         raise InputError(f"{path}: not a readable STAR file ({exc})") from exc
 
@@ -130,32 +127,26 @@ def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
                          f"must be unique)")
     if np.any(ids < 1):
         raise InputError(f"{where}: _rlnOpticsGroup must be at least 1, got {int(ids.min())}")
-    num = {c: numeric_column(optics, c, where) for c in REQUIRED_OPTICS[1:]}
-    tilt_x = numeric_column(optics, "rlnBeamTiltX", where, default=0.0)
-    tilt_y = numeric_column(optics, "rlnBeamTiltY", where, default=0.0)
-    has_mag = all(c in optics for c in MAG_COLUMNS)
-    mags = [numeric_column(optics, c, where) for c in MAG_COLUMNS] if has_mag else None
+    num = {quantity: numeric_column(optics, column[1:], where)
+           for quantity, column in OPTICS_COLUMN_NAMES.items()}
+    tilt_x, tilt_y = (numeric_column(optics, c, where, default=0.0) for c in TILT_COLUMNS)
+    mags = ([numeric_column(optics, c, where) for c in MAG_COLUMNS]
+            if all(c in optics for c in MAG_COLUMNS) else None)
+    vectors = {c: optics[c] if c in optics else None for c in ("rlnEvenZernike", "rlnOddZernike")}
     groups = {}
     for row, gid in enumerate(ids.tolist()):
-        def vec(column, row=row, gid=gid):
-            if column not in optics:
-                return np.zeros(0)
-            return parse_vector(unquoted(optics[column][row]),
-                                f"{where}: _{column} of optics group {gid}")
         name = (unquoted(optics["rlnOpticsGroupName"][row]) if "rlnOpticsGroupName" in optics
                 else f"opticsGroup{gid}")
-        mag = (np.array([[mags[0][row], mags[1][row]], [mags[2][row], mags[3][row]]]) if has_mag
-               else np.eye(2))
-        values = {"voltage_kv": num["rlnVoltage"][row], "cs_mm": num["rlnSphericalAberration"][row],
-                  "amplitude_contrast": num["rlnAmplitudeContrast"][row],
-                  "pixel_size_A": num["rlnImagePixelSize"][row],
-                  "box_size": num["rlnImageSize"][row]}
+        mag = np.array([m[row] for m in mags]).reshape(2, 2) if mags else np.eye(2)
+        values = {quantity: column[row] for quantity, column in num.items()}
         check_optics_values(where, f"optics group {gid}", names=OPTICS_COLUMN_NAMES, **values)
+        terms = {c: parse_vector(unquoted(texts[row]), f"{where}: _{c} of optics group {gid}")
+                 if texts is not None else np.zeros(0) for c, texts in vectors.items()}
         groups[gid] = OpticsGroup(
             optics_group=gid, name=name, **dict(values, box_size=int(values["box_size"])),
-            even_zernike=vec("rlnEvenZernike"), odd_zernike=vec("rlnOddZernike"),
+            even_zernike=terms["rlnEvenZernike"], odd_zernike=terms["rlnOddZernike"],
             beam_tilt_x_mrad=tilt_x[row], beam_tilt_y_mrad=tilt_y[row], mag_matrix=mag,
-            has_beam_tilt="rlnBeamTiltX" in optics or "rlnBeamTiltY" in optics)
+            has_beam_tilt=any(c in optics for c in TILT_COLUMNS))
     return groups
 
 
@@ -188,6 +179,61 @@ def _particles(table: Table, og: np.ndarray, origins, where: str) -> Particles:
         origin_x_A=origins[0], origin_y_A=origins[1], half_set=half, optics_group=og)
 
 
+def _pixel_sizes_A(table: Table, where: str) -> tuple[np.ndarray, str]:
+    """Each particle's pixel size (Å) and the column(s) it comes from."""
+    if "rlnDetectorPixelSize" in table and "rlnMagnification" in table:
+        detector_um = numeric_column(table, "rlnDetectorPixelSize", where)
+        magnification = numeric_column(table, "rlnMagnification", where)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return detector_um * 1e4 / magnification, "_rlnDetectorPixelSize/_rlnMagnification"
+    for column in ("rlnImagePixelSize", "rlnPixelSize"):
+        if column in table:
+            return numeric_column(table, column, where), f"_{column}"
+    raise InputError(f"{where}: no data_optics table, and data_{table.block} states no pixel "
+                     f"size (_rlnDetectorPixelSize and _rlnMagnification, _rlnImagePixelSize or "
+                     f"_rlnPixelSize)")
+
+
+def _origins_A(table: Table, where: str, pixel_size_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origins in Å: rlnOriginXAngst/YAngst, or rlnOriginX/Y (pixels) times the pixel size."""
+    if "rlnOriginXAngst" in table or "rlnOriginX" not in table:
+        return (numeric_column(table, "rlnOriginXAngst", where),
+                numeric_column(table, "rlnOriginYAngst", where))
+    return (numeric_column(table, "rlnOriginX", where) * pixel_size_A,
+            numeric_column(table, "rlnOriginY", where) * pixel_size_A)
+
+
+def _relion30_groups(table: Table, where: str, stacks: list[Path], codes: np.ndarray):
+    """(optics groups by number, each particle's group number, each particle's pixel size in
+    Å) of a table that states the optics per particle; the box size is that of the stack
+    ``stacks[codes[row]]`` of each group's first particle."""
+    for column in PARTICLE_OPTICS:
+        if column not in table:
+            raise InputError(f"{where}: no data_optics table, and data_{table.block} does not "
+                             f"state the optics per particle (no _{column})")
+    voltage, cs, q0 = (numeric_column(table, c, where) for c in PARTICLE_OPTICS)
+    pixel, pixel_names = _pixel_sizes_A(table, where)
+    tilt_x, tilt_y = (numeric_column(table, c, where, default=0.0) for c in TILT_COLUMNS)
+    keys = np.stack([voltage, cs, q0, pixel, tilt_x, tilt_y], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # the groups in order of first appearance
+    number = np.empty(len(order), dtype=np.int64)
+    number[order] = np.arange(1, len(order) + 1)
+    names = dict(OPTICS_COLUMN_NAMES, pixel_size_A=pixel_names, box_size="the stack's box size")
+    groups = {}
+    for gid, row in enumerate(first[order].tolist(), start=1):
+        box = _stack_box(stacks[codes[row]], where)
+        check_optics_values(where, f"row {row + 1} (optics group {gid})", voltage_kv=voltage[row],
+                            cs_mm=cs[row], amplitude_contrast=q0[row], pixel_size_A=pixel[row],
+                            box_size=box, names=names)
+        groups[gid] = OpticsGroup(
+            gid, f"opticsGroup{gid}", float(voltage[row]), float(cs[row]), float(q0[row]),
+            float(pixel[row]), int(box), beam_tilt_x_mrad=float(tilt_x[row]),
+            beam_tilt_y_mrad=float(tilt_y[row]),
+            has_beam_tilt=any(c in table for c in TILT_COLUMNS))
+    return groups, number[np.ravel(inverse)], pixel
+
+
 #: Image numbers above this are refused (no stack holds a billion images).
 MAX_IMAGE_NUMBER = 10**9
 
@@ -206,8 +252,8 @@ def _image_locations(names: list[str], where: str):
             _bad_image_name(names, start, where)
         codes += [uniques.setdefault(stack, len(uniques)) for _, _, stack in split]
         numbers.append(np.array(list(map(int, digits)), dtype=np.int64))
-    index = np.concatenate(numbers) if numbers else np.zeros(0, np.int64)
-    if index.size and not (index.min() >= 1 and index.max() <= MAX_IMAGE_NUMBER):
+    index = np.concatenate(numbers)  # the table has rows
+    if not (index.min() >= 1 and index.max() <= MAX_IMAGE_NUMBER):
         _bad_image_name(names, 0, where)
     return list(uniques), np.array(codes, dtype=np.int64), index - 1
 
@@ -226,22 +272,13 @@ def _bad_image_name(names: list[str], start: int, where: str):
                              f"{MAX_IMAGE_NUMBER:.0e})")
 
 
-def _stack_box(stack_paths: list[str], codes: np.ndarray, base_dir: Path, where: str):
-    """box_of_row(row): the box size in the header of that particle's stack."""
-    boxes: dict[int, int] = {}
-
-    def box_of_row(row: int) -> int:
-        code = int(codes[row])
-        if code not in boxes:
-            path = Path(stack_paths[code])
-            path = path if path.is_absolute() else base_dir / path
-            nx, ny, _, _ = check_mrc_header(path, f"particle stack (its box size is needed: "
-                                                  f"{where} has no optics table)")
-            if nx != ny:
-                raise InputError(f"{path}: images of {nx} x {ny} pixels; square images expected")
-            boxes[code] = nx
-        return boxes[code]
-    return box_of_row
+def _stack_box(path: Path, where: str) -> int:
+    """The box size in the header of a particle stack."""
+    nx, ny, _, _ = check_mrc_header(path, f"particle stack (its box size is needed: {where} has "
+                                          f"no optics table)")
+    if nx != ny:
+        raise InputError(f"{path}: images of {nx} x {ny} pixels; square images expected")
+    return nx
 
 
 def _tables(path: Path):
@@ -280,11 +317,11 @@ def read_particle_star(path, base_dir=".") -> ParticleStar:
     if optics is not None:
         groups = _optics_groups(optics, where)
         og = _group_numbers(table, groups, where)
-        origins = star_relion30.origins_A(table, where, None)
+        origins = _origins_A(table, where, None)
     else:
-        groups, og, pixel = star_relion30.optics_groups(
-            table, where, _stack_box(stack_paths, codes, Path(base_dir), where))
-        origins = star_relion30.origins_A(table, where, pixel)
+        groups, og, pixel = _relion30_groups(
+            table, where, [Path(base_dir) / p for p in stack_paths], codes)
+        origins = _origins_A(table, where, pixel)
     particles = _particles(table, og, origins, where)
     return ParticleStar(path, groups, particles, stack_paths, codes, index, table.block,
                         optics is not None)

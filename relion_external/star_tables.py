@@ -1,10 +1,8 @@
-"""The loops of a STAR file as columns: one pass over the file with
-:func:`csrefine.relion.star_syntax.star_lines` and :func:`~csrefine.relion.star_syntax.tokens`.
+"""The loops of a STAR file as columns, read in one pass with :mod:`.star_syntax`.
 
-Only the columns asked for are kept. Their values are held as text for :data:`CHUNK_ROWS` rows,
-then the numeric ones are converted to float64 arrays: a million-row file never holds more than
-that many texts per numeric column (the text of a value is ~60 bytes as a Python string, its
-number 8).
+Only the columns asked for are kept; their values are held as text for :data:`CHUNK_ROWS` rows,
+then the numeric ones are converted to float64: a million-row file never holds more texts than
+that per numeric column (a value's text is ~60 bytes as a Python string, its number 8).
 """
 
 from __future__ import annotations
@@ -29,14 +27,12 @@ Chooser = Callable[[str, list], "tuple[tuple[str, ...], frozenset] | None"]
 
 @dataclass
 class Table:
-    """A loop of a STAR file: its block, all its column names in file order, the line of its
-    ``loop_``, the kept columns (float64 arrays for the numeric ones, lists of text for the
-    others) and, per numeric column, the (row, text) of its first value that is not a finite
-    number."""
+    """A loop of a STAR file: its block, all its column names in file order, the kept columns
+    (float64 arrays for the numeric ones, lists of text for the others) and, per numeric
+    column, the (row, text) of its first value that is not a finite number."""
 
     block: str
     labels: tuple[str, ...]
-    line: int
     columns: dict = field(default_factory=dict)
     bad: dict = field(default_factory=dict)
     n_rows: int = 0
@@ -76,8 +72,8 @@ class _LoopReader:
         index = [table.labels.index(c) for c in keep if c in table.labels]
         self.table, self.numeric, self.where = table, numeric, where
         self.names = [table.labels[i] for i in index]
-        self.take = itemgetter(*index) if len(index) > 1 else (
-            (lambda values, i=index[0]: (values[i],)) if index else (lambda values: ()))
+        self.take = (itemgetter(*index) if len(index) > 1  # itemgetter of one index: no tuple
+                     else lambda values: tuple(values[i] for i in index))
         self.parts = {name: [] for name in self.names}
         self.pending: list[tuple] = []
 
@@ -112,15 +108,6 @@ class _LoopReader:
             self.table.columns[name] = ((np.concatenate(parts) if parts else np.zeros(0))
                                         if name in self.numeric else parts)
         return self.table
-
-
-def _check_labels(labels: list, block: str, where: str, line: int) -> None:
-    seen = set()
-    for name in labels:
-        if name in seen:
-            raise InputError(f"{where}: data_{block} has the column _{name} twice (the loop "
-                             f"of line {line})")
-        seen.add(name)
 
 
 #: The reader of a loop whose first row has not been seen yet.
@@ -174,8 +161,11 @@ def _open(loop, choose: Chooser, tables, blocks, where) -> _LoopReader | None:
         twice = blocks.count(block) > 1
         raise InputError(f"{where}: data_{block} " + ("appears twice" if twice else
                          "has more than one loop") + f" (line {number})")
-    _check_labels(labels, block, where, number)
-    return _LoopReader(Table(block, tuple(labels), number), wanted[0], wanted[1], where)
+    twice = [name for i, name in enumerate(labels) if name in labels[:i]]
+    if twice:
+        raise InputError(f"{where}: data_{block} has the column _{twice[0]} twice (the loop "
+                         f"of line {number})")
+    return _LoopReader(Table(block, tuple(labels)), wanted[0], wanted[1], where)
 
 
 def numeric_column(table: Table, column: str, where: str, default=None) -> np.ndarray:

@@ -27,10 +27,8 @@ from .star_syntax import DATA, END, LOOP, ROW, ROW_COMMENT, star_lines, tokens
 if TYPE_CHECKING:
     from .star_io import ParticleStar
 
-#: A vector column a refined optics table may need where the input has none, and the value of
-#: the groups without one (no terms).
+#: The vector column a refined optics table may gain; the groups without terms get "[]".
 EVEN_ZERNIKE = "rlnEvenZernike"
-NO_TERMS = "[]"
 
 
 def format_vector(values) -> str:
@@ -42,39 +40,6 @@ def format_cs_mm(value: float) -> str:
     """Cs and beam tilt with nine decimals (a 1e-6 mm step of Cs moves the phase by ~4e-6 rad
     at 2 Å)."""
     return f"{value:.9f}"
-
-
-def format_defocus_A(value: float) -> str:
-    return f"{value:.6f}"
-
-
-class _TableEdit:
-    """The new values of one table's rows: per optics group, (column position, new text) and
-    the defocus offset; and the values of the columns the table gains."""
-
-    def __init__(self, labels: list, changes: dict[int, dict[str, str]],
-                 defocus_offset_A: dict[int, float], added: dict[str, str], optics: bool):
-        self.labels, self.optics = labels, optics
-        self.position = {name: i for i, name in enumerate(labels)}
-        self.changes = {gid: [(self.position[c], text) for c, text in new.items()
-                              if c in self.position] for gid, new in changes.items()}
-        self.offsets = {gid: offset for gid, offset in defocus_offset_A.items() if offset != 0}
-        self.defocus = [self.position[c] for c in ("rlnDefocusU", "rlnDefocusV")
-                        if c in self.position and self.offsets]
-        self.added = {gid: [new.get(c, text) for c, text in added.items()]
-                      for gid, new in changes.items()}
-        self.unchanged_added = list(added.values())
-
-    def row(self, values: list[str], gid: int) -> str:
-        for i, text in self.changes.get(gid, ()):
-            values[i] = text
-        offset = self.offsets.get(gid)
-        if offset is not None:
-            for i in self.defocus:
-                values[i] = format_defocus_A(float(values[i]) + offset)
-        if self.unchanged_added:
-            values += self.added.get(gid, self.unchanged_added)
-        return " ".join(values) + "\n"
 
 
 def _optics_changes(cs_mm, beam_tilt_mrad, even_zernike) -> dict[int, dict[str, str]]:
@@ -90,69 +55,75 @@ def _optics_changes(cs_mm, beam_tilt_mrad, even_zernike) -> dict[int, dict[str, 
     return changes
 
 
-class _Writer:
-    """The output text for each line of the input (see the module docstring)."""
+class _TableEdit:
+    """How the rows of one table change: per optics group, (column position, new text) and the
+    defocus offset (Å); the texts of the column the table gains, if any."""
 
-    def __init__(self, star: "ParticleStar", optics: dict, particles: dict,
-                 defocus_offset_A: dict):
-        self.star, self.optics, self.particles = star, optics, particles
-        self.offsets = defocus_offset_A
-        self.header: list[str] | None = None  # a loop's lines from loop_ to its first row
-        self.edit: _TableEdit | None = None  # the current loop's, None: its rows are copied
-        self.groups = star.particles.optics_group
-        self.in_rows, self.n_rows = False, 0
+    def __init__(self, labels: list, header: list, changes: dict[int, dict[str, str]],
+                 defocus_offset_A: dict[int, float], optics: bool):
+        position = {name: i for i, name in enumerate(labels)}
+        self.group_column = position["rlnOpticsGroup"] if optics else None
+        self.changes = {gid: [(position[c], text) for c, text in new.items() if c in position]
+                        for gid, new in changes.items()}
+        self.offsets = {gid: offset for gid, offset in defocus_offset_A.items() if offset != 0}
+        self.defocus = [position[c] for c in ("rlnDefocusU", "rlnDefocusV")
+                        if c in position and self.offsets]
+        self.added: dict[int, list] = {}
+        if any(EVEN_ZERNIKE in new for new in changes.values()) and EVEN_ZERNIKE not in position:
+            self.added = {gid: [new.get(EVEN_ZERNIKE, "[]")] for gid, new in changes.items()}
+            last = max(i for i, t in enumerate(header) if t.lstrip().startswith("_"))
+            header.insert(last + 1, f"_{EVEN_ZERNIKE} #{len(labels) + 1}\n")
 
-    def __call__(self, kind: str, block: str | None, labels: list, line: str) -> str:
+    def row(self, values: list[str], gid: int) -> str:
+        for i, text in self.changes.get(gid, ()):
+            values[i] = text
+        offset = self.offsets.get(gid)
+        if offset is not None:
+            for i in self.defocus:
+                values[i] = f"{float(values[i]) + offset:.6f}"
+        if self.added:
+            values += self.added.get(gid, ["[]"])
+        return " ".join(values) + "\n"
+
+
+def _output_lines(lines, star: "ParticleStar", optics: dict, particles: dict,
+                  defocus_offset_A: dict, n_rows: list):
+    """The output's lines for the input's ``lines`` (see the module docstring); ``n_rows[0]``
+    counts the particle rows."""
+    header = None  # a loop's lines from loop_ to its first row (held: a column may be added)
+    edit = None  # the current table's _TableEdit; None: its rows are copied
+    in_rows, groups = False, star.particles.optics_group
+    for _, kind, block, labels, line in star_lines(lines):
         text = line if line.endswith("\n") else line + "\n"
         if kind in (DATA, LOOP):
-            out = self.finish() + ("\n" if self.in_rows else "")
-            self.in_rows, self.edit = False, None
-            if kind == LOOP:
-                self.header = [text]
-                return out
-            return out + text
-        if kind == ROW:
-            out = self._open(block, labels) if self.header is not None else ""
-            self.in_rows = True
-            return out + (self._row(line) if self.edit is not None else text)
-        self.in_rows = self.in_rows and kind != END
-        if self.header is not None:
-            self.header.append(text)
-            return ""
-        return "" if kind == ROW_COMMENT and self.edit is not None else text
-
-    def finish(self) -> str:
-        """The held header of a loop that has no rows."""
-        header, self.header = self.header or [], None
-        return "".join(header)
-
-    def _open(self, block: str | None, labels: list) -> str:
-        """At a loop's first row: whether and how its rows change; its header."""
-        header, self.header = self.header, None
-        optics = self.star.optics_table and block == "optics"
-        if optics:
-            changes, offsets = self.optics, {}
-        elif block == self.star.particle_block and "rlnImageName" in labels:
-            changes, offsets = self.particles, self.offsets
+            yield "".join(header or []) + ("\n" if in_rows else "")  # a loop without rows
+            in_rows, edit, header = False, None, [text] if kind == LOOP else None
+            if kind == DATA:
+                yield text
+        elif kind == ROW:
+            if header is not None:  # the first row: whether and how the rows change
+                if star.optics_table and block == "optics":
+                    edit = _TableEdit(labels, header, optics, {}, True)
+                elif block == star.particle_block and "rlnImageName" in labels:
+                    edit = _TableEdit(labels, header, particles, defocus_offset_A, False)
+                yield "".join(header)
+                header = None
+            in_rows = True
+            if edit is None:
+                yield text
+            elif edit.group_column is not None:
+                values = tokens(line)
+                yield edit.row(values, int(float(values[edit.group_column])))
+            else:
+                row, n_rows[0] = n_rows[0], n_rows[0] + 1
+                yield edit.row(tokens(line), int(groups[row]) if row < len(groups) else -1)
         else:
-            return "".join(header)
-        added = {}
-        if any(EVEN_ZERNIKE in new for new in changes.values()) and EVEN_ZERNIKE not in labels:
-            added = {EVEN_ZERNIKE: NO_TERMS}
-            last = max(i for i, t in enumerate(header) if t.lstrip().startswith("_"))
-            header[last + 1:last + 1] = [f"_{name} #{len(labels) + i + 1}\n"
-                                         for i, name in enumerate(added)]
-        self.edit = _TableEdit(labels, changes, offsets, added, optics)
-        return "".join(header)
-
-    def _row(self, line: str) -> str:
-        values = tokens(line)
-        if self.edit.optics:
-            gid = int(float(values[self.edit.position["rlnOpticsGroup"]]))
-        else:
-            gid = int(self.groups[self.n_rows]) if self.n_rows < len(self.groups) else -1
-            self.n_rows += 1
-        return self.edit.row(values, gid)
+            in_rows = in_rows and kind != END
+            if header is not None:
+                header.append(text)
+            elif kind != ROW_COMMENT or edit is None:
+                yield text
+    yield "".join(header or [])
 
 
 def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
@@ -175,16 +146,14 @@ def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
         if even_zernike:
             raise ValueError("a particle table without an optics table has no rlnEvenZernike")
         optics, particles = {}, optics
-    writer = _Writer(star, optics, particles, defocus_offset_A)
+    n_rows = [0]
     with atomic_output(dst) as tmp:
         with open(star.path, "r", encoding="utf-8", errors="surrogateescape") as src, \
                 open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:
-            for _, kind, block, labels, line in star_lines(src):
-                out.write(writer(kind, block, labels, line))
-            out.write(writer.finish())
-        if writer.n_rows != len(star.particles):
+            out.writelines(_output_lines(src, star, optics, particles, defocus_offset_A, n_rows))
+        if n_rows[0] != len(star.particles):
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "
-                             f"{writer.n_rows} rows while copying; the file changed or is "
+                             f"{n_rows[0]} rows while copying; the file changed or is "
                              f"malformed")
 
 
