@@ -3,10 +3,8 @@ Cs did to the resolution, the per-round table, csrefine.json's entries and the r
 logfile.pdf.
 
 An FSC that never drops below the threshold is reported as "better than <Nyquist>", not as a
-resolution. Where round 1's half maps contain none of these particles' noise (the half-map
-check's verdict "independent": e.g. simulated maps), their FSC is not that of a reconstruction
-from these particles, and the report says so: the rebuilt maps' FSC then differs from it at
-every resolution, also where Cs does not matter.
+resolution; round 1's FSC is qualified where the given half maps were not reconstructed from
+these particles (:func:`given_maps_note`).
 """
 
 from __future__ import annotations
@@ -37,8 +35,9 @@ def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_TH
 
 
 def given_maps_note(records: list[RoundRecord]) -> str:
-    """Why round 1's FSC is not comparable where the given half maps were not reconstructed from
-    these particles (empty otherwise)."""
+    """Why round 1's FSC is not comparable where the given half maps contain none of these
+    particles' noise (every group's half-map check says "independent", e.g. simulated maps):
+    the rebuilt maps' FSC then differs at every resolution. Empty otherwise."""
     checks = [g.half_map_check for g in records[0].groups if g.half_map_check]
     if len(records) < 2 or not checks or any(c != INDEPENDENT for c in checks):
         return ""

@@ -6,15 +6,9 @@ facility's shared server, ``postgresql+psycopg://user:password@host/db``; ``pip 
 ``schema_version`` holds one row, the version the tables follow; :data:`MIGRATIONS` brings a
 database from each version to the next.
 
-Tables:
-
-* ``runs`` — one csrefine run (one csrefine.json): ``content_hash`` (SHA-256 of the
-  csrefine.json content as canonical JSON; unique, so recording the same result twice is a no-op),
-  instrument, magnification label, voltage, the run's date, where it was recorded from, the inputs
-  (JSON), csrefine's version, the calibrated pixel size and its sigma (when a model was given).
-* ``groups`` — one row per optics group of a run: n_particles, Cs nominal / refined / sigma,
-  subsets (JSON), defocus offset, pixel size, the pixel size that would explain the Cs if the
-  nominal were right, Cs at the calibrated pixel size and the verdict, refined flag.
+Tables: ``runs``, one csrefine run (one csrefine.json), unique by ``content_hash`` (SHA-256 of
+the content as canonical JSON: recording the same result twice is a no-op); ``groups``, one row
+per optics group of a run (csrefine.json's per-group numbers).
 
 Concurrent recorders: SQLite runs in WAL mode with a busy timeout, and a write that still meets
 "database is locked" is retried; a race on the same result ends in the unique key, which is the
@@ -188,11 +182,6 @@ def _is_locked(exc: OperationalError) -> bool:
     return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
-def _lost_schema_race(exc: OperationalError) -> bool:
-    """SQLite reports a table created meanwhile by another process as an OperationalError."""
-    return "already exists" in str(exc).lower() or _is_locked(exc)
-
-
 def _retrying(action, attempts: int = WRITE_ATTEMPTS):
     """Run ``action()``, retrying (with growing pauses) while SQLite says the database is
     locked; other errors propagate."""
@@ -243,7 +232,9 @@ def ensure_schema(engine: sa.Engine) -> int:
                     connection.execute(sa.insert(schema_version_table).values(version=version))
             return version
         except (IntegrityError, sa.exc.ProgrammingError, OperationalError) as exc:
-            if isinstance(exc, OperationalError) and not _lost_schema_race(exc):
+            # SQLite reports a table created meanwhile by another process as an OperationalError
+            if isinstance(exc, OperationalError) and not (
+                    "already exists" in str(exc).lower() or _is_locked(exc)):
                 raise
             time.sleep(RETRY_PAUSE_S)  # another process migrated meanwhile; look again
     with engine.connect() as connection:
