@@ -17,11 +17,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from . import __version__
 from .io_atomic import atomic_output, atomic_write_bytes
 from .report_figures import details_pages, fsc_page, group_page, summary_pages
-from .report_text import interpretation, interpretation_text, label, summary_table
+from .report_text import label
 from .results import Refinement, result_dict
-
-__all__ = ["report_dict", "write_json", "write_pdf", "figures", "figure_raw_data",
-           "interpretation", "interpretation_text", "summary_table"]
 
 #: Significant digits of the floats in csrefine.json: beyond every quantity's precision (Cs to
 #: 1e-6 mm, pixel sizes to 1e-6 Å), without float32 artefacts such as 1.6079999999999999.

@@ -23,14 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .db import HISTORY_DB_ENV, HistoryError, RunLabels, open_engine, record_report
+from .db import HISTORY_DB_ENV, RunLabels, open_engine, record_report
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
 INSTRUMENT_ENV = "CSREFINE_INSTRUMENT"
 REPORT_JSON = "csrefine.json"
-
-__all__ = ["HISTORY_DB_ENV", "INSTRUMENT_ENV", "HistoryError", "RunLabels", "record_if_requested",
-           "requested_instrument", "add_recording_arguments"]
 
 
 def requested_instrument(instrument: str | None) -> str | None:
