@@ -17,11 +17,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from . import __version__
 from .io_atomic import atomic_output, atomic_write_bytes
 from .report_figures import details_pages, fsc_page, group_page, summary_pages
-from .report_text import interpretation, interpretation_text, label, summary_table
+from .report_text import label
 from .results import Refinement, result_dict
-
-__all__ = ["report_dict", "write_json", "write_pdf", "figures", "figure_raw_data",
-           "interpretation", "interpretation_text", "summary_table"]
 
 #: Significant digits of the floats in csrefine.json: beyond every quantity's precision (Cs to
 #: 1e-6 mm, pixel sizes to 1e-6 Å), without float32 artefacts such as 1.6079999999999999.
@@ -53,8 +50,9 @@ def _clean(value, digits: int = JSON_SIGNIFICANT_DIGITS):
     return value
 
 
-def _curves_json(curves: dict) -> dict:
-    """A group's plot curves at the precision they carry (the 2D maps to 0.1°)."""
+def _group_json(g) -> dict:
+    """A group's results with its plot curves at the precision they carry (the 2D maps to 0.1°)."""
+    curves = g.curves
     out = _clean({k: v for k, v in curves.items() if k != "phase_map"}, CURVE_SIGNIFICANT_DIGITS)
     if "cs_fitted_mm" in curves:
         out["cs_fitted_mm"] = _clean(float(curves["cs_fitted_mm"]))
@@ -64,7 +62,7 @@ def _curves_json(curves: dict) -> dict:
                                                PHASE_MAP_DECIMALS if k != "k_axis_per_A" else 6),
                                       CURVE_SIGNIFICANT_DIGITS + 1)
                             for k, v in pm.items()}
-    return out
+    return _clean({**result_dict(g), "curves": out})
 
 
 def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict | None = None) -> dict:
@@ -78,7 +76,7 @@ def report_dict(refinement: Refinement, inputs: dict | None = None, extra: dict 
         "map_pixel_size_A": refinement.map_pixel_size_A,
         "band_A": refinement.band_A,
         "backend": refinement.backend,
-        "groups": [{**result_dict(g), "curves": _curves_json(g.curves)} for g in refinement.groups],
+        "groups": [_group_json(g) for g in refinement.groups],
         "fsc": _clean(refinement.fsc if refinement.fsc is not None else [],
                       CURVE_SIGNIFICANT_DIGITS),
         "timings_s": refinement.timings_s,
@@ -115,8 +113,7 @@ def figure_raw_data(refinement: Refinement, calibration=None, extra_lines=()) ->
     out = [report] * len(summary_pages(refinement, calibration, extra_lines))
     out.append(_clean({"fsc": refinement.fsc, "resolution_A": refinement.resolution_A,
                        "band_A": refinement.band_A}, CURVE_SIGNIFICANT_DIGITS))
-    out += [_clean({**result_dict(g), "curves": _curves_json(g.curves)})
-            for g in refinement.groups if g.curves]
+    out += [_group_json(g) for g in refinement.groups if g.curves]
     return out
 
 

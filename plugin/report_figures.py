@@ -12,7 +12,7 @@ from . import __version__
 from .fsc import FSC_THRESHOLD
 from .phase_map import wrap_deg
 from .report_layout import Flow, new_page, resolution_axis, wrapped_lines
-from .report_text import headline, interpretation, label, resolution_text, table_rows
+from .report_text import group_kind, headline, interpretation, label, resolution_text, table_rows, verdict_of
 from .results import GroupResult, Refinement
 
 #: Colours of the 2D phase maps: red positive, blue negative, white where masked.
@@ -24,24 +24,18 @@ FOOTNOTE = ("matters beyond: the resolution where the refined and nominal CTFs (
             "the next page; every number is in csrefine.json.")
 
 
-def _kind(refinement: Refinement) -> str:
-    """"exposure group" for cryoSPARC's groups, else "optics group"."""
-    groups = refinement.groups
-    return label(groups[0]).lower().rsplit(" ", 1)[0] if groups else "optics group"
-
-
 def summary_pages(refinement: Refinement, calibration=None, extra_lines=()) -> list:
     """Page 1 (and its continuation where many groups need it): a headline per group, the
     table, the run's few extra lines (rounds, calibration) and the footnote."""
-    verdicts = calibration.verdicts if calibration is not None else {}
+    kind = group_kind(refinement.groups)
     n = sum(g.n_particles for g in refinement.groups)
     resolution = resolution_text(refinement.resolution_A, refinement.map_pixel_size_A)
-    subtitle = (f"{n} particles in {len(refinement.groups)} {_kind(refinement)}s; half-map FSC "
+    subtitle = (f"{n} particles in {len(refinement.groups)} {kind}s; half-map FSC "
                 f"{FSC_THRESHOLD} at {resolution}; "
                 f"fitted {refinement.band_A[0]:.1f}–{refinement.band_A[1]:.2f} Å; csrefine {__version__}")
-    flow = Flow(f"csrefine: Cs per {_kind(refinement)}", subtitle)
+    flow = Flow(f"csrefine: Cs per {kind}", subtitle)
     for g in refinement.groups:
-        first, *more = headline(g, verdicts.get(g.optics_group), calibration is not None)
+        first, *more = headline(g, verdict_of(calibration, g), calibration is not None)
         flow.text([first], fontsize=11)
         flow.text(["    " + line for line in more], fontsize=10, color="dimgray")
         flow.space(0.4)
@@ -57,10 +51,9 @@ def summary_pages(refinement: Refinement, calibration=None, extra_lines=()) -> l
 
 def details_pages(refinement: Refinement, calibration=None) -> list:
     """Every group's full interpretation, the calibration's lines and the run's warnings."""
-    verdicts = calibration.verdicts if calibration is not None else {}
     flow = Flow("Details per group")
     for g in refinement.groups:
-        head, *body = interpretation(g, verdicts.get(g.optics_group), calibration is not None)
+        head, *body = interpretation(g, verdict_of(calibration, g), calibration is not None)
         flow.text([head], fontsize=10.5, weight="bold")
         flow.text(body, fontsize=9.5)
         flow.space(0.5)

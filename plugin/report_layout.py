@@ -130,14 +130,17 @@ class Flow:
                 self._page()
                 self._row(header, lefts, cols, fontsize, "bold", right, rule=True)
             self._row(row, lefts, cols, fontsize, "normal", right)
-        self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.8))
+        self._rule(right, 0.8)
+
+    def _rule(self, right: float, lw: float) -> None:
+        self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=lw))
 
     def _row(self, cells, lefts, cols, fontsize, weight, right, rule=False) -> None:
         """One row; cells of several lines (newlines) bottom-aligned."""
         pad = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
         h = self._height(fontsize)
         if rule:
-            self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.8))
+            self._rule(right, 0.8)
         parts = [cell.split("\n") for cell in cells]
         depth = max(len(p) for p in parts)
         for i, (lines, left, w) in enumerate(zip(parts, lefts, cols)):
@@ -147,7 +150,7 @@ class Flow:
                               fontsize=fontsize, weight=weight, ha=ha, va="baseline")
         self.y -= (depth + 0.4) * h
         if rule:
-            self.fig.add_artist(Line2D([MARGIN_X, right], [self.y, self.y], color="black", lw=0.5))
+            self._rule(right, 0.5)
 
 
 def resolution_axis(ax, k_max_per_A: float, squared: bool = False) -> None:

@@ -65,15 +65,33 @@ def label(g) -> str:
     return text[0].upper() + text[1:]
 
 
+def group_kind(groups) -> str:
+    """"optics group" (RELION) or "exposure group" (cryoSPARC), as the groups are labelled;
+    "group" without groups."""
+    return group_label(groups[0].optics_group, groups[0].name).rsplit(" ", 1)[0] if groups else "group"
+
+
 def has_own_name(g) -> bool:
     """Whether the group's name says more than its number (RELION's default "opticsGroupN" and
     cryoSPARC's "exposure group N" do not)."""
     return g.name not in (f"opticsGroup{g.optics_group}", group_label(g.optics_group, g.name))
 
 
-def significant(g: GroupResult) -> bool:
+def verdict_of(calibration, g) -> PixelVerdict | None:
+    """The group's verdict in ``calibration`` (:class:`csrefine.calibration_report.CalibrationOutcome`;
+    None without a calibration)."""
+    return calibration.verdicts.get(g.optics_group) if calibration is not None else None
+
+
+def _z(g: GroupResult) -> float | None:
+    """|change of Cs| in standard errors; None where there is no standard error."""
     z = g.cs_change_z
-    return g.refined and z is not None and math.isfinite(z) and abs(z) >= SIGNIFICANT_Z
+    return abs(z) if z is not None and math.isfinite(z) else None
+
+
+def significant(g: GroupResult) -> bool:
+    z = _z(g)
+    return g.refined and z is not None and z >= SIGNIFICANT_Z
 
 
 def resolution_text(resolution_A: float, pixel_size_A: float | None) -> str:
@@ -137,8 +155,8 @@ def headline(g: GroupResult, verdict: PixelVerdict | None = None,
                  f"{nominal} (significant: {abs(g.cs_change_z):.0f} standard errors); "
                  f"{impact_text(g)}."]
     else:
-        z = g.cs_change_z
-        apart = f", {abs(z):.1f} standard errors from it" if z is not None and math.isfinite(z) else ""
+        z = _z(g)
+        apart = f", {z:.1f} standard errors from it" if z is not None else ""
         lines = [f"{label(g)}: consistent with {nominal} ({cs}{apart})."]
     if verdict is not None:
         lines.append(verdict_sentence(g, verdict))
@@ -171,6 +189,14 @@ def verdict_sentence(g: GroupResult, v: PixelVerdict) -> str:
     return f"The atomic model puts the pixel size at {v.pixel_text}."
 
 
+def _anisotropy_deg(g: GroupResult) -> tuple[float, float] | None:
+    """(anisotropic part, isotropic change) at the band's edge, degrees; None where not measured."""
+    a = g.anisotropy
+    if not a or not math.isfinite(a.get("anisotropic_deg_at_band_edge", float("nan"))):
+        return None
+    return a["anisotropic_deg_at_band_edge"], a["isotropic_change_deg_at_band_edge"]
+
+
 def _anisotropy_alarm(g: GroupResult) -> list[str]:
     ratio = _anisotropic_fraction(g)
     if ratio is None or ratio < ANISOTROPIC_FRACTION:
@@ -181,12 +207,10 @@ def _anisotropy_alarm(g: GroupResult) -> list[str]:
 
 def _anisotropic_fraction(g: GroupResult) -> float | None:
     """Anisotropic part over isotropic change at the band's edge (None: too small to judge)."""
-    a = g.anisotropy
-    if not a or not math.isfinite(a.get("anisotropic_deg_at_band_edge", float("nan"))):
+    deg = _anisotropy_deg(g)
+    if deg is None or deg[1] < SMALL_PHASE_DEG:
         return None
-    if a["isotropic_change_deg_at_band_edge"] < SMALL_PHASE_DEG:
-        return None
-    return a["anisotropic_deg_at_band_edge"] / a["isotropic_change_deg_at_band_edge"]
+    return deg[0] / deg[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -229,21 +253,21 @@ def interpretation(g: GroupResult, verdict: PixelVerdict | None = None,
 
 def _significance(g: GroupResult) -> str:
     """Whether the data show a change of Cs at all, whatever the point estimate."""
-    z = g.cs_change_z
-    if z is None or not math.isfinite(z):
+    z = _z(g)
+    if z is None:
         return "  The significance of the change cannot be judged (no standard error)."
-    if abs(z) < SIGNIFICANT_Z:
-        return (f"  No significant change: the change is {abs(z):.1f} standard errors (below "
+    if z < SIGNIFICANT_Z:
+        return (f"  No significant change: the change is {z:.1f} standard errors (below "
                 f"{SIGNIFICANT_Z:g}); the data are consistent with the nominal Cs.")
-    return f"  The change is significant: {abs(z):.1f} standard errors."
+    return f"  The change is significant: {z:.1f} standard errors."
 
 
 def _anisotropy(g: GroupResult) -> list[str]:
     """How isotropic the measured phase change is (the 2D phase maps quantified)."""
-    a = g.anisotropy
-    if not a or not math.isfinite(a.get("anisotropic_deg_at_band_edge", float("nan"))):
+    deg = _anisotropy_deg(g)
+    if deg is None:
         return []
-    aniso, iso = a["anisotropic_deg_at_band_edge"], a["isotropic_change_deg_at_band_edge"]
+    aniso, iso = deg
     ratio = _anisotropic_fraction(g)
     if ratio is None:
         return [f"  The measured phase change is small at the band's edge ({iso:.1f}°); its "
@@ -282,10 +306,8 @@ def _pixel_alternative(g: GroupResult, short: bool = False, model_given: bool = 
 def interpretation_text(refinement: Refinement, calibration=None) -> str:
     """Every group's interpretation; ``calibration``: the run's pixel-size calibration
     (:class:`csrefine.calibration_report.CalibrationOutcome`, None without a model)."""
-    verdicts = calibration.verdicts if calibration is not None else {}
     return "\n".join(line for g in refinement.groups
-                     for line in interpretation(g, verdicts.get(g.optics_group),
-                                                calibration is not None))
+                     for line in interpretation(g, verdict_of(calibration, g), calibration is not None))
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,11 +319,9 @@ def table_rows(refinement: Refinement, calibration=None) -> tuple[list[str], lis
     newlines): the group, its name where it has its own,
     particles, nominal and refined Cs, the change in mm and in standard errors, the defocus
     offset, the resolution beyond which the change matters, and the status."""
-    verdicts = calibration.verdicts if calibration is not None else {}
     groups = refinement.groups
     named = any(has_own_name(g) for g in groups)
-    first = group_label(groups[0].optics_group, groups[0].name).rsplit(" ", 1)[0] if groups else "group"
-    header = ([first.replace(" ", "\n")] + (["name"] if named else [])
+    header = ([group_kind(groups).replace(" ", "\n")] + (["name"] if named else [])
               + ["particles", "nominal\nCs (mm)", "refined\nCs (mm)", "change\n(mm)",
                  "standard\nerrors", "defocus\nshift (Å)", "matters\nbeyond", "status"])
     rows = []
@@ -309,15 +329,15 @@ def table_rows(refinement: Refinement, calibration=None) -> tuple[list[str], lis
         cells = [group_label(g.optics_group, g.name).rsplit(" ", 1)[1]] + (
             [g.name] if named else []) + [str(g.n_particles), f"{g.cs_nominal_mm:.3f}"]
         if g.refined:
-            z = g.cs_change_z
+            z = _z(g)
             cells += [f"{g.cs_refined_mm:.3f} ± {g.cs_sigma_mm:.3f}",
                       f"{g.cs_refined_mm - g.cs_nominal_mm:+.3f}",
-                      f"{abs(z):.1f}" if z is not None and math.isfinite(z) else "–",
+                      f"{z:.1f}" if z is not None else "–",
                       f"{g.defocus_offset_A:+.1f}",
                       f"{g.resolution_impact_A:.2f} Å" if g.resolution_impact_A else "not up to Nyquist"]
         else:
             cells += ["–"] * 5
-        rows.append(cells + [status(g, verdicts.get(g.optics_group))])
+        rows.append(cells + [status(g, verdict_of(calibration, g))])
     return header, rows
 
 

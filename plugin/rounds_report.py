@@ -3,10 +3,8 @@ Cs did to the resolution, the per-round table, csrefine.json's entries and the r
 logfile.pdf.
 
 An FSC that never drops below the threshold is reported as "better than <Nyquist>", not as a
-resolution. Where round 1's half maps contain none of these particles' noise (the half-map
-check's verdict "independent": e.g. simulated maps), their FSC is not that of a reconstruction
-from these particles, and the report says so: the rebuilt maps' FSC then differs from it at
-every resolution, also where Cs does not matter.
+resolution; round 1's FSC is qualified where the given half maps were not reconstructed from
+these particles (:func:`given_maps_note`).
 """
 
 from __future__ import annotations
@@ -37,8 +35,9 @@ def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_TH
 
 
 def given_maps_note(records: list[RoundRecord]) -> str:
-    """Why round 1's FSC is not comparable where the given half maps were not reconstructed from
-    these particles (empty otherwise)."""
+    """Why round 1's FSC is not comparable where the given half maps contain none of these
+    particles' noise (every group's half-map check says "independent", e.g. simulated maps):
+    the rebuilt maps' FSC then differs at every resolution. Empty otherwise."""
     checks = [g.half_map_check for g in records[0].groups if g.half_map_check]
     if len(records) < 2 or not checks or any(c != INDEPENDENT for c in checks):
         return ""
@@ -71,17 +70,17 @@ def rounds_json(outcome: RoundsOutcome) -> dict:
             "resolution_change": resolution_change_line(outcome.records)}
 
 
-def rounds_summary_lines(outcome: RoundsOutcome) -> list[str]:
-    """The lines page 1 of logfile.pdf carries: the one line and why the loop stopped."""
-    return [line for line in (resolution_change_line(outcome.records), outcome.stop_reason) if line]
+def rounds_summary_lines(outcome: RoundsOutcome, note: bool = False) -> list[str]:
+    """The one line, the note on the given maps (with ``note``) and why the loop stopped (page 1
+    of logfile.pdf carries them without the note, the rounds page with it)."""
+    lines = (resolution_change_line(outcome.records),
+             given_maps_note(outcome.records) if note else "", outcome.stop_reason)
+    return [line for line in lines if line]
 
 
 def rounds_text_lines(outcome: RoundsOutcome) -> list[str]:
-    """The lines run.out ends with: the one line, the note on the given maps, why the loop
-    stopped, the table."""
-    return [line for line in (resolution_change_line(outcome.records),
-                              given_maps_note(outcome.records), outcome.stop_reason,
-                              rounds_table(outcome.records)) if line]
+    """The lines run.out ends with: the rounds page's lines and the table."""
+    return [*rounds_summary_lines(outcome, note=True), rounds_table(outcome.records)]
 
 
 def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float = FSC_THRESHOLD):
@@ -110,9 +109,8 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float 
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=8.5, loc="lower left")
     _cs_per_round(fig.add_axes([0.72, 0.36, 0.25, 0.53]), records)
-    text = [line for line in (resolution_change_line(records), given_maps_note(records),
-                              outcome.stop_reason) if line]
-    fig.text(0.07, 0.25, "\n".join(wrapped_lines(fig, text, 0.9, 10)), fontsize=10, va="top")
+    text = wrapped_lines(fig, rounds_summary_lines(outcome, note=True), 0.9, 10)
+    fig.text(0.07, 0.25, "\n".join(text), fontsize=10, va="top")
     return "Rounds: half-map FSC before and after", fig
 
 

@@ -24,7 +24,8 @@ from .calibration_report import calibrate_refinement, merge_into_groups
 from .errors import InputError, check_abort
 from .options import RefineOptions
 from .pipeline import refine_inputs
-from .report import interpretation_text, report_dict, summary_table
+from .report import report_dict
+from .report_text import interpretation_text, summary_table
 from .results import Refinement, RefinementInputs, RunResult
 from .rounds import Reconstructor, refine_rounds
 from .rounds_report import rounds_json, rounds_text_lines

@@ -48,7 +48,8 @@ def test_a_cs_change_is_isotropic_and_an_anisotropic_magnification_is_not(volume
 
 
 def test_the_report_draws_the_maps_and_says_how_isotropic_the_change_is(volume, tmp_path):
-    from csrefine.report import interpretation, write_pdf
+    from csrefine.report import write_pdf
+    from csrefine.report_text import interpretation
     from csrefine.results import Refinement
 
     g = _refine(volume, OpticsGroup(1, "g", 300.0, 3.2, 0.1, 1.2, 64), seed=3)

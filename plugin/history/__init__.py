@@ -23,15 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .db import open_engine, record_report
-from .labels import HISTORY_DB_ENV, HistoryError, RunLabels
+from .db import HISTORY_DB_ENV, RunLabels, open_engine, record_report
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
 INSTRUMENT_ENV = "CSREFINE_INSTRUMENT"
 REPORT_JSON = "csrefine.json"
-
-__all__ = ["HISTORY_DB_ENV", "INSTRUMENT_ENV", "HistoryError", "RunLabels", "record_if_requested",
-           "record_directory", "requested_instrument", "add_recording_arguments"]
 
 
 def requested_instrument(instrument: str | None) -> str | None:
@@ -41,8 +37,10 @@ def requested_instrument(instrument: str | None) -> str | None:
     return name or None
 
 
-def _stderr_warning(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+def report_path(item) -> Path:
+    """The csrefine.json named by ``item``: that file, or the one in that directory."""
+    path = Path(item)
+    return path / REPORT_JSON if path.is_dir() else path
 
 
 def record_if_requested(report: dict | str | Path, *, instrument: str | None = None,
@@ -60,14 +58,13 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
     Returns True (recorded), False (already recorded: a no-op) or None (not requested, or the
     database could not be used, which is a warning). Never raises.
     """
-    warn = warn or _stderr_warning
+    warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
     name = requested_instrument(instrument)
     if name is None:
         return None
     try:
         if not isinstance(report, dict):
-            path = Path(report)
-            path = path / REPORT_JSON if path.is_dir() else path
+            path = report_path(report)
             source = source or str(path.parent.resolve())
             report = json.loads(path.read_text())
         engine = open_engine(history_db)
@@ -81,11 +78,6 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
     if not new:
         warn(f"csrefine history: this result was already recorded (instrument {name!r})")
     return new
-
-
-def record_directory(directory, **kwargs) -> bool | None:
-    """:func:`record_if_requested` for a directory holding a csrefine.json."""
-    return record_if_requested(Path(directory), **kwargs)
 
 
 def add_recording_arguments(parser, style: str = "cli") -> None:

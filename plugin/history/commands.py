@@ -8,9 +8,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import INSTRUMENT_ENV, REPORT_JSON, record_if_requested, requested_instrument
-from .db import load_groups, missing_sqlite_file, open_engine
-from .labels import HistoryError
+from . import INSTRUMENT_ENV, REPORT_JSON, record_if_requested, report_path, requested_instrument
+from .db import HistoryError, load_groups, missing_sqlite_file, open_engine
 from .plot import plot_panels
 from .summary import build_panels, panel_text, panels_json
 
@@ -54,15 +53,10 @@ def run_history_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def _report_path(item: str) -> Path:
-    path = Path(item)
-    return path / REPORT_JSON if path.is_dir() else path
-
-
-def _run_date(args, report_path: Path) -> datetime:
+def _run_date(args, path: Path) -> datetime:
     if args.date:
         return datetime.fromisoformat(args.date).replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(report_path.stat().st_mtime, tz=timezone.utc)
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
 
 
 def _record(args) -> int:
@@ -72,15 +66,13 @@ def _record(args) -> int:
     open_engine(args.history_db).dispose()  # an unusable database is an error here
     failures = 0
     for item in args.directories:
-        path = _report_path(item)
+        path = report_path(item)
         if not path.is_file():
             print(f"csrefine history: {item}: no {REPORT_JSON}", file=sys.stderr)
             failures += 1
             continue
         new = record_if_requested(path, instrument=instrument, magnification=args.magnification,
-                                  history_db=args.history_db, run_date=_run_date(args, path),
-                                  source=str(path.parent.resolve()),
-                                  warn=lambda text: print(text, file=sys.stderr))
+                                  history_db=args.history_db, run_date=_run_date(args, path))
         if new is None:
             failures += 1
         elif new:
@@ -112,7 +104,5 @@ def _show(args) -> int:
 
 
 def _plot(args) -> int:
-    panels = _panels(args)
-    out = plot_panels(panels, args.out)
-    print(f"wrote {out}")
+    print(f"wrote {plot_panels(_panels(args), args.out)}")
     return 0

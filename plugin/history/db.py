@@ -6,15 +6,9 @@ facility's shared server, ``postgresql+psycopg://user:password@host/db``; ``pip 
 ``schema_version`` holds one row, the version the tables follow; :data:`MIGRATIONS` brings a
 database from each version to the next.
 
-Tables:
-
-* ``runs`` — one csrefine run (one csrefine.json): ``content_hash`` (SHA-256 of the
-  csrefine.json content as canonical JSON; unique, so recording the same result twice is a no-op),
-  instrument, magnification label, voltage, the run's date, where it was recorded from, the inputs
-  (JSON), csrefine's version, the calibrated pixel size and its sigma (when a model was given).
-* ``groups`` — one row per optics group of a run: n_particles, Cs nominal / refined / sigma,
-  subsets (JSON), defocus offset, pixel size, the pixel size that would explain the Cs if the
-  nominal were right, Cs at the calibrated pixel size and the verdict, refined flag.
+Tables: ``runs``, one csrefine run (one csrefine.json), unique by ``content_hash`` (SHA-256 of
+the content as canonical JSON: recording the same result twice is a no-op); ``groups``, one row
+per optics group of a run (csrefine.json's per-group numbers).
 
 Concurrent recorders: SQLite runs in WAL mode with a busy timeout, and a write that still meets
 "database is locked" is retried; a race on the same result ends in the unique key, which is the
@@ -34,8 +28,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from .labels import HISTORY_DB_ENV, HistoryError, RunLabels  # noqa: F401  (re-exported)
-
+#: Environment variable with a SQLAlchemy URL of the history database.
+HISTORY_DB_ENV = "CSREFINE_HISTORY_DB"
 #: The schema version this csrefine writes and reads.
 SCHEMA_VERSION = 1
 #: SQLite waits this long for another writer before "database is locked", s.
@@ -47,6 +41,23 @@ WRITE_ATTEMPTS = 8
 RETRY_PAUSE_S = 0.05
 #: Attempts to create or migrate the schema while other processes do the same.
 SCHEMA_ATTEMPTS = 5
+
+
+
+class HistoryError(Exception):
+    """The history database cannot be used (unreachable, or a schema newer than this csrefine)."""
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """What the user says about a run: the instrument, the magnification label (None: each
+    group's nominal pixel size), the run's date (None: now) and where it came from."""
+
+    instrument: str
+    magnification: str | None = None
+    run_date: datetime | None = None
+    source: str | None = None
+
 
 metadata = sa.MetaData()
 
@@ -95,19 +106,15 @@ groups_table = sa.Table(
 
 
 # ------------------------------------------------------------------------------ connection
-def default_sqlite_path() -> Path:
-    """``$XDG_DATA_HOME/csrefine/history.sqlite`` (``~/.local/share/csrefine/history.sqlite``)."""
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "csrefine" / "history.sqlite"
-
-
 def database_url(url: str | None = None, create: bool = True) -> str:
-    """The URL to use: ``url`` (``--history-db``), else ``$CSREFINE_HISTORY_DB``, else the default
-    SQLite file (its directory is created when ``create``)."""
+    """The URL to use: ``url`` (``--history-db``), else ``$CSREFINE_HISTORY_DB``, else the SQLite
+    file ``$XDG_DATA_HOME/csrefine/history.sqlite`` (``~/.local/share/...``; its directory is
+    created when ``create``)."""
     chosen = url or os.environ.get(HISTORY_DB_ENV)
     if chosen:
         return chosen
-    path = default_sqlite_path()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    path = Path(data_home) / "csrefine" / "history.sqlite"
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
@@ -175,11 +182,6 @@ def _is_locked(exc: OperationalError) -> bool:
     return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
-def _lost_schema_race(exc: OperationalError) -> bool:
-    """SQLite reports a table created meanwhile by another process as an OperationalError."""
-    return "already exists" in str(exc).lower() or _is_locked(exc)
-
-
 def _retrying(action, attempts: int = WRITE_ATTEMPTS):
     """Run ``action()``, retrying (with growing pauses) while SQLite says the database is
     locked; other errors propagate."""
@@ -230,7 +232,9 @@ def ensure_schema(engine: sa.Engine) -> int:
                     connection.execute(sa.insert(schema_version_table).values(version=version))
             return version
         except (IntegrityError, sa.exc.ProgrammingError, OperationalError) as exc:
-            if isinstance(exc, OperationalError) and not _lost_schema_race(exc):
+            # SQLite reports a table created meanwhile by another process as an OperationalError
+            if isinstance(exc, OperationalError) and not (
+                    "already exists" in str(exc).lower() or _is_locked(exc)):
                 raise
             time.sleep(RETRY_PAUSE_S)  # another process migrated meanwhile; look again
     with engine.connect() as connection:
@@ -250,25 +254,18 @@ def _float(value):
     return None if value is None else float(value)
 
 
+#: The ``groups`` columns copied from a csrefine.json group as floats.
+_FLOAT_COLUMNS = ("voltage_kv", "cs_nominal_mm", "cs_refined_mm", "cs_sigma_mm", "defocus_offset_A",
+                  "pixel_size_A", "pixel_size_if_cs_nominal_A", "cs_at_calibrated_pixel_mm")
+
+
 def group_rows(report: dict) -> list[dict]:
     """``groups`` rows (without run_id) from a csrefine.json content."""
-    rows = []
-    for g in report.get("groups", []):
-        rows.append({
-            "optics_group": int(g["optics_group"]), "name": g.get("name"),
-            "n_particles": g.get("n_particles"), "refined": bool(g.get("refined")),
-            "voltage_kv": _float(g.get("voltage_kv")),
-            "cs_nominal_mm": _float(g.get("cs_nominal_mm")),
-            "cs_refined_mm": _float(g.get("cs_refined_mm")),
-            "cs_sigma_mm": _float(g.get("cs_sigma_mm")),
-            "cs_subsets_json": json.dumps(g.get("cs_subsets_mm") or []),
-            "defocus_offset_A": _float(g.get("defocus_offset_A")),
-            "pixel_size_A": _float(g.get("pixel_size_A")),
-            "pixel_size_if_cs_nominal_A": _float(g.get("pixel_size_if_cs_nominal_A")),
-            "cs_at_calibrated_pixel_mm": _float(g.get("cs_at_calibrated_pixel_mm")),
-            "verdict": g.get("verdict"),
-        })
-    return rows
+    return [{"optics_group": int(g["optics_group"]), "name": g.get("name"),
+             "n_particles": g.get("n_particles"), "refined": bool(g.get("refined")),
+             **{column: _float(g.get(column)) for column in _FLOAT_COLUMNS},
+             "cs_subsets_json": json.dumps(g.get("cs_subsets_mm") or []), "verdict": g.get("verdict")}
+            for g in report.get("groups", [])]
 
 
 def run_row(report: dict, labels: RunLabels) -> dict:
@@ -349,39 +346,28 @@ class GroupRecord:
 def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupRecord]:
     """Every recorded optics group (of ``instrument`` if given), oldest run first."""
     r, g = runs_table, groups_table
-    query = (sa.select(r.c.id, r.c.instrument, r.c.magnification, r.c.run_date, r.c.source,
-                       r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
-                       g.c.optics_group, g.c.name, g.c.n_particles, g.c.refined, g.c.voltage_kv,
-                       g.c.cs_nominal_mm, g.c.cs_refined_mm, g.c.cs_sigma_mm, g.c.cs_subsets_json,
-                       g.c.defocus_offset_A, g.c.pixel_size_A, g.c.pixel_size_if_cs_nominal_A,
-                       g.c.cs_at_calibrated_pixel_mm, g.c.verdict)
+    query = (sa.select(r.c.id.label("run_id"), r.c.instrument, r.c.magnification, r.c.run_date,
+                       r.c.source, r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
+                       *(c for c in g.c if c.name not in ("id", "run_id")))
              .join(g, g.c.run_id == r.c.id)
              .order_by(r.c.run_date, r.c.id, g.c.optics_group))
     if instrument is not None:
         query = query.where(r.c.instrument == instrument)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return [GroupRecord(
-        run_id=row["id"], instrument=row["instrument"], magnification=row["magnification"],
-        run_date=_aware(row["run_date"]), source=row["source"], content_hash=row["content_hash"],
-        optics_group=row["optics_group"], name=row["name"], n_particles=row["n_particles"],
-        refined=bool(row["refined"]), voltage_kv=row["voltage_kv"],
-        cs_nominal_mm=row["cs_nominal_mm"], cs_refined_mm=row["cs_refined_mm"],
-        cs_sigma_mm=row["cs_sigma_mm"],
-        cs_subsets_mm=tuple(json.loads(row["cs_subsets_json"] or "[]")),
-        defocus_offset_A=row["defocus_offset_A"], pixel_size_A=row["pixel_size_A"],
-        pixel_size_if_cs_nominal_A=row["pixel_size_if_cs_nominal_A"],
-        cs_at_calibrated_pixel_mm=row["cs_at_calibrated_pixel_mm"], verdict=row["verdict"],
-        pixel_size_calibrated_A=row["pixel_size_calibrated_A"],
-        pixel_size_sigma_A=row["pixel_size_sigma_A"]) for row in rows]
+    return [_group_record(dict(row)) for row in rows]
+
+
+def _group_record(values: dict) -> GroupRecord:
+    """A :class:`GroupRecord` from a row of :func:`load_groups`' query."""
+    values["cs_subsets_mm"] = tuple(json.loads(values.pop("cs_subsets_json") or "[]"))
+    values["refined"] = bool(values["refined"])
+    if values["run_date"].tzinfo is None:  # SQLite returns naive datetimes, stored in UTC
+        values["run_date"] = values["run_date"].replace(tzinfo=timezone.utc)
+    return GroupRecord(**values)
 
 
 def count_runs(engine: sa.Engine) -> int:
     """Number of recorded runs."""
     with engine.connect() as connection:
         return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; they were stored in UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

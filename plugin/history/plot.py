@@ -16,14 +16,8 @@ CS_ROW_HEIGHT_IN = 3.6
 PIXEL_ROW_HEIGHT_IN = 2.2
 
 
-def _dates(panel: Panel, datasets) -> list[date]:
+def _dates(datasets) -> list[date]:
     return [date.fromisoformat(d.date) for d in datasets]
-
-
-def _middle(panel: Panel) -> date:
-    """The middle of the panel's dates."""
-    days = sorted(date.fromisoformat(d.date) for d in panel.datasets)
-    return days[0] + (days[-1] - days[0]) / 2
 
 
 def plot_panels(panels: list[Panel], out_path) -> Path:
@@ -63,17 +57,19 @@ def _cs_axes(ax, panel: Panel) -> None:
     for outlier, color, name in ((False, "C0", "refined Cs ± σ"), (True, "C3", "outlier")):
         group = [d for d in shown if d.outlier == outlier]
         if group:
-            ax.errorbar(_dates(panel, group), [d.cs_mm for d in group],
+            ax.errorbar(_dates(group), [d.cs_mm for d in group],
                         yerr=[d.cs_sigma_mm for d in group], fmt="o", color=color, capsize=3,
                         label=name)
     cal = [d for d in shown if d.cs_at_calibrated_pixel_mm is not None]
     if cal:
-        ax.errorbar(_dates(panel, cal), [d.cs_at_calibrated_pixel_mm for d in cal],
+        ax.errorbar(_dates(cal), [d.cs_at_calibrated_pixel_mm for d in cal],
                     yerr=[d.cs_at_calibrated_pixel_sigma_mm or 0 for d in cal], fmt="s",
                     mfc="none", color="C2", capsize=3, label="Cs at calibrated pixel size")
-    for d in shown:  # labels left of the points in the right half, so that none leaves the axes
-        right = date.fromisoformat(d.date) > _middle(panel)
-        ax.annotate(d.label, (date.fromisoformat(d.date), d.cs_mm), fontsize=6,
+    days = sorted(_dates(panel.datasets))
+    middle = days[0] + (days[-1] - days[0]) / 2
+    for d, day in zip(shown, _dates(shown)):  # labels left of the points in the right half
+        right = day > middle
+        ax.annotate(d.label, (day, d.cs_mm), fontsize=6,
                     xytext=(-4 if right else 4, 4), textcoords="offset points",
                     ha="right" if right else "left")
     ax.margins(x=0.06, y=0.12)
@@ -95,7 +91,7 @@ def _cs_axes(ax, panel: Panel) -> None:
 def _pixel_axes(ax, panel: Panel) -> None:
     cal = [d for d in panel.datasets if d.pixel_size_calibrated_A and d.pixel_size_A]
     if cal:
-        ax.plot(_dates(panel, cal), [100 * (d.pixel_size_calibrated_A / d.pixel_size_A - 1)
+        ax.plot(_dates(cal), [100 * (d.pixel_size_calibrated_A / d.pixel_size_A - 1)
                                      for d in cal], "s", color="C2")
     ax.axhline(0, color="grey", ls=":")
     ax.set_ylabel("calibrated pixel size\n vs nominal (%)")

@@ -62,8 +62,6 @@ def weighted_mean(values, sigmas) -> WeightedMean:
     """
     x = np.asarray(values, dtype=float)
     s = np.asarray(sigmas, dtype=float)
-    if x.shape != s.shape:
-        raise ValueError(f"values {x.shape} and sigmas {s.shape} differ in shape")
     if x.size == 0:
         nan = float("nan")
         return WeightedMean(0, nan, nan, nan, 0.0, 0, 0.0)

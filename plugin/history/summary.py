@@ -287,18 +287,16 @@ def panel_text(panel: Panel) -> str:
              f"{'Cs (mm)':>8} {'sigma':>6} {'dev':>7}  {'Cs at cal. px':>14}  flag"]
     for d in panel.datasets:
         flag = "OUTLIER" if d.outlier else ("" if d.refined else "not refined")
-        cal = (f"{d.cs_at_calibrated_pixel_mm:.3f}" if d.cs_at_calibrated_pixel_mm is not None else "-")
         lines.append(f"{d.date:10} {d.label[:24]:24} {d.magnification[:14]:14} "
                      f"{_fmt(d.n_particles, 'd'):>9} {_fmt(d.cs_mm, '.3f'):>8} "
                      f"{_fmt(d.cs_sigma_mm, '.3f'):>6} {_fmt(d.deviation_sigma, '+.1f', '-', 'σ'):>7}  "
-                     f"{cal:>14}  {flag}")
-    a, k = panel.all_data, panel.without_outliers
-    lines.append(f"weighted mean, all {a.n}: {_pm(a.mean_mm, a.se_mm)} mm, "
-                 f"χ²/dof {_fmt(a.chi2_per_dof, '.2f')}, systematic scatter {a.systematic_mm:.3f} mm")
-    if k.n != a.n:
-        lines.append(f"weighted mean without outliers, {k.n}: {_pm(k.mean_mm, k.se_mm)} mm, "
-                     f"χ²/dof {_fmt(k.chi2_per_dof, '.2f')}, systematic scatter "
-                     f"{k.systematic_mm:.3f} mm")
+                     f"{_fmt(d.cs_at_calibrated_pixel_mm, '.3f'):>14}  {flag}")
+    means = [(", all", panel.all_data)]
+    if panel.without_outliers.n != panel.all_data.n:
+        means.append((" without outliers,", panel.without_outliers))
+    for name, s in means:
+        lines.append(f"weighted mean{name} {s.n}: {_pm(s.mean_mm, s.se_mm)} mm, χ²/dof "
+                     f"{_fmt(s.chi2_per_dof, '.2f')}, systematic scatter {s.systematic_mm:.3f} mm")
     for m in panel.magnifications:
         lines.append(f"  magnification {m.magnification}: {_pm(m.stats.mean_mm, m.stats.se_mm)} mm "
                      f"over {m.stats.n}, χ²/dof {_fmt(m.stats.chi2_per_dof, '.2f')}"
