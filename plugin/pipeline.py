@@ -92,7 +92,8 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
         for idx, imgs in batches:
             if should_abort is not None:
                 check_abort(should_abort)
-            batch, unusual = screen.weigh(imgs, particles.subset(idx), positions[idx], images)
+            batch, unusual = screen.weigh(imgs, particles.subset(idx), positions[idx], images,
+                                          options.threads)
             _accumulate_one(stats, cells[idx], imgs, batch, references, terms, band, group,
                             backend, options)
             done += idx.size
@@ -194,7 +195,7 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
 
     def statistics(sample):
         imgs = images.read(sample)
-        parts, _ = screen.weigh(imgs, particles.subset(sample), sample, images)
+        parts, _ = screen.weigh(imgs, particles.subset(sample), sample, images, threads)
         return own_noise_statistics(backend, imgs, parts, references, terms, band,
                                     group.pixel_size_A, threads)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .backends.numba_backend import image_moments
 from .errors import InputError
 from .model import Particles
 
@@ -45,14 +46,12 @@ class ImageScreen:
     typical_std: float
 
     def weigh(self, images: np.ndarray, particles: Particles, positions: np.ndarray,
-              source) -> tuple[Particles, int]:
+              source, threads: int = 1) -> tuple[Particles, int]:
         """Down-weight the unusual ``images`` (k, box, box) in place and return ``particles``
         (k) with their CTF scale factors scaled likewise, and the number down-weighted.
         ``positions`` (k) locate the images in ``source`` for the message of an absurd image
-        (InputError naming stack and image)."""
-        flat = images.reshape(len(images), -1)
-        mean = flat.mean(axis=1, dtype=np.float64)
-        deviation = np.maximum(flat.max(axis=1) - mean, mean - flat.min(axis=1))
+        (InputError naming stack and image); ``threads`` measure the images."""
+        deviation, variance = image_moments(images, threads)
         absurd = np.flatnonzero(~(deviation <= ABSURD_FACTOR * self.typical_std))
         if absurd.size:
             b = int(absurd[0])
@@ -60,7 +59,6 @@ class ImageScreen:
                              f"{deviation[b]:.3g} from its mean, {deviation[b] / self.typical_std:.2g} "
                              f"times the typical image's standard deviation: not image data "
                              f"(a detector artefact or a damaged file); remove this particle")
-        variance = flat.var(axis=1, dtype=np.float64)
         ratio = variance / self.typical_std**2
         unusual = np.flatnonzero(ratio > UNUSUAL_VARIANCE)
         if unusual.size == 0:

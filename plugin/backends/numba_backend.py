@@ -295,6 +295,39 @@ def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale
 _POOLS: dict = {}
 
 
+@njit(fastmath=False, cache=True, nogil=True)
+def _moments_rows(flat, deviation, variance, start, stop):
+    for i in range(start, stop):
+        total, lo, hi = 0.0, np.inf, -np.inf
+        for v in flat[i]:
+            total += v
+            lo, hi = min(lo, v), max(hi, v)
+        mean = total / flat.shape[1]
+        square = 0.0
+        for v in flat[i]:
+            square += (v - mean) * (v - mean)
+        deviation[i] = max(hi - mean, mean - lo)
+        variance[i] = square / flat.shape[1]
+
+
+def image_moments(images: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``images`` (k, box, box): the largest deviation of a pixel from the image's
+    mean, and the image's variance (float64 (k,) each; two passes in float64, so that absurd
+    values neither overflow nor cancel; NaN where the image holds NaN or infinity), computed by
+    ``threads`` threads without the GIL."""
+    flat = images.reshape(len(images), -1)
+    deviation, variance = np.empty(len(flat)), np.empty(len(flat))
+    cuts = np.linspace(0, len(flat), max(1, min(int(threads), len(flat))) + 1).astype(int)
+    if len(cuts) <= 2:
+        _moments_rows(flat, deviation, variance, 0, len(flat))
+        return deviation, variance
+    with ThreadPoolExecutor(max_workers=len(cuts) - 1,
+                            thread_name_prefix="csrefine-moments") as pool:
+        list(pool.map(lambda a, z: _moments_rows(flat, deviation, variance, a, z),
+                      cuts[:-1], cuts[1:]))
+    return deviation, variance
+
+
 def kernel(stats: np.ndarray, k: KernelInputs, threads: int) -> int:
     """Add the statistics of ``k`` (:class:`csrefine.backends._tables.KernelInputs`) to
     ``stats`` (n_cells, 6, m) float64 with ``threads`` threads (thread t of T: the pixel blocks
