@@ -79,7 +79,7 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     ``inverted``, as if every image's sign were flipped."""
     stats = np.zeros((n_cells, 6, band.size), dtype=np.float64)
     terms = pixel_terms(group, band)
-    screen = screen or screen_for(images, positions)
+    screen = screen or screen_for(images, positions, options.threads)
     done = downweighted = 0
     meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size,
                           progress)
@@ -191,7 +191,7 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
     (:mod:`csrefine.halfsets`), on an evenly spread sample of the group's particles (``screen``:
     as :func:`accumulate_group`)."""
     terms = pixel_terms(group, band)
-    screen = screen or screen_for(images, positions)
+    screen = screen or screen_for(images, positions, threads)
 
     def statistics(sample):
         imgs = images.read(sample)
@@ -279,7 +279,7 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
     refs = group_references(ctx.references, group, ctx.map_pixel_size_A)
     t0 = time.monotonic()
-    screen = screen_for(ctx.images, positions)
+    screen = screen_for(ctx.images, positions, options.threads)
     check = check_half_maps(group, positions, ctx.particles, ctx.images, refs, band, ctx.backend,
                             options.threads, screen)
     ctx.timings[f"half_map_check_group{gid}"] = time.monotonic() - t0

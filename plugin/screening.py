@@ -70,16 +70,16 @@ class ImageScreen:
         return replace(particles, ctf_scale=scale), int(unusual.size)
 
 
-def screen_for(source, positions: np.ndarray) -> ImageScreen:
+def screen_for(source, positions: np.ndarray, threads: int = 1) -> ImageScreen:
     """The :class:`ImageScreen` of the particles at ``positions`` of ``source``: the median
-    standard deviation of up to :data:`SAMPLE_IMAGES` of their images, evenly spread."""
+    standard deviation of up to :data:`SAMPLE_IMAGES` of their images, evenly spread
+    (measured by ``threads`` threads)."""
     positions = np.asarray(positions, dtype=np.int64)
     if positions.size > SAMPLE_IMAGES:
         positions = positions[np.linspace(0, positions.size - 1, SAMPLE_IMAGES).round()
                               .astype(np.int64)]
-    images = source.read(positions).astype(np.float64)  # an absurd value must not overflow
-    std = images.reshape(len(images), -1).std(axis=1)
-    typical = float(np.median(std))
+    _, variance = image_moments(source.read(positions), threads)  # float64: no overflow
+    typical = float(np.median(np.sqrt(variance)))
     if not typical > 0:
         raise InputError(f"{source.describe(int(positions[0]))} and most images of its optics "
                          f"group are constant (zero standard deviation): no image data")

@@ -295,26 +295,29 @@ def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale
 _POOLS: dict = {}
 
 
-@njit(fastmath=False, cache=True, nogil=True)
+@njit(fastmath=True, cache=True, nogil=True)
 def _moments_rows(flat, deviation, variance, start, stop):
+    # One pass in float64 (the images hold no NaN or infinity: the reader refuses them, so
+    # fastmath's reordering and min/max are safe; float64 sums neither overflow nor cancel at
+    # image values).
+    n = flat.shape[1]
     for i in range(start, stop):
-        total, lo, hi = 0.0, np.inf, -np.inf
+        total, square, lo, hi = 0.0, 0.0, np.inf, -np.inf
         for v in flat[i]:
-            total += v
-            lo, hi = min(lo, v), max(hi, v)
-        mean = total / flat.shape[1]
-        square = 0.0
-        for v in flat[i]:
-            square += (v - mean) * (v - mean)
+            x = np.float64(v)
+            total += x
+            square += x * x
+            lo, hi = min(lo, x), max(hi, x)
+        mean = total / n
         deviation[i] = max(hi - mean, mean - lo)
-        variance[i] = square / flat.shape[1]
+        variance[i] = max(square / n - mean * mean, 0.0)
 
 
 def image_moments(images: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image of ``images`` (k, box, box): the largest deviation of a pixel from the image's
-    mean, and the image's variance (float64 (k,) each; two passes in float64, so that absurd
-    values neither overflow nor cancel; NaN where the image holds NaN or infinity), computed by
-    ``threads`` threads without the GIL."""
+    mean, and the image's variance (float64 (k,) each), computed by ``threads`` threads without
+    the GIL. The images must be finite (:meth:`csrefine.images.StackReader.read` refuses
+    others)."""
     flat = images.reshape(len(images), -1)
     deviation, variance = np.empty(len(flat)), np.empty(len(flat))
     cuts = np.linspace(0, len(flat), max(1, min(int(threads), len(flat))) + 1).astype(int)
