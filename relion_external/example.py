@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import starfile
 
 from csrefine.atomic_map import PACKAGED_MODEL
 from csrefine.fsc import default_mask
@@ -63,6 +62,8 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
     images = np.concatenate(images)
     write_stack(root / stack, images, pixel_size_A)
     star = root / "Refine3D/job002/run_data.star"
+    import starfile  # here, as in star_io: pandas stays out of every refinement's start-up
+
     starfile.write({"optics": optics_table(groups), "particles": particle_table(particles, stack)},
                    star, overwrite=True)
     if half_maps_from_particles:
