@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
+from .atomic_map import density_map
 from .forward import band_to_images, predict_band
 from .fourier import make_band
 from .model import OpticsGroup, Particles
@@ -91,9 +93,6 @@ def pseudo_atomic_map(box: int, pixel_size_A: float, rng: np.random.Generator,
 
 def model_map(box: int, pixel_size_A: float, rng, model_path: Path | None = None) -> np.ndarray:
     if model_path is not None and model_path.is_file():
-        import gemmi
-
-        from .atomic_map import density_map
         return density_map(gemmi.read_structure(str(model_path)), box, pixel_size_A, b_factor_A2=10.0)
     return pseudo_atomic_map(box, pixel_size_A, rng)
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
-from csrefine.atomic_map import PACKAGED_MODEL
+from csrefine.atomic_map import PACKAGED_MODEL, docked_structure
 from csrefine.fsc import default_mask
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup, Particles
@@ -79,9 +80,6 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
     write_map(root / "MaskCreate/job003/mask.mrc", default_mask(box), pixel_size_A)
     model_out = None
     if model_path is not None and Path(model_path).is_file():
-        import gemmi
-
-        from csrefine.atomic_map import docked_structure
         model_out = root / "Refine3D/job002/model_docked.cif"
         docked = docked_structure(gemmi.read_structure(str(model_path)), box, pixel_size_A)
         docked.make_mmcif_document().write_file(str(model_out))

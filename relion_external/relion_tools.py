@@ -10,6 +10,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import mrcfile
+import numpy as np
+import starfile
+
+from csrefine.atomic_map import density_map
+from csrefine.fsc import default_mask
+from csrefine.images import write_map
+from csrefine.model import OpticsGroup
+from csrefine.simulate import random_particles
+
+from .star_io import optics_table, particle_table
+from .star_syntax import unquoted
+from .star_tables import parse_vector, read_tables
+
 
 class RelionError(RuntimeError):
     pass
@@ -85,18 +99,6 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
     them (defocus * (p_nom/p_true)^2, origins * p_nom/p_true); the stack header states the nominal
     pixel size. Half maps come from ``relion_reconstruct --ctf --subset 1|2`` of the user's STAR.
     """
-    import mrcfile
-    import numpy as np
-    import starfile
-
-    from csrefine.atomic_map import density_map
-    from csrefine.fsc import default_mask
-    from csrefine.images import write_map
-    from csrefine.model import OpticsGroup
-    from csrefine.simulate import random_particles
-
-    from .star_io import optics_table, particle_table
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     p_true = pixel_true_A or pixel_nominal_A
@@ -129,9 +131,6 @@ def simulate_dataset(directory, structure, *, n: int, cs_true_mm: float, cs_nomi
 def star_values(path) -> dict:
     """Every loop of a STAR file, as csrefine's reader splits it: block -> column -> the values'
     text (without the quotes that protect spaces)."""
-    from .star_syntax import unquoted
-    from .star_tables import read_tables
-
     tables, _ = read_tables(path, lambda block, labels: (tuple(labels), frozenset()))
     return {block: {c: [unquoted(v) for v in table.columns[c]] for c in table.labels}
             for block, table in tables.items()}
@@ -155,10 +154,6 @@ CHANGED_COLUMNS = ("rlnSphericalAberration", "rlnBeamTiltX", "rlnBeamTiltY", "rl
 
 
 def _numbers(text: str):
-    import numpy as np
-
-    from .star_tables import parse_vector
-
     return parse_vector(text, text) if text.startswith("[") else np.array([float(text)])
 
 
@@ -168,8 +163,6 @@ def meant_values(relion_in: dict, cs_mm: dict, defocus_offset_A: dict, beam_tilt
     (block -> column -> one array per row), from RELION's rewrite of the input
     (:func:`relion_rewrite`: optics and particles tables) and the changes given to
     ``write_updated_star``; rlnEvenZernike where the input has none: no terms."""
-    import numpy as np
-
     optics, particles = relion_in["optics"], relion_in["particles"]
     groups = [int(g) for g in optics["rlnOpticsGroup"]]
     meant = {"optics": {c: [_numbers(v) for v in optics[c]] for c in CHANGED_COLUMNS
@@ -194,8 +187,6 @@ def compare_rewrites(relion_in: dict, relion_out: dict, meant: dict, atol: float
     the intended changes (``meant``, see :func:`meant_values`: compared as numbers to ``atol``;
     RELION writes six decimals, five for some negative numbers: -0.06316 for -0.0631612); every
     other value must have the same text. [] if nothing."""
-    import numpy as np
-
     problems = []
     if list(relion_out) != list(relion_in):
         return [f"blocks {list(relion_out)} instead of {list(relion_in)}"]
