@@ -19,6 +19,8 @@ data, ``plugin/data/1BD2.cif.gz``), or from a pseudo-atomic model generated here
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import gemmi
@@ -138,6 +140,21 @@ def write_example(directory, model=None) -> dict:
     default_model = PACKAGED_MODEL if PACKAGED_MODEL.is_file() else None
     info = make_example(directory, model_path=Path(model) if model else default_model,
                         **SHOWCASE)
+    rewrite_as_relion(info["star"])  # as a RELION user's project has it
     print(f"example project in {info['root']}: true Cs per optics group {info['cs_true_mm']} mm, "
           f"nominal 2.7 mm in {Path(info['star']).relative_to(info['root'])}")
     return info
+
+
+def rewrite_as_relion(star: Path) -> bool:
+    """Rewrite ``star`` with ``relion_star_handler`` where RELION is installed, so that the
+    example's particle STAR has the layout RELION's own programs write (right-aligned columns,
+    rows beginning with spaces, RELION's precision); returns whether it did. Without RELION the
+    file stays as starfile wrote it."""
+    if shutil.which("relion_star_handler") is None:
+        return False
+    out = star.with_name(star.stem + "_relion.star")
+    subprocess.run(["relion_star_handler", "--i", star.name, "--o", out.name], cwd=star.parent,
+                   check=True, capture_output=True, timeout=600)
+    out.replace(star)
+    return True

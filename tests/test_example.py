@@ -40,3 +40,30 @@ def test_the_example_job_finds_its_half_maps_as_given_and_group_1s_cs(tmp_path, 
     assert (g1["cs_refined_mm"] - 2.7) / g1["cs_sigma_mm"] > 20
     assert abs(g1["cs_refined_mm"] - 3.0) < max(4 * g1["cs_sigma_mm"], 0.03)
     assert abs(g2["cs_refined_mm"] - 2.7) < max(4 * g2["cs_sigma_mm"], 0.03)
+
+
+@pytest.mark.relion
+@pytest.mark.slow
+def test_the_example_star_is_relions_and_relion_reads_the_jobs_output(relion, tmp_path, monkeypatch):
+    """``csrefine example`` writes its particle STAR as RELION writes it (relion_star_handler:
+    rows begin with spaces, RELION's precision); the External job's output of it is read by
+    relion_star_handler with the refined Cs in the optics table."""
+    import starfile
+
+    from csrefine.relion.relion_tools import run_relion
+
+    info = write_example(tmp_path / "demo")
+    monkeypatch.chdir(info["root"])
+    rows = Path("Refine3D/job002/run_data.star").read_text().splitlines()
+    first = next(line for line in rows if "@Extract/job001/particles.mrcs" in line)
+    assert first.startswith(" ") or "  " in first.strip()  # RELION's padded columns
+    Path(JOB).mkdir(parents=True)
+    assert main(["--o", JOB, "--in_parts", "Refine3D/job002/run_data.star",
+                 "--in_3dref", "Refine3D/job002/run_class001.mrc", "--j", "2"]) == 0
+    run_relion(["relion_star_handler", "--i", JOB + "particles_csrefine.star",
+                "--o", "relion_read.star"])
+    optics = starfile.read("relion_read.star")["optics"]
+    report = json.loads(Path(JOB, "csrefine.json").read_text())
+    refined = [g["cs_refined_mm"] for g in report["groups"]]
+    assert list(optics["rlnSphericalAberration"]) == pytest.approx(refined, abs=1e-6)
+    assert list(optics["rlnSphericalAberration"])[0] > 2.9
