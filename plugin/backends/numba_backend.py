@@ -295,6 +295,14 @@ def _accumulate_blocks(stats, cells, observed, ptab, pix, ref, radius, ref_scale
 _POOLS: dict = {}
 
 
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The kernel threads: ``workers`` Python threads kept for the process, reused by every call
+    (the kernel's and the image moments', which run one after the other)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="csrefine-kernel")
+    return _POOLS[workers]
+
+
 @njit(fastmath=True, cache=True, nogil=True)
 def _moments_rows(flat, deviation, variance, start, stop):
     # One pass in float64 (the images hold no NaN or infinity: the reader refuses them, so
@@ -324,10 +332,8 @@ def image_moments(images: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndar
     if len(cuts) <= 2:
         _moments_rows(flat, deviation, variance, 0, len(flat))
         return deviation, variance
-    with ThreadPoolExecutor(max_workers=len(cuts) - 1,
-                            thread_name_prefix="csrefine-moments") as pool:
-        list(pool.map(lambda a, z: _moments_rows(flat, deviation, variance, a, z),
-                      cuts[:-1], cuts[1:]))
+    list(_pool(len(cuts) - 1).map(lambda a, z: _moments_rows(flat, deviation, variance, a, z),
+                                  cuts[:-1], cuts[1:]))
     return deviation, variance
 
 
@@ -351,9 +357,7 @@ def kernel(stats: np.ndarray, k: KernelInputs, threads: int) -> int:
     if workers == 1:
         results = [run(0)]
     else:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="csrefine-kernel")
-        results = list(_POOLS[workers].map(run, range(workers)))
+        results = list(_pool(workers).map(run, range(workers)))
     if any(layout != LAYOUT_ID for _, layout in results):
         raise RuntimeError("numba's cached kernel was compiled for another table layout than "
                            "csrefine/backends/_tables.py's: delete the numba cache "
