@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .accumulate import N_STATS
-from .projection import PaddedReference
 
 #: |z| beyond which the assignment (as given / swapped) is taken as established; also the
 #: contrast's t statistic below which the contrast is taken as inverted.
@@ -139,24 +138,17 @@ def sample_positions(positions: np.ndarray, limit: int | None = None) -> np.ndar
     return positions[np.linspace(0, positions.size - 1, limit).round().astype(np.int64)]
 
 
-def combined_reference(references: dict, a: float, b: float) -> PaddedReference:
-    """a * half 1 + b * half 2 as one padded reference (projection is linear in the map)."""
-    r1, r2 = references[1], references[2]
-    return replace(r1, data=(a * r1.data + b * r2.data).astype(r1.data.dtype))
-
-
 def own_noise_statistics(backend, images, particles, references: dict, terms, band,
                          pixel_size_A: float, threads: int = 1,
                          batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d_i, d0_i, c_i) of the module docstring for ``particles`` (their ``images``: (n, box,
-    box)), computed with the accumulation backend, one statistics cell per particle (a cell's
-    D = sum Re(X conj(CTF P)) for the prediction P from the difference of the half maps, for d,
-    and from their sum, for c); d0 pairs each image with the pose of another particle of the
-    sample. Three arrays of shape (n,)."""
+    box)), computed with the accumulation backend, one statistics cell per particle. A cell's
+    cross sum D = sum Re(X conj(CTF P)) is linear in the prediction P, so D for the difference
+    (d) and the sum (c) of the half maps are the difference and sum of D_1 and D_2, each
+    accumulated against its own half map (no third reference is built); d0 pairs each image
+    with the pose of another particle of the sample. Three arrays of shape (n,)."""
     n, m = len(particles), band.size
     w = band.friedel_weight
-    diff_ref = combined_reference(references, 1.0, -1.0)
-    sum_ref = combined_reference(references, 1.0, 1.0)
     others = particles.subset(np.roll(np.arange(n), 1))
     null = replace(particles, **{f: getattr(others, f) for f in POSE_FIELDS})
     d, d0, c = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -164,18 +156,18 @@ def own_noise_statistics(backend, images, particles, references: dict, terms, ba
         idx = np.arange(lo, min(lo + batch, n))
         k = idx.size
         own_sign = np.where(particles.half_set[idx] == 1, 1.0, -1.0)
-        # against the difference: the images with their own poses (cells 0..k-1), then with
-        # the shuffled poses (cells k..2k-1); against the sum: their own poses
-        per = np.zeros((2 * k, N_STATS, m))
-        backend.accumulate_batch(per, np.arange(2 * k), np.concatenate([images[idx]] * 2),
-                                 particles.subset(idx).concat(null.subset(idx)), diff_ref, terms,
-                                 band, pixel_size_A, threads)
-        together = np.zeros((k, N_STATS, m))
-        backend.accumulate_batch(together, np.arange(k), images[idx], particles.subset(idx),
-                                 sum_ref, terms, band, pixel_size_A, threads)
-        sums = (w * per[:, 3, :]).sum(axis=1)
-        d[idx], d0[idx] = own_sign * sums[:k], own_sign * sums[k:]
-        c[idx] = (w * together[:, 3, :]).sum(axis=1)
+        # each half map: the images with their own poses (cells 0..k-1), then with the
+        # shuffled poses (cells k..2k-1)
+        cross = {}
+        for half in (1, 2):
+            per = np.zeros((2 * k, N_STATS, m))
+            backend.accumulate_batch(per, np.arange(2 * k), np.concatenate([images[idx]] * 2),
+                                     particles.subset(idx).concat(null.subset(idx)),
+                                     references[half], terms, band, pixel_size_A, threads)
+            cross[half] = (w * per[:, 3, :]).sum(axis=1)
+        difference, total = cross[1] - cross[2], cross[1] + cross[2]
+        d[idx], d0[idx] = own_sign * difference[:k], own_sign * difference[k:]
+        c[idx] = total[:k]
     return d, d0, c
 
 
