@@ -16,6 +16,7 @@ import mrcfile
 import numpy as np
 import pytest
 
+from csrefine.backends.numba_backend import image_moments
 from csrefine.errors import InputError
 from csrefine.group_fit import failed_fit
 from csrefine.images import write_stack
@@ -176,3 +177,18 @@ def test_a_job_that_refines_nothing_says_so_first_and_last(example_project, tmp_
 def test_fits_that_cannot_be_reported_as_refined(change, sigma, subsets, expect):
     reason = failed_fit(change, sigma, subsets, 2.7 + change, 2.7, RefineOptions())
     assert (reason is None) if expect is None else (expect in reason)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_image_moments_are_numpys_in_float64(threads):
+    """The screen's per-image extreme deviation and variance, as numpy computes them in float64
+    (an offset and an outlier included; any thread count)."""
+    rng = np.random.default_rng(4)
+    images = (rng.standard_normal((7, 36, 36)) * 3 + 1000).astype(np.float32)
+    images[2, 5, 7] = -2.0e4
+    deviation, variance = image_moments(images, threads)
+    flat = images.reshape(7, -1).astype(np.float64)
+    mean = flat.mean(axis=1)
+    np.testing.assert_allclose(variance, flat.var(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(deviation, np.maximum(flat.max(1) - mean, mean - flat.min(1)),
+                               rtol=1e-12)
