@@ -30,7 +30,7 @@ from .model import OpticsGroup, Particles, group_label, nyquist_A
 from .options import RefineOptions
 from .references import check_band, group_references, map_pixel_size, prepare_references
 from .results import GroupResult, Refinement, RefinementInputs
-from .screening import ImageScreen, screen_for
+from .screening import ImageScreen, measure_images, screen_for
 from .streaming import BatchStream
 
 #: A group is fitted only if its band spans at least this factor in resolution: with
@@ -83,17 +83,18 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     done = downweighted = 0
     meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size,
                           progress)
-    # The next batch is read from the (memory-mapped) stacks in background threads while this
-    # one is computed; the backends release the GIL in their FFTs and kernels.
+    # The next batch is read from the (memory-mapped) stacks, and its images measured for the
+    # screen, in background threads while this one is computed; the backends release the GIL in
+    # their FFTs and kernels.
     stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
                          group.box_size, buffer=backend.host_buffer,
-                         readers=reader_threads(backend, options))
+                         readers=reader_threads(backend, options), measure=measure_images)
     with closing(iter(stream)) as batches:  # readers stopped at once on abort or error
-        for idx, imgs in batches:
+        for idx, imgs, moments in batches:
             if should_abort is not None:
                 check_abort(should_abort)
             batch, unusual = screen.weigh(imgs, particles.subset(idx), positions[idx], images,
-                                          options.threads)
+                                          moments=moments)
             _accumulate_one(stats, cells[idx], imgs, batch, references, terms, band, group,
                             backend, options)
             done += idx.size

@@ -46,12 +46,13 @@ class ImageScreen:
     typical_std: float
 
     def weigh(self, images: np.ndarray, particles: Particles, positions: np.ndarray,
-              source, threads: int = 1) -> tuple[Particles, int]:
+              source, threads: int = 1, moments=None) -> tuple[Particles, int]:
         """Down-weight the unusual ``images`` (k, box, box) in place and return ``particles``
         (k) with their CTF scale factors scaled likewise, and the number down-weighted.
         ``positions`` (k) locate the images in ``source`` for the message of an absurd image
-        (InputError naming stack and image); ``threads`` measure the images."""
-        deviation, variance = image_moments(images, threads)
+        (InputError naming stack and image); ``moments``: the images' :func:`image_moments` if
+        already measured, else ``threads`` measure them."""
+        deviation, variance = moments if moments is not None else image_moments(images, threads)
         absurd = np.flatnonzero(~(deviation <= ABSURD_FACTOR * self.typical_std))
         if absurd.size:
             b = int(absurd[0])
@@ -68,6 +69,12 @@ class ImageScreen:
         scale = np.array(particles.ctf_scale, dtype=np.float64)
         scale[unusual] *= root_w
         return replace(particles, ctf_scale=scale), int(unusual.size)
+
+
+def measure_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`image_moments` in the calling thread: what :meth:`ImageScreen.weigh` needs, measured
+    by the threads that read the images (:class:`csrefine.streaming.BatchStream`)."""
+    return image_moments(images, 1)
 
 
 def screen_for(source, positions: np.ndarray, threads: int = 1) -> ImageScreen:

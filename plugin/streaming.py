@@ -30,14 +30,19 @@ class BatchStream:
     batch_size : particles per batch; box : image size in pixels.
     buffer : ``buffer(shape) -> float32 ndarray`` (default ``numpy.empty``); called twice.
     readers : threads reading one batch (each reads a contiguous share of it).
+    measure : optional ``measure(images) -> tuple of (k,) arrays``, applied by each reader
+        thread to the images it has just read (while the consumer computes the previous batch);
+        then the iteration yields ``(idx, images, measured)``, ``measured`` the batch's arrays.
 
     ``idx`` are indices into ``positions``; ``images`` is a view of a host buffer that is
     overwritten two batches later, so the consumer must be done with it by then.
     """
 
     def __init__(self, images, positions: np.ndarray, batch_size: int, box: int,
-                 buffer: Callable | None = None, readers: int = 1):
+                 buffer: Callable | None = None, readers: int = 1,
+                 measure: Callable | None = None):
         self.images = images
+        self.measure = measure
         self.positions = np.asarray(positions, dtype=np.int64)
         self.batches = batch_slices(self.positions.size, int(batch_size))
         self.readers = max(1, int(readers))
@@ -49,8 +54,12 @@ class BatchStream:
         idx = self.batches[b]
         out = self.buffers[b % 2][:idx.size]
         cuts = np.linspace(0, idx.size, min(self.readers, idx.size) + 1).astype(int)
-        return out, [pool.submit(self.images.read, self.positions[idx[a:z]], out=out[a:z])
+        return out, [pool.submit(self._read, self.positions[idx[a:z]], out[a:z])
                      for a, z in zip(cuts[:-1], cuts[1:]) if z > a]
+
+    def _read(self, positions: np.ndarray, out: np.ndarray):
+        self.images.read(positions, out=out)
+        return self.measure(out) if self.measure is not None else None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not self.batches:
@@ -60,10 +69,12 @@ class BatchStream:
             pending = self._submit(pool, 0)
             for b, idx in enumerate(self.batches):
                 out, futures = pending
-                for f in futures:
-                    f.result()  # re-raises a reader's InputError (NaN image, say)
+                parts = [f.result() for f in futures]  # re-raises a reader's InputError
                 if b + 1 < len(self.batches):
                     pending = self._submit(pool, b + 1)
-                yield idx, out
+                if self.measure is None:
+                    yield idx, out
+                else:
+                    yield idx, out, tuple(np.concatenate(a) for a in zip(*parts))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

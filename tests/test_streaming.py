@@ -89,6 +89,23 @@ def test_batch_stream_reads_every_batch_in_order(stacks, readers):
     assert len(made) == 2
 
 
+@pytest.mark.parametrize("readers", [1, 3])
+def test_batch_stream_measures_each_batch_in_its_readers(stacks, readers):
+    reader, expected = _reader(stacks, np.arange(12)[::-1])
+    positions = np.array([11, 0, 5, 3, 8, 1, 2])
+
+    def measure(images):
+        return images.sum(axis=(1, 2)), images[:, 0, 0].copy()
+
+    seen = 0
+    for idx, images, (sums, corner) in BatchStream(reader, positions, 3, BOX, readers=readers,
+                                                   measure=measure):
+        np.testing.assert_array_equal(sums, expected[positions[idx]].sum(axis=(1, 2)))
+        np.testing.assert_array_equal(corner, expected[positions[idx]][:, 0, 0])
+        seen += idx.size
+    assert seen == positions.size
+
+
 def test_batch_stream_raises_reader_error(stacks, tmp_path):
     path = next(iter(stacks))
     images = stacks[path].copy()
