@@ -68,7 +68,7 @@ from common import MODEL, REPO, log  # noqa: E402
 
 def particle_rows(n: int, rng: np.random.Generator):
     """True particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from csrefine.relion.star_io import particle_table
+    from csrefine.relion.relion_tools import particle_table
     from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
@@ -77,7 +77,7 @@ def particle_rows(n: int, rng: np.random.Generator):
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
     from csrefine.model import OpticsGroup
-    from csrefine.relion.star_io import optics_table as table
+    from csrefine.relion.relion_tools import optics_table as table
 
     return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 

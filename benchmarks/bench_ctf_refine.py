@@ -49,7 +49,7 @@ from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
 def random_rows(n: int, rng: np.random.Generator, micrographs: int):
     """Particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from csrefine.relion.star_io import particle_table
+    from csrefine.relion.relion_tools import particle_table
     from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
@@ -58,7 +58,7 @@ def random_rows(n: int, rng: np.random.Generator, micrographs: int):
 
 def optics(cs_mm: float, px: float, box: int, voltage: float):
     from csrefine.model import OpticsGroup
-    from csrefine.relion.star_io import optics_table
+    from csrefine.relion.relion_tools import optics_table
 
     return optics_table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 

@@ -67,7 +67,7 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.model import OpticsGroup
-    from csrefine.relion.star_io import particle_table
+    from csrefine.relion.relion_tools import particle_table
     from csrefine.simulate import random_particles
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "half1.mrc",

@@ -33,7 +33,7 @@ from csrefine.model import OpticsGroup, Particles
 from csrefine.reconstruct import reconstruct_half_maps
 from csrefine.simulate import model_map, random_particles, simulate_images
 
-from .star_io import optics_table, particle_table
+from .star_write import write_new_star
 
 
 def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_nominal_mm=2.7,
@@ -65,10 +65,7 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
     images = np.concatenate(images)
     write_stack(root / stack, images, pixel_size_A)
     star = root / "Refine3D/job002/run_data.star"
-    import starfile  # here, as in star_io: pandas stays out of every refinement's start-up
-
-    starfile.write({"optics": optics_table(groups), "particles": particle_table(particles, stack)},
-                   star, overwrite=True)
+    write_new_star(star, groups, particles, [f"{i + 1:06d}@{stack}" for i in range(len(particles))])
     if half_maps_from_particles:
         halves = reconstruct_half_maps({g.optics_group: g for g in groups}, particles, images)
         full = 0.5 * (halves[0] + halves[1])
@@ -150,7 +147,7 @@ def rewrite_as_relion(star: Path) -> bool:
     """Rewrite ``star`` with ``relion_star_handler`` where RELION is installed, so that the
     example's particle STAR has the layout RELION's own programs write (right-aligned columns,
     rows beginning with spaces, RELION's precision); returns whether it did. Without RELION the
-    file stays as starfile wrote it."""
+    file stays as :func:`csrefine.relion.star_write.write_new_star` wrote it."""
     if shutil.which("relion_star_handler") is None:
         return False
     out = star.with_name(star.stem + "_relion.star")

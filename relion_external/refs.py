@@ -7,7 +7,7 @@ import re
 from csrefine.errors import InputError
 from csrefine.paths import check_input_file
 
-from .star_io import read_blocks
+from .star_tables import key_values
 
 
 def half_maps_beside(map_path: str) -> tuple[str, str]:
@@ -26,13 +26,11 @@ def half_maps_beside(map_path: str) -> tuple[str, str]:
 
 def from_postprocess(star_path: str) -> tuple[str, str, str | None]:
     """Half maps and mask named in a PostProcess STAR's data_general block."""
-    blocks = read_blocks(star_path)
-    general = blocks.get("general")
+    general = key_values(check_input_file(star_path, "PostProcess STAR"), "general", star_path)
     if general is None:
         raise InputError(f"{star_path}: no data_general block (not a PostProcess STAR)")
-    get = (lambda k: general.get(k)) if isinstance(general, dict) else (
-        lambda k: general[k].iloc[0] if k in general.columns else None)
-    h1, h2, mask = get("rlnUnfilteredMapHalf1"), get("rlnUnfilteredMapHalf2"), get("rlnMaskName")
+    h1, h2 = general.get("rlnUnfilteredMapHalf1"), general.get("rlnUnfilteredMapHalf2")
+    mask = general.get("rlnMaskName")
     if not h1 or not h2:
         raise InputError(f"{star_path}: data_general lacks _rlnUnfilteredMapHalf1/2")
     return str(h1), str(h2), (str(mask) if mask else None)

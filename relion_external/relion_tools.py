@@ -1,4 +1,6 @@
-"""Drive Debian's RELION 3.1 binaries for simulations and comparisons (tests, benchmarks).
+"""Drive Debian's RELION 3.1 binaries for simulations and comparisons (tests, benchmarks), and
+build STAR tables as pandas DataFrames for starfile (tests, benchmarks; csrefine's own runs
+import neither).
 
 relion_project simulates particles with a known Cs, relion_reconstruct makes half maps,
 relion_postprocess the FSC STAR that relion_ctf_refine needs.
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import starfile
 
 from csrefine.atomic_map import density_map
@@ -20,9 +23,24 @@ from csrefine.images import write_map
 from csrefine.model import OpticsGroup
 from csrefine.simulate import random_particles
 
-from .star_io import optics_table, particle_table
 from .star_syntax import unquoted
 from .star_tables import parse_vector, read_tables
+from .star_write import new_optics_columns, new_particle_columns
+
+
+def particle_table(particles, stack: str | None, micrographs: int = 10,
+                   image_names=None) -> pd.DataFrame:
+    """The particles table of a new STAR file for starfile.write (tests, benchmarks): images
+    ``N@stack`` in order, or ``image_names``; the columns of
+    :func:`csrefine.relion.star_write.new_particle_columns`."""
+    names = (list(image_names) if image_names is not None
+             else [f"{i + 1:06d}@{stack}" for i in range(len(particles))])
+    return pd.DataFrame(new_particle_columns(particles, names, micrographs))
+
+
+def optics_table(groups) -> pd.DataFrame:
+    """The optics table of a new STAR file for starfile.write (tests, benchmarks)."""
+    return pd.DataFrame(new_optics_columns(list(groups)))
 
 
 class RelionError(RuntimeError):

@@ -3,8 +3,8 @@
 :func:`read_particle_star` reads the optics and particles tables in one pass over the file with
 the writer's own tokenizer (:mod:`.star_syntax`), keeping only the columns the refinement needs
 (:mod:`.star_tables`): neither pandas nor starfile is imported, values containing ``#`` and
-quotes are read as RELION reads them. Other STAR files (PostProcess) go through starfile
-(:func:`read_blocks`).
+quotes are read as RELION reads them. The same reader reads PostProcess STAR files
+(:func:`csrefine.relion.star_tables.key_values`).
 
 Particle tables without an optics table (RELION 3.0's layout, e.g. ``relion_preprocess`` and
 ``relion_refine`` of that version) state each particle's optics. The optics groups are then the
@@ -30,10 +30,10 @@ from csrefine.paths import check_input_file
 
 from .star_syntax import unquoted
 from .star_tables import CHUNK_ROWS, Table, integer_column, numeric_column, parse_vector, read_tables
-from .star_write import format_vector, optics_table, particle_table, write_new_star, write_updated_star
+from .star_write import format_vector, write_new_star, write_updated_star
 
-__all__ = ["ParticleStar", "read_blocks", "read_particle_star", "write_updated_star",
-           "write_new_star", "optics_table", "particle_table", "format_vector"]
+__all__ = ["ParticleStar", "read_particle_star", "write_updated_star", "write_new_star",
+           "format_vector"]
 
 REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
                    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
@@ -78,20 +78,6 @@ class ParticleStar:
     image_index: np.ndarray
     particle_block: str
     optics_table: bool
-
-
-def read_blocks(path) -> dict:
-    """All data blocks of a STAR file with every value kept as text (starfile: pandas
-    DataFrames for loops, dicts for key-value blocks)."""
-    import starfile
-
-    path = check_input_file(path, "STAR file")
-    with open(path, "r", errors="replace") as fh:
-        names = {line.split()[0][1:] for line in fh if line.lstrip().startswith("_")}
-    try:
-        return starfile.read(path, always_dict=True, parse_as_string=sorted(names - {""}))
-    except Exception as exc:  # starfile raises assorted parser errors
-        raise InputError(f"{path}: not a readable STAR file ({exc})") from exc
 
 
 def _chooser():

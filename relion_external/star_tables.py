@@ -15,7 +15,7 @@ import numpy as np
 
 from csrefine.errors import InputError, shown
 
-from .star_syntax import DATA, END, LOOP, ROW, STRAY, StarSyntaxError, star_lines, tokens
+from .star_syntax import DATA, END, LOOP, OTHER, ROW, STRAY, StarSyntaxError, star_lines, tokens, unquoted
 
 #: Rows whose values are held as text before the numeric columns are converted.
 CHUNK_ROWS = 65536
@@ -200,6 +200,26 @@ def integer_column(table: Table, column: str, where: str) -> np.ndarray:
         raise InputError(f"{where}: _{column} must be a whole number, got "
                          f"{shown(text)} in row {row + 1}")
     return values.astype(np.int64)
+
+
+def key_values(path, block: str, where: str | None = None) -> dict[str, str] | None:
+    """The ``_name value`` pairs of ``data_<block>`` outside its loops (names without '_',
+    values unquoted), e.g. a PostProcess STAR's data_general; None when the file has no such
+    block. InputError naming the file and line for a quote that is not closed."""
+    where = where or str(path)
+    pairs, found = {}, False
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as fh:
+        for number, kind, name, _, text in star_lines(fh):
+            found = found or (kind == DATA and name == block)
+            if kind != OTHER or name != block or not text.lstrip().startswith("_"):
+                continue
+            try:
+                values = tokens(text)
+            except StarSyntaxError as exc:
+                raise InputError(f"{where}: line {number}: {exc}") from None
+            if len(values) >= 2:
+                pairs[values[0][1:]] = unquoted(values[1])
+    return pairs if found else None
 
 
 def parse_vector(text: str, where: str) -> np.ndarray:

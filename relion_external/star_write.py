@@ -9,7 +9,8 @@ comments, other blocks) is copied, with LF line ends (RELION 3.1.3 reads no tabl
 file). Comment lines among a table's rows are left out (RELION refuses them), and a table's
 rows are followed by a blank line (RELION reads a ``data_`` right after a row as a row).
 
-New files (:func:`write_new_star`) are written by starfile.
+New files (:func:`write_new_star`: the example, ``csrefine convert``) are written in RELION's own
+layout from the particles' values.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from csrefine.errors import InputError
 from csrefine.io_atomic import atomic_output
 from csrefine.model import OpticsGroup, Particles
 
-from .star_syntax import DATA, END, LOOP, ROW, ROW_COMMENT, star_lines, tokens
+from .star_syntax import DATA, END, LOOP, ROW, ROW_COMMENT, quoted, star_lines, tokens
 
 if TYPE_CHECKING:
     from .star_io import ParticleStar
@@ -157,58 +158,82 @@ def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
                              f"malformed")
 
 
-# ----------------------------------------------------------------------------- new tables
-def particle_table(particles: Particles, stack: str | None, micrographs: int = 10,
-                   image_names=None):
-    """The particles table of a new STAR file: images ``N@stack`` in order, or ``image_names``
-    (one 'N@path' per particle)."""
-    import pandas as pd
+# ----------------------------------------------------------------------------- new files
+def _format_value(value) -> str:
+    """A new file's value: integers as they are, other numbers with six decimals (as starfile
+    and RELION's own writers give them), texts quoted where they must be."""
+    if isinstance(value, str):
+        return quoted(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.6f}"
 
+
+def _loop_lines(block: str, columns: dict) -> list[str]:
+    """``data_<block>``, its loop header and one line per row of ``columns`` (name -> values
+    of equal length), right-aligned in columns as RELION writes them, then a blank line."""
+    names = list(columns)
+    texts = [[_format_value(v) for v in columns[name]] for name in names]
+    widths = [max((len(t) for t in col), default=0) for col in texts]
+    lines = [f"data_{block}", "", "loop_"]
+    lines += [f"_{name} #{i}" for i, name in enumerate(names, start=1)]
+    lines += [" ".join(col[r].rjust(w) for col, w in zip(texts, widths))
+              for r in range(len(texts[0]) if texts else 0)]
+    return lines + [""]
+
+
+def new_optics_columns(groups: list[OpticsGroup]) -> dict:
+    """The optics table of a new STAR file, column name -> values; aberration columns
+    (rlnEvenZernike, rlnOddZernike, rlnMagMat00..11) only where a group has them."""
+    columns = {
+        "rlnOpticsGroupName": [g.name for g in groups],
+        "rlnOpticsGroup": [int(g.optics_group) for g in groups],
+        "rlnMicrographPixelSize": [g.pixel_size_A for g in groups],
+        "rlnVoltage": [g.voltage_kv for g in groups],
+        "rlnSphericalAberration": [g.cs_mm for g in groups],
+        "rlnAmplitudeContrast": [g.amplitude_contrast for g in groups],
+        "rlnImagePixelSize": [g.pixel_size_A for g in groups],
+        "rlnImageSize": [int(g.box_size) for g in groups],
+        "rlnImageDimensionality": [2 for _ in groups]}
+    for column, attr in (("rlnEvenZernike", "even_zernike"), ("rlnOddZernike", "odd_zernike")):
+        if any(np.any(getattr(g, attr) != 0) for g in groups):
+            columns[column] = [format_vector(getattr(g, attr)) for g in groups]
+    if any(not np.allclose(g.mag_matrix, np.eye(2)) for g in groups):
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            columns[f"rlnMagMat{i}{j}"] = [float(g.mag_matrix[i, j]) for g in groups]
+    return columns
+
+
+def new_particle_columns(particles: Particles, image_names, micrographs: int = 10) -> dict:
+    """The particles table of a new STAR file, column name -> values: ``image_names`` ('N@path',
+    one per particle) and the particles' values; micrograph names mic000.mrc... cycle over
+    ``micrographs`` (RELION's programs group particles by micrograph)."""
     n = len(particles)
-    names = (list(image_names) if image_names is not None
-             else [f"{i + 1:06d}@{stack}" for i in range(n)])
-    return pd.DataFrame({
-        "rlnImageName": names,
+    return {
+        "rlnImageName": list(image_names),
         "rlnMicrographName": [f"mic{i % micrographs:03d}.mrc" for i in range(n)],
         "rlnDefocusU": particles.defocus_u_A, "rlnDefocusV": particles.defocus_v_A,
         "rlnDefocusAngle": particles.defocus_angle_deg, "rlnPhaseShift": particles.phase_shift_deg,
         "rlnCtfBfactor": particles.bfactor_A2, "rlnCtfScalefactor": particles.ctf_scale,
         "rlnAngleRot": particles.rot_deg, "rlnAngleTilt": particles.tilt_deg,
         "rlnAnglePsi": particles.psi_deg, "rlnOriginXAngst": particles.origin_x_A,
-        "rlnOriginYAngst": particles.origin_y_A, "rlnOpticsGroup": particles.optics_group,
-        "rlnRandomSubset": particles.half_set,
-        "rlnClassNumber": np.ones(n, dtype=int)})
+        "rlnOriginYAngst": particles.origin_y_A, "rlnOpticsGroup": _integers(particles.optics_group),
+        "rlnRandomSubset": _integers(particles.half_set), "rlnClassNumber": [1] * n}
 
 
-def optics_table(groups: list[OpticsGroup]):
-    """The optics table of a new STAR file (a pandas DataFrame); aberration columns
-    (rlnEvenZernike, rlnOddZernike, rlnMagMat00..11) only where a group has them."""
-    import pandas as pd
-
-    table = pd.DataFrame({
-        "rlnOpticsGroupName": [g.name for g in groups],
-        "rlnOpticsGroup": [g.optics_group for g in groups],
-        "rlnMicrographPixelSize": [g.pixel_size_A for g in groups],
-        "rlnVoltage": [g.voltage_kv for g in groups],
-        "rlnSphericalAberration": [g.cs_mm for g in groups],
-        "rlnAmplitudeContrast": [g.amplitude_contrast for g in groups],
-        "rlnImagePixelSize": [g.pixel_size_A for g in groups],
-        "rlnImageSize": [g.box_size for g in groups],
-        "rlnImageDimensionality": [2 for _ in groups]})
-    for column, attr in (("rlnEvenZernike", "even_zernike"), ("rlnOddZernike", "odd_zernike")):
-        if any(np.any(getattr(g, attr) != 0) for g in groups):
-            table[column] = [format_vector(getattr(g, attr)) for g in groups]
-    if any(not np.allclose(g.mag_matrix, np.eye(2)) for g in groups):
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            table[f"rlnMagMat{i}{j}"] = [float(g.mag_matrix[i, j]) for g in groups]
-    return table
+def _integers(values) -> list[int]:
+    return np.asarray(values).astype(int).tolist()
 
 
-def write_new_star(path, groups: list[OpticsGroup], particles: Particles, image_names) -> None:
-    """A new RELION 3.1 particle STAR (optics and particles tables), written atomically."""
-    import starfile
-
+def write_new_star(path, groups: list[OpticsGroup], particles: Particles, image_names,
+                   micrographs: int = 10) -> None:
+    """A new RELION 3.1 particle STAR (optics and particles tables), written atomically: the
+    tables of :func:`new_optics_columns` and :func:`new_particle_columns`, in RELION's layout
+    (``# version 30001``, ``_name #i`` headers, right-aligned rows)."""
+    lines = ["", "# version 30001", ""]
+    lines += _loop_lines("optics", new_optics_columns(groups)) + [""]
+    lines += ["# version 30001", ""]
+    lines += _loop_lines("particles", new_particle_columns(particles, image_names, micrographs))
     with atomic_output(path) as tmp:
-        starfile.write({"optics": optics_table(groups),
-                        "particles": particle_table(particles, None, image_names=image_names)},
-                       tmp, overwrite=True)
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
+            fh.write("\n".join(lines) + "\n")

@@ -154,7 +154,8 @@ def test_prediction_same_via_cryosparc_fields(small_map, tmp_path):
     (float32 storage of the .cs fields is the only difference)."""
     import starfile
 
-    from csrefine.relion.star_io import optics_table, particle_table, read_particle_star
+    from csrefine.relion.relion_tools import optics_table, particle_table
+    from csrefine.relion.star_io import read_particle_star
     from csrefine.simulate import random_particles
 
     box, px = 64, 1.6
@@ -307,8 +308,7 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map, relion, cross_pa
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.options import RefineOptions
-    from csrefine.relion.relion_tools import project
-    from csrefine.relion.star_io import optics_table, particle_table
+    from csrefine.relion.relion_tools import optics_table, particle_table, project
     from csrefine.simulate import random_particles
 
     box, px = 64, 1.6

@@ -66,6 +66,52 @@ def test_half_maps_from_a_postprocess_star(example_project):
     assert json.loads(Path(JOB, "csrefine.json").read_text())["inputs"]["mask"].endswith("mask.mrc")
 
 
+def test_half_maps_from_the_postprocess_star_relion_wrote(example_project, relion):
+    """data_general of relion_postprocess's own STAR names the half maps and the mask."""
+    from csrefine.relion.refs import resolve_half_maps
+    from csrefine.relion.relion_tools import postprocess
+
+    half1 = Path(example_project["half1"]).relative_to(Path.cwd())
+    mask = Path(example_project["mask"]).relative_to(Path.cwd())
+    star = postprocess(half1, mask, "PostProcess/job006/postprocess", 1.6, randomize_at_A=10.0)
+    h1, h2, found_mask = resolve_half_maps(str(star))
+    assert (Path(h1), Path(h2), Path(found_mask)) == (
+        half1, Path(str(half1).replace("half1", "half2")), mask)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("data_general\n\n_rlnUnfilteredMapHalf1   'Refine3D/my job/h1.mrc'\n"
+     "_rlnUnfilteredMapHalf2 Refine3D/h2.mrc # a comment\n_rlnMaskName\tmask.mrc\n"
+     "\ndata_fsc\n\nloop_\n_rlnResolution #1\n0.1\n\n",
+     ("Refine3D/my job/h1.mrc", "Refine3D/h2.mrc", "mask.mrc")),
+    ("data_general\n_rlnUnfilteredMapHalf1 a.mrc\n_rlnUnfilteredMapHalf2 b.mrc\n",
+     ("a.mrc", "b.mrc", None)),
+])
+def test_postprocess_general_block_as_relion_reads_it(tmp_path, text, expected):
+    from csrefine.relion.refs import from_postprocess
+
+    star = tmp_path / "postprocess.star"
+    star.write_text(text)
+    assert from_postprocess(str(star)) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data_fsc\nloop_\n_rlnResolution #1\n0.1\n", "no data_general block"),
+    ("data_general\n_rlnUnfilteredMapHalf1 a.mrc\n", "lacks _rlnUnfilteredMapHalf1/2"),
+    ("data_general\n_rlnUnfilteredMapHalf1 \"a b.mrc\n", "line 2"),
+    ("\x00\x01binary", "no data_general block"),
+])
+def test_a_postprocess_star_without_half_maps_is_one_line(tmp_path, text, message):
+    from csrefine.errors import InputError
+    from csrefine.relion.refs import from_postprocess
+
+    star = tmp_path / "postprocess.star"
+    star.write_text(text)
+    with pytest.raises(InputError, match=message) as info:
+        from_postprocess(str(star))
+    assert str(star) in str(info.value) and "\n" not in str(info.value)
+
+
 def _assert_failed_cleanly(capsys, code, text):
     assert code != 0
     err = capsys.readouterr().err

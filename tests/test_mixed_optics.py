@@ -18,8 +18,8 @@ from csrefine.errors import InputError
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
+from csrefine.relion.relion_tools import optics_table, particle_table
 from csrefine.relion.run import run
-from csrefine.relion.star_io import optics_table, particle_table
 from csrefine.simulate import random_particles, simulate_images
 
 N = 1200

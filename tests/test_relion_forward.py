@@ -80,8 +80,7 @@ def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, sm
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_stack
     from csrefine.model import OpticsGroup
-    from csrefine.relion.relion_tools import postprocess, run_relion
-    from csrefine.relion.star_io import optics_table, particle_table
+    from csrefine.relion.relion_tools import optics_table, particle_table, postprocess, run_relion
     from csrefine.simulate import random_particles, simulate_images
 
     rng = np.random.default_rng(11)

@@ -98,8 +98,8 @@ def test_batch_stream_measures_each_batch_in_its_readers(stacks, readers):
         return images.sum(axis=(1, 2)), images[:, 0, 0].copy()
 
     seen = 0
-    for idx, images, (sums, corner) in BatchStream(reader, positions, 3, BOX, readers=readers,
-                                                   measure=measure):
+    for idx, _, (sums, corner) in BatchStream(reader, positions, 3, BOX, readers=readers,
+                                              measure=measure):
         np.testing.assert_array_equal(sums, expected[positions[idx]].sum(axis=(1, 2)))
         np.testing.assert_array_equal(corner, expected[positions[idx]][:, 0, 0])
         seen += idx.size

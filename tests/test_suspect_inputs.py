@@ -141,10 +141,10 @@ def test_junk_images_move_cs_by_less_than_its_sigma(example_project, clean, tmp_
 def test_a_negative_nominal_cs_is_not_refined_and_the_sign_is_named(example_project, tmp_path):
     star = Path(example_project["star"])
     text = star.read_text()
-    row = next(line for line in text.splitlines() if line.startswith("opticsGroup1"))
-    fields = row.split("\t")
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["opticsGroup1"])
+    fields = row.split()
     fields[4] = "-" + fields[4]  # rlnSphericalAberration of the example's optics table
-    star.write_text(text.replace(row, "\t".join(fields)))
+    star.write_text(text.replace(row, " ".join(fields)))
     refinement, lines, _ = _refine(example_project, tmp_path / "out")
     g = refinement.group(1)
     print(g.reason)

@@ -37,8 +37,14 @@ from csrefine.atomic_map import PACKAGED_MODEL, density_map
 from csrefine.fsc import default_mask
 from csrefine.images import write_map
 from csrefine.model import OpticsGroup
-from csrefine.relion.relion_tools import postprocess, project, reconstruct_half, run_relion
-from csrefine.relion.star_io import optics_table, particle_table
+from csrefine.relion.relion_tools import (
+    optics_table,
+    particle_table,
+    postprocess,
+    project,
+    reconstruct_half,
+    run_relion,
+)
 from csrefine.simulate import random_particles
 
 HERE = Path(__file__).resolve().parent
