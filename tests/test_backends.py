@@ -206,17 +206,19 @@ def test_devices(monkeypatch):
         get_backend("cuda")
 
 
-def test_validating_options_imports_no_kernel():
-    """RefineOptions.validate() checks the device's name only; numba and CuPy are imported when
-    a run starts."""
+def test_validating_options_compiles_no_kernel():
+    """RefineOptions.validate() checks the device's name only: no kernel is compiled or loaded
+    from numba's cache, and CuPy (optional) is imported only when a cuda run starts."""
     import subprocess
     import sys
 
     code = ("import sys; from csrefine.options import RefineOptions; "
+            "from csrefine.backends import numba_backend as nb; "
             "RefineOptions(device='cuda').validate(); RefineOptions().validate(); "
-            "print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))")
+            "print('cupy' in sys.modules, nb._accumulate_blocks.signatures, "
+            "nb._sums_rows.signatures)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False [] []"
 
 
 def test_refine_numba_and_numpy_give_the_same_cs(small_map_48, monkeypatch):

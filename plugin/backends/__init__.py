@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, shown
+from . import cupy_backend, numba_backend
 
 
 @runtime_checkable
@@ -70,13 +71,12 @@ def check_device(device) -> None:
 
 
 def get_backend(device: str) -> Backend:
-    """The backend module running ``device`` (a :class:`Backend`): imports numba (cpu) or CuPy
-    (cuda); InputError for an unknown device or a missing CuPy."""
+    """The backend module running ``device`` (a :class:`Backend`): numba's (cpu) or CuPy's
+    (cuda: CuPy, an optional dependency, is imported here); InputError for an unknown device or
+    a missing CuPy."""
     check_device(device)
     if device == "cpu":
-        from . import numba_backend
         return numba_backend
-    from . import cupy_backend
     try:
         cupy_backend._cupy()
     except ImportError as exc:
