@@ -94,11 +94,18 @@ def reference_margin(groups: dict[int, OpticsGroup], mag_matrices=()) -> float:
     return max(1.0, max(float(np.linalg.norm(m, 2)) for m in matrices)) * REFERENCE_MARGIN
 
 
-def _per_half(build, half_maps, options: RefineOptions) -> list:
-    """``build(half_map, options)`` for both half maps: in two threads, each with half the FFT
-    workers, when there are two threads or more (the builds are numpy and FFT work that releases
-    the GIL: about a third faster on two cores; the results are the same bits)."""
-    if options.threads < 2:
+#: Padded transforms (complex64 bytes, (pad * cropped box)^3) above which the two half maps'
+#: references are built one after the other: each build briefly holds about twice its padded
+#: transform, and two at once doubled the set-up's peak (box 360 fitted to Nyquist: 8.5 GB).
+PARALLEL_BUILD_BYTES = 512 * 2**20
+
+
+def _per_half(build, half_maps, options: RefineOptions, parallel: bool = True) -> list:
+    """``build(half_map, options)`` for both half maps: with ``parallel`` and two threads or
+    more, in two threads each with half the FFT workers (the builds are numpy and FFT work that
+    releases the GIL: about a third faster on two cores for small maps; the results are the same
+    bits); otherwise one after the other with all the workers."""
+    if options.threads < 2 or not parallel:
         return [build(h, options) for h in half_maps]
     each = replace(options, threads=max(1, options.threads // 2))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="csrefine-reference") as pool:
@@ -127,9 +134,10 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
     resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
     high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
     margin = reference_margin(groups, mag_matrices)
+    padded = (options.pad * band_limited_box(box, px / high_A * margin)) ** 3 * 8
     references = dict(zip((1, 2), _per_half(
         lambda half_map, opts: band_limited_reference(half_map, px / high_A, opts, margin),
-        half_maps, options)))
+        half_maps, options, parallel=padded <= PARALLEL_BUILD_BYTES)))
     return ReferenceSetup(fsc, float(resolution), float(px),
                           (float(options.resolution_low_A), float(high_A)), references)
 

@@ -103,19 +103,25 @@ class ModelMaps:
     def model_ft(self, p: float) -> tuple[np.ndarray, np.ndarray]:
         """(unwhitened, whitened) rfftn of the model map at trial pixel ``p`` (Å, of the cropped
         grid), centroid at its docked voxel: computed on a grid ``model_box/box`` times finer
-        with the anti-alias blur, Fourier cropped, the blur divided out."""
+        with the anti-alias blur, Fourier cropped, the blur divided out. The refinement's maps
+        are cached (:data:`CACHE_SIZE`); the coarse scan's are not: it visits each pixel size
+        once, and six cached entries of a box-288 grid held 2.3 GB."""
         key = (round(float(p), 10), self.coarse)
-        if key not in self._cache:
-            model_box, blur_A2 = (self.box, 0.0) if self.coarse else (self.model_box, self.blur_A2)
-            m = density_map(self.structure, model_box, p * self.box / model_box,
-                            b_factor_A2=self.b_model, centre_A=self.centre_A, blur_A2=blur_A2)
-            if model_box > self.box:
-                ft = crop_rfftn(scipy.fft.rfftn(m), self.box).astype(np.complex128)
-                ft *= np.exp(self.blur_A2 * self.grid.k2 / p**2 / 4.0)
-            else:
-                ft = scipy.fft.rfftn(m.astype(np.float64))
-            ft = ft * self.d_phase
-            self._cache[key] = (ft, whiten(self.grid, ft)[0])
+        if key in self._cache:
+            return self._cache[key]
+        model_box, blur_A2 = (self.box, 0.0) if self.coarse else (self.model_box, self.blur_A2)
+        m = density_map(self.structure, model_box, p * self.box / model_box,
+                        b_factor_A2=self.b_model, centre_A=self.centre_A, blur_A2=blur_A2)
+        if model_box > self.box:
+            ft = crop_rfftn(scipy.fft.rfftn(m), self.box).astype(np.complex128)
+            ft *= np.exp(self.blur_A2 * self.grid.k2 / p**2 / 4.0)
+        else:
+            ft = scipy.fft.rfftn(m.astype(np.float64))
+        del m
+        ft = ft * self.d_phase
+        value = (ft, whiten(self.grid, ft)[0])
+        if not self.coarse:
+            self._cache[key] = value
             if len(self._cache) > CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-        return self._cache[key]
+        return value

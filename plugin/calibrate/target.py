@@ -93,7 +93,7 @@ class Target:
         self.grid = grid
         ft = np.asarray(ft, dtype=np.complex128)
         self.ft = ft
-        self.white, power = whiten(grid, ft)
+        white, power = whiten(grid, ft)
         w = np.append(weight_shell, 0.0)
         self.w = w[grid.shell_c]
         self.norm = float(np.sum(grid.fw * self.w))
@@ -101,11 +101,12 @@ class Target:
         # noise variance per whitened coefficient
         v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
         self.noise_var = np.clip(v, 0.0, 1.0)[grid.shell_c] / max(mask_ms, 1e-6)
-        self.band_k = [k[self.band] for k in grid.k]  # (kz, ky, kx) of the band, cycles/voxel
-        self.band_kmat = np.stack(self.band_k)         # the same as one (3, n) array
+        # (kz, ky, kx) of the band, cycles/voxel: one (3, n) array and its rows (views)
+        self.band_kmat = np.stack([k[self.band] for k in grid.k])
+        self.band_k = tuple(self.band_kmat)
         self.band_flat = np.flatnonzero(self.band)
         self.band_index = np.unravel_index(self.band_flat, self.band.shape)  # (iz, iy, ix)
-        white_b = self.white.ravel()[self.band_flat]
+        white_b = white.ravel()[self.band_flat]
         self.white_w_b = white_b * self.w.ravel()[self.band_flat]
         self.white_w_fw_b = np.conj(self.white_w_b) * grid.fw.ravel()[self.band_flat]
 
