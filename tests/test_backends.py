@@ -133,12 +133,16 @@ def test_numba_accumulates_in_place_over_batches():
     _assert_close(got, ref)
 
 
-def test_numba_reports_sampling_beyond_reference():
-    group, band, terms, refs, parts, images, cells, n_cells = _problem(4)
+@pytest.mark.parametrize("backend, seed", [
+    pytest.param(numba_backend, 4, id="numba"),
+    pytest.param(cupy_backend, 6, id="cuda", marks=pytest.mark.gpu),
+])
+def test_a_backend_reports_sampling_beyond_reference(backend, seed):
+    group, band, terms, refs, parts, images, cells, n_cells = _problem(seed)
     small = make_padded_reference(np.zeros((BOX,) * 3, np.float32), 0.1)
     stats = np.zeros((n_cells, 6, band.size))
     with pytest.raises(ValueError, match="beyond the cropped reference"):
-        numba_backend.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
+        backend.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
 
 
 def test_numba_refuses_a_kernel_compiled_for_another_layout(monkeypatch):
@@ -364,15 +368,6 @@ def test_gpu_halves_from_pinned_buffer_match_numpy():
     cupy_backend.accumulate_halves(stats, cells[50:], buffer[50:], parts.subset(np.arange(50, 96)),
                                    refs, terms, band, PX)
     _assert_close(stats, ref, rtol=1e-5)
-
-
-@gpu
-def test_gpu_reports_sampling_beyond_reference():
-    group, band, terms, refs, parts, images, cells, n_cells = _problem(6)
-    small = make_padded_reference(np.zeros((BOX,) * 3, np.float32), 0.1)
-    stats = np.zeros((n_cells, 6, band.size))
-    with pytest.raises(ValueError, match="beyond the cropped reference"):
-        cupy_backend.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
 
 
 @gpu
