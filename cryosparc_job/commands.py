@@ -65,16 +65,29 @@ def star_to_cs(src: Path, dst: Path, project_dir: Path) -> int:
     return len(dset)
 
 
+def micrograph_names(dset, stack_paths: list[str]) -> list[str]:
+    """Each particle's micrograph for rlnMicrographName: ``location/micrograph_path`` where the
+    dataset has it (a leading '>' dropped), else its stack (cryoSPARC extracts one stack per
+    micrograph)."""
+    if "location/micrograph_path" not in set(dset.fields()):
+        return list(stack_paths)
+    names = [str(p.decode() if isinstance(p, bytes) else p)
+             for p in dset["location/micrograph_path"]]
+    return [p[1:] if p.startswith(">") else p for p in names]
+
+
 def cs_to_star(src: Path, dst: Path, project_dir: Path) -> int:
     """A .cs as a RELION STAR (image names 'N@path' with the paths as resolved against
-    ``project_dir``). Higher-order CTF fields become rlnOddZernike / rlnEvenZernike / rlnMagMat
-    in the most likely convention (the particles cannot choose without a refinement); images
-    with blob/sign -1 are dark-protein and would need inverting for RELION: said on stderr."""
+    ``project_dir``; rlnMicrographName from :func:`micrograph_names`). Higher-order CTF fields
+    become rlnOddZernike / rlnEvenZernike / rlnMagMat in the most likely convention (the
+    particles cannot choose without a refinement); images with blob/sign -1 are dark-protein and
+    would need inverting for RELION: said on stderr."""
     dset = load_dataset(src)
     groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir,
                                                                      what=str(src))
     names = [f"{i + 1:06d}@{p}" for i, p in zip(indices.tolist(), paths)]
-    write_new_star(dst, [groups[g] for g in sorted(groups)], particles, names)
+    write_new_star(dst, [groups[g] for g in sorted(groups)], particles, names,
+                   micrograph_names=micrograph_names(dset, paths))
     if (image_signs(dset) < 0).any():
         print(f"csrefine: warning: {src} has blob/sign -1 (images with dark protein, as cryoSPARC "
               f"extracts them); RELION expects them inverted (its 'invert contrast')",

@@ -204,14 +204,18 @@ def new_optics_columns(groups: list[OpticsGroup]) -> dict:
     return columns
 
 
-def new_particle_columns(particles: Particles, image_names, micrographs: int = 10) -> dict:
+def new_particle_columns(particles: Particles, image_names, micrographs: int = 10,
+                         micrograph_names=None) -> dict:
     """The particles table of a new STAR file, column name -> values: ``image_names`` ('N@path',
-    one per particle) and the particles' values; micrograph names mic000.mrc... cycle over
-    ``micrographs`` (RELION's programs group particles by micrograph)."""
+    one per particle) and the particles' values; ``micrograph_names`` (one per particle: RELION's
+    programs group particles by micrograph), or for simulated particles mic000.mrc... cycling
+    over ``micrographs``."""
     n = len(particles)
+    if micrograph_names is None:
+        micrograph_names = [f"mic{i % micrographs:03d}.mrc" for i in range(n)]
     return {
         "rlnImageName": list(image_names),
-        "rlnMicrographName": [f"mic{i % micrographs:03d}.mrc" for i in range(n)],
+        "rlnMicrographName": list(micrograph_names),
         "rlnDefocusU": particles.defocus_u_A, "rlnDefocusV": particles.defocus_v_A,
         "rlnDefocusAngle": particles.defocus_angle_deg, "rlnPhaseShift": particles.phase_shift_deg,
         "rlnCtfBfactor": particles.bfactor_A2, "rlnCtfScalefactor": particles.ctf_scale,
@@ -226,14 +230,15 @@ def _integers(values) -> list[int]:
 
 
 def write_new_star(path, groups: list[OpticsGroup], particles: Particles, image_names,
-                   micrographs: int = 10) -> None:
+                   micrographs: int = 10, micrograph_names=None) -> None:
     """A new RELION 3.1 particle STAR (optics and particles tables), written atomically: the
     tables of :func:`new_optics_columns` and :func:`new_particle_columns`, in RELION's layout
     (``# version 30001``, ``_name #i`` headers, right-aligned rows)."""
     lines = ["", "# version 30001", ""]
     lines += _loop_lines("optics", new_optics_columns(groups)) + [""]
     lines += ["# version 30001", ""]
-    lines += _loop_lines("particles", new_particle_columns(particles, image_names, micrographs))
+    lines += _loop_lines("particles", new_particle_columns(particles, image_names, micrographs,
+                                                           micrograph_names))
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
             fh.write("\n".join(lines) + "\n")

@@ -53,3 +53,31 @@ def test_convert_refuses_two_files_of_one_kind(example_project, capsys):
     assert main(["convert", STAR, "copy.star"]) == 2
     assert "give a .star and a .cs" in capsys.readouterr().err
     assert not Path("copy.star").exists()
+
+
+def test_cs_to_star_names_each_particles_micrograph(example_project):
+    """rlnMicrographName from location/micrograph_path where the .cs has it, else the stack
+    (cryoSPARC extracts one stack per micrograph); never invented names."""
+    from cryosparc.dataset import Dataset
+
+    from csrefine.relion.star_tables import read_tables
+
+    assert main(["convert", STAR, "particles.cs"]) == 0
+    dset = Dataset.load("particles.cs")
+
+    def micrographs(star):
+        tables, _ = read_tables(star, lambda block, labels: (("rlnMicrographName",), frozenset())
+                                if block == "particles" else None)
+        return tables["particles"]["rlnMicrographName"]
+
+    assert main(["convert", "particles.cs", "stacks.star"]) == 0
+    stacks = [str(p) for p in dset["blob/path"]]
+    assert micrographs("stacks.star") == [p.lstrip(">") for p in stacks]
+    dset.add_fields([("location/micrograph_path", "O")])
+    dset["location/micrograph_path"] = [f">J2/motioncorrected/mic_{i % 7:02d}.mrc"
+                                        for i in range(len(dset))]
+    with open("located.cs", "wb") as fh:
+        dset.save(fh)
+    assert main(["convert", "located.cs", "located.star"]) == 0
+    assert micrographs("located.star") == [f"J2/motioncorrected/mic_{i % 7:02d}.mrc"
+                                           for i in range(len(dset))]
