@@ -10,9 +10,15 @@ from pathlib import Path
 from csrefine.errors import InputError
 from csrefine.io_atomic import atomic_output
 from csrefine.job import Job
-from csrefine.relion.star_io import read_particle_star, write_new_star
+from csrefine.relion.star_io import read_particle_star
+from csrefine.relion.star_write import image_names, write_new_star
 
-from .convert import cryosparc_dataset_from_relion, image_signs, relion_params_from_cryosparc
+from .convert import (
+    cryosparc_dataset_from_relion,
+    image_signs,
+    relion_params_from_cryosparc,
+    resolve_blob_paths,
+)
 from .offline import cs_job, load_dataset
 
 PARTICLE_SUFFIXES = (".cs",)
@@ -65,15 +71,14 @@ def star_to_cs(src: Path, dst: Path, project_dir: Path) -> int:
     return len(dset)
 
 
-def micrograph_names(dset, stack_paths: list[str]) -> list[str]:
+def micrograph_names(dset, stack_paths: list[str], project_dir, what: str) -> list[str]:
     """Each particle's micrograph for rlnMicrographName: ``location/micrograph_path`` where the
-    dataset has it (a leading '>' dropped), else its stack (cryoSPARC extracts one stack per
-    micrograph)."""
+    dataset has it, read as ``blob/path`` is (:func:`csrefine.cryosparc.convert.resolve_blob_paths`
+    against ``project_dir``), else its stack (cryoSPARC extracts one stack per micrograph)."""
     if "location/micrograph_path" not in set(dset.fields()):
         return list(stack_paths)
-    names = [str(p.decode() if isinstance(p, bytes) else p)
-             for p in dset["location/micrograph_path"]]
-    return [p[1:] if p.startswith(">") else p for p in names]
+    return resolve_blob_paths(dset["location/micrograph_path"], project_dir, what,
+                              field="location/micrograph_path")
 
 
 def cs_to_star(src: Path, dst: Path, project_dir: Path) -> int:
@@ -85,9 +90,8 @@ def cs_to_star(src: Path, dst: Path, project_dir: Path) -> int:
     dset = load_dataset(src)
     groups, particles, paths, indices = relion_params_from_cryosparc(dset, project_dir,
                                                                      what=str(src))
-    names = [f"{i + 1:06d}@{p}" for i, p in zip(indices.tolist(), paths)]
-    write_new_star(dst, [groups[g] for g in sorted(groups)], particles, names,
-                   micrograph_names=micrograph_names(dset, paths))
+    write_new_star(dst, [groups[g] for g in sorted(groups)], particles, image_names(paths, indices),
+                   micrograph_names=micrograph_names(dset, paths, project_dir, str(src)))
     if (image_signs(dset) < 0).any():
         print(f"csrefine: warning: {src} has blob/sign -1 (images with dark protein, as cryoSPARC "
               f"extracts them); RELION expects them inverted (its 'invert contrast')",

@@ -85,9 +85,11 @@ def euler_deg_to_pose(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]:
-    """``blob/path`` values are relative to the project directory; absolute ones are kept. A
-    leading '>' (the import-relative marker of exported paths) is dropped.
+def resolve_blob_paths(paths, project_dir, what: str = "particles",
+                       field: str = "blob/path") -> list[str]:
+    """``blob/path`` values (or another path ``field``, e.g. location/micrograph_path) are
+    relative to the project directory; absolute ones are kept. A leading '>' (the
+    import-relative marker of exported paths) is dropped.
 
     A relative path that leaves the project directory (``../``) is refused (InputError): cryoSPARC
     writes paths inside the project, or absolute ones for imported stacks, so such a path is a
@@ -98,7 +100,7 @@ def resolve_blob_paths(paths, project_dir, what: str = "particles") -> list[str]
         p = str(p.decode() if isinstance(p, bytes) else p)
         p = p[1:] if p.startswith(">") else p
         if not os.path.isabs(p) and os.path.normpath(p).split(os.sep)[0] == os.pardir:
-            raise InputError(f"{what}: blob/path {p!r} leaves the project directory; cryoSPARC's "
+            raise InputError(f"{what}: {field} {p!r} leaves the project directory; cryoSPARC's "
                              f"relative paths stay inside it (absolute paths are accepted)")
         if project_dir is not None and not os.path.isabs(p):
             p = str(Path(project_dir) / p)

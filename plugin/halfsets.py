@@ -158,12 +158,13 @@ def own_noise_statistics(backend, images, particles, references: dict, terms, ba
         own_sign = np.where(particles.half_set[idx] == 1, 1.0, -1.0)
         # each half map: the images with their own poses (cells 0..k-1), then with the
         # shuffled poses (cells k..2k-1)
+        twice = np.concatenate([images[idx]] * 2)
+        poses = particles.subset(idx).concat(null.subset(idx))
         cross = {}
         for half in (1, 2):
             per = np.zeros((2 * k, N_STATS, m))
-            backend.accumulate_batch(per, np.arange(2 * k), np.concatenate([images[idx]] * 2),
-                                     particles.subset(idx).concat(null.subset(idx)),
-                                     references[half], terms, band, pixel_size_A, threads)
+            backend.accumulate_batch(per, np.arange(2 * k), twice, poses, references[half], terms,
+                                     band, pixel_size_A, threads)
             cross[half] = (w * per[:, 3, :]).sum(axis=1)
         difference, total = cross[1] - cross[2], cross[1] + cross[2]
         d[idx], d0[idx] = own_sign * difference[:k], own_sign * difference[k:]

@@ -84,11 +84,6 @@ def _pad_centre_out(a: np.ndarray, axis: int, size: int) -> np.ndarray:
     return out
 
 
-def _kept(a: np.ndarray, rows: np.ndarray, axis: int) -> np.ndarray:
-    """``a`` at ``rows`` along ``axis`` (a copy; ``a`` may be released after)."""
-    return np.take(a, rows, axis=axis)
-
-
 def make_padded_reference(volume: np.ndarray, k_max_px: float, pad: int = 2,
                           workers: int = 1, margin: float = 1.0) -> PaddedReference:
     """Build the :class:`PaddedReference` of a cubic real-space map.
@@ -120,8 +115,8 @@ def make_padded_reference(volume: np.ndarray, k_max_px: float, pad: int = 2,
     del g
     # each padded copy is transformed in place (overwrite_x) and the kept rows copied out, so
     # that no second padded-size array exists (box 360 to Nyquist: 1.5 GB instead of 3-4 GB)
-    fy = _kept(scipy.fft.fft(_pad_centre_out(fx, 1, size), axis=1, workers=workers,
-                             overwrite_x=True), zy, axis=1)
+    fy = scipy.fft.fft(_pad_centre_out(fx, 1, size), axis=1, workers=workers,
+                       overwrite_x=True)[:, zy]
     del fx
     fz = scipy.fft.fft(_pad_centre_out(fy, 0, size), axis=0, workers=workers, overwrite_x=True)
     del fy

@@ -61,7 +61,7 @@ class BatchStream:
         self.images.read(positions, out=out)
         return self.measure(out) if self.measure is not None else None
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple]:
         if not self.batches:
             return
         pool = ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="csrefine-read")

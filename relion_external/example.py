@@ -33,7 +33,7 @@ from csrefine.model import OpticsGroup, Particles
 from csrefine.reconstruct import reconstruct_half_maps
 from csrefine.simulate import model_map, random_particles, simulate_images
 
-from .star_write import write_new_star
+from .star_write import image_names, write_new_star
 
 
 def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_nominal_mm=2.7,
@@ -65,7 +65,7 @@ def make_example(root, *, n_per_group=(1500, 1500), cs_true_mm=(3.0, 2.7), cs_no
     images = np.concatenate(images)
     write_stack(root / stack, images, pixel_size_A)
     star = root / "Refine3D/job002/run_data.star"
-    write_new_star(star, groups, particles, [f"{i + 1:06d}@{stack}" for i in range(len(particles))])
+    write_new_star(star, groups, particles, image_names(stack, range(len(particles))))
     if half_maps_from_particles:
         halves = reconstruct_half_maps({g.optics_group: g for g in groups}, particles, images)
         full = 0.5 * (halves[0] + halves[1])

@@ -25,6 +25,7 @@ from csrefine.simulate import random_particles
 
 from .star_syntax import unquoted
 from .star_tables import parse_vector, read_tables
+from .star_write import image_names as stack_image_names
 from .star_write import new_optics_columns, new_particle_columns
 
 
@@ -34,7 +35,7 @@ def particle_table(particles, stack: str | None, micrographs: int = 10,
     ``N@stack`` in order, or ``image_names``; the columns of
     :func:`csrefine.relion.star_write.new_particle_columns`."""
     names = (list(image_names) if image_names is not None
-             else [f"{i + 1:06d}@{stack}" for i in range(len(particles))])
+             else stack_image_names(stack, range(len(particles))))
     return pd.DataFrame(new_particle_columns(particles, names, micrographs))
 
 

@@ -15,6 +15,7 @@ layout from the particles' values.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -223,6 +224,14 @@ def new_particle_columns(particles: Particles, image_names, micrographs: int = 1
         "rlnAnglePsi": particles.psi_deg, "rlnOriginXAngst": particles.origin_x_A,
         "rlnOriginYAngst": particles.origin_y_A, "rlnOpticsGroup": _integers(particles.optics_group),
         "rlnRandomSubset": _integers(particles.half_set), "rlnClassNumber": [1] * n}
+
+
+def image_names(stacks, indices) -> list[str]:
+    """rlnImageName values 'NNNNNN@stack' (N: the 0-based ``indices`` + 1, as RELION counts
+    images); ``stacks``: one path for every particle, or one per particle."""
+    if isinstance(stacks, (str, os.PathLike)):
+        stacks = [stacks] * len(indices)
+    return [f"{int(i) + 1:06d}@{stack}" for i, stack in zip(indices, stacks)]
 
 
 def _integers(values) -> list[int]:

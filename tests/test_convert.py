@@ -81,3 +81,21 @@ def test_cs_to_star_names_each_particles_micrograph(example_project):
     assert main(["convert", "located.cs", "located.star"]) == 0
     assert micrographs("located.star") == [f"J2/motioncorrected/mic_{i % 7:02d}.mrc"
                                            for i in range(len(dset))]
+
+
+def test_a_micrograph_path_leaving_the_project_is_one_line(example_project, capsys):
+    """location/micrograph_path is read as blob/path is: a relative path out of the project
+    directory is refused, naming the field."""
+    from cryosparc.dataset import Dataset
+
+    assert main(["convert", STAR, "particles.cs"]) == 0
+    dset = Dataset.load("particles.cs")
+    dset.add_fields([("location/micrograph_path", "O")])
+    dset["location/micrograph_path"] = ["../elsewhere/mic.mrc"] * len(dset)
+    with open("outside.cs", "wb") as fh:
+        dset.save(fh)
+    capsys.readouterr()
+    assert main(["convert", "outside.cs", "outside.star"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "location/micrograph_path '../elsewhere/mic.mrc' leaves the project" in err
+    assert len(err.splitlines()) == 1 and not Path("outside.star").exists()
