@@ -314,7 +314,7 @@ def test_model_maps_on_a_barely_cropped_grid_match_a_fine_reference(structure, f
     p = PX * BOX / fourier_box
     models = ModelMaps(structure, grid, CropPlan((0, 0, 0), BOX, fourier_box), p,
                        (fourier_box // 2,) * 3, 20.0)
-    ft = models.model_ft(p)[0]
+    ft = models.model_ft(p)
     fine = 2 * BOX
     ref = crop_rfftn(scipy.fft.rfftn(density_map(
         structure, fine, p * fourier_box / fine, b_factor_A2=20.0,

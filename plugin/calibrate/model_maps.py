@@ -19,7 +19,7 @@ import scipy.fft
 from ..atomic_map import density_map
 from ..fourier import crop_rfftn
 from .region import CropPlan, centroid_A, even_fast
-from .target import FourierGrid, whiten
+from .target import FourierGrid
 
 #: Model maps are computed on a grid this many times finer than the cropped one, then Fourier
 #: cropped: frequencies above its Nyquist fold back only beyond twice the cropped Nyquist.
@@ -27,8 +27,6 @@ MODEL_OVERSAMPLING = 1.5
 #: Aliased model-map power at the cropped Nyquist is kept below this fraction (an extra blur
 #: that is divided out after the transform, see :func:`antialias_blur_A2`).
 MODEL_ALIAS_FRACTION = 1e-3
-#: Model maps kept per ModelMaps (each entry is two complex arrays of the cropped grid).
-CACHE_SIZE = 6
 
 
 def antialias_blur_A2(k_nyquist_per_A: float, b_model_A2: float, oversampling: float) -> float:
@@ -89,26 +87,19 @@ class ModelMaps:
         self.model_box = max(self.box, even_fast(self.box * oversampling, plan.cube_box))
         self.k_nyquist_per_A = 0.5 / p_nom
         self.blur_A2 = 0.0
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.set_b_model(b_model_A2)
 
     def set_b_model(self, b_model_A2: float) -> None:
-        """Use ``b_model_A2`` (Angstrom^2) for every atom from now on (the cache is emptied)."""
+        """Use ``b_model_A2`` (Angstrom^2) for every atom from now on."""
         self.b_model = b_model_A2
         if self.model_box > self.box:
             self.blur_A2 = antialias_blur_A2(self.k_nyquist_per_A, b_model_A2,
                                              self.model_box / self.box)
-        self._cache.clear()
 
-    def model_ft(self, p: float) -> tuple[np.ndarray, np.ndarray]:
-        """(unwhitened, whitened) rfftn of the model map at trial pixel ``p`` (Å, of the cropped
-        grid), centroid at its docked voxel: computed on a grid ``model_box/box`` times finer
-        with the anti-alias blur, Fourier cropped, the blur divided out. The refinement's maps
-        are cached (:data:`CACHE_SIZE`); the coarse scan's are not: it visits each pixel size
-        once, and six cached entries of a box-288 grid held 2.3 GB."""
-        key = (round(float(p), 10), self.coarse)
-        if key in self._cache:
-            return self._cache[key]
+    def model_ft(self, p: float) -> np.ndarray:
+        """rfftn of the model map at trial pixel ``p`` (Å, of the cropped grid), centroid at its
+        docked voxel: computed on a grid ``model_box/box`` times finer with the anti-alias blur,
+        Fourier cropped, the blur divided out (during the coarse scan: on the cropped grid)."""
         model_box, blur_A2 = (self.box, 0.0) if self.coarse else (self.model_box, self.blur_A2)
         m = density_map(self.structure, model_box, p * self.box / model_box,
                         b_factor_A2=self.b_model, centre_A=self.centre_A, blur_A2=blur_A2)
@@ -118,10 +109,4 @@ class ModelMaps:
         else:
             ft = scipy.fft.rfftn(m.astype(np.float64))
         del m
-        ft = ft * self.d_phase
-        value = (ft, whiten(self.grid, ft)[0])
-        if not self.coarse:
-            self._cache[key] = value
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))
-        return value
+        return ft * self.d_phase

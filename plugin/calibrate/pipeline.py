@@ -53,7 +53,7 @@ def _matcher(structure, maps: MatchMaps, pixel_size_A: float, origin_A,
     centre = (centre - np.asarray(plan.start_zyx, float)) / q
     models = ModelMaps(structure, maps.grid, plan, pixel_size_A * q, centre,
                        settings.b_model_A2, MODEL_OVERSAMPLING if settings.crop else 1.0)
-    return Matcher(models, settings.max_shift_A)
+    return Matcher(models, maps.band, settings.max_shift_A)
 
 
 def _refuse(why: str):

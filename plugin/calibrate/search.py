@@ -17,7 +17,7 @@ from scipy import optimize
 
 from .model_maps import ModelMaps
 from .records import CalibrationSettings
-from .target import Target
+from .target import Band, Target
 
 #: The refinement searches this many scan steps either side of the scan's best point.
 SCAN_BRACKET_STEPS = 2
@@ -27,17 +27,24 @@ MAX_B_MODEL_A2 = 300.0
 REFINE_TOL_REL = 2e-5
 #: Newton steps on the translation at each trial pixel size.
 NEWTON_STEPS = 3
+#: Whitened model maps kept by a Matcher (the band's coefficients of each).
+CACHE_SIZE = 6
 
 
 class Matcher:
     """Scores of the model maps against a target, with the translation refined.
 
-    models : the model maps on the cropped grid; max_shift_A : radius of the translation
-    search, Angstrom. Pixel sizes are those of the cropped grid (see :class:`ModelMaps`).
+    models : the model maps on the cropped grid; band : the coefficients the targets use;
+    max_shift_A : radius of the translation search, Angstrom. Pixel sizes are those of the
+    cropped grid (see :class:`ModelMaps`). The refinement's whitened model maps are cached
+    (:data:`CACHE_SIZE`, the band's coefficients only); the coarse scan's are not: it visits
+    each pixel size once.
     """
 
-    def __init__(self, models: ModelMaps, max_shift_A: float):
+    def __init__(self, models: ModelMaps, band: Band, max_shift_A: float):
         self.models = models
+        self.band = band
+        self._cache: dict[tuple, np.ndarray] = {}
         self.box = models.box
         self.p_nom = models.p_nom
         self.max_shift_vox = max_shift_A / models.p_nom
@@ -45,14 +52,25 @@ class Matcher:
         r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
         self.window_flat = np.flatnonzero(r2 <= self.max_shift_vox**2)  # translations searched
 
-    def best_shift(self, target: Target, mw: np.ndarray) -> tuple[float, np.ndarray, bool]:
+    def whitened(self, p: float) -> np.ndarray:
+        """The band's coefficients of the whitened model map at trial pixel ``p`` (Å)."""
+        models = self.models
+        key = (round(float(p), 10), models.b_model, models.coarse)
+        if key in self._cache:
+            return self._cache[key]
+        mw_b = self.band.whitened(models.grid, models.model_ft(p))
+        if not models.coarse:
+            self._cache[key] = mw_b
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+        return mw_b
+
+    def best_shift(self, target: Target, mw_b: np.ndarray) -> tuple[float, np.ndarray, bool]:
         """(score, translation t in voxels (z, y, x), True if t is on the search limit) of the
-        whitened model transform ``mw`` against ``target``."""
+        whitened model's band coefficients ``mw_b`` against ``target``."""
         # the weights vanish outside the band: products over the band's coefficients only
-        mw_b = mw.ravel()[target.band_flat]
-        y = np.zeros(mw.shape, dtype=np.complex128)
-        y.ravel()[target.band_flat] = (np.conj(mw_b) * target.white_w_b
-                                       * (self.box**3 / target.norm))
+        y = np.zeros((self.box, self.box, self.box // 2 + 1), dtype=np.complex128)
+        y.ravel()[self.band.flat] = np.conj(mw_b) * target.white_w_b * (self.box**3 / target.norm)
         cc = scipy.fft.irfftn(y, s=(self.box,) * 3)
         c = np.fft.fftfreq(self.box) * self.box
         i = self.window_flat[int(np.argmax(cc.ravel()[self.window_flat]))]
@@ -65,11 +83,11 @@ class Matcher:
 
     def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
         """:meth:`best_shift` of the model map at trial pixel ``p`` (Å)."""
-        return self.best_shift(target, self.models.model_ft(p)[1])
+        return self.best_shift(target, self.whitened(p))
 
     def score_at(self, target: Target, p: float, t: np.ndarray) -> float:
         """The score at trial pixel ``p`` (Å) and the fixed translation ``t`` (voxels, z/y/x)."""
-        return _score(target, self.models.model_ft(p)[1].ravel()[target.band_flat], t)
+        return _score(target, self.whitened(p), t)
 
     def refine(self, target: Target, lo: float, hi: float):
         """(p, score, t, on_edge) at the best pixel size in [lo, hi] (Å; bounded Brent)."""
@@ -86,7 +104,7 @@ class Matcher:
         k2 = g.k2 / p**2  # 1/A^2 at the calibrated pixel
         band = (g.shell >= 1) & (np.sqrt(k2) <= 1.0 / res_A)
         b_model = self.models.b_model
-        m = (self.models.model_ft(p)[0] * g.phase(t))[band]
+        m = (self.models.model_ft(p) * g.phase(t))[band]
         e = target.ft[band]
         fw = g.fw[band]
         kk = k2[band]
@@ -103,7 +121,7 @@ class Matcher:
 
 def _score(target: Target, mw_b: np.ndarray, t: np.ndarray) -> float:
     """The score of the whitened model's band coefficients ``mw_b`` translated by ``t``."""
-    z = mw_b * target.white_w_fw_b * target.band_phase(t)
+    z = mw_b * target.white_w_fw_b * target.band.phase(t)
     return float(np.sum(z.real) / target.norm)
 
 
@@ -127,9 +145,9 @@ def _newton_shift(target: Target, z0: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Newton steps on the translation (voxels, z/y/x) over the band's coefficients ``z0``
     (model x target products); stops where the Hessian is not negative definite or a step
     exceeds a voxel."""
-    kmat = target.band_kmat
+    kmat = target.band.kmat
     for _ in range(NEWTON_STEPS):
-        z = z0 * target.band_phase(t)
+        z = z0 * target.band.phase(t)
         # d/dt Re(z) = Re(-2 pi i k z) = 2 pi k Im(z); second: -4 pi^2 k_a k_b Re(z)
         grad = 2 * np.pi * (kmat @ z.imag)
         hess = -4 * np.pi**2 * ((kmat * z.real) @ kmat.T)

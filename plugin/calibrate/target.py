@@ -73,50 +73,69 @@ class FourierGrid:
         return np.exp(-2j * np.pi * (self.kz * t[0] + self.ky * t[1] + self.kx * t[2]))
 
 
-def whiten(grid: FourierGrid, ft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``ft`` with every shell scaled to unit mean power, the shell powers before)."""
+def unit_power_scale(grid: FourierGrid, ft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per shell: the factor that scales ``ft``'s shell to unit mean power, 0 for an empty
+    shell; the shell powers), shape (nshell + 1,) each."""
     power = grid.shell_mean(np.abs(ft) ** 2)
     scale = 1.0 / np.sqrt(np.maximum(power, 1e-300))
     scale[power <= 0] = 0.0
-    return ft * scale[grid.shell_c], power
+    return scale, power
+
+
+class Band:
+    """The cropped grid's coefficients where the shell weights are non-zero (the same shells for
+    the average and the half maps): the search's products run over them only, so each target
+    and each model map keeps just these, flat.
+
+    flat : their indices in the flattened rfftn layout; index : (iz, iy, ix); kmat : (3, n)
+    frequencies (kz, ky, kx), cycles/voxel; fw : Friedel weights; shell : shells (n,).
+    """
+
+    def __init__(self, grid: FourierGrid, weight_shell: np.ndarray):
+        inside = np.append(weight_shell, 0.0)[grid.shell_c] > 0
+        self.flat = np.flatnonzero(inside)
+        self.index = tuple(i.astype(np.int32) for i in np.unravel_index(self.flat, inside.shape))
+        self.kmat = np.stack([k[inside] for k in grid.k])
+        self.fw = grid.fw[inside]
+        self.shell = grid.shell_c[inside]
+        self.k_1d = (grid.kz.ravel(), grid.ky.ravel(), grid.kx.ravel())
+
+    def whitened(self, grid: FourierGrid, ft: np.ndarray) -> np.ndarray:
+        """The band's coefficients of ``ft`` (rfftn layout on ``grid``), each shell of the whole
+        grid scaled to unit mean power."""
+        return ft.ravel()[self.flat] * unit_power_scale(grid, ft)[0][self.shell]
+
+    def phase(self, t_zyx) -> np.ndarray:
+        """exp(-2 pi i k.t) over the band (translation by +t voxels), from three 1D factors."""
+        pz, py, px = (np.exp(-2j * np.pi * k * tt)
+                      for k, tt in zip(self.k_1d, t_zyx))
+        iz, iy, ix = self.index
+        return pz[iz] * py[iy] * px[ix]
 
 
 class Target:
-    """One experimental map (average or a half), whitened, with its shell weights.
+    """One experimental map (average or a half), whitened, with its shell weights, on the band.
 
-    ft : rfftn of the masked map on ``grid`` (Fourier cropped); weight_shell, noise_power_shell :
-    per shell of the grid; mask_ms : mean square of the mask over the real-space cube. The band's
-    coefficients (``band_*``) are kept flat: the search's products run over them only."""
+    ft : rfftn of the masked map on ``grid`` (Fourier cropped), kept as :attr:`ft` only with
+    ``keep_ft`` (the average's, for the model's blur); weight_shell, noise_power_shell : per
+    shell of the grid; mask_ms : mean square of the mask over the real-space cube. Per band
+    coefficient: ``w_b`` the weight, ``noise_var_b`` the noise variance of the whitened map,
+    ``white_w_b`` the whitened map times the weight, ``white_w_fw_b`` its conjugate times the
+    Friedel weight.
+    """
 
-    def __init__(self, grid: FourierGrid, ft: np.ndarray, weight_shell: np.ndarray,
-                 noise_power_shell: np.ndarray, mask_ms: float):
-        self.grid = grid
+    def __init__(self, grid: FourierGrid, band: Band, ft: np.ndarray, weight_shell: np.ndarray,
+                 noise_power_shell: np.ndarray, mask_ms: float, keep_ft: bool = False):
         ft = np.asarray(ft, dtype=np.complex128)
-        self.ft = ft
-        white, power = whiten(grid, ft)
-        w = np.append(weight_shell, 0.0)
-        self.w = w[grid.shell_c]
-        self.norm = float(np.sum(grid.fw * self.w))
-        self.band = self.w > 0
-        # noise variance per whitened coefficient
+        self.band = band
+        self.ft = ft if keep_ft else None
+        scale, power = unit_power_scale(grid, ft)
+        self.w_b = np.append(weight_shell, 0.0)[band.shell]
+        self.norm = float(np.sum(band.fw * self.w_b))
         v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
-        self.noise_var = np.clip(v, 0.0, 1.0)[grid.shell_c] / max(mask_ms, 1e-6)
-        # (kz, ky, kx) of the band, cycles/voxel: one (3, n) array and its rows (views)
-        self.band_kmat = np.stack([k[self.band] for k in grid.k])
-        self.band_k = tuple(self.band_kmat)
-        self.band_flat = np.flatnonzero(self.band)
-        self.band_index = np.unravel_index(self.band_flat, self.band.shape)  # (iz, iy, ix)
-        white_b = white.ravel()[self.band_flat]
-        self.white_w_b = white_b * self.w.ravel()[self.band_flat]
-        self.white_w_fw_b = np.conj(self.white_w_b) * grid.fw.ravel()[self.band_flat]
-
-    def band_phase(self, t_zyx) -> np.ndarray:
-        """exp(-2 pi i k.t) over the band (translation by +t voxels), from three 1D factors."""
-        g = self.grid
-        pz, py, px = (np.exp(-2j * np.pi * k.ravel() * tt)
-                      for k, tt in zip((g.kz, g.ky, g.kx), t_zyx))
-        iz, iy, ix = self.band_index
-        return pz[iz] * py[iy] * px[ix]
+        self.noise_var_b = np.clip(v, 0.0, 1.0)[band.shell] / max(mask_ms, 1e-6)
+        self.white_w_b = ft.ravel()[band.flat] * scale[band.shell] * self.w_b
+        self.white_w_fw_b = np.conj(self.white_w_b) * band.fw
 
 
 def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold: float):
@@ -192,14 +211,16 @@ class MatchMaps:
     """The experimental maps as the search uses them (on the cropped grid).
 
     resolution_A : the FSC-threshold resolution, Angstrom; plan : the cube and its Fourier crop;
-    grid : the cropped grid's bookkeeping; average, halves : the targets of the half-map average
-    and of each half map; expected : the score a perfect docked model would give against the
-    average; coverage : fraction of the significant masked density the model covers.
+    grid : the cropped grid's bookkeeping; band : the coefficients the score uses; average,
+    halves : the targets of the half-map average and of each half map; expected : the score a
+    perfect docked model would give against the average; coverage : fraction of the significant
+    masked density the model covers.
     """
 
     resolution_A: float
     plan: CropPlan
     grid: FourierGrid
+    band: Band
     average: Target
     halves: tuple[Target, Target]
     expected: float
@@ -239,9 +260,11 @@ def match_maps(half1, half2, mask, fsc, start_zyx, side: int, atoms_xyz_vox: np.
                          f"be calibrated against it")
     # noise power per shell of the average map (D = (h1 - h2)/2 has the same noise power)
     noise_avg = grid.shell_mean(np.abs(diff_ft) ** 2)[:-1]
-    average = Target(grid, avg_ft, w_average, noise_avg, mask_ms)
-    halves = tuple(Target(grid, ft, w_half, 2.0 * noise_avg, mask_ms) for ft in fts)
-    del fts, avg_ft, diff_ft
+    del diff_ft
+    band = Band(grid, np.maximum(w_average, w_half))
+    average = Target(grid, band, avg_ft, w_average, noise_avg, mask_ms, keep_ft=True)
+    halves = tuple(Target(grid, band, ft, w_half, 2.0 * noise_avg, mask_ms) for ft in fts)
+    del fts, avg_ft
     w = w_average
     expected = float(np.sum(grid.count[:-1] * w * w) / np.sum(grid.count[:-1] * w))
-    return MatchMaps(resolution, plan, grid, average, halves, expected, covered)
+    return MatchMaps(resolution, plan, grid, band, average, halves, expected, covered)

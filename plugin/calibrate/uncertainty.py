@@ -41,12 +41,12 @@ def curvature_sigma(matcher: Matcher, target: Target, p: float, t: np.ndarray) -
     d2 = (fp + fm - 2 * f0) / h**2
     if not np.isfinite(d2) or d2 >= 0:
         return float("inf")
-    g, band, model_ft = matcher.models.grid, target.band, matcher.models.model_ft
-    mdiff = ((model_ft(p + h)[1] - model_ft(p - h)[1]) / (2 * h))[band]
-    mdiff = mdiff * np.exp(-2j * np.pi * sum(k * tt for k, tt in zip(target.band_k, t)))
+    band = target.band
+    mdiff = (matcher.whitened(p + h) - matcher.whitened(p - h)) / (2 * h)
+    mdiff = mdiff * np.exp(-2j * np.pi * sum(k * tt for k, tt in zip(band.kmat, t)))
     # Var(Re(m' n*)) = |m'|^2 var(n) / 2 per complex coefficient; a Friedel pair counts twice.
-    var = np.sum((g.fw[band] * target.w[band]) ** 2 * np.abs(mdiff) ** 2
-                 * target.noise_var[band] / 2.0) / target.norm**2
+    var = np.sum((band.fw * target.w_b) ** 2 * np.abs(mdiff) ** 2
+                 * target.noise_var_b / 2.0) / target.norm**2
     return float(np.sqrt(var) / abs(d2))
 
 
