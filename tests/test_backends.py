@@ -107,6 +107,21 @@ def test_numba_threads_give_identical_numbers():
     np.testing.assert_array_equal(out[0], out[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_numba_band_transforms_are_the_references_bits(n, dtype):
+    """The CPU backend's transforms, cut into shares for its threads, are the numpy reference's
+    bits for every thread count (including more threads than images)."""
+    rng = np.random.default_rng(n)
+    band = make_band(BOX, PX, 1 / 20.0, 1 / 3.5)
+    images = rng.normal(size=(n, BOX, BOX)).astype(dtype)
+    ref = numpy_backend.band_transforms(images, band, 1)
+    for threads in (1, 2, 3, 8):
+        got = numba_backend.band_transforms(images, band, threads)
+        assert got.dtype == ref.dtype == np.result_type(np.complex64, dtype)
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("module", [numpy_backend, numba_backend])
 def test_halves_match_per_half_reference(module):
     """accumulate_halves (one transform per batch) == accumulate_batch per half set."""
