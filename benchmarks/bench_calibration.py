@@ -26,7 +26,7 @@ Default: box 128, p_nom 1.25 A, 16000 particles, per-image SNR 0.5, 2 threads (t
 known to well under 0.03 mm for the check to mean something: sigma ~0.002 mm here; with 4000
 particles at SNR 0.1 it is ~0.04 mm).
 Runtime on 2 cores (measured): 286 s for both cases from scratch -- per data set relion_project
-30-41 s, relion_reconstruct 25-37 s per half, Cs refinement 17-28 s (numba backend), calibration
+30-41 s, relion_reconstruct 25-37 s per half, Cs refinement 17-28 s (CPU backend), calibration
 18-23 s; ~90 s for both with cached data.
 Measured (seed 0): pixel case: calibrated 1.27506 A for true 1.2750 (+0.005%), refined Cs 2.4958
 mm -> 2.7022 mm at the calibrated pixel (true 2.7), verdict "pixel size"; Cs case: calibrated

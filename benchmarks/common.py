@@ -27,12 +27,12 @@ def repo_env() -> dict:
 
 
 def warm_up(device: str) -> None:
-    """Compile the kernel of ``device`` (cpu: numba's, into its on-disk cache; cuda: initialise
-    CUDA) in a separate process, so that the timed runs load it as a user's later runs do."""
+    """Load the backend of ``device`` once in a separate process (cuda: initialise CUDA and
+    compile its kernel into CuPy's cache), so that the timed runs start as a user's later runs do."""
     code = f"from csrefine.pipeline import load_backend; load_backend({device!r})"
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", code], env=repo_env(), check=True)
-    log(f"warm-up {device} (kernel compilation or cache load) {time.monotonic() - t0:.1f} s")
+    log(f"warm-up {device} (backend load) {time.monotonic() - t0:.1f} s")
 
 
 def speed_probe() -> float:

@@ -1,7 +1,7 @@
 """Where the CPU backend's time goes for one batch, by thread count (figures, not a test).
 
 Times, for one batch of random images at the given box and band: the band
-transforms (scipy.fft and the centring sign), and the whole accumulate_batch (transforms + numba kernel), for
+transforms (scipy.fft and the centring sign), and the whole accumulate_batch (transforms + C kernel), for
 each thread count in --threads; prints ms per batch and particles/s.
 
   python benchmarks/profile_batch.py --box 256 --px 0.5 --kmax-A 2.5 --threads 1,2,4,8,16
@@ -28,7 +28,7 @@ def _ms(f, repeat: int) -> float:
 
 
 def main(argv=None) -> int:
-    from csrefine.backends import numba_backend as nb
+    from csrefine.backends import cpu_backend as nb
     from csrefine.forward import pixel_terms
     from csrefine.fourier import make_band
     from csrefine.model import OpticsGroup

@@ -132,7 +132,7 @@ def console_exit(main: Callable[[], int]) -> None:
 
     Before the (normal) exit, the garbage collector is told to leave the objects that exist
     then alone (``gc.freeze``): the interpreter's last collection at shutdown otherwise walks
-    every object of numpy, scipy, numba, matplotlib and SQLAlchemy, 0.5-0.7 s after a run on a
+    every object of numpy, scipy, matplotlib and SQLAlchemy, 0.5-0.7 s after a run on a
     2-core machine, 0.06 s with them frozen. atexit handlers and the modules' teardown run as
     usual."""
     try:

@@ -40,7 +40,7 @@ class RefineOptions:
     max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
     batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
         bounded by two batches of images plus the backend's work arrays.
-    device : "cpu" (the numba kernel) or "cuda" (CuPy on a CUDA GPU).
+    device : "cpu" (the C kernel) or "cuda" (CuPy on a CUDA GPU).
     reference_half : "opposite" (default) predicts each particle from the half map it did not
         contribute to; "own" from its own half map (rlnRandomSubset), as relion_ctf_refine 4.0+
         does. The own half map contains the particle's own noise, which correlates with its
@@ -141,7 +141,7 @@ USER_OPTIONS = (
     UserOption("threads", int, "threads", flag="j"),
     UserOption("batch_size", int, "particles per batch (bounds memory)",
                default_text="256 on the CPU, about 256 MiB of images on the GPU"),
-    UserOption("device", str, "where the kernel runs: cpu (numba) or cuda (CuPy, a CUDA GPU)"),
+    UserOption("device", str, "where the kernel runs: cpu (C) or cuda (CuPy, a CUDA GPU)"),
     UserOption("seed", int, "seed of the random subsets"),
     UserOption("reference_half", str,
                "predict each particle from the opposite half map (unbiased) or its own "

@@ -160,8 +160,8 @@ def reader_threads(backend, options: RefineOptions) -> int:
 
 
 def load_backend(device: str):
-    """The backend running ``device`` (a :class:`csrefine.backends.Backend`: numba for cpu,
-    CuPy for cuda), warmed up (kernel compiled or loaded from numba's cache, CUDA initialised)."""
+    """The backend running ``device`` (a :class:`csrefine.backends.Backend`: the C kernel for
+    cpu, CuPy for cuda), warmed up (CUDA initialised, its kernel compiled)."""
     backend = get_backend(device)
     backend.warm_up()
     return backend

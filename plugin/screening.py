@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .backends.numba_backend import image_moments
+from .backends.cpu_backend import image_moments
 from .errors import InputError
 from .model import Particles
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from csrefine.atomic_map import PACKAGED_MODEL
-from csrefine.backends import _tables, cupy_backend, get_backend, numba_backend, numpy_backend
+from csrefine.backends import _tables, cpu_backend, cupy_backend, get_backend, numpy_backend
 from csrefine.errors import InputError
 from csrefine.forward import pixel_terms
 from csrefine.fourier import make_band
@@ -76,31 +76,31 @@ def _bent(problem):
 
 @pytest.mark.parametrize("mag,bfactor", [(True, 40.0), (False, 0.0)])
 @pytest.mark.parametrize("images_dtype", [np.float32, np.float64])
-def test_numba_matches_numpy(mag, bfactor, images_dtype):
+def test_cpu_matches_numpy(mag, bfactor, images_dtype):
     problem = _problem(1, mag=mag, bfactor=bfactor)
     problem = problem[:5] + (problem[5].astype(images_dtype),) + problem[6:]
     lin = _tables.linear_frequency_map(problem[2], problem[1])
     assert np.allclose(lin, problem[0].mag_matrix, atol=1e-12)
     ref = _accumulate(numpy_backend, problem)
     assert np.abs(ref).max() > 0
-    _assert_close(_accumulate(numba_backend, problem), ref)
+    _assert_close(_accumulate(cpu_backend, problem), ref)
 
 
-def test_numba_refuses_frequencies_that_are_no_linear_map():
+def test_cpu_refuses_frequencies_that_are_no_linear_map():
     """The kernel factorises the shift and defocus phases along the grid: projection frequencies
     that are no linear map of the grid's are refused, not computed wrongly."""
     with pytest.raises(ValueError, match="no linear map"):
-        _accumulate(numba_backend, _bent(_problem(1)))
+        _accumulate(cpu_backend, _bent(_problem(1)))
 
 
-def test_numba_threads_give_identical_numbers():
+def test_cpu_threads_give_identical_numbers():
     """Each pixel block is owned by one thread whatever the thread count: 1 and 3 threads give
     the same bits."""
     group, band, terms, refs, parts, images, cells, n_cells = _problem(12, n=20)
     out = []
     for threads in (1, 3):
         stats = np.zeros((n_cells, 6, band.size))
-        numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX,
+        cpu_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX,
                                        threads)
         out.append(stats)
     assert np.abs(out[0]).max() > 0
@@ -109,7 +109,7 @@ def test_numba_threads_give_identical_numbers():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 5, 64])
-def test_numba_band_transforms_are_the_references_bits(n, dtype):
+def test_cpu_band_transforms_are_the_references_bits(n, dtype):
     """The CPU backend's transforms, cut into shares for its threads, are the numpy reference's
     bits for every thread count (including more threads than images)."""
     rng = np.random.default_rng(n)
@@ -117,12 +117,12 @@ def test_numba_band_transforms_are_the_references_bits(n, dtype):
     images = rng.normal(size=(n, BOX, BOX)).astype(dtype)
     ref = numpy_backend.band_transforms(images, band, 1)
     for threads in (1, 2, 3, 8):
-        got = numba_backend.band_transforms(images, band, threads)
+        got = cpu_backend.band_transforms(images, band, threads)
         assert got.dtype == ref.dtype == np.result_type(np.complex64, dtype)
         np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("module", [numpy_backend, numba_backend])
+@pytest.mark.parametrize("module", [numpy_backend, cpu_backend])
 def test_halves_match_per_half_reference(module):
     """accumulate_halves (one transform per batch) == accumulate_batch per half set."""
     group, band, terms, refs, parts, images, cells, n_cells = problem = _problem(9)
@@ -136,20 +136,20 @@ def test_halves_match_per_half_reference(module):
     assert not np.allclose(swapped, ref)
 
 
-def test_numba_accumulates_in_place_over_batches():
+def test_cpu_accumulates_in_place_over_batches():
     group, band, terms, refs, parts, images, cells, n_cells = _problem(2, n=30)
     ref = np.zeros((n_cells, 6, band.size))
     got = np.zeros_like(ref)
     for lo, hi in ((0, 7), (7, 19), (19, 30)):
         idx = np.arange(lo, hi)
-        for module, stats in ((numpy_backend, ref), (numba_backend, got)):
+        for module, stats in ((numpy_backend, ref), (cpu_backend, got)):
             module.accumulate_batch(stats, cells[idx], images[idx], parts.subset(idx), refs[1],
                                     terms, band, PX, 1)
     _assert_close(got, ref)
 
 
 @pytest.mark.parametrize("backend, seed", [
-    pytest.param(numba_backend, 4, id="numba"),
+    pytest.param(cpu_backend, 4, id="cpu"),
     pytest.param(cupy_backend, 6, id="cuda", marks=pytest.mark.gpu),
 ])
 def test_a_backend_reports_sampling_beyond_reference(backend, seed):
@@ -158,17 +158,6 @@ def test_a_backend_reports_sampling_beyond_reference(backend, seed):
     stats = np.zeros((n_cells, 6, band.size))
     with pytest.raises(ValueError, match="beyond the cropped reference"):
         backend.accumulate_batch(stats, cells, images, parts, small, terms, band, PX, 1)
-
-
-def test_numba_refuses_a_kernel_compiled_for_another_layout(monkeypatch):
-    """numba's cache is keyed on numba_backend.py, not _tables.py: a kernel compiled with an
-    older table layout must not be used silently."""
-    _, band, terms, refs, parts, images, cells, n_cells = _problem(4)
-    stats = np.zeros((n_cells, 6, band.size))
-    numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
-    monkeypatch.setattr(numba_backend, "LAYOUT_ID", numba_backend.LAYOUT_ID + 1)
-    with pytest.raises(RuntimeError, match="table layout"):
-        numba_backend.accumulate_batch(stats, cells, images, parts, refs[1], terms, band, PX, 1)
 
 
 def test_particle_and_pixel_tables():
@@ -201,7 +190,7 @@ def _check_backend_interface(module, name):
 
 
 def test_backends_implement_the_protocol():
-    for module in (numpy_backend, numba_backend):
+    for module in (numpy_backend, cpu_backend):
         _check_backend_interface(module, module.name)
         assert module.default_batch_size(256) == 256
         assert module.reader_threads(8) == 1
@@ -216,7 +205,7 @@ def test_backends_implement_the_protocol():
 def test_devices(monkeypatch):
     import sys
 
-    assert get_backend("cpu") is numba_backend
+    assert get_backend("cpu") is cpu_backend
     for bad in ("numpy", "CPU", "auto", None):
         with pytest.raises(InputError, match="device must be one of cpu, cuda"):
             get_backend(bad)
@@ -225,23 +214,36 @@ def test_devices(monkeypatch):
         get_backend("cuda")
 
 
-def test_validating_options_compiles_no_kernel():
-    """RefineOptions.validate() checks the device's name only: no kernel is compiled or loaded
-    from numba's cache, and CuPy (optional) is imported only when a cuda run starts."""
+def test_validating_options_imports_no_cupy():
+    """RefineOptions.validate() checks the device's name only: CuPy (optional) is imported only
+    when a cuda run starts."""
     import subprocess
     import sys
 
     code = ("import sys; from csrefine.options import RefineOptions; "
-            "from csrefine.backends import numba_backend as nb; "
             "RefineOptions(device='cuda').validate(); RefineOptions().validate(); "
-            "print('cupy' in sys.modules, nb._accumulate_blocks.signatures, "
-            "nb._sums_rows.signatures)")
+            "print('cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False [] []"
+    assert out.stdout.strip() == "False"
 
 
-def test_refine_numba_and_numpy_give_the_same_cs(small_map_48, monkeypatch):
-    """The whole refinement with the numba kernel and with the numpy reference backend in its
+def test_kernel_refuses_inputs_of_another_type():
+    """The C kernel reads raw memory: arrays of another type or layout are refused before."""
+    _, band, terms, refs, parts, images, cells, n_cells = _problem(5)
+    observed = cpu_backend.band_transforms(images, band, 1)
+    k = _tables.kernel_inputs(cells, observed, parts, refs[1], terms, band, PX)
+    stats = np.zeros((n_cells, 6, band.size))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        cpu_backend.kernel(stats.astype(np.float32), k, 1)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        cpu_backend.kernel(np.asfortranarray(stats), k, 1)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        cpu_backend.kernel(np.zeros((n_cells, 5, band.size)), k, 1)
+    assert cpu_backend.kernel(stats, k, 2) == 0 and np.abs(stats).max() > 0
+
+
+def test_refine_cpu_and_numpy_give_the_same_cs(small_map_48, monkeypatch):
+    """The whole refinement with the C kernel and with the numpy reference backend in its
     place: the same Cs and defocus offset."""
     import csrefine.pipeline
     from csrefine.options import RefineOptions
@@ -256,17 +258,17 @@ def test_refine_numba_and_numpy_give_the_same_cs(small_map_48, monkeypatch):
                    for _ in range(2))
     options = RefineOptions(threads=2, min_particles=50, batch_size=128)
     results = {}
-    for name in ("numba", "numpy"):
+    for name in ("cpu", "numpy"):
         if name == "numpy":
             monkeypatch.setattr(csrefine.pipeline, "get_backend", lambda device: numpy_backend)
         res = csrefine.pipeline.refine({1: truth.with_cs(2.7)}, parts, images, halves,
                                        options=options)
         assert res.backend == name
         results[name] = res.groups[0]
-    assert abs(results["numba"].cs_refined_mm - 3.0) < 0.1
-    assert results["numba"].cs_refined_mm == pytest.approx(results["numpy"].cs_refined_mm,
+    assert abs(results["cpu"].cs_refined_mm - 3.0) < 0.1
+    assert results["cpu"].cs_refined_mm == pytest.approx(results["numpy"].cs_refined_mm,
                                                            abs=1e-6)
-    assert results["numba"].defocus_offset_A == pytest.approx(results["numpy"].defocus_offset_A,
+    assert results["cpu"].defocus_offset_A == pytest.approx(results["numpy"].defocus_offset_A,
                                                               abs=1e-3)
 
 
@@ -402,7 +404,7 @@ def test_refine_cuda_and_cpu_give_the_same_cs(small_map_48):
     for device in ("cuda", "cpu"):
         res = refine({1: truth.with_cs(2.7)}, parts, images, halves,
                      options=RefineOptions(device=device, threads=2, min_particles=50))
-        assert res.backend == {"cuda": "cupy", "cpu": "numba"}[device]
+        assert res.backend == {"cuda": "cupy", "cpu": "cpu"}[device]
         cs[device] = res.groups[0].cs_refined_mm
     assert abs(cs["cuda"] - 3.0) < 0.1
     assert cs["cuda"] == pytest.approx(cs["cpu"], abs=1e-5)

@@ -55,6 +55,6 @@ def test_the_report_draws_the_maps_and_says_how_isotropic_the_change_is(volume, 
     g = _refine(volume, OpticsGroup(1, "g", 300.0, 3.2, 0.1, 1.2, 64), seed=3)
     text = "\n".join(interpretation(g))
     assert "the change is isotropic, as a Cs or pixel-size change is" in text
-    refinement = Refinement([g], np.linspace(1, 0, 33), 2.4, g.band_A, "numba", {}, 1.2)
+    refinement = Refinement([g], np.linspace(1, 0, 33), 2.4, g.band_A, "cpu", {}, 1.2)
     write_pdf(tmp_path / "logfile.pdf", refinement)
     assert (tmp_path / "logfile.pdf").stat().st_size > 10_000

@@ -64,22 +64,6 @@ def test_adapters_are_found_through_entry_points():
     assert adapters["cryosparc"].PARTICLE_SUFFIXES == (".cs",)
 
 
-@pytest.mark.slow  # compiles the kernel in a new process
-def test_compiled_kernel_is_cached_outside_the_package(tmp_path):
-    """numba's kernel cache goes to the user's cache directory, never into the package (where it
-    would outlive `pip uninstall` and shadow a later editable install)."""
-    import os
-
-    package = ROOT / "plugin"
-    before = set(package.rglob("*.nbi"))
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["CSREFINE_CACHE_DIR"] = str(tmp_path)
-    code = "from csrefine.backends import numba_backend; numba_backend.warm_up()"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd="/")
-    assert list((tmp_path / "numba").rglob("*.nbi"))
-    assert set(package.rglob("*.nbi")) == before
-
-
 def test_an_abort_while_the_outputs_are_written_leaves_nothing(tmp_path):
     """RELION_JOB_ABORT_NOW that appears while the outputs are staged is honoured: nothing is
     moved into place, the staging directory and the lock are gone."""

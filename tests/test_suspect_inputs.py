@@ -16,7 +16,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from csrefine.backends.numba_backend import image_moments
+from csrefine.backends.cpu_backend import image_moments
 from csrefine.errors import InputError
 from csrefine.group_fit import failed_fit
 from csrefine.images import write_stack

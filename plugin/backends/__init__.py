@@ -3,7 +3,8 @@
 Every backend is a module implementing :class:`Backend`; its ``accumulate_batch`` has the
 semantics of :func:`csrefine.backends.numpy_backend.accumulate_batch` (the reference) and must
 agree with it to floating-point accuracy (tests/test_backends.py). ``--device cpu`` runs
-:mod:`csrefine.backends.numba_backend`, ``--device cuda`` :mod:`csrefine.backends.cupy_backend`.
+:mod:`csrefine.backends.cpu_backend` (a C kernel compiled at install time), ``--device cuda``
+:mod:`csrefine.backends.cupy_backend`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, shown
-from . import cupy_backend, numba_backend
+from . import cpu_backend, cupy_backend
 
 
 @runtime_checkable
@@ -59,7 +60,7 @@ class Backend(Protocol):
         its set-up, so that a device that cannot run fails early)."""
 
 
-#: The user's ``--device`` values: ``cpu`` runs the numba kernel, ``cuda`` CuPy's CUDA kernel.
+#: The user's ``--device`` values: ``cpu`` runs the C kernel, ``cuda`` CuPy's CUDA kernel.
 #: (The numpy reference backend, the yardstick of the tests, is not a device.)
 DEVICES = ("cpu", "cuda")
 
@@ -71,12 +72,12 @@ def check_device(device) -> None:
 
 
 def get_backend(device: str) -> Backend:
-    """The backend module running ``device`` (a :class:`Backend`): numba's (cpu) or CuPy's
+    """The backend module running ``device`` (a :class:`Backend`): the C kernel's (cpu) or CuPy's
     (cuda: CuPy, an optional dependency, is imported here); InputError for an unknown device or
     a missing CuPy."""
     check_device(device)
     if device == "cpu":
-        return numba_backend
+        return cpu_backend
     try:
         cupy_backend._cupy()
     except ImportError as exc:

@@ -1,21 +1,17 @@
 """The inputs of the compiled kernels: THE definition of their tables' layout, the band
 pixels' grid indices and centring sign, and the per-particle tables of the CPU kernel.
 
-Two float64 tables feed the fused slice + shift + CTF + statistics kernels (numba, CUDA):
+Two float64 tables feed the fused slice + shift + CTF + statistics kernels (C, CUDA):
 
 * the per-particle table, (n, N_PARTICLE_COLUMNS), one row per particle, columns
   :class:`ParticleColumn`;
 * the per-pixel table, (rows, m), one column per band pixel, rows :class:`PixelRow` (the first
   ``N_BASE_PIXEL_ROWS`` always; the trigonometric rows only ``with_trig``).
 
-Every kernel reads these tables through the names defined here: the numba kernel uses the enum
-members (compile-time constants) and the CUDA source gets ``#define`` lines generated from them
-by :func:`cuda_defines`, so reordering a table here reorders every kernel's reads.
-
-numba's on-disk cache (``cache=True``) is keyed on the source file of the compiled function,
-not on this module: after editing a layout here, the numba kernel compiled with the old one
-would be loaded again. The kernel therefore returns :data:`LAYOUT_ID` as it was compiled, and
-the numba backend refuses results from a kernel compiled with another layout.
+Every kernel reads these tables through the names defined here: the C kernel is given the
+column and row of each quantity with every call (:mod:`csrefine.backends.cpu_backend`) and the
+CUDA source gets ``#define`` lines generated from them by :func:`cuda_defines`, so reordering a
+table here reorders every kernel's reads.
 
 The CPU kernel also takes, the projection frequencies being a linear map of the grid
 (:func:`linear_frequency_map`), the origin shift factorised along grid columns and rows
@@ -26,7 +22,6 @@ The CPU kernel also takes, the projection frequencies being a linear map of the 
 from __future__ import annotations
 
 import weakref
-import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -103,10 +98,6 @@ TRIG_PIXEL_ROWS = (PixelRow.COS_ODD_PHASE, PixelRow.SIN_ODD_PHASE, PixelRow.COS_
                    PixelRow.SIN_GAMMA_STATIC)
 N_PIXEL_ROWS = len(PixelRow)
 N_BASE_PIXEL_ROWS = N_PIXEL_ROWS - len(TRIG_PIXEL_ROWS)  # the trigonometric rows come last
-
-#: Checksum of both layouts; the numba kernel returns the value it was compiled with.
-LAYOUT_ID = zlib.crc32(repr([(c.name, int(c)) for c in ParticleColumn]
-                            + [(r.name, int(r)) for r in PixelRow] + [N_STATS]).encode())
 
 
 def particle_table(particles) -> np.ndarray:
