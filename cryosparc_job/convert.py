@@ -291,13 +291,16 @@ PARTICLE_FIELDS_CS = [
 ]
 
 
-def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: float = 1.0, uids=None):
+def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: float = 1.0, uids=None,
+                                  micrographs=None):
     """Build a cryoSPARC particle dataset (blob, ctf, alignments3D) from a parsed RELION STAR.
 
     star : :class:`csrefine.relion.star_io.ParticleStar`; its ``N@stack`` paths are taken
         relative to ``base_dir`` (the RELION project directory) and written into ``blob/path``
         relative to ``project_dir`` (absolute if the stack is outside it).
     sign : ``blob/sign`` to record (1: the stacks hold RELION-convention, positive-protein images).
+    micrographs : each particle's rlnMicrographName, or None; written into
+        ``location/micrograph_path`` like the stacks (relative to ``project_dir``).
     Optics groups with aberrations cryoSPARC fields cannot hold verifiably (Zernike terms, beam
     tilt, magnification) raise InputError.
     """
@@ -314,13 +317,7 @@ def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: floa
         dset["uid"] = np.asarray(uids, dtype=np.uint64)
     project_dir = Path(project_dir).resolve()
     idx = star.image_index
-    relative = []
-    for stack in star.stack_paths:
-        full = (Path(base_dir) / stack).resolve()
-        try:
-            relative.append(str(full.relative_to(project_dir)))
-        except ValueError:
-            relative.append(str(full))
+    relative = _project_paths(star.stack_paths, base_dir, project_dir)
     paths = [relative[c] for c in star.stack_code]
     og = p.optics_group
     g_of = [groups[int(o)] for o in og]
@@ -346,4 +343,22 @@ def cryosparc_dataset_from_relion(star, project_dir, *, base_dir=".", sign: floa
     dset["alignments3D/shift"] = np.stack([p.origin_x_A / px, p.origin_y_A / px], axis=1)
     dset["alignments3D/pose"] = euler_deg_to_pose(p.rot_deg, p.tilt_deg, p.psi_deg)
     dset["alignments3D/psize_A"] = px
+    if micrographs is not None:
+        names, codes = np.unique(np.asarray(micrographs, dtype=str), return_inverse=True)
+        dset.add_fields(["location/micrograph_path"], ["O"])
+        dset["location/micrograph_path"] = np.array(
+            _project_paths(names, base_dir, project_dir), dtype=object)[codes]
     return dset
+
+
+def _project_paths(paths, base_dir, project_dir: Path) -> list[str]:
+    """RELION paths (relative to ``base_dir``) relative to the cryoSPARC ``project_dir``, or
+    absolute where outside it."""
+    out = []
+    for path in paths:
+        full = (Path(base_dir) / path).resolve()
+        try:
+            out.append(str(full.relative_to(project_dir)))
+        except ValueError:
+            out.append(str(full))
+    return out

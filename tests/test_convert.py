@@ -55,32 +55,47 @@ def test_convert_refuses_two_files_of_one_kind(example_project, capsys):
     assert not Path("copy.star").exists()
 
 
+def _micrographs(star):
+    from csrefine.relion.star_tables import read_tables
+
+    tables, _ = read_tables(star, lambda block, labels: (("rlnMicrographName",), frozenset())
+                            if block == "particles" else None)
+    return tables["particles"]["rlnMicrographName"]
+
+
+def test_star_to_cs_to_star_keeps_each_particles_micrograph(example_project):
+    """rlnMicrographName -> location/micrograph_path (project-relative, as blob/path) -> the same
+    rlnMicrographName."""
+    from cryosparc.dataset import Dataset
+
+    names = _micrographs(STAR)
+    assert len(set(names)) > 1
+    assert main(["convert", STAR, "particles.cs"]) == 0
+    assert list(Dataset.load("particles.cs")["location/micrograph_path"]) == names
+    assert main(["convert", "particles.cs", "back.star"]) == 0
+    assert _micrographs("back.star") == names
+
+
 def test_cs_to_star_names_each_particles_micrograph(example_project):
     """rlnMicrographName from location/micrograph_path where the .cs has it, else the stack
     (cryoSPARC extracts one stack per micrograph); never invented names."""
     from cryosparc.dataset import Dataset
 
-    from csrefine.relion.star_tables import read_tables
-
     assert main(["convert", STAR, "particles.cs"]) == 0
-    dset = Dataset.load("particles.cs")
-
-    def micrographs(star):
-        tables, _ = read_tables(star, lambda block, labels: (("rlnMicrographName",), frozenset())
-                                if block == "particles" else None)
-        return tables["particles"]["rlnMicrographName"]
-
-    assert main(["convert", "particles.cs", "stacks.star"]) == 0
+    dset = Dataset.load("particles.cs").drop_fields(["location/micrograph_path"])
+    with open("stacks.cs", "wb") as fh:
+        dset.save(fh)
+    assert main(["convert", "stacks.cs", "stacks.star"]) == 0
     stacks = [str(p) for p in dset["blob/path"]]
-    assert micrographs("stacks.star") == [p.lstrip(">") for p in stacks]
+    assert _micrographs("stacks.star") == [p.lstrip(">") for p in stacks]
     dset.add_fields([("location/micrograph_path", "O")])
     dset["location/micrograph_path"] = [f">J2/motioncorrected/mic_{i % 7:02d}.mrc"
                                         for i in range(len(dset))]
     with open("located.cs", "wb") as fh:
         dset.save(fh)
     assert main(["convert", "located.cs", "located.star"]) == 0
-    assert micrographs("located.star") == [f"J2/motioncorrected/mic_{i % 7:02d}.mrc"
-                                           for i in range(len(dset))]
+    assert _micrographs("located.star") == [f"J2/motioncorrected/mic_{i % 7:02d}.mrc"
+                                            for i in range(len(dset))]
 
 
 def test_a_micrograph_path_leaving_the_project_is_one_line(example_project, capsys):
@@ -90,7 +105,6 @@ def test_a_micrograph_path_leaving_the_project_is_one_line(example_project, caps
 
     assert main(["convert", STAR, "particles.cs"]) == 0
     dset = Dataset.load("particles.cs")
-    dset.add_fields([("location/micrograph_path", "O")])
     dset["location/micrograph_path"] = ["../elsewhere/mic.mrc"] * len(dset)
     with open("outside.cs", "wb") as fh:
         dset.save(fh)
