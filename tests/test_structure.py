@@ -119,3 +119,20 @@ def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
         assert missing == [], folder
         names = {m.name for m in modules}
         assert sorted(listed - names) == [], folder
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout section names every module of the three packages (and the C kernel), and
+    nothing that does not exist."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Layout")
+    layout = readme[start:readme.index("\n## ", start + 1)]
+    named = {name.rsplit("/", 1)[-1] for name in re.findall(r"`([\w/]+\.(?:py|c))`", layout)}
+    modules = {p.name for root in ("plugin", "relion_external", "cryosparc_job")
+               for p in (ROOT / root).rglob("*") if p.suffix in (".py", ".c")
+               and p.name != "__init__.py"}
+    tests = {p.name for p in (ROOT / "tests").glob("*.py")}
+    assert sorted(modules - named) == []
+    assert sorted(named - modules - tests) == []
