@@ -68,7 +68,8 @@ from common import MODEL, REPO, log  # noqa: E402
 
 def particle_rows(n: int, rng: np.random.Generator):
     """True particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from csrefine.relion.relion_tools import particle_table
+    from relion_tools import particle_table
+
     from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
@@ -76,8 +77,9 @@ def particle_rows(n: int, rng: np.random.Generator):
 
 
 def optics_table(cs_mm: float, px: float, box: int, voltage: float):
+    from relion_tools import optics_table as table
+
     from csrefine.model import OpticsGroup
-    from csrefine.relion.relion_tools import optics_table as table
 
     return table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
@@ -104,10 +106,10 @@ def make_data(d: Path, structure, n: int, box: int, p_nom: float, p_true: float,
     """Simulate with relion_project at the true optics; STAR + half maps at the nominal ones."""
     import mrcfile
     import starfile
+    from relion_tools import project, reconstruct_half
 
     from csrefine.atomic_map import density_map
     from csrefine.images import write_map
-    from csrefine.relion.relion_tools import project, reconstruct_half
 
     paths = {"star": d / "parts.star", "half1": d / "half1.mrc", "half2": d / "half2.mrc"}
     if not fresh and all(p.exists() for p in paths.values()):
@@ -301,8 +303,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import gemmi
-
-    from csrefine.relion.relion_tools import have_relion
+    from relion_tools import have_relion
     if not have_relion("relion_project", "relion_reconstruct"):
         log("relion_project / relion_reconstruct not found: cannot run this benchmark")
         return 2

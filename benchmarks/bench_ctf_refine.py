@@ -49,7 +49,8 @@ from common import MODEL, REPO, log, repo_env, warm_up  # noqa: E402
 
 def random_rows(n: int, rng: np.random.Generator, micrographs: int):
     """Particle parameters in RELION columns (uniform orientations, astigmatic defoci)."""
-    from csrefine.relion.relion_tools import particle_table
+    from relion_tools import particle_table
+
     from csrefine.simulate import random_particles
 
     parts = random_particles(n, rng, astigmatism_A=500.0, max_origin_A=3.0)
@@ -57,8 +58,9 @@ def random_rows(n: int, rng: np.random.Generator, micrographs: int):
 
 
 def optics(cs_mm: float, px: float, box: int, voltage: float):
+    from relion_tools import optics_table
+
     from csrefine.model import OpticsGroup
-    from csrefine.relion.relion_tools import optics_table
 
     return optics_table([OpticsGroup(1, "opticsGroup1", voltage, cs_mm, 0.1, px, box)])
 
@@ -82,11 +84,11 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
     """Simulate (or reuse) the data set in ``d``; returns its paths. ``chains``: the model's
     chains to use (all by default)."""
     import starfile
+    from relion_tools import postprocess, project, reconstruct_half
 
     from csrefine.atomic_map import density_map
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
-    from csrefine.relion.relion_tools import postprocess, project, reconstruct_half
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "run_half1_class001_unfil.mrc",
              "half2": d / "run_half2_class001_unfil.mrc", "mask": d / "mask.mrc",

@@ -62,12 +62,12 @@ def make_data(d: Path, n: int, box: int, px: float, cs_true: float, cs_nominal: 
               voltage: float, snr: float, seed: int, workers: int) -> dict:
     import gemmi
     import starfile
+    from relion_tools import particle_table
 
     from csrefine.atomic_map import density_map
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.model import OpticsGroup
-    from csrefine.relion.relion_tools import particle_table
     from csrefine.simulate import random_particles
 
     paths = {"dir": d, "star": d / "parts.star", "half1": d / "half1.mrc",

@@ -23,9 +23,9 @@ from pathlib import Path
 import gemmi
 import numpy as np
 from common import MODEL, log, z_summary
+from relion_tools import reconstruct_half, simulate_dataset
 
 from csrefine.options import RefineOptions
-from csrefine.relion.relion_tools import reconstruct_half, simulate_dataset
 from csrefine.relion.run import run
 from csrefine.relion.star_io import read_particle_star, write_updated_star
 

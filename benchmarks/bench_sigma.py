@@ -20,9 +20,9 @@ import gemmi
 import mrcfile
 import numpy as np
 from common import MODEL, log, z_summary
+from relion_tools import simulate_dataset
 
 from csrefine.options import RefineOptions
-from csrefine.relion.relion_tools import simulate_dataset
 from csrefine.relion.run import run
 
 CS_TRUE = 2.7

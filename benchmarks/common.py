@@ -12,6 +12,9 @@ from pathlib import Path
 from csrefine.atomic_map import PACKAGED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/relion_tools.py (RELION's programs for simulations and comparisons) serves the benchmarks
+# too
+sys.path.append(str(REPO / "tests"))
 
 #: PDB 1BD2, shipped with the package (public-domain PDB data).
 MODEL = PACKAGED_MODEL

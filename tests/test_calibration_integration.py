@@ -6,12 +6,12 @@ from pathlib import Path
 
 import gemmi
 import pytest
+from relion_tools import simulate_dataset
 
 from csrefine.atomic_map import PACKAGED_MODEL, docked_structure
 from csrefine.cli import main as cli_main
 from csrefine.options import RefineOptions
 from csrefine.relion.external_job import main as job_main
-from csrefine.relion.relion_tools import simulate_dataset
 
 PIXEL_A, CS_TRUE, CS_NOMINAL = 1.1, 3.0, 2.7
 

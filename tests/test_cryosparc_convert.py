@@ -153,8 +153,8 @@ def test_prediction_same_via_cryosparc_fields(small_map, tmp_path):
     """predict_band on particles converted RELION -> .cs -> RELION equals the RELION-path one
     (float32 storage of the .cs fields is the only difference)."""
     import starfile
+    from relion_tools import optics_table, particle_table
 
-    from csrefine.relion.relion_tools import optics_table, particle_table
     from csrefine.relion.star_io import read_particle_star
     from csrefine.simulate import random_particles
 
@@ -304,11 +304,11 @@ def test_cross_path_same_cs_relion_project(tmp_path, small_map, relion, cross_pa
     """~500 particles simulated by relion_project (true Cs 3.0 / 2.7 mm, nominal 2.7 in the STAR
     given to csrefine): both paths give the same Cs per group."""
     import starfile
+    from relion_tools import optics_table, particle_table, project
 
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_map
     from csrefine.options import RefineOptions
-    from csrefine.relion.relion_tools import optics_table, particle_table, project
     from csrefine.simulate import random_particles
 
     box, px = 64, 1.6

@@ -49,8 +49,7 @@ def test_the_example_star_is_relions_and_relion_reads_the_jobs_output(relion, tm
     rows begin with spaces, RELION's precision); the External job's output of it is read by
     relion_star_handler with the refined Cs in the optics table."""
     import starfile
-
-    from csrefine.relion.relion_tools import run_relion
+    from relion_tools import run_relion
 
     info = write_example(tmp_path / "demo")
     monkeypatch.chdir(info["root"])

@@ -68,8 +68,9 @@ def test_half_maps_from_a_postprocess_star(example_project):
 
 def test_half_maps_from_the_postprocess_star_relion_wrote(example_project, relion):
     """data_general of relion_postprocess's own STAR names the half maps and the mask."""
+    from relion_tools import postprocess
+
     from csrefine.relion.refs import resolve_half_maps
-    from csrefine.relion.relion_tools import postprocess
 
     half1 = Path(example_project["half1"]).relative_to(Path.cwd())
     mask = Path(example_project["mask"]).relative_to(Path.cwd())

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import starfile
+from relion_tools import optics_table, particle_table
 
 from csrefine.atomic_map import density_map
 from csrefine.errors import InputError
 from csrefine.images import write_map, write_stack
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
-from csrefine.relion.relion_tools import optics_table, particle_table
 from csrefine.relion.run import run
 from csrefine.simulate import random_particles, simulate_images
 

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import starfile
-
-from csrefine.relion.relion_tools import RelionError, run_relion
+from relion_tools import RelionError, run_relion
 
 
 @pytest.mark.relion

@@ -11,9 +11,9 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from relion_tools import project, simulate_dataset
 
 from csrefine.options import RefineOptions
-from csrefine.relion.relion_tools import project, simulate_dataset
 
 CS_TRUE, CS_NOMINAL = 3.0, 2.7
 OPTIONS = RefineOptions(threads=2)
@@ -93,7 +93,7 @@ def test_after_ctf_refines_4th_order_fit_the_total_cs_is_reported_and_written(da
     leaves rlnSphericalAberration at 2.7. csrefine reports the microscope's apparent Cs (3.0),
     says how much Z4^0 held, and writes Cs ~ 3.0 with Z4^0 = 0; relion_project of the output
     optics gives the images of the input optics plus the refined change."""
-    from csrefine.relion.relion_tools import postprocess, run_relion
+    from relion_tools import postprocess, run_relion
 
     d = data["dir"]
     pp = postprocess(data["half1"].name, data["mask"].name, "PostProcess/postprocess", 1.1, cwd=d)

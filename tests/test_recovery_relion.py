@@ -7,10 +7,10 @@
 import json
 
 import pytest
+from relion_tools import simulate_dataset
 
 from csrefine.interpret import apparent_cs_mm
 from csrefine.options import RefineOptions
-from csrefine.relion.relion_tools import simulate_dataset
 from csrefine.relion.run import run
 
 N = 10_000

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from relion_tools import project
 
 from csrefine.forward import band_to_images, predict_band
 from csrefine.fourier import make_band
 from csrefine.images import write_map
 from csrefine.projection import make_padded_reference
-from csrefine.relion.relion_tools import project
 from csrefine.relion.star_io import read_particle_star
 
 BOX, PX = 64, 2.0
@@ -77,10 +77,11 @@ def test_prediction_matches_relion_project(tmp_path, small_map, with_mag, relion
 def test_relion_ctf_refine_recovers_beam_tilt_simulated_by_csrefine(tmp_path, small_map, relion):
     """Odd aberrations (which relion_project ignores): images made by csrefine's forward model
     with a known beam tilt are fitted by relion_ctf_refine --fit_beamtilt to that tilt."""
+    from relion_tools import optics_table, particle_table, postprocess, run_relion
+
     from csrefine.fsc import soft_spherical_mask
     from csrefine.images import write_stack
     from csrefine.model import OpticsGroup
-    from csrefine.relion.relion_tools import optics_table, particle_table, postprocess, run_relion
     from csrefine.simulate import random_particles, simulate_images
 
     rng = np.random.default_rng(11)

@@ -11,9 +11,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-
-from csrefine.images import write_map, write_stack
-from csrefine.relion.relion_tools import (
+from relion_tools import (
     RelionError,
     compare_rewrites,
     meant_values,
@@ -23,6 +21,8 @@ from csrefine.relion.relion_tools import (
     simulate_dataset,
     star_values,
 )
+
+from csrefine.images import write_map, write_stack
 from csrefine.relion.star_io import read_particle_star, write_updated_star
 
 DATA = Path(__file__).parent / "data"
@@ -111,7 +111,7 @@ def test_relion_reconstruct_reads_the_output(tiny):
 
 def test_convert_writes_a_star_relion_reads(example_project, relion):
     """``csrefine convert`` STAR -> .cs -> STAR: RELION reads the STAR, with the particles'
-    optics groups, Cs, defocus and image names of the original."""
+    optics groups, Cs, defocus, image and micrograph names of the original."""
     from csrefine.cli import main
     from csrefine.cryosparc.convert import PARTICLE_FIELDS_CS
     from csrefine.cryosparc.offline import load_dataset
@@ -120,11 +120,13 @@ def test_convert_writes_a_star_relion_reads(example_project, relion):
     assert main(["convert", star, "particles.cs"]) == 0
     assert main(["convert", "particles.cs", "back.star"]) == 0
     dset = load_dataset("particles.cs")
-    assert len(dset) == 1200 and set(dset.fields()) == {"uid"} | {f[0] for f in PARTICLE_FIELDS_CS}
+    assert len(dset) == 1200 and set(dset.fields()) == ({"uid", "location/micrograph_path"}
+                                                        | {f[0] for f in PARTICLE_FIELDS_CS})
     original, back = relion_rewrite(star, "original.star"), relion_rewrite("back.star", "b.star")
     for block, column in (("optics", "rlnSphericalAberration"), ("optics", "rlnVoltage"),
                           ("optics", "rlnImageSize"), ("particles", "rlnOpticsGroup"),
-                          ("particles", "rlnImageName"), ("particles", "rlnRandomSubset")):
+                          ("particles", "rlnImageName"), ("particles", "rlnRandomSubset"),
+                          ("particles", "rlnMicrographName")):
         assert back[block][column] == original[block][column], column
     np.testing.assert_allclose(np.array(back["particles"]["rlnDefocusU"], float),
                                np.array(original["particles"]["rlnDefocusU"], float), atol=5e-3)

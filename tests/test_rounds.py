@@ -239,7 +239,7 @@ SHELL_PER_A = 1.0 / (BOX * PIXEL_A)
 
 @pytest.fixture(scope="module")
 def right_cs(tmp_path_factory, structure, relion):
-    from csrefine.relion.relion_tools import simulate_dataset
+    from relion_tools import simulate_dataset
 
     return simulate_dataset(tmp_path_factory.mktemp("right_cs"), structure, n=N_PARTICLES,
                             cs_true_mm=CS_TRUE, cs_nominal_mm=CS_TRUE, box=BOX,
@@ -250,7 +250,8 @@ def right_cs(tmp_path_factory, structure, relion):
 def far_off(right_cs):
     """The same images and particles, the STAR stating Cs 2.0 mm; half maps rebuilt from it
     (so they carry the wrong CTF, as a user's would)."""
-    from csrefine.relion.relion_tools import reconstruct_half
+    from relion_tools import reconstruct_half
+
     from csrefine.relion.star_io import read_particle_star, write_updated_star
 
     d = right_cs["dir"]

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from relion_tools import star_values
 
 from csrefine.errors import InputError
-from csrefine.relion.relion_tools import star_values
 from csrefine.relion.star_io import read_particle_star, write_updated_star
 
 DATA = Path(__file__).parent / "data"

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from csrefine.images import write_stack
-from csrefine.relion.relion_tools import (
+from relion_tools import (
     compare_rewrites,
     meant_values,
     relion_rewrite,
     star_values,
 )
+
+from csrefine.images import write_stack
 from csrefine.relion.star_io import format_vector, read_particle_star, write_updated_star
 
 N = 6

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from relion_tools import relion_rewrite, star_values
 
 from csrefine.errors import InputError
 from csrefine.images import write_stack
-from csrefine.relion.relion_tools import relion_rewrite, star_values
 from csrefine.relion.star_io import read_particle_star, write_updated_star
 
 # kV, Cs, Q0, beam tilt X of each particle: groups in order of first appearance 1, 2, 1, 3, 2, 3

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,9 @@ from csrefine.atomic_map import PACKAGED_MODEL, density_map
 from csrefine.fsc import default_mask
 from csrefine.images import write_map
 from csrefine.model import OpticsGroup
-from csrefine.relion.relion_tools import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: relion_tools
+from relion_tools import (  # noqa: E402
     optics_table,
     particle_table,
     postprocess,
@@ -45,6 +48,7 @@ from csrefine.relion.relion_tools import (
     reconstruct_half,
     run_relion,
 )
+
 from csrefine.simulate import random_particles
 
 HERE = Path(__file__).resolve().parent

@@ -21,12 +21,11 @@ from csrefine.atomic_map import density_map
 from csrefine.fsc import default_mask
 from csrefine.images import write_map
 from csrefine.model import OpticsGroup
+from csrefine.relion.star_syntax import unquoted
+from csrefine.relion.star_tables import parse_vector, read_tables
+from csrefine.relion.star_write import image_names as stack_image_names
+from csrefine.relion.star_write import new_optics_columns, new_particle_columns
 from csrefine.simulate import random_particles
-
-from .star_syntax import unquoted
-from .star_tables import parse_vector, read_tables
-from .star_write import image_names as stack_image_names
-from .star_write import new_optics_columns, new_particle_columns
 
 
 def particle_table(particles, stack: str | None, micrographs: int = 10,
