@@ -82,7 +82,7 @@ class NoiseModel:
         # random phases with the Hermitian symmetry of a real map: those of white noise
         white = np.fft.rfftn(rng.standard_normal((self.n,) * 3))
         phase = white / np.maximum(np.abs(white), 1e-300)
-        noise = np.fft.irfftn(self.amplitude * phase, s=(self.n,) * 3)
+        noise = np.fft.irfftn(self.amplitude * phase, s=(self.n,) * 3, axes=(0, 1, 2))
         return make_padded_reference(noise.astype(np.float32), self.k_max_px, self.pad,
                                      self.workers, margin=self.margin).data
 
