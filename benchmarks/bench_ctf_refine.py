@@ -218,6 +218,14 @@ def run_csrefine(paths: dict, star: Path, threads: int, tag: str, device: str) -
 
 # --------------------------------------------------------------------------------------------
 
+def data_set_dir(root: Path, n: int, box: int, px: float, cs_true: float, seed: int,
+                 voltage: float, chains: str | None = None) -> Path:
+    """Where a simulated data set is cached: one name for every benchmark (bench_suite.py's
+    sets are re-used here)."""
+    part = f"_chains{chains}" if chains else ""
+    return root / f"n{n}_box{box}_px{px:g}_cs{cs_true:g}_seed{seed}{part}_{voltage:g}kV"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10000, help="particles simulated (default 10000)")
@@ -244,7 +252,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     px = args.px or (1.0 if args.box <= 128 else 128.0 / args.box)
-    d = Path(args.data_dir) / f"n{args.n}_box{args.box}_px{px:g}_cs{args.cs_true:g}_seed{args.seed}"
+    d = data_set_dir(Path(args.data_dir), args.n, args.box, px, args.cs_true, args.seed,
+                     args.voltage)
     paths = make_data(d, args.n, args.box, px, args.cs_true, args.cs_nominal, args.voltage,
                       args.snr, args.seed)
     runs = []

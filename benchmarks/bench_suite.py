@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ctf_refine import make_data, run_csrefine, run_relion  # noqa: E402
+from bench_ctf_refine import data_set_dir, make_data, run_csrefine, run_relion  # noqa: E402
 from common import REPO, log, speed_probe, warm_up  # noqa: E402
 
 
@@ -53,9 +53,8 @@ SETS = {
 
 
 def data_dir(root: Path, s: DataSet) -> Path:
-    chains = f"_chains{s.chains}" if s.chains else ""
-    return root / (f"n{s.n}_box{s.box}_px{s.pixel_size_A:g}_cs{s.cs_true_mm:g}_seed{s.seed}"
-                   f"{chains}_{s.voltage_kv:g}kV")
+    return data_set_dir(root, s.n, s.box, s.pixel_size_A, s.cs_true_mm, s.seed, s.voltage_kv,
+                        s.chains)
 
 
 def simulate(s: DataSet, root: Path) -> dict:
