@@ -106,17 +106,20 @@ def image_moments(images: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndar
         part = flat[a:z]
         deviation[a:z] = np.maximum(part.max(axis=1) - mean[a:z], mean[a:z] - part.min(axis=1))
 
-    cuts = _cuts(len(flat), threads)
-    if len(cuts) <= 2:
-        rows(0, len(flat))
-    else:
-        list(_pool(len(cuts) - 1).map(rows, cuts[:-1], cuts[1:]))
+    _in_shares(rows, len(flat), threads)
     return deviation, variance
 
 
-def _cuts(n: int, threads: int) -> np.ndarray:
-    """``n`` rows cut into at most ``threads`` consecutive shares: their bounds."""
-    return np.linspace(0, n, max(1, min(int(threads or 1), n)) + 1).astype(int)
+def _in_shares(work, n: int, threads: int) -> None:
+    """``work(a, z)`` for ``n`` rows cut into at most ``threads`` consecutive shares, each by one
+    thread of the kernel's pool (in the calling thread when there is one share)."""
+    if n == 0:
+        return
+    cuts = np.linspace(0, n, max(1, min(int(threads or 1), n)) + 1).astype(int)
+    if len(cuts) <= 2:
+        work(0, n)
+    else:
+        list(_pool(len(cuts) - 1).map(work, cuts[:-1], cuts[1:]))
 
 
 def band_transforms(images: np.ndarray, band, threads: int = 1,
@@ -136,13 +139,7 @@ def band_transforms(images: np.ndarray, band, threads: int = 1,
         else:
             out[rows[a:z]] = ft * sign
 
-    cuts = _cuts(len(images), threads)
-    if len(images) == 0:
-        return out
-    if len(cuts) <= 2:
-        share(0, len(images))
-    else:
-        list(_pool(len(cuts) - 1).map(share, cuts[:-1], cuts[1:]))
+    _in_shares(share, len(images), threads)
     return out
 
 
@@ -155,14 +152,13 @@ def _kernel_args(stats: np.ndarray, k: KernelInputs) -> _KernelArgs:
     px, n, m = k.pixels, k.observed.shape[0], k.observed.shape[1]
     arrays = (stats, k.cells, k.observed, k.ptab, px.pix, k.ref, k.shift_x, k.shift_y, px.col,
               px.row, k.qtab, px.cont)
-    expected = (np.float64, np.int64, None, np.float64, np.float64, np.complex64, np.complex128,
-                np.complex128, np.int64, np.int64, np.float64, np.int8)
-    for a, dtype in zip(arrays, expected):
-        if not a.flags.c_contiguous or (dtype is not None and a.dtype != dtype):
-            raise TypeError(f"kernel input {a.dtype} {a.shape} is not C-contiguous {dtype}")
-    if k.observed.dtype not in (np.complex64, np.complex128):
-        raise TypeError(f"observed transforms must be complex64 or complex128, got "
-                        f"{k.observed.dtype}")
+    expected = ((np.float64,), (np.int64,), (np.complex64, np.complex128), (np.float64,),
+                (np.float64,), (np.complex64,), (np.complex128,), (np.complex128,), (np.int64,),
+                (np.int64,), (np.float64,), (np.int8,))
+    for a, dtypes in zip(arrays, expected):
+        if not a.flags.c_contiguous or a.dtype not in dtypes:
+            raise TypeError(f"kernel input {a.dtype} {a.shape} must be a C-contiguous array of "
+                            f"{' or '.join(np.dtype(d).name for d in dtypes)}")
     if stats.shape[1:] != (N_STATS, m) or k.shift_x.shape[1] != k.half_box + 1 \
             or k.shift_y.shape[1] != 2 * k.half_box:
         raise ValueError("kernel inputs of inconsistent shapes")

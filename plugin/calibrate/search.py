@@ -58,7 +58,7 @@ class Matcher:
         key = (round(float(p), 10), models.b_model, models.coarse)
         if key in self._cache:
             return self._cache[key]
-        mw_b = self.band.whitened(models.grid, models.model_ft(p))
+        mw_b = self.band.whitened(models.grid, models.model_ft(p))[0]
         if not models.coarse:
             self._cache[key] = mw_b
             if len(self._cache) > CACHE_SIZE:

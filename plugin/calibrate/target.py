@@ -73,15 +73,6 @@ class FourierGrid:
         return np.exp(-2j * np.pi * (self.kz * t[0] + self.ky * t[1] + self.kx * t[2]))
 
 
-def unit_power_scale(grid: FourierGrid, ft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(per shell: the factor that scales ``ft``'s shell to unit mean power, 0 for an empty
-    shell; the shell powers), shape (nshell + 1,) each."""
-    power = grid.shell_mean(np.abs(ft) ** 2)
-    scale = 1.0 / np.sqrt(np.maximum(power, 1e-300))
-    scale[power <= 0] = 0.0
-    return scale, power
-
-
 class Band:
     """The cropped grid's coefficients where the shell weights are non-zero (the same shells for
     the average and the half maps): the search's products run over them only, so each target
@@ -100,10 +91,14 @@ class Band:
         self.shell = grid.shell_c[inside]
         self.k_1d = (grid.kz.ravel(), grid.ky.ravel(), grid.kx.ravel())
 
-    def whitened(self, grid: FourierGrid, ft: np.ndarray) -> np.ndarray:
-        """The band's coefficients of ``ft`` (rfftn layout on ``grid``), each shell of the whole
-        grid scaled to unit mean power."""
-        return ft.ravel()[self.flat] * unit_power_scale(grid, ft)[0][self.shell]
+    def whitened(self, grid: FourierGrid, ft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the band's coefficients of ``ft`` (rfftn layout on ``grid``), each shell of the whole
+        grid scaled to unit mean power (an empty shell to 0); the shell powers before,
+        (nshell + 1,))."""
+        power = grid.shell_mean(np.abs(ft) ** 2)
+        scale = 1.0 / np.sqrt(np.maximum(power, 1e-300))
+        scale[power <= 0] = 0.0
+        return ft.ravel()[self.flat] * scale[self.shell], power
 
     def phase(self, t_zyx) -> np.ndarray:
         """exp(-2 pi i k.t) over the band (translation by +t voxels), from three 1D factors."""
@@ -129,12 +124,12 @@ class Target:
         ft = np.asarray(ft, dtype=np.complex128)
         self.band = band
         self.ft = ft if keep_ft else None
-        scale, power = unit_power_scale(grid, ft)
+        white_b, power = band.whitened(grid, ft)
         self.w_b = np.append(weight_shell, 0.0)[band.shell]
         self.norm = float(np.sum(band.fw * self.w_b))
         v = np.append(noise_power_shell / np.maximum(power[:-1], 1e-300), 0.0)
         self.noise_var_b = np.clip(v, 0.0, 1.0)[band.shell] / max(mask_ms, 1e-6)
-        self.white_w_b = ft.ravel()[band.flat] * scale[band.shell] * self.w_b
+        self.white_w_b = white_b * self.w_b
         self.white_w_fw_b = np.conj(self.white_w_b) * band.fw
 
 
