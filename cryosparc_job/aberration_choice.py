@@ -111,9 +111,7 @@ def candidate_conventions(field: str, base: Convention) -> list[Convention]:
 
 def group_with(group: OpticsGroup, values: GroupAberrations, convention: Convention) -> OpticsGroup:
     """``group`` with the fields ``values`` under ``convention``."""
-    terms = aberration_terms(values, convention, group.voltage_kv)
-    return replace(group, even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
-                   mag_matrix=terms.mag_matrix)
+    return replace(group, **aberration_terms(values, convention, group.voltage_kv))
 
 
 def decide_field(field: str, exposure_group: int, values: np.ndarray, candidates: list[Convention],

@@ -75,16 +75,6 @@ class GroupAberrations:
         return [f for f in ABERRATION_FIELDS if np.any(self.value(f) != 0)]
 
 
-@dataclass(frozen=True)
-class AberrationTerms:
-    """The core's form of one group's fields: even_zernike (9,) or (0,) and odd_zernike (6,) or
-    (0,) in radians (RELION order), mag_matrix (2, 2)."""
-
-    even_zernike: np.ndarray
-    odd_zernike: np.ndarray
-    mag_matrix: np.ndarray
-
-
 def group_aberrations(dset, exp_ids: np.ndarray) -> dict[int, GroupAberrations]:
     """Each exposure group's higher-order fields (absent fields: zeros).
 
@@ -163,23 +153,12 @@ def anisomag_matrix(anisomag, direction: str) -> np.ndarray:
     return np.linalg.inv(m) if direction.startswith("inv") else m
 
 
-def aberration_terms(values: GroupAberrations, convention: Convention,
-                     voltage_kv: float) -> AberrationTerms:
-    """One group's fields in the core's model under ``convention``."""
+def aberration_terms(values: GroupAberrations, convention: Convention, voltage_kv: float) -> dict:
+    """One group's fields under ``convention`` as :class:`csrefine.model.OpticsGroup` arguments:
+    even_zernike (9,) or (0,) and odd_zernike (6,) or (0,) in radians (RELION order),
+    mag_matrix (2, 2)."""
     lam = electron_wavelength_A(voltage_kv)
-    return AberrationTerms(even_zernike_terms(values, convention, lam),
-                           odd_zernike_terms(values, convention, lam),
-                           anisomag_matrix(values.anisomag, convention.anisomag))
+    return {"even_zernike": even_zernike_terms(values, convention, lam),
+            "odd_zernike": odd_zernike_terms(values, convention, lam),
+            "mag_matrix": anisomag_matrix(values.anisomag, convention.anisomag)}
 
-
-def cryosparc_aberrations(dset, exp_ids) -> dict[int, AberrationTerms]:
-    """Per exposure group (0-based id), the higher-order fields of ``dset`` as even/odd Zernike
-    coefficients and a magnification matrix under :data:`MOST_LIKELY_CONVENTION`.
-
-    exp_ids : (n,) exposure group of each particle. The fields and ``ctf/accel_kv`` must be
-    constant within each group (InputError naming the field and group otherwise).
-    """
-    exp_ids = np.asarray(exp_ids, dtype=np.int64)
-    voltage = constant_per_group(field(dset, "ctf/accel_kv"), exp_ids, "ctf/accel_kv")
-    return {eid: aberration_terms(values, MOST_LIKELY_CONVENTION, voltage[eid])
-            for eid, values in group_aberrations(dset, exp_ids).items()}

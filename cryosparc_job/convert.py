@@ -21,7 +21,7 @@ Conventions (docs/conventions.md says how each was checked):
 * Higher-order CTF terms (Global CTF Refinement; k in 1/Å, φ = atan2(ky, kx), λ the electron
   wavelength in Å) become the optics group's rlnOddZernike / rlnEvenZernike (RELION's order and
   un-normalised polynomials, :mod:`csrefine.zernike`) and magnification matrix
-  (:func:`cryosparc_aberrations`); zero fields add nothing (no Zernike arrays, identity matrix).
+  (:func:`.aberrations.aberration_terms`); zero fields add nothing (no Zernike arrays, identity matrix).
   Magnitudes and polynomial forms follow public sources (pyem, cryoSPARC staff posts,
   teamtomo torch-ctf; see the README's conventions section); signs and directions are
   unverified, so a :class:`Convention` names them, and
@@ -55,7 +55,7 @@ from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
 from csrefine.images import StackReader
 from csrefine.model import OpticsGroup, Particles, check_optics_values, per_particle_geometry
 
-from .aberrations import cryosparc_aberrations
+from .aberrations import MOST_LIKELY_CONVENTION, aberration_terms, group_aberrations
 from .fields import (
     OPTICS_FIELD_NAMES,
     REQUIRED_FIELDS,
@@ -178,15 +178,11 @@ def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
     values = {eid: {q: per[q][eid] for q in per} for eid in sorted(per["cs_mm"])}
     for eid, v in values.items():
         check_optics_values(what, f"exposure group {eid}", **v, names=OPTICS_FIELD_NAMES)
-    aberrations = cryosparc_aberrations(dset, exp)
-    groups = {}
-    for eid, v in values.items():
-        terms = aberrations[eid]
-        groups[eid + 1] = OpticsGroup(
-            optics_group=eid + 1, name=f"exposure group {eid}", **dict(v, box_size=int(v["box_size"])),
-            even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
-            mag_matrix=terms.mag_matrix)
-    return groups
+    aberrations = group_aberrations(dset, exp)
+    return {eid + 1: OpticsGroup(
+        optics_group=eid + 1, name=f"exposure group {eid}", **dict(v, box_size=int(v["box_size"])),
+        **aberration_terms(aberrations[eid], MOST_LIKELY_CONVENTION, v["voltage_kv"]))
+        for eid, v in values.items()}
 
 
 def particle_parameters(dset, exp: np.ndarray, what: str) -> Particles:
