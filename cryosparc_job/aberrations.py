@@ -11,7 +11,7 @@ import numpy as np
 
 from csrefine.ctf import electron_wavelength_A
 
-from .fields import ABERRATION_FIELDS, constant_per_group, field
+from .fields import ABERRATION_FIELDS, constant_per_group
 
 #: anisomag directions: rlnMagMat M from A = anisomag.reshape(2, 2) (row-major).
 ANISOMAG_DIRECTIONS = ("I+A", "inv(I+A)", "I+A^T", "inv(I+A^T)")
@@ -85,7 +85,7 @@ def group_aberrations(dset, exp_ids: np.ndarray) -> dict[int, GroupAberrations]:
     n = len(exp_ids)
     per_field = {}
     for name, length in ABERRATION_FIELDS.items():
-        values = (field(dset, name).astype(np.float64).reshape(n, length) if name in fields
+        values = (np.array(dset[name], dtype=np.float64).reshape(n, length) if name in fields
                   else np.zeros((n, length)))
         per_field[name] = [constant_per_group(values[:, i], exp_ids, f"{name}[{i}]")
                            for i in range(length)]

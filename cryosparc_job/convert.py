@@ -63,7 +63,6 @@ from .fields import (
     check_unique_uids,
     constant_per_group,
     exposure_groups,
-    field,
 )
 
 
@@ -131,8 +130,8 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     exp = exposure_groups(dset)
     groups = optics_groups(dset, exp, what)
     particles = particle_parameters(dset, exp, what)
-    paths = resolve_blob_paths(field(dset, "blob/path"), project_dir, what)
-    return groups, particles, paths, field(dset, "blob/idx").astype(np.int64)
+    paths = resolve_blob_paths(dset["blob/path"], project_dir, what)
+    return groups, particles, paths, np.array(dset["blob/idx"], dtype=np.int64)
 
 
 def check_dataset(dset, what: str) -> None:
@@ -153,15 +152,15 @@ def check_dataset(dset, what: str) -> None:
         raise InputError(f"{what}: missing field alignments3D/split (half-set assignment)")
     check_field_types(dset, what)
     check_unique_uids(dset, what)
-    shape = field(dset, "blob/shape").reshape(n, -1)
+    shape = np.asarray(dset["blob/shape"]).reshape(n, -1)
     if shape.shape[1] != 2 or np.any(shape[:, 0] != shape[:, 1]):
         raise InputError(f"{what}: blob/shape must be square particle images, got {shape[0].tolist()}")
-    px = field(dset, "blob/psize_A").astype(np.float64)
+    px = np.array(dset["blob/psize_A"], dtype=np.float64)
     if np.any(~np.isfinite(px)) or np.any(px <= 0):
         bad = int(np.flatnonzero(~(px > 0))[0])
         raise InputError(f"{what}: blob/psize_A must be positive, got {shown(px[bad])} in row "
                          f"{bad + 1}")
-    split = field(dset, "alignments3D/split").astype(np.int64)
+    split = np.array(dset["alignments3D/split"], dtype=np.int64)
     if not np.isin(split, (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
         raise InputError(f"{what}: alignments3D/split must be 0 or 1, got {split[bad]} "
@@ -171,9 +170,9 @@ def check_dataset(dset, what: str) -> None:
 def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
     """One optics group per exposure group (number exp_group_id + 1, named as cryoSPARC names
     it); Cs, voltage, amplitude contrast, pixel and box size must be constant within each."""
-    per = {q: constant_per_group(field(dset, OPTICS_FIELD_NAMES[q]), exp, OPTICS_FIELD_NAMES[q])
+    per = {q: constant_per_group(np.asarray(dset[OPTICS_FIELD_NAMES[q]]), exp, OPTICS_FIELD_NAMES[q])
            for q in ("cs_mm", "voltage_kv", "amplitude_contrast", "pixel_size_A")}
-    per["box_size"] = constant_per_group(field(dset, "blob/shape").reshape(len(dset), -1)[:, 0],
+    per["box_size"] = constant_per_group(np.asarray(dset["blob/shape"]).reshape(len(dset), -1)[:, 0],
                                          exp, "blob/shape")
     values = {eid: {q: per[q][eid] for q in per} for eid in sorted(per["cs_mm"])}
     for eid, v in values.items():
@@ -188,26 +187,26 @@ def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
 def particle_parameters(dset, exp: np.ndarray, what: str) -> Particles:
     """The particles' CTF, pose and origin in RELION's conventions (module docstring)."""
     n, fields = len(dset), set(dset.fields())
-    px = field(dset, "blob/psize_A").astype(np.float64)
-    align_px = (field(dset, "alignments3D/psize_A").astype(np.float64)
+    px = np.array(dset["blob/psize_A"], dtype=np.float64)
+    align_px = (np.array(dset["alignments3D/psize_A"], dtype=np.float64)
                 if "alignments3D/psize_A" in fields else px)
     align_px = np.where(align_px > 0, align_px, px)  # 0 = unset in allocated datasets
-    shift = field(dset, "alignments3D/shift").astype(np.float64).reshape(n, 2)
-    rot, tilt, psi = pose_to_euler_deg(field(dset, "alignments3D/pose"))
+    shift = np.array(dset["alignments3D/shift"], dtype=np.float64).reshape(n, 2)
+    rot, tilt, psi = pose_to_euler_deg(dset["alignments3D/pose"])
 
     def optional(name, default):
-        return (field(dset, name).astype(np.float64) if name in fields
+        return (np.array(dset[name], dtype=np.float64) if name in fields
                 else np.full(n, float(default)))
 
     particles = Particles(
-        defocus_u_A=field(dset, "ctf/df1_A").astype(np.float64),
-        defocus_v_A=field(dset, "ctf/df2_A").astype(np.float64),
-        defocus_angle_deg=np.rad2deg(field(dset, "ctf/df_angle_rad").astype(np.float64)),
+        defocus_u_A=np.array(dset["ctf/df1_A"], dtype=np.float64),
+        defocus_v_A=np.array(dset["ctf/df2_A"], dtype=np.float64),
+        defocus_angle_deg=np.rad2deg(np.array(dset["ctf/df_angle_rad"], dtype=np.float64)),
         phase_shift_deg=np.rad2deg(optional("ctf/phase_shift_rad", 0.0)),
         bfactor_A2=optional("ctf/bfactor", 0.0), ctf_scale=optional("ctf/scale", 1.0),
         rot_deg=rot, tilt_deg=tilt, psi_deg=psi,
         origin_x_A=shift[:, 0] * align_px, origin_y_A=shift[:, 1] * align_px,
-        half_set=field(dset, "alignments3D/split").astype(np.int64) + 1, optics_group=exp + 1)
+        half_set=np.array(dset["alignments3D/split"], dtype=np.int64) + 1, optics_group=exp + 1)
     try:
         particles.check_finite()
     except ValueError as exc:
