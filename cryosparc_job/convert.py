@@ -255,19 +255,11 @@ def updated_dataset(dset, refinement):
     """
     out = dset.copy()
     exp = exposure_groups(dset)
-    cs = np.array(out["ctf/cs_mm"])
-    df1 = np.array(out["ctf/df1_A"], dtype=np.float64)
-    df2 = np.array(out["ctf/df2_A"], dtype=np.float64)
-    for g in refinement.groups:
-        if not g.refined:
-            continue
+    for g in (g for g in refinement.groups if g.refined):
         sel = exp == g.optics_group - 1
-        cs[sel] = g.cs_refined_mm
-        df1[sel] += g.defocus_offset_A
-        df2[sel] += g.defocus_offset_A
-    out["ctf/cs_mm"] = cs
-    out["ctf/df1_A"] = df1.astype(out["ctf/df1_A"].dtype)
-    out["ctf/df2_A"] = df2.astype(out["ctf/df2_A"].dtype)
+        out["ctf/cs_mm"][sel] = g.cs_refined_mm
+        for name in ("ctf/df1_A", "ctf/df2_A"):  # the sum in float64, stored in the field's dtype
+            out[name][sel] = np.asarray(out[name][sel], dtype=np.float64) + g.defocus_offset_A
     return out
 
 
