@@ -2,19 +2,14 @@
 
 For every exposure group with non-zero ``ctf/tilt_A``, ``trefoil_A``, ``tetra_A``, ``shift_A``
 or ``anisomag``, each such field is decided on its own, in :data:`DECISION_ORDER` (largest
-effects first): its candidate conventions (:data:`csrefine.cryosparc.convert.FIELD_CANDIDATES`)
+effects first): its candidate conventions (:data:`csrefine.cryosparc.aberrations.FIELD_CANDIDATES`)
 are scored with the fields decided before at their decision and the others at their most likely
 convention, by the maximised log-likelihood of the Cs/defocus fit on a deterministic subsample
 of the group (:func:`csrefine.conventions.score_candidates`). The best candidate is
 used when it beats the runner-up by at least :data:`MIN_DELTA_LOG_LIKELIHOOD`; otherwise the data
 cannot tell (the aberration is too small to matter at this resolution) and the most likely
 convention is used. Candidates that give the same model (e.g. a transposed symmetric anisomag)
-count as one.
-
-:func:`choose_conventions` is called by both cryoSPARC loaders on the inputs they return; it
-updates the optics groups and records every decision in ``report_extra["cryosparc_aberrations"]``
-and a line through ``progress`` (a warning in ``inputs.warnings`` where the data could not
-decide).
+count as one. Both cryoSPARC loaders call :func:`choose_conventions` on the inputs they return.
 """
 
 from __future__ import annotations
@@ -139,9 +134,8 @@ def decide_field(field: str, exposure_group: int, values: np.ndarray, candidates
 
 def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAberrations,
                  context) -> tuple[Convention, list[FieldDecision]]:
-    """Decide each non-zero field of one group, in :data:`DECISION_ORDER`, each with the fields
-    decided before at their decision and the others at their most likely convention; returns
-    the convention and the decisions (in ABERRATION_FIELDS order)."""
+    """Decide each non-zero field of one group (see the module docstring); returns the
+    convention and the decisions (in ABERRATION_FIELDS order)."""
     positions = subsample_positions(inputs.particles, group.optics_group, SCORING_PARTICLES)
     scores: dict[bytes, CandidateScore] = {}
     noise = None
@@ -173,7 +167,8 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
 
     Returns ``inputs`` itself when no group has a non-zero field; otherwise a copy with updated
     groups, ``report_extra["cryosparc_aberrations"]`` = {exposure group: {field: decision}}
-    and, per field the data could not decide, a warning.
+    and, per field the data could not decide, a warning (a line through ``progress`` for the
+    others).
     """
     values = group_aberrations(inputs.source, exposure_groups(inputs.source))
     todo = {eid + 1: v for eid, v in values.items() if v.nonzero_fields()}

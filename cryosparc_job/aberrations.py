@@ -1,7 +1,25 @@
-"""Global CTF Refinement's higher-order fields (tilt, trefoil, tetrafoil, anisotropic
-magnification) as RELION's aberrations, under a named :class:`Convention` for the signs and
-directions that public sources leave unverified (:mod:`csrefine.cryosparc.convert` describes
-them; :mod:`csrefine.cryosparc.aberration_choice` lets the particles choose)."""
+"""Global CTF Refinement's higher-order fields as RELION's aberrations.
+
+The fields (k in 1/Å, φ = atan2(ky, kx), λ the electron wavelength in Å) become the optics
+group's rlnOddZernike / rlnEvenZernike (RELION's order and un-normalised polynomials,
+:mod:`csrefine.zernike`) and magnification matrix; zero fields add nothing (no Zernike arrays,
+identity matrix). Magnitudes and polynomial forms follow public sources (pyem, cryoSPARC staff
+posts, teamtomo torch-ctf; see docs/conventions.md); signs and directions are unverified, so a
+:class:`Convention` names them, and :mod:`csrefine.cryosparc.aberration_choice` lets the
+particles choose (:data:`MOST_LIKELY_CONVENTION` where they cannot tell):
+
+- ``tilt_A`` (2,) [Å] = Cs·τ (axial coma): odd phase ``s·2πλ²|k|²(t0·kx + t1·ky)``
+  (Z3^±1 with the Z1^±1 that cancels their linear part); most likely s = -1, RELION's sign for
+  rlnBeamTiltX/Y (the phase does not change with Cs: cryoSPARC stores Cs·τ).
+- ``trefoil_A`` (2,) [Å]: odd phase ``s·(2π/3)λ²|k|³(r0·cos3φ + r1·sin3φ)`` (Z3^3, Z3^-3);
+  most likely s = -1 (the sign of the tilt term).
+- ``tetra_A`` (4,) [Å]: even phase added to γ, ``s·[2πλ³|k|⁴(q0·cos2φ + q1·sin2φ) +
+  (π/2)λ³|k|⁴(q2·cos4φ + q3·sin4φ)]`` (Z4^±2 with Z2^±2 compensation, Z4^±4); most likely
+  s = +1 (the sign of the Cs term).
+- ``shift_A`` (2,) [Å]: odd phase ``s·2π(k·shift)`` (Z1^±1); most likely s = -1 (the tilt's).
+- ``anisomag`` (4,) = M − I row-major: rlnMagMat M = I + A (most likely), (I + A)⁻¹,
+  I + Aᵀ or (I + Aᵀ)⁻¹.
+"""
 
 from __future__ import annotations
 
