@@ -96,14 +96,6 @@ def _model_key(group: OpticsGroup) -> bytes:
                      for a in (group.even_zernike, group.odd_zernike, group.mag_matrix))
 
 
-def candidate_conventions(field: str, base: Convention) -> list[Convention]:
-    """``base`` with each candidate setting of ``field`` (``base``'s own first)."""
-    setting = FIELD_SETTING[field]
-    values = [getattr(base, setting)] + [v for v in FIELD_CANDIDATES[field]
-                                         if v != getattr(base, setting)]
-    return [replace(base, **{setting: v}) for v in values]
-
-
 def group_with(group: OpticsGroup, values: GroupAberrations, convention: Convention) -> OpticsGroup:
     """``group`` with the fields ``values`` under ``convention``."""
     return replace(group, **aberration_terms(values, convention, group.voltage_kv))
@@ -143,7 +135,8 @@ def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAber
     eid = group.optics_group - 1
     decisions = {}
     for field in [f for f in DECISION_ORDER if f in values.nonzero_fields()]:
-        candidates = candidate_conventions(field, convention)
+        candidates = [replace(convention, **{FIELD_SETTING[field]: v})  # the most likely first
+                      for v in FIELD_CANDIDATES[field]]
         models = [group_with(group, values, c) for c in candidates]
         keys = [_model_key(g) for g in models]
         todo = {k: g for k, g in zip(keys, models) if k not in scores}
@@ -152,11 +145,9 @@ def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAber
                                    inputs.images, context, noise_variance=noise)
             scores.update(zip(todo, new))
             noise = new[0].noise_variance if noise is None else noise
-        decision = decide_field(field, eid, values.value(field), candidates, keys, scores,
-                                positions.size)
-        decisions[field] = decision
-        setting = FIELD_SETTING[field]
-        convention = replace(convention, **{setting: getattr(decision.chosen, setting)})
+        decisions[field] = decide_field(field, eid, values.value(field), candidates, keys, scores,
+                                        positions.size)
+        convention = decisions[field].chosen  # one of the candidates: only this field changed
     return convention, [decisions[f] for f in values.nonzero_fields()]
 
 
