@@ -2,19 +2,14 @@
 
 For every exposure group with non-zero ``ctf/tilt_A``, ``trefoil_A``, ``tetra_A``, ``shift_A``
 or ``anisomag``, each such field is decided on its own, in :data:`DECISION_ORDER` (largest
-effects first): its candidate conventions (:data:`csrefine.cryosparc.convert.FIELD_CANDIDATES`)
+effects first): its candidate conventions (:data:`csrefine.cryosparc.aberrations.FIELD_CANDIDATES`)
 are scored with the fields decided before at their decision and the others at their most likely
 convention, by the maximised log-likelihood of the Cs/defocus fit on a deterministic subsample
 of the group (:func:`csrefine.conventions.score_candidates`). The best candidate is
 used when it beats the runner-up by at least :data:`MIN_DELTA_LOG_LIKELIHOOD`; otherwise the data
 cannot tell (the aberration is too small to matter at this resolution) and the most likely
 convention is used. Candidates that give the same model (e.g. a transposed symmetric anisomag)
-count as one.
-
-:func:`choose_conventions` is called by both cryoSPARC loaders on the inputs they return; it
-updates the optics groups and records every decision in ``report_extra["cryosparc_aberrations"]``
-and a line through ``progress`` (a warning in ``inputs.warnings`` where the data could not
-decide).
+count as one. Both cryoSPARC loaders call :func:`choose_conventions` on the inputs they return.
 """
 
 from __future__ import annotations
@@ -101,19 +96,9 @@ def _model_key(group: OpticsGroup) -> bytes:
                      for a in (group.even_zernike, group.odd_zernike, group.mag_matrix))
 
 
-def candidate_conventions(field: str, base: Convention) -> list[Convention]:
-    """``base`` with each candidate setting of ``field`` (``base``'s own first)."""
-    setting = FIELD_SETTING[field]
-    values = [getattr(base, setting)] + [v for v in FIELD_CANDIDATES[field]
-                                         if v != getattr(base, setting)]
-    return [replace(base, **{setting: v}) for v in values]
-
-
 def group_with(group: OpticsGroup, values: GroupAberrations, convention: Convention) -> OpticsGroup:
     """``group`` with the fields ``values`` under ``convention``."""
-    terms = aberration_terms(values, convention, group.voltage_kv)
-    return replace(group, even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
-                   mag_matrix=terms.mag_matrix)
+    return replace(group, **aberration_terms(values, convention, group.voltage_kv))
 
 
 def decide_field(field: str, exposure_group: int, values: np.ndarray, candidates: list[Convention],
@@ -141,9 +126,8 @@ def decide_field(field: str, exposure_group: int, values: np.ndarray, candidates
 
 def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAberrations,
                  context) -> tuple[Convention, list[FieldDecision]]:
-    """Decide each non-zero field of one group, in :data:`DECISION_ORDER`, each with the fields
-    decided before at their decision and the others at their most likely convention; returns
-    the convention and the decisions (in ABERRATION_FIELDS order)."""
+    """Decide each non-zero field of one group (see the module docstring); returns the
+    convention and the decisions (in ABERRATION_FIELDS order)."""
     positions = subsample_positions(inputs.particles, group.optics_group, SCORING_PARTICLES)
     scores: dict[bytes, CandidateScore] = {}
     noise = None
@@ -151,7 +135,8 @@ def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAber
     eid = group.optics_group - 1
     decisions = {}
     for field in [f for f in DECISION_ORDER if f in values.nonzero_fields()]:
-        candidates = candidate_conventions(field, convention)
+        candidates = [replace(convention, **{FIELD_SETTING[field]: v})  # the most likely first
+                      for v in FIELD_CANDIDATES[field]]
         models = [group_with(group, values, c) for c in candidates]
         keys = [_model_key(g) for g in models]
         todo = {k: g for k, g in zip(keys, models) if k not in scores}
@@ -160,11 +145,9 @@ def choose_group(inputs: RefinementInputs, group: OpticsGroup, values: GroupAber
                                    inputs.images, context, noise_variance=noise)
             scores.update(zip(todo, new))
             noise = new[0].noise_variance if noise is None else noise
-        decision = decide_field(field, eid, values.value(field), candidates, keys, scores,
-                                positions.size)
-        decisions[field] = decision
-        setting = FIELD_SETTING[field]
-        convention = replace(convention, **{setting: getattr(decision.chosen, setting)})
+        decisions[field] = decide_field(field, eid, values.value(field), candidates, keys, scores,
+                                        positions.size)
+        convention = decisions[field].chosen  # one of the candidates: only this field changed
     return convention, [decisions[f] for f in values.nonzero_fields()]
 
 
@@ -175,7 +158,8 @@ def choose_conventions(inputs: RefinementInputs, options: RefineOptions | None =
 
     Returns ``inputs`` itself when no group has a non-zero field; otherwise a copy with updated
     groups, ``report_extra["cryosparc_aberrations"]`` = {exposure group: {field: decision}}
-    and, per field the data could not decide, a warning.
+    and, per field the data could not decide, a warning (a line through ``progress`` for the
+    others).
     """
     values = group_aberrations(inputs.source, exposure_groups(inputs.source))
     todo = {eid + 1: v for eid, v in values.items() if v.nonzero_fields()}

@@ -1,7 +1,25 @@
-"""Global CTF Refinement's higher-order fields (tilt, trefoil, tetrafoil, anisotropic
-magnification) as RELION's aberrations, under a named :class:`Convention` for the signs and
-directions that public sources leave unverified (:mod:`csrefine.cryosparc.convert` describes
-them; :mod:`csrefine.cryosparc.aberration_choice` lets the particles choose)."""
+"""Global CTF Refinement's higher-order fields as RELION's aberrations.
+
+The fields (k in 1/Å, φ = atan2(ky, kx), λ the electron wavelength in Å) become the optics
+group's rlnOddZernike / rlnEvenZernike (RELION's order and un-normalised polynomials,
+:mod:`csrefine.zernike`) and magnification matrix; zero fields add nothing (no Zernike arrays,
+identity matrix). Magnitudes and polynomial forms follow public sources (pyem, cryoSPARC staff
+posts, teamtomo torch-ctf; see docs/conventions.md); signs and directions are unverified, so a
+:class:`Convention` names them, and :mod:`csrefine.cryosparc.aberration_choice` lets the
+particles choose (:data:`MOST_LIKELY_CONVENTION` where they cannot tell):
+
+- ``tilt_A`` (2,) [Å] = Cs·τ (axial coma): odd phase ``s·2πλ²|k|²(t0·kx + t1·ky)``
+  (Z3^±1 with the Z1^±1 that cancels their linear part); most likely s = -1, RELION's sign for
+  rlnBeamTiltX/Y (the phase does not change with Cs: cryoSPARC stores Cs·τ).
+- ``trefoil_A`` (2,) [Å]: odd phase ``s·(2π/3)λ²|k|³(r0·cos3φ + r1·sin3φ)`` (Z3^3, Z3^-3);
+  most likely s = -1 (the sign of the tilt term).
+- ``tetra_A`` (4,) [Å]: even phase added to γ, ``s·[2πλ³|k|⁴(q0·cos2φ + q1·sin2φ) +
+  (π/2)λ³|k|⁴(q2·cos4φ + q3·sin4φ)]`` (Z4^±2 with Z2^±2 compensation, Z4^±4); most likely
+  s = +1 (the sign of the Cs term).
+- ``shift_A`` (2,) [Å]: odd phase ``s·2π(k·shift)`` (Z1^±1); most likely s = -1 (the tilt's).
+- ``anisomag`` (4,) = M − I row-major: rlnMagMat M = I + A (most likely), (I + A)⁻¹,
+  I + Aᵀ or (I + Aᵀ)⁻¹.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +29,7 @@ import numpy as np
 
 from csrefine.ctf import electron_wavelength_A
 
-from .fields import ABERRATION_FIELDS, constant_per_group, field
+from .fields import ABERRATION_FIELDS, constant_per_group
 
 #: anisomag directions: rlnMagMat M from A = anisomag.reshape(2, 2) (row-major).
 ANISOMAG_DIRECTIONS = ("I+A", "inv(I+A)", "I+A^T", "inv(I+A^T)")
@@ -75,16 +93,6 @@ class GroupAberrations:
         return [f for f in ABERRATION_FIELDS if np.any(self.value(f) != 0)]
 
 
-@dataclass(frozen=True)
-class AberrationTerms:
-    """The core's form of one group's fields: even_zernike (9,) or (0,) and odd_zernike (6,) or
-    (0,) in radians (RELION order), mag_matrix (2, 2)."""
-
-    even_zernike: np.ndarray
-    odd_zernike: np.ndarray
-    mag_matrix: np.ndarray
-
-
 def group_aberrations(dset, exp_ids: np.ndarray) -> dict[int, GroupAberrations]:
     """Each exposure group's higher-order fields (absent fields: zeros).
 
@@ -95,7 +103,7 @@ def group_aberrations(dset, exp_ids: np.ndarray) -> dict[int, GroupAberrations]:
     n = len(exp_ids)
     per_field = {}
     for name, length in ABERRATION_FIELDS.items():
-        values = (field(dset, name).astype(np.float64).reshape(n, length) if name in fields
+        values = (np.array(dset[name], dtype=np.float64).reshape(n, length) if name in fields
                   else np.zeros((n, length)))
         per_field[name] = [constant_per_group(values[:, i], exp_ids, f"{name}[{i}]")
                            for i in range(length)]
@@ -163,23 +171,12 @@ def anisomag_matrix(anisomag, direction: str) -> np.ndarray:
     return np.linalg.inv(m) if direction.startswith("inv") else m
 
 
-def aberration_terms(values: GroupAberrations, convention: Convention,
-                     voltage_kv: float) -> AberrationTerms:
-    """One group's fields in the core's model under ``convention``."""
+def aberration_terms(values: GroupAberrations, convention: Convention, voltage_kv: float) -> dict:
+    """One group's fields under ``convention`` as :class:`csrefine.model.OpticsGroup` arguments:
+    even_zernike (9,) or (0,) and odd_zernike (6,) or (0,) in radians (RELION order),
+    mag_matrix (2, 2)."""
     lam = electron_wavelength_A(voltage_kv)
-    return AberrationTerms(even_zernike_terms(values, convention, lam),
-                           odd_zernike_terms(values, convention, lam),
-                           anisomag_matrix(values.anisomag, convention.anisomag))
+    return {"even_zernike": even_zernike_terms(values, convention, lam),
+            "odd_zernike": odd_zernike_terms(values, convention, lam),
+            "mag_matrix": anisomag_matrix(values.anisomag, convention.anisomag)}
 
-
-def cryosparc_aberrations(dset, exp_ids) -> dict[int, AberrationTerms]:
-    """Per exposure group (0-based id), the higher-order fields of ``dset`` as even/odd Zernike
-    coefficients and a magnification matrix under :data:`MOST_LIKELY_CONVENTION`.
-
-    exp_ids : (n,) exposure group of each particle. The fields and ``ctf/accel_kv`` must be
-    constant within each group (InputError naming the field and group otherwise).
-    """
-    exp_ids = np.asarray(exp_ids, dtype=np.int64)
-    voltage = constant_per_group(field(dset, "ctf/accel_kv"), exp_ids, "ctf/accel_kv")
-    return {eid: aberration_terms(values, MOST_LIKELY_CONVENTION, voltage[eid])
-            for eid, values in group_aberrations(dset, exp_ids).items()}

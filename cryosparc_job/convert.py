@@ -18,27 +18,10 @@ Conventions (docs/conventions.md says how each was checked):
   ``rlnRandomSubset`` 1/2 (split 0 is predicted from ``map_half_A``).
 * ``blob/sign``: images are multiplied by it so that the protein is positive (RELION's
   convention after "invert contrast"); cryoSPARC extractions carry -1 (dark protein).
-* Higher-order CTF terms (Global CTF Refinement; k in 1/Å, φ = atan2(ky, kx), λ the electron
-  wavelength in Å) become the optics group's rlnOddZernike / rlnEvenZernike (RELION's order and
-  un-normalised polynomials, :mod:`csrefine.zernike`) and magnification matrix
-  (:func:`cryosparc_aberrations`); zero fields add nothing (no Zernike arrays, identity matrix).
-  Magnitudes and polynomial forms follow public sources (pyem, cryoSPARC staff posts,
-  teamtomo torch-ctf; see the README's conventions section); signs and directions are
-  unverified, so a :class:`Convention` names them, and
-  :func:`csrefine.cryosparc.aberration_choice.choose_conventions` lets the particles choose
-  (:data:`MOST_LIKELY_CONVENTION` where they cannot tell):
-
-  - ``tilt_A`` (2,) [Å] = Cs·τ (axial coma): odd phase ``s·2πλ²|k|²(t0·kx + t1·ky)``
-    (Z3^±1 with the Z1^±1 that cancels their linear part); most likely s = -1, RELION's sign for
-    rlnBeamTiltX/Y (the phase does not change with Cs: cryoSPARC stores Cs·τ).
-  - ``trefoil_A`` (2,) [Å]: odd phase ``s·(2π/3)λ²|k|³(r0·cos3φ + r1·sin3φ)`` (Z3^3, Z3^-3);
-    most likely s = -1 (the sign of the tilt term).
-  - ``tetra_A`` (4,) [Å]: even phase added to γ, ``s·[2πλ³|k|⁴(q0·cos2φ + q1·sin2φ) +
-    (π/2)λ³|k|⁴(q2·cos4φ + q3·sin4φ)]`` (Z4^±2 with Z2^±2 compensation, Z4^±4); most likely
-    s = +1 (the sign of the Cs term).
-  - ``shift_A`` (2,) [Å]: odd phase ``s·2π(k·shift)`` (Z1^±1); most likely s = -1 (the tilt's).
-  - ``anisomag`` (4,) = M − I row-major: rlnMagMat M = I + A (most likely), (I + A)⁻¹,
-    I + Aᵀ or (I + Aᵀ)⁻¹.
+* Higher-order CTF terms (Global CTF Refinement) become the optics group's rlnOddZernike /
+  rlnEvenZernike and rlnMagMat under :data:`.aberrations.MOST_LIKELY_CONVENTION`
+  (:mod:`csrefine.cryosparc.aberrations` gives their forms and units); the loaders then let the
+  particles choose (:mod:`csrefine.cryosparc.aberration_choice`).
 """
 
 from __future__ import annotations
@@ -55,7 +38,7 @@ from csrefine.geometry import euler_zyz_to_matrix, matrix_to_euler_zyz
 from csrefine.images import StackReader
 from csrefine.model import OpticsGroup, Particles, check_optics_values, per_particle_geometry
 
-from .aberrations import cryosparc_aberrations
+from .aberrations import MOST_LIKELY_CONVENTION, aberration_terms, group_aberrations
 from .fields import (
     OPTICS_FIELD_NAMES,
     REQUIRED_FIELDS,
@@ -63,7 +46,6 @@ from .fields import (
     check_unique_uids,
     constant_per_group,
     exposure_groups,
-    field,
 )
 
 
@@ -131,8 +113,8 @@ def relion_params_from_cryosparc(dset, project_dir=None, *, what: str = "particl
     exp = exposure_groups(dset)
     groups = optics_groups(dset, exp, what)
     particles = particle_parameters(dset, exp, what)
-    paths = resolve_blob_paths(field(dset, "blob/path"), project_dir, what)
-    return groups, particles, paths, field(dset, "blob/idx").astype(np.int64)
+    paths = resolve_blob_paths(dset["blob/path"], project_dir, what)
+    return groups, particles, paths, np.array(dset["blob/idx"], dtype=np.int64)
 
 
 def check_dataset(dset, what: str) -> None:
@@ -153,15 +135,15 @@ def check_dataset(dset, what: str) -> None:
         raise InputError(f"{what}: missing field alignments3D/split (half-set assignment)")
     check_field_types(dset, what)
     check_unique_uids(dset, what)
-    shape = field(dset, "blob/shape").reshape(n, -1)
+    shape = np.asarray(dset["blob/shape"]).reshape(n, -1)
     if shape.shape[1] != 2 or np.any(shape[:, 0] != shape[:, 1]):
         raise InputError(f"{what}: blob/shape must be square particle images, got {shape[0].tolist()}")
-    px = field(dset, "blob/psize_A").astype(np.float64)
+    px = np.array(dset["blob/psize_A"], dtype=np.float64)
     if np.any(~np.isfinite(px)) or np.any(px <= 0):
         bad = int(np.flatnonzero(~(px > 0))[0])
         raise InputError(f"{what}: blob/psize_A must be positive, got {shown(px[bad])} in row "
                          f"{bad + 1}")
-    split = field(dset, "alignments3D/split").astype(np.int64)
+    split = np.array(dset["alignments3D/split"], dtype=np.int64)
     if not np.isin(split, (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
         raise InputError(f"{what}: alignments3D/split must be 0 or 1, got {split[bad]} "
@@ -171,47 +153,43 @@ def check_dataset(dset, what: str) -> None:
 def optics_groups(dset, exp: np.ndarray, what: str) -> dict[int, OpticsGroup]:
     """One optics group per exposure group (number exp_group_id + 1, named as cryoSPARC names
     it); Cs, voltage, amplitude contrast, pixel and box size must be constant within each."""
-    per = {q: constant_per_group(field(dset, OPTICS_FIELD_NAMES[q]), exp, OPTICS_FIELD_NAMES[q])
+    per = {q: constant_per_group(np.asarray(dset[OPTICS_FIELD_NAMES[q]]), exp, OPTICS_FIELD_NAMES[q])
            for q in ("cs_mm", "voltage_kv", "amplitude_contrast", "pixel_size_A")}
-    per["box_size"] = constant_per_group(field(dset, "blob/shape").reshape(len(dset), -1)[:, 0],
+    per["box_size"] = constant_per_group(np.asarray(dset["blob/shape"]).reshape(len(dset), -1)[:, 0],
                                          exp, "blob/shape")
     values = {eid: {q: per[q][eid] for q in per} for eid in sorted(per["cs_mm"])}
     for eid, v in values.items():
         check_optics_values(what, f"exposure group {eid}", **v, names=OPTICS_FIELD_NAMES)
-    aberrations = cryosparc_aberrations(dset, exp)
-    groups = {}
-    for eid, v in values.items():
-        terms = aberrations[eid]
-        groups[eid + 1] = OpticsGroup(
-            optics_group=eid + 1, name=f"exposure group {eid}", **dict(v, box_size=int(v["box_size"])),
-            even_zernike=terms.even_zernike, odd_zernike=terms.odd_zernike,
-            mag_matrix=terms.mag_matrix)
-    return groups
+    aberrations = group_aberrations(dset, exp)
+    return {eid + 1: OpticsGroup(
+        optics_group=eid + 1, name=f"exposure group {eid}", **dict(v, box_size=int(v["box_size"])),
+        **aberration_terms(aberrations[eid], MOST_LIKELY_CONVENTION, v["voltage_kv"]))
+        for eid, v in values.items()}
 
 
 def particle_parameters(dset, exp: np.ndarray, what: str) -> Particles:
     """The particles' CTF, pose and origin in RELION's conventions (module docstring)."""
     n, fields = len(dset), set(dset.fields())
-    px = field(dset, "blob/psize_A").astype(np.float64)
-    align_px = (field(dset, "alignments3D/psize_A").astype(np.float64)
+    px = np.array(dset["blob/psize_A"], dtype=np.float64)
+    align_px = (np.array(dset["alignments3D/psize_A"], dtype=np.float64)
                 if "alignments3D/psize_A" in fields else px)
     align_px = np.where(align_px > 0, align_px, px)  # 0 = unset in allocated datasets
-    shift = field(dset, "alignments3D/shift").astype(np.float64).reshape(n, 2)
-    rot, tilt, psi = pose_to_euler_deg(field(dset, "alignments3D/pose"))
+    shift = np.array(dset["alignments3D/shift"], dtype=np.float64).reshape(n, 2)
+    rot, tilt, psi = pose_to_euler_deg(dset["alignments3D/pose"])
 
     def optional(name, default):
-        return (field(dset, name).astype(np.float64) if name in fields
+        return (np.array(dset[name], dtype=np.float64) if name in fields
                 else np.full(n, float(default)))
 
     particles = Particles(
-        defocus_u_A=field(dset, "ctf/df1_A").astype(np.float64),
-        defocus_v_A=field(dset, "ctf/df2_A").astype(np.float64),
-        defocus_angle_deg=np.rad2deg(field(dset, "ctf/df_angle_rad").astype(np.float64)),
+        defocus_u_A=np.array(dset["ctf/df1_A"], dtype=np.float64),
+        defocus_v_A=np.array(dset["ctf/df2_A"], dtype=np.float64),
+        defocus_angle_deg=np.rad2deg(np.array(dset["ctf/df_angle_rad"], dtype=np.float64)),
         phase_shift_deg=np.rad2deg(optional("ctf/phase_shift_rad", 0.0)),
         bfactor_A2=optional("ctf/bfactor", 0.0), ctf_scale=optional("ctf/scale", 1.0),
         rot_deg=rot, tilt_deg=tilt, psi_deg=psi,
         origin_x_A=shift[:, 0] * align_px, origin_y_A=shift[:, 1] * align_px,
-        half_set=field(dset, "alignments3D/split").astype(np.int64) + 1, optics_group=exp + 1)
+        half_set=np.array(dset["alignments3D/split"], dtype=np.int64) + 1, optics_group=exp + 1)
     try:
         particles.check_finite()
     except ValueError as exc:
@@ -260,19 +238,11 @@ def updated_dataset(dset, refinement):
     """
     out = dset.copy()
     exp = exposure_groups(dset)
-    cs = np.array(out["ctf/cs_mm"])
-    df1 = np.array(out["ctf/df1_A"], dtype=np.float64)
-    df2 = np.array(out["ctf/df2_A"], dtype=np.float64)
-    for g in refinement.groups:
-        if not g.refined:
-            continue
+    for g in (g for g in refinement.groups if g.refined):
         sel = exp == g.optics_group - 1
-        cs[sel] = g.cs_refined_mm
-        df1[sel] += g.defocus_offset_A
-        df2[sel] += g.defocus_offset_A
-    out["ctf/cs_mm"] = cs
-    out["ctf/df1_A"] = df1.astype(out["ctf/df1_A"].dtype)
-    out["ctf/df2_A"] = df2.astype(out["ctf/df2_A"].dtype)
+        out["ctf/cs_mm"][sel] = g.cs_refined_mm
+        for name in ("ctf/df1_A", "ctf/df2_A"):  # the sum in float64, stored in the field's dtype
+            out[name][sel] = np.asarray(out[name][sel], dtype=np.float64) + g.defocus_offset_A
     return out
 
 

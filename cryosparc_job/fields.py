@@ -26,6 +26,8 @@ FLOAT_FIELDS = ("blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm", "ctf/a
 _KINDS = {**{f: ("iu", "an integer") for f in INTEGER_FIELDS},
           **{f: ("f", "a floating-point") for f in FLOAT_FIELDS},
           **{f: ("OUS", "a string") for f in STRING_FIELDS}}
+_KIND_WORDS = {"i": "integers", "u": "integers", "f": "floating-point numbers", "c": "complex numbers",
+               "b": "booleans", "U": "strings", "S": "strings", "O": "Python objects"}
 #: The field of each quantity checked by csrefine.model.check_optics_values.
 OPTICS_FIELD_NAMES = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm",
                       "amplitude_contrast": "ctf/amp_contrast", "pixel_size_A": "blob/psize_A",
@@ -35,34 +37,22 @@ OPTICS_FIELD_NAMES = {"voltage_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm",
 def check_field_types(dset, what: str) -> None:
     """InputError naming the file, field and dtype if a field csrefine reads holds the wrong
     kind of value (:data:`INTEGER_FIELDS`, :data:`FLOAT_FIELDS`, :data:`STRING_FIELDS`)."""
-    for name in dset.fields():
-        if name not in _KINDS:
-            continue
+    for name in [f for f in dset.fields() if f in _KINDS]:
         kinds, label = _KINDS[name]
         values = np.asarray(dset[name])
         ok = values.dtype.kind in kinds
         if ok and values.dtype.kind == "O":
             ok = all(isinstance(v, (str, bytes)) for v in values[:1000].ravel().tolist())
         if not ok:
-            raise InputError(f"{what}: field {name} has dtype {values.dtype} ({_kind_word(values)}); "
+            held = _KIND_WORDS.get(values.dtype.kind, "other values")
+            raise InputError(f"{what}: field {name} has dtype {values.dtype} ({held}); "
                              f"csrefine expects {label} field")
-
-
-def _kind_word(values: np.ndarray) -> str:
-    return {"i": "integers", "u": "integers", "f": "floating-point numbers", "c": "complex numbers",
-            "b": "booleans", "U": "strings", "S": "strings", "O": "Python objects"}.get(
-        values.dtype.kind, "other values")
-
-
-def field(dset, name) -> np.ndarray:
-    """A dataset field as a numpy array."""
-    return np.asarray(dset[name])
 
 
 def exposure_groups(dset) -> np.ndarray:
     """Each particle's exposure group (``ctf/exp_group_id``, 0 when absent), int64."""
     if "ctf/exp_group_id" in set(dset.fields()):
-        return field(dset, "ctf/exp_group_id").astype(np.int64)
+        return np.array(dset["ctf/exp_group_id"], dtype=np.int64)
     return np.zeros(len(dset), dtype=np.int64)
 
 

@@ -51,9 +51,10 @@ from .aberration_choice import choose_conventions
 from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
 
 TITLE = "Cs refinement"
-PARTICLE_SLOTS = ["blob", "ctf", "alignments3D"]
-VOLUME_SLOTS = ["map_half_A", "map_half_B"]
-MASK_SLOTS = ["mask"]
+#: The job's inputs: their slots and titles.
+INPUTS = {"particles": (["blob", "ctf", "alignments3D"], "Particles"),
+          "volume": (["map_half_A", "map_half_B"], "Volume (half maps)"),
+          "mask": (["mask"], "FSC mask")}
 
 
 def parse_source(text: str, option: str) -> tuple[str, str]:
@@ -150,8 +151,8 @@ def load_job_inputs(job, project, args, options, log) -> RefinementInputs:
     get the conventions the particles choose (decisions logged; ``options``: band, backend)."""
     project_dir = Path(args.project_dir) if args.project_dir else Path(str(project.dir))
     structure = read_model(args.model) if args.model else None
-    particles = job.load_input("particles", PARTICLE_SLOTS)
-    volume = job.load_input("volume", VOLUME_SLOTS)
+    particles = job.load_input("particles", INPUTS["particles"][0])
+    volume = job.load_input("volume", INPUTS["volume"][0])
     log(f"{len(particles)} particles from {args.particles}; half maps from {args.volume}; "
         f"project directory {project_dir}")
     groups, parts, paths, indices = relion_params_from_cryosparc(
@@ -161,7 +162,7 @@ def load_job_inputs(job, project, args, options, log) -> RefinementInputs:
     half_b = _blob_path(volume, "map_half_B", project_dir, "volume")
     mask_path = None
     if args.mask:
-        mask_path = _blob_path(job.load_input("mask", MASK_SLOTS), "mask", project_dir, "mask")
+        mask_path = _blob_path(job.load_input("mask", INPUTS["mask"][0]), "mask", project_dir, "mask")
     half_maps, mask, header_px = read_half_maps(half_a, half_b, mask_path)
     map_px = (float(volume["map_half_A/psize_A"][0]) if "map_half_A/psize_A" in volume.fields()
               else header_px)
@@ -195,29 +196,25 @@ class CryosparcJob:
 
     def open(self) -> None:
         args = self.args
-        sources = [(*parse_source(args.particles, "--particles"), PARTICLE_SLOTS, "particles"),
-                   (*parse_source(args.volume, "--volume"), VOLUME_SLOTS, "volume")]
-        if args.mask:
-            sources.append((*parse_source(args.mask, "--mask"), MASK_SLOTS, "mask"))
+        sources = {what: parse_source(getattr(args, what), f"--{what}") for what in INPUTS
+                   if what != "mask" or args.mask}
         self.project = self.cs.find_project(args.project)
         self.job = self.project.create_external_job(
             args.workspace, title=args.title, desc="csrefine: Cs refinement per exposure group")
         self.history_source = f"cryoSPARC {self.job.project_uid}-{self.job.uid}"
         self._running.enter_context(self.job.run())  # from here on, errors mark the job failed
-        titles = {"particles": "Particles", "volume": "Volume (half maps)", "mask": "FSC mask"}
         try:
-            for job_uid, output, slots, what in sources:
+            for what, (job_uid, output) in sources.items():
+                slots, title = INPUTS[what]
                 check_source(self.project, job_uid, output, slots, what)
-                self.job.connect(what, job_uid, output, slots=slots, title=titles[what])
+                self.job.connect(what, job_uid, output, slots=slots, title=title)
         except BaseException as exc:  # the job exists: it is marked failed with the reason
             self.close(exc)
             raise
 
     def progress(self, text: str) -> None:
         """A line in the event log (progress lines updated in place)."""
-        if self.job is None:
-            print(text, flush=True)
-        elif "particles/s" in text:
+        if "particles/s" in text:
             self.job.log(text, name="progress")
         else:
             self.job.log(text)
@@ -256,12 +253,6 @@ class CryosparcJob:
         self._running.__exit__(type(error), error, error.__traceback__)
 
 
-def make_job(args) -> Job:
-    """The refinement as a cryoSPARC External job, connected to the server."""
-    options = options_from_namespace(args)
-    return cryosparc_job(connect(args.url), args, options)
-
-
 def cryosparc_job(cs, args, options) -> Job:
     """The refinement as a new External job on ``cs`` (a ``cryosparc.tools.CryoSPARC``)."""
     destination = CryosparcJob(cs, args)
@@ -295,7 +286,12 @@ def main(argv=None) -> int:
     """``csrefine-cryosparc``; returns the exit status (:mod:`csrefine.job`)."""
     args = build_parser().parse_args(argv)
     made: list[Job] = []
-    status = run_job(PROG, lambda: made.append(make_job(args)) or made[-1])
+
+    def make_job() -> Job:  # connects inside the job shell, which reports a failure
+        made.append(cryosparc_job(connect(args.url), args, options_from_namespace(args)))
+        return made[-1]
+
+    status = run_job(PROG, make_job)
     if status != EXIT_OK:
         if made and made[-1].destination.job is not None:
             say(PROG, "the job is marked failed")
