@@ -86,7 +86,6 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float 
     fig = new_page()
     fig.suptitle(f"Rounds: {resolution_change_line(records).split(' (round 1')[0]}", fontsize=13)
     ax = fig.add_axes([0.07, 0.36, 0.56, 0.53])
-    k = np.zeros(1)
     # round 1 wide underneath, the last round thin on top: both stay visible where they agree
     for record, colour, width, alpha, name in (
             (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
