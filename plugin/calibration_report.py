@@ -1,14 +1,10 @@
 """Pixel-size calibration inside a refinement run: JSON keys, report lines and the scan page.
 
-The adapters read the model file (:func:`csrefine.atomic_map.read_model`) before any work, so a missing
-or unreadable model fails the run before anything is written. A model that cannot serve as a ruler
-(not docked, not covering the map) is reported with its reason and *no* calibration; the Cs
-refinement itself still stands.
-
-Each group's verdict (pixel size, Cs, both, no change, undetermined) is decided at the report's significance
-(:data:`csrefine.report_text.SIGNIFICANT_Z` standard errors), so that it never contradicts the
-Cs text of the same group; its sentence (:func:`csrefine.report_text.verdict_sentence`) is the
-one csrefine.json, run.out and logfile.pdf give.
+The adapters read the model (:func:`csrefine.atomic_map.read_model`) before any work, so that a
+missing or unreadable model fails the run before anything is written; a model that cannot serve
+as a ruler (not docked, not covering the map) is reported with its reason and *no* calibration,
+and the Cs refinement still stands. Each group's verdict is decided at the report's significance
+(:data:`csrefine.report_text.SIGNIFICANT_Z`), so that it never contradicts its Cs text.
 """
 
 from __future__ import annotations

@@ -53,9 +53,8 @@ def _clean(value, digits: int = JSON_SIGNIFICANT_DIGITS):
 def _group_json(g) -> dict:
     """A group's results with its plot curves at the precision they carry (the 2D maps to 0.1°)."""
     curves = g.curves
-    out = _clean({k: v for k, v in curves.items() if k != "phase_map"}, CURVE_SIGNIFICANT_DIGITS)
-    if "cs_fitted_mm" in curves:
-        out["cs_fitted_mm"] = _clean(float(curves["cs_fitted_mm"]))
+    out = {k: _clean(v, JSON_SIGNIFICANT_DIGITS if k == "cs_fitted_mm" else CURVE_SIGNIFICANT_DIGITS)
+           for k, v in curves.items() if k != "phase_map"}
     pm = curves.get("phase_map")
     if pm:
         out["phase_map"] = {k: _clean(np.round(np.asarray(v, dtype=float),

@@ -1,7 +1,5 @@
-"""The pages of a refinement's report: the summary (a headline per group and the table), the
-details (every group's full interpretation and the run's warnings), the half-map FSC with the
-fitted band, and per group the 2D phase change, the phase change against resolution and the
-likelihood along Cs."""
+"""The pages of a refinement's report: the summary, the details, the half-map FSC with the
+fitted band and one page per group."""
 
 from __future__ import annotations
 

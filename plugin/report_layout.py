@@ -24,8 +24,9 @@ MARGIN_X, MARGIN_TOP, MARGIN_BOTTOM = 0.05, 0.06, 0.05
 #: Line height in units of the font size, and where the baseline lies below a line's top.
 LINE_SPACING = 1.45
 BASELINE = 1.05
-#: Horizontal padding of a table cell, points.
+#: Horizontal padding of a table cell, points, and as a fraction of the page width.
 CELL_PAD_PT = 8.0
+CELL_PAD = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
 #: Smallest font size a table is shrunk to before it is allowed to run over its width.
 MIN_TABLE_FONTSIZE = 6.5
 
@@ -97,15 +98,12 @@ class Flow:
     def space(self, lines: float = 1.0, fontsize: float = 10) -> None:
         self.y -= lines * self._height(fontsize)
 
-    def _room(self, fontsize: float) -> None:
-        if self.y - self._height(fontsize) < MARGIN_BOTTOM:
-            self._page()
-
     def text(self, lines, fontsize: float = 10, color: str = "black", weight: str = "normal",
              family: str = "sans-serif") -> None:
         """Draw ``lines`` (wrapped to the page's width), one under the other."""
         for line in wrapped_lines(self.fig, lines, 1 - 2 * MARGIN_X, fontsize):
-            self._room(fontsize)
+            if self.y - self._height(fontsize) < MARGIN_BOTTOM:
+                self._page()
             self.fig.text(MARGIN_X, self.y - self._baseline(fontsize), line, fontsize=fontsize,
                           color=color, weight=weight, family=family, va="baseline")
             self.y -= self._height(fontsize)
@@ -115,9 +113,8 @@ class Flow:
         table fits the page's width), the header repeated on each page it runs onto."""
         width = 1 - 2 * MARGIN_X
         while True:
-            pad = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
             cols = [max([text_width(self.fig, part, fontsize, "bold") for part in header[i].split("\n")]
-                        + [text_width(self.fig, r[i], fontsize) for r in rows]) + 2 * pad
+                        + [text_width(self.fig, r[i], fontsize) for r in rows]) + 2 * CELL_PAD
                     for i in range(len(header))]
             if sum(cols) <= width or fontsize <= MIN_TABLE_FONTSIZE:
                 break
@@ -137,14 +134,13 @@ class Flow:
 
     def _row(self, cells, lefts, cols, fontsize, weight, right, rule=False) -> None:
         """One row; cells of several lines (newlines) bottom-aligned."""
-        pad = CELL_PAD_PT / 72 / PAGE_SIZE_IN[0]
         h = self._height(fontsize)
         if rule:
             self._rule(right, 0.8)
         parts = [cell.split("\n") for cell in cells]
         depth = max(len(p) for p in parts)
         for i, (lines, left, w) in enumerate(zip(parts, lefts, cols)):
-            x, ha = (left + pad, "left") if i in (0, len(cells) - 1) else (left + w - pad, "right")
+            x, ha = (left + CELL_PAD, "left") if i in (0, len(cells) - 1) else (left + w - CELL_PAD, "right")
             for j, text in enumerate(lines, start=depth - len(lines)):
                 self.fig.text(x, self.y - (0.2 + j) * h - self._baseline(fontsize), text,
                               fontsize=fontsize, weight=weight, ha=ha, va="baseline")

@@ -189,28 +189,22 @@ def verdict_sentence(g: GroupResult, v: PixelVerdict) -> str:
     return f"The atomic model puts the pixel size at {v.pixel_text}."
 
 
-def _anisotropy_deg(g: GroupResult) -> tuple[float, float] | None:
-    """(anisotropic part, isotropic change) at the band's edge, degrees; None where not measured."""
+def _anisotropy_deg(g: GroupResult) -> tuple[float, float, float | None] | None:
+    """(anisotropic part, isotropic change) at the band's edge, degrees, and the part over the
+    change (None: the change is too small to judge); None where not measured."""
     a = g.anisotropy
     if not a or not math.isfinite(a.get("anisotropic_deg_at_band_edge", float("nan"))):
         return None
-    return a["anisotropic_deg_at_band_edge"], a["isotropic_change_deg_at_band_edge"]
+    aniso, iso = a["anisotropic_deg_at_band_edge"], a["isotropic_change_deg_at_band_edge"]
+    return aniso, iso, None if iso < SMALL_PHASE_DEG else aniso / iso
 
 
 def _anisotropy_alarm(g: GroupResult) -> list[str]:
-    ratio = _anisotropic_fraction(g)
-    if ratio is None or ratio < ANISOTROPIC_FRACTION:
-        return []
-    return [f"The measured change is partly anisotropic ({100 * ratio:.0f}% at the band's "
-            f"edge): see the 2D phase maps on the group's page."]
-
-
-def _anisotropic_fraction(g: GroupResult) -> float | None:
-    """Anisotropic part over isotropic change at the band's edge (None: too small to judge)."""
     deg = _anisotropy_deg(g)
-    if deg is None or deg[1] < SMALL_PHASE_DEG:
-        return None
-    return deg[0] / deg[1]
+    if deg is None or deg[2] is None or deg[2] < ANISOTROPIC_FRACTION:
+        return []
+    return [f"The measured change is partly anisotropic ({100 * deg[2]:.0f}% at the band's "
+            f"edge): see the 2D phase maps on the group's page."]
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,8 +261,7 @@ def _anisotropy(g: GroupResult) -> list[str]:
     deg = _anisotropy_deg(g)
     if deg is None:
         return []
-    aniso, iso = deg
-    ratio = _anisotropic_fraction(g)
+    aniso, iso, ratio = deg
     if ratio is None:
         return [f"  The measured phase change is small at the band's edge ({iso:.1f}°); its "
                 f"anisotropic part is {aniso:.1f}°."]
@@ -316,9 +309,9 @@ def interpretation_text(refinement: Refinement, calibration=None) -> str:
 
 def table_rows(refinement: Refinement, calibration=None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the per-group table (header cells of up to two lines, split by
-    newlines): the group, its name where it has its own,
-    particles, nominal and refined Cs, the change in mm and in standard errors, the defocus
-    offset, the resolution beyond which the change matters, and the status."""
+    newlines): the group, its name where it has its own, particles, nominal and refined Cs, the
+    change in mm and in standard errors, the defocus offset, the resolution beyond which the
+    change matters, and the status."""
     groups = refinement.groups
     named = any(has_own_name(g) for g in groups)
     header = ([group_kind(groups).replace(" ", "\n")] + (["name"] if named else [])

@@ -1,11 +1,6 @@
 """The report of refinement rounds (:mod:`csrefine.rounds`): the one line of what the refined
 Cs did to the resolution, the per-round table, csrefine.json's entries and the rounds page of
-logfile.pdf.
-
-An FSC that never drops below the threshold is reported as "better than <Nyquist>", not as a
-resolution; round 1's FSC is qualified where the given half maps were not reconstructed from
-these particles (:func:`given_maps_note`).
-"""
+logfile.pdf."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ from .fsc import FSC_THRESHOLD
 from .halfsets import INDEPENDENT
 from .report import CURVE_SIGNIFICANT_DIGITS
 from .report_layout import new_page, resolution_axis, wrapped_lines
-from .report_text import resolution_text, text_table
+from .report_text import group_kind, resolution_text, text_table
 from .rounds import RoundRecord, RoundsOutcome, cs_text
 
 
@@ -52,8 +47,7 @@ def rounds_table(records: list[RoundRecord]) -> str:
     """One row per round and optics group: Cs ± sigma, the change in that round and from the
     nominal Cs, the FSC resolution and the wall times."""
     nominal = {g.optics_group: g.cs_input_mm for g in records[0].groups}
-    kind = records[0].groups[0].label.rsplit(" ", 1)[0] if records[0].groups else "group"
-    header = ["round", kind.replace(" ", "\n"), "Cs (mm)", "change in\nround (mm)",
+    header = ["round", group_kind(records[0].groups).replace(" ", "\n"), "Cs (mm)", "change in\nround (mm)",
               "change from\nnominal (mm)", "FSC 0.143", "rebuild\n(s)", "refine\n(s)"]
     rows = [[str(r.round), g.label.rsplit(" ", 1)[1], cs_text(g), f"{g.change_mm:+.3f}",
              f"{g.cs_mm - nominal[g.optics_group]:+.3f}", fsc_text(r), f"{r.reconstruct_s:.1f}",
@@ -92,7 +86,6 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float 
     fig = new_page()
     fig.suptitle(f"Rounds: {resolution_change_line(records).split(' (round 1')[0]}", fontsize=13)
     ax = fig.add_axes([0.07, 0.36, 0.56, 0.53])
-    k = np.zeros(1)
     # round 1 wide underneath, the last round thin on top: both stay visible where they agree
     for record, colour, width, alpha, name in (
             (first, "C0", 3.0, 0.5, "round 1: the given half maps"),

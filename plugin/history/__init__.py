@@ -23,11 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from ..outputs import REPORT_JSON
 from .db import HISTORY_DB_ENV, RunLabels, open_engine, record_report
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
 INSTRUMENT_ENV = "CSREFINE_INSTRUMENT"
-REPORT_JSON = "csrefine.json"
 
 
 def requested_instrument(instrument: str | None) -> str | None:

@@ -43,7 +43,6 @@ RETRY_PAUSE_S = 0.05
 SCHEMA_ATTEMPTS = 5
 
 
-
 class HistoryError(Exception):
     """The history database cannot be used (unreachable, or a schema newer than this csrefine)."""
 
@@ -146,16 +145,14 @@ def open_engine(url: str | None = None) -> sa.Engine:
         sa_url = sa.make_url(resolved)
     except sa.exc.ArgumentError as exc:
         raise HistoryError(f"history database URL {resolved!r} is not a SQLAlchemy URL") from exc
-    kwargs: dict = {}
-    if sa_url.get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    elif sa_url.get_backend_name() == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    backend = sa_url.get_backend_name()
+    connect_args = {"sqlite": {"timeout": SQLITE_BUSY_TIMEOUT_S},
+                    "postgresql": {"connect_timeout": CONNECT_TIMEOUT_S}}.get(backend, {})
     try:
-        engine = sa.create_engine(sa_url, **kwargs)
+        engine = sa.create_engine(sa_url, connect_args=connect_args)
     except Exception as exc:  # e.g. the driver of this URL is not installed
         raise HistoryError(f"history database {_safe(sa_url)}: {exc}") from exc
-    if sa_url.get_backend_name() == "sqlite":
+    if backend == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
     try:
         _retrying(lambda: ensure_schema(engine))
@@ -192,7 +189,6 @@ def _retrying(action, attempts: int = WRITE_ATTEMPTS):
             if not _is_locked(exc) or attempt == attempts - 1:
                 raise
             time.sleep(RETRY_PAUSE_S * 2**attempt)
-    return None
 
 
 # ------------------------------------------------------------------------------ schema

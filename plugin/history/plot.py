@@ -31,13 +31,11 @@ def plot_panels(panels: list[Panel], out_path) -> Path:
     if not panels:
         raise ValueError("nothing recorded to plot")
     with_pixel = any(d.pixel_size_calibrated_A for p in panels for d in p.datasets)
-    rows = 2 if with_pixel else 1
-    height = CS_ROW_HEIGHT_IN + (PIXEL_ROW_HEIGHT_IN if with_pixel else 0)
-    fig = Figure(figsize=(PANEL_WIDTH_IN * len(panels), height), layout="constrained")
+    heights = [CS_ROW_HEIGHT_IN, PIXEL_ROW_HEIGHT_IN] if with_pixel else [CS_ROW_HEIGHT_IN]
+    fig = Figure(figsize=(PANEL_WIDTH_IN * len(panels), sum(heights)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, len(panels), squeeze=False, sharex="col",
-                        gridspec_kw={"height_ratios": [CS_ROW_HEIGHT_IN, PIXEL_ROW_HEIGHT_IN]
-                                     if with_pixel else [1]})
+    axes = fig.subplots(len(heights), len(panels), squeeze=False, sharex="col",
+                        gridspec_kw={"height_ratios": heights})
     for col, panel in enumerate(panels):
         _cs_axes(axes[0][col], panel)
         if with_pixel:
