@@ -70,21 +70,17 @@ def file_sources(particles, half1, half2, mask=None, model=None, **more) -> tupl
     return sources, tuple(p for p in (particles, half1, half2, mask, model) if p)
 
 
-def _never() -> bool:
-    return False
-
-
 def run_refinement(load: Callable[[], RefinementInputs], options: RefineOptions,
-                   destination: Destination, should_abort: AbortFn | None = None,
+                   destination: Destination, should_abort: AbortFn,
                    reconstruct: Reconstructor | None = None) -> RunResult:
     """Refine Cs per optics group and write the results (see the module docstring).
 
-    load : reads the inputs; options : validated settings; reconstruct : rebuilds the half maps
-    between rounds (needed when ``options.rounds`` > 1). Raises InputError on bad input,
-    AbortRequested on abort; in both cases the destination has put nothing in place.
+    load : reads the inputs; options : validated settings; should_abort : polled between steps
+    and batches; reconstruct : rebuilds the half maps between rounds (needed when
+    ``options.rounds`` > 1). Raises InputError on bad input, AbortRequested on abort; in both
+    cases the destination has put nothing in place.
     """
     t0 = time.monotonic()
-    should_abort = should_abort or _never
     progress = destination.progress
     if options.rounds > 1 and reconstruct is None:
         raise InputError(f"rounds = {options.rounds} needs half maps rebuilt between rounds, "
