@@ -54,7 +54,7 @@ from .nodes import (
     set_marker,
 )
 from .refs import resolve_half_maps
-from .rounds import kept_round_maps, require_reconstruct
+from .rounds import kept_map_files, require_reconstruct
 from .run import relion_job
 
 PROG = "csrefine-relion"
@@ -139,7 +139,7 @@ def make_job(argv: list[str]) -> Job:
     nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
-        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_round_maps(result)])
+        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_map_files(result)])
         atomic_write_bytes(path, text.encode())
 
     job = relion_job(args.in_parts, half1, half2, args.o, options, mask=mask, model=args.model,
@@ -154,7 +154,6 @@ def main(argv=None) -> int:
     """Run the External job; returns the exit status (:mod:`csrefine.job`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     return run_job(PROG, lambda: make_job(argv))
-
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from csrefine.run import file_sources
 
 from .rounds import RelionReconstructor, kept_map_files, round_map_names
 from .star_io import ParticleStar, read_particle_star
-from .updated_star import write_star
+from .star_write import write_star
 
 DEFAULT_STAR_NAME = "particles.star"
 

@@ -49,7 +49,6 @@ OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberr
 #: the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
                                          "rlnCtfBfactor", "rlnCtfScalefactor")
-NUMERIC_PARTICLE_COLUMNS = tuple(c for c in PARTICLE_COLUMNS if c != "rlnImageName")
 TILT_COLUMNS = ("rlnBeamTiltX", "rlnBeamTiltY")
 #: The optics RELION 3.0's layout states per particle; the reader keeps them and its pixel
 #: size and origin columns too.
