@@ -2,15 +2,8 @@
 
 RELION calls ``csrefine-relion --o External/jobNNN/ --in_parts P.star --in_3dref R.mrc
 [--in_mask M.mrc] [--LABEL VALUE ...] --j N [--pipeline_control DIR]`` from the project directory.
-User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --help``:
-``resolution_low_A`` (20), ``resolution_high_A`` (FSC 0.143; ``kmin_A``/``kmax_A`` are accepted
-as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
-``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
-(opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size),
-``rounds`` (1; more: rebuild the half maps with relion_reconstruct after each round and refine
-again, :mod:`csrefine.relion.rounds`), ``keep_round_maps`` (yes | no),
-``instrument`` (record the result in the per-instrument Cs history; default
-``$CSREFINE_INSTRUMENT``), ``magnification`` (its label there), ``history_db`` (SQLAlchemy URL).
+User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --help``
+(:func:`build_parser`; the options of :mod:`csrefine.options` and :mod:`csrefine.history`).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,

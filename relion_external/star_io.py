@@ -35,8 +35,6 @@ from .star_write import format_vector, write_new_star, write_updated_star
 __all__ = ["ParticleStar", "read_particle_star", "write_updated_star", "write_new_star",
            "format_vector"]
 
-REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
-                   "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
 REQUIRED_PARTICLES = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnAngleRot",
                       "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
                       "rlnRandomSubset")
@@ -45,6 +43,7 @@ MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberration",
                        "amplitude_contrast": "_rlnAmplitudeContrast",
                        "pixel_size_A": "_rlnImagePixelSize", "box_size": "_rlnImageSize"}
+REQUIRED_OPTICS = ("rlnOpticsGroup", *(name[1:] for name in OPTICS_COLUMN_NAMES.values()))
 #: The particle columns the refinement reads (the writer copies the others as text); all but
 #: the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
