@@ -78,22 +78,6 @@ class ParticleStar:
     optics_table: bool
 
 
-def _chooser():
-    """What :func:`read_tables` keeps of a particle STAR: the optics table (all columns, as
-    text), and the refinement's columns of data_particles or, in a file without it, of the
-    first loop with _rlnImageName."""
-    candidates = []
-
-    def choose(block, labels):
-        if block == "optics":
-            return tuple(labels), frozenset()
-        if block == "particles" or ("rlnImageName" in labels and not candidates):
-            candidates.append(block)
-            return KEPT_PARTICLE_COLUMNS, frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"}
-        return None
-    return choose
-
-
 def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
     for column in REQUIRED_OPTICS:
         if column not in optics:
@@ -266,8 +250,20 @@ def _stack_box(path: Path, where: str) -> int:
 
 
 def _tables(path: Path):
-    """(optics table or None, particle table) of a particle STAR, or InputError."""
-    tables, blocks = read_tables(path, _chooser())
+    """(optics table or None, particle table) of a particle STAR, or InputError. Read are the
+    optics table (all columns, as text), and the refinement's columns of data_particles or, in
+    a file without it, of the first loop with _rlnImageName."""
+    candidates = []
+
+    def choose(block, labels):
+        if block == "optics":
+            return tuple(labels), frozenset()
+        if block == "particles" or ("rlnImageName" in labels and not candidates):
+            candidates.append(block)
+            return KEPT_PARTICLE_COLUMNS, frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"}
+        return None
+
+    tables, blocks = read_tables(path, choose)
     if "optics" not in blocks:
         table = tables.get("particles") or next(
             (t for t in tables.values() if "rlnImageName" in t.labels), None)
