@@ -2,15 +2,8 @@
 
 RELION calls ``csrefine-relion --o External/jobNNN/ --in_parts P.star --in_3dref R.mrc
 [--in_mask M.mrc] [--LABEL VALUE ...] --j N [--pipeline_control DIR]`` from the project directory.
-User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --help``:
-``resolution_low_A`` (20), ``resolution_high_A`` (FSC 0.143; ``kmin_A``/``kmax_A`` are accepted
-as older names), ``half1``/``half2``, ``postprocess``, ``subsets`` (3), ``cs_search_mm`` (1.5),
-``min_particles`` (100), ``device`` (cpu), ``batch_size``, ``seed``, ``reference_half``
-(opposite | own), ``model`` (an atomic model docked in the map: calibrates the pixel size),
-``rounds`` (1; more: rebuild the half maps with relion_reconstruct after each round and refine
-again, :mod:`csrefine.relion.rounds`), ``keep_round_maps`` (yes | no),
-``instrument`` (record the result in the per-instrument Cs history; default
-``$CSREFINE_INSTRUMENT``), ``magnification`` (its label there), ``history_db`` (SQLAlchemy URL).
+User parameters (the GUI's label/value pairs) are those of ``csrefine-relion --help``
+(:func:`build_parser`; the options of :mod:`csrefine.options` and :mod:`csrefine.history`).
 
 Protocol: progress and the final table on stdout (run.out), errors on stderr (run.err);
 outputs ``particles_csrefine.star``, ``logfile.pdf``, ``csrefine.json``,
@@ -54,7 +47,7 @@ from .nodes import (
     set_marker,
 )
 from .refs import resolve_half_maps
-from .rounds import kept_round_maps, require_reconstruct
+from .rounds import kept_map_files, require_reconstruct
 from .run import relion_job
 
 PROG = "csrefine-relion"
@@ -139,7 +132,7 @@ def make_job(argv: list[str]) -> Job:
     nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
-        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_round_maps(result)])
+        text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_map_files(result)])
         atomic_write_bytes(path, text.encode())
 
     job = relion_job(args.in_parts, half1, half2, args.o, options, mask=mask, model=args.model,
@@ -154,7 +147,6 @@ def main(argv=None) -> int:
     """Run the External job; returns the exit status (:mod:`csrefine.job`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     return run_job(PROG, lambda: make_job(argv))
-
 
 
 if __name__ == "__main__":

@@ -35,22 +35,17 @@ CSREFINE_FILES = frozenset({OUTPUT_STAR, "csrefine.json", "logfile.pdf", OUTPUT_
 ROUND_MAP = re.compile(r"round\d+_half[12]\.mrc")
 
 
-def foreign_outputs(job_dir) -> list[str]:
-    """The visible files and directories in ``job_dir`` that neither RELION's pipeliner nor
-    csrefine puts into an External job's directory: another job's outputs (e.g. a Refine3D
-    job's run_data.star). Empty when the directory cannot be listed."""
+def refuse_foreign(job_dir) -> str | None:
+    """Why csrefine must not use ``job_dir``, or None: it holds visible files or directories
+    that neither RELION's pipeliner nor csrefine puts into an External job's directory, i.e.
+    another job's outputs (e.g. a Refine3D job's run_data.star)."""
     try:
         names = sorted(entry.name for entry in Path(job_dir).iterdir())
     except OSError:  # absent, not a directory, a symbolic-link loop: said when it is created
-        return []
-    return [name for name in names if not name.startswith(".")
-            and name not in RELION_JOB_FILES and name not in CSREFINE_FILES
-            and not ROUND_MAP.fullmatch(name)]
-
-
-def refuse_foreign(job_dir) -> str | None:
-    """Why csrefine must not use ``job_dir`` (it holds another job's outputs), or None."""
-    foreign = foreign_outputs(job_dir)
+        return None
+    foreign = [name for name in names if not name.startswith(".")
+               and name not in RELION_JOB_FILES and name not in CSREFINE_FILES
+               and not ROUND_MAP.fullmatch(name)]
     if not foreign:
         return None
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")

@@ -30,10 +30,9 @@ def from_postprocess(star_path: str) -> tuple[str, str, str | None]:
     if general is None:
         raise InputError(f"{star_path}: no data_general block (not a PostProcess STAR)")
     h1, h2 = general.get("rlnUnfilteredMapHalf1"), general.get("rlnUnfilteredMapHalf2")
-    mask = general.get("rlnMaskName")
     if not h1 or not h2:
         raise InputError(f"{star_path}: data_general lacks _rlnUnfilteredMapHalf1/2")
-    return str(h1), str(h2), (str(mask) if mask else None)
+    return h1, h2, general.get("rlnMaskName") or None
 
 
 def resolve_half_maps(in_3dref, half1=None, half2=None, postprocess=None, in_mask=None):

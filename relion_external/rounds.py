@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import cached_property
 from pathlib import Path
 
 from csrefine.errors import InputError, check_abort
@@ -24,7 +25,7 @@ from csrefine.images import read_half_maps
 from csrefine.results import RunResult
 from csrefine.rounds import HalfMaps, RoundCost
 
-from .updated_star import write_refined_star
+from .star_write import write_refined_star
 
 RECONSTRUCT = "relion_reconstruct"
 WORK_PREFIX = ".csrefine-rounds-"
@@ -53,16 +54,6 @@ def require_reconstruct() -> str:
         raise InputError(f"rounds > 1 rebuilds the half maps with {RECONSTRUCT}, which is not on "
                          f"PATH: install RELION (or load its module), or use rounds = 1")
     return path
-
-
-def takes_threads(executable: str) -> bool:
-    """Whether this relion_reconstruct accepts ``--j`` (RELION 3.1's does not)."""
-    try:
-        text = subprocess.run([executable, "--help"], capture_output=True, text=True,
-                              timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return any(line.strip().startswith("--j ") for line in text.splitlines())
 
 
 class RelionReconstructor:
@@ -95,10 +86,11 @@ class RelionReconstructor:
     # -- one rebuild ------------------------------------------------------------------------
     def __call__(self, round_number: int, inputs, refinement, progress, should_abort) -> HalfMaps:
         t0 = time.monotonic()
-        work = self._work_dir()
-        star_path = work / f"round{round_number}_particles.star"
+        if self.work is None:
+            self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.out_dir))
+        star_path = self.work / f"round{round_number}_particles.star"
         write_refined_star(star_path, inputs.source, refinement)
-        maps = [work / round_map_name(round_number, h) for h in (1, 2)]
+        maps = [self.work / round_map_name(round_number, h) for h in (1, 2)]
         self._reconstruct(star_path, maps, round_number, progress, should_abort)
         (h1, h2), _, px = read_half_maps(maps[0], maps[1])
         if h1.shape != inputs.half_maps[0].shape:
@@ -113,23 +105,23 @@ class RelionReconstructor:
             progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
         return HalfMaps(h1, h2, px or None, names, seconds, files)
 
-    def _work_dir(self) -> Path:
-        if self.work is None:
-            self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.out_dir))
-        return self.work
-
     def _command(self, star_path: Path, map_path: Path, half: int) -> list[str]:
         args = [self.executable, "--i", str(star_path.resolve()), "--o", str(map_path.resolve()),
                 "--ctf", "--subset", str(half)]
         per_process = self.threads // self.processes
-        if per_process > 1 and self._takes_threads():
+        if per_process > 1 and self.takes_threads:
             args += ["--j", str(per_process)]
         return args
 
-    def _takes_threads(self) -> bool:
-        if not hasattr(self, "_threads_flag"):
-            self._threads_flag = takes_threads(self.executable)
-        return self._threads_flag
+    @cached_property
+    def takes_threads(self) -> bool:
+        """Whether this relion_reconstruct accepts ``--j`` (RELION 3.1's does not)."""
+        try:
+            text = subprocess.run([self.executable, "--help"], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return any(line.strip().startswith("--j ") for line in text.splitlines())
 
     def _reconstruct(self, star_path: Path, maps: list[Path], round_number: int, progress,
                      should_abort) -> None:
@@ -146,7 +138,9 @@ class RelionReconstructor:
                 if progress is not None:
                     progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
             try:
-                self._wait(running, should_abort)
+                while any(proc.poll() is None for _, _, proc in running):
+                    check_abort(should_abort)
+                    time.sleep(POLL_S)
             finally:
                 for _, log, proc in running:
                     if proc.poll() is None:
@@ -159,12 +153,6 @@ class RelionReconstructor:
                     tail = " | ".join(tail.strip().splitlines()[-3:])
                     raise InputError(f"{RECONSTRUCT} failed for half {half} of round "
                                      f"{round_number} (exit status {proc.returncode}): {tail}")
-
-    @staticmethod
-    def _wait(running, should_abort) -> None:
-        while any(proc.poll() is None for _, _, proc in running):
-            check_abort(should_abort)
-            time.sleep(POLL_S)
 
     def cleanup(self) -> None:
         """Remove the working directory (what was kept has been moved out of it)."""
@@ -184,8 +172,3 @@ def kept_map_files(result: RunResult) -> dict:
         return {}
     return {name: (lambda path, _, source=source: os.replace(source, path))
             for maps in result.rounds.maps for name, source in maps.files.items()}
-
-
-def kept_round_maps(result: RunResult) -> list[str]:
-    """File names of the rebuilt half maps kept as outputs (for RELION_OUTPUT_NODES.star)."""
-    return list(kept_map_files(result))

@@ -35,8 +35,6 @@ from .star_write import format_vector, write_new_star, write_updated_star
 __all__ = ["ParticleStar", "read_particle_star", "write_updated_star", "write_new_star",
            "format_vector"]
 
-REQUIRED_OPTICS = ("rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
-                   "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize")
 REQUIRED_PARTICLES = ("rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnAngleRot",
                       "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
                       "rlnRandomSubset")
@@ -45,11 +43,11 @@ MAG_COLUMNS = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
 OPTICS_COLUMN_NAMES = {"voltage_kv": "_rlnVoltage", "cs_mm": "_rlnSphericalAberration",
                        "amplitude_contrast": "_rlnAmplitudeContrast",
                        "pixel_size_A": "_rlnImagePixelSize", "box_size": "_rlnImageSize"}
+REQUIRED_OPTICS = ("rlnOpticsGroup", *(name[1:] for name in OPTICS_COLUMN_NAMES.values()))
 #: The particle columns the refinement reads (the writer copies the others as text); all but
 #: the image name are numbers.
 PARTICLE_COLUMNS = REQUIRED_PARTICLES + ("rlnOpticsGroup", "rlnDefocusAngle", "rlnPhaseShift",
                                          "rlnCtfBfactor", "rlnCtfScalefactor")
-NUMERIC_PARTICLE_COLUMNS = tuple(c for c in PARTICLE_COLUMNS if c != "rlnImageName")
 TILT_COLUMNS = ("rlnBeamTiltX", "rlnBeamTiltY")
 #: The optics RELION 3.0's layout states per particle; the reader keeps them and its pixel
 #: size and origin columns too.
@@ -78,22 +76,6 @@ class ParticleStar:
     image_index: np.ndarray
     particle_block: str
     optics_table: bool
-
-
-def _chooser():
-    """What :func:`read_tables` keeps of a particle STAR: the optics table (all columns, as
-    text), and the refinement's columns of data_particles or, in a file without it, of the
-    first loop with _rlnImageName."""
-    candidates = []
-
-    def choose(block, labels):
-        if block == "optics":
-            return tuple(labels), frozenset()
-        if block == "particles" or ("rlnImageName" in labels and not candidates):
-            candidates.append(block)
-            return KEPT_PARTICLE_COLUMNS, frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"}
-        return None
-    return choose
 
 
 def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
@@ -268,8 +250,20 @@ def _stack_box(path: Path, where: str) -> int:
 
 
 def _tables(path: Path):
-    """(optics table or None, particle table) of a particle STAR, or InputError."""
-    tables, blocks = read_tables(path, _chooser())
+    """(optics table or None, particle table) of a particle STAR, or InputError. Read are the
+    optics table (all columns, as text), and the refinement's columns of data_particles or, in
+    a file without it, of the first loop with _rlnImageName."""
+    candidates = []
+
+    def choose(block, labels):
+        if block == "optics":
+            return tuple(labels), frozenset()
+        if block == "particles" or ("rlnImageName" in labels and not candidates):
+            candidates.append(block)
+            return KEPT_PARTICLE_COLUMNS, frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"}
+        return None
+
+    tables, blocks = read_tables(path, choose)
     if "optics" not in blocks:
         table = tables.get("particles") or next(
             (t for t in tables.values() if "rlnImageName" in t.labels), None)

@@ -27,6 +27,8 @@ from csrefine.model import OpticsGroup, Particles
 from .star_syntax import DATA, END, LOOP, ROW, ROW_COMMENT, quoted, star_lines, tokens
 
 if TYPE_CHECKING:
+    from csrefine.results import Refinement, RunResult
+
     from .star_io import ParticleStar
 
 #: The vector column a refined optics table may gain; the groups without terms get "[]".
@@ -38,20 +40,14 @@ def format_vector(values) -> str:
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
 
-def format_cs_mm(value: float) -> str:
-    """Cs and beam tilt with nine decimals (a 1e-6 mm step of Cs moves the phase by ~4e-6 rad
-    at 2 Å)."""
-    return f"{value:.9f}"
-
-
 def _optics_changes(cs_mm, beam_tilt_mrad, even_zernike) -> dict[int, dict[str, str]]:
     """Column -> new text, per refined optics group."""
-    changes: dict[int, dict[str, str]] = {}
+    changes: dict[int, dict[str, str]] = {}  # Cs, tilt: a 1e-6 mm step moves the phase ~4e-6 rad at 2 Å
     for gid, cs in cs_mm.items():
         new = changes.setdefault(gid, {})
-        new["rlnSphericalAberration"] = format_cs_mm(cs)
+        new["rlnSphericalAberration"] = f"{cs:.9f}"
         for name, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, ())):
-            new[name] = format_cs_mm(value)
+            new[name] = f"{value:.9f}"
     for gid, terms in even_zernike.items():
         changes.setdefault(gid, {})[EVEN_ZERNIKE] = format_vector(terms)
     return changes
@@ -159,6 +155,42 @@ def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
                              f"malformed")
 
 
+def refined_values(star: "ParticleStar", refinement: "Refinement"):
+    """New Cs, defocus offsets, rescaled beam tilts and even Zernike terms of the refined groups,
+    the arguments of :func:`write_updated_star` after ``dst``.
+
+    The optics table gets the total refined Cs; an isotropic k^4 part of rlnEvenZernike (Z4^0
+    after CtfRefine's 4th-order fit) is folded out of the Zernike terms into that Cs, its lower
+    orders moved to Z2^0/Z0^0, so that RELION's phase changes only by the refined change. Beam
+    tilts are rescaled by Cs_old/Cs_new (RELION derives the coma from the table's Cs).
+    """
+    from csrefine.rounds import updated_groups  # on use: reading a STAR loads no refinement
+
+    cs, offsets, tilts, even = {}, {}, {}, {}
+    updated = updated_groups(star.groups, refinement)  # the one definition of the new optics
+    for g in refinement.groups:
+        if not g.refined:
+            continue
+        gid, new = g.optics_group, updated[g.optics_group]
+        cs[gid] = new.cs_mm
+        offsets[gid] = g.defocus_offset_A
+        if star.groups[gid].has_beam_tilt:
+            tilts[gid] = (new.beam_tilt_x_mrad, new.beam_tilt_y_mrad)
+        if g.cs_zernike_mm:
+            even[gid] = new.even_zernike
+    return cs, offsets, tilts, even
+
+
+def write_refined_star(path, star: "ParticleStar", refinement: "Refinement") -> None:
+    """``star`` with the refined values of ``refinement`` (:func:`refined_values`)."""
+    write_updated_star(star, path, *refined_values(star, refinement))
+
+
+def write_star(path, result: "RunResult") -> None:
+    """A run's output STAR: its input STAR with the refined values."""
+    write_refined_star(path, result.inputs.source, result.refinement)
+
+
 # ----------------------------------------------------------------------------- new files
 def _format_value(value) -> str:
     """A new file's value: integers as they are, other numbers with six decimals (as starfile
@@ -222,8 +254,10 @@ def new_particle_columns(particles: Particles, image_names, micrographs: int = 1
         "rlnCtfBfactor": particles.bfactor_A2, "rlnCtfScalefactor": particles.ctf_scale,
         "rlnAngleRot": particles.rot_deg, "rlnAngleTilt": particles.tilt_deg,
         "rlnAnglePsi": particles.psi_deg, "rlnOriginXAngst": particles.origin_x_A,
-        "rlnOriginYAngst": particles.origin_y_A, "rlnOpticsGroup": _integers(particles.optics_group),
-        "rlnRandomSubset": _integers(particles.half_set), "rlnClassNumber": [1] * n}
+        "rlnOriginYAngst": particles.origin_y_A,
+        "rlnOpticsGroup": np.asarray(particles.optics_group).astype(int).tolist(),
+        "rlnRandomSubset": np.asarray(particles.half_set).astype(int).tolist(),
+        "rlnClassNumber": [1] * n}
 
 
 def image_names(stacks, indices) -> list[str]:
@@ -232,10 +266,6 @@ def image_names(stacks, indices) -> list[str]:
     if isinstance(stacks, (str, os.PathLike)):
         stacks = [stacks] * len(indices)
     return [f"{int(i) + 1:06d}@{stack}" for i, stack in zip(indices, stacks)]
-
-
-def _integers(values) -> list[int]:
-    return np.asarray(values).astype(int).tolist()
 
 
 def write_new_star(path, groups: list[OpticsGroup], particles: Particles, image_names,
