@@ -25,7 +25,7 @@ from csrefine.images import read_half_maps
 from csrefine.results import RunResult
 from csrefine.rounds import HalfMaps, RoundCost
 
-from .star_write import write_refined_star
+from .updated_star import write_refined_star
 
 RECONSTRUCT = "relion_reconstruct"
 WORK_PREFIX = ".csrefine-rounds-"

@@ -1,7 +1,7 @@
 """RELION inputs into the core's run, the core's results into RELION files.
 
 :func:`load_inputs` reads the inputs; :func:`relion_job` is the job (:class:`csrefine.job.Job`)
-that refines into an output directory (the STAR by :func:`csrefine.relion.star_write.write_star`),
+that refines into an output directory (the STAR by :func:`csrefine.relion.updated_star.write_star`),
 which ``csrefine refine`` and the External job run. Stack paths in rlnImageName are relative to
 the RELION project directory (``base_dir``, the working directory).
 """
@@ -23,7 +23,7 @@ from csrefine.run import file_sources
 
 from .rounds import RelionReconstructor, kept_map_files, round_map_names
 from .star_io import ParticleStar, read_particle_star
-from .star_write import write_star
+from .updated_star import write_star
 
 DEFAULT_STAR_NAME = "particles.star"
 

@@ -27,8 +27,6 @@ from csrefine.model import OpticsGroup, Particles
 from .star_syntax import DATA, END, LOOP, ROW, ROW_COMMENT, quoted, star_lines, tokens
 
 if TYPE_CHECKING:
-    from csrefine.results import Refinement, RunResult
-
     from .star_io import ParticleStar
 
 #: The vector column a refined optics table may gain; the groups without terms get "[]".
@@ -42,9 +40,10 @@ def format_vector(values) -> str:
 
 def _optics_changes(cs_mm, beam_tilt_mrad, even_zernike) -> dict[int, dict[str, str]]:
     """Column -> new text, per refined optics group."""
-    changes: dict[int, dict[str, str]] = {}  # Cs, tilt: a 1e-6 mm step moves the phase ~4e-6 rad at 2 Å
+    changes: dict[int, dict[str, str]] = {}
     for gid, cs in cs_mm.items():
         new = changes.setdefault(gid, {})
+        # Cs and beam tilt with nine decimals: a 1e-6 mm step of Cs moves the phase ~4e-6 rad at 2 Å
         new["rlnSphericalAberration"] = f"{cs:.9f}"
         for name, value in zip(("rlnBeamTiltX", "rlnBeamTiltY"), beam_tilt_mrad.get(gid, ())):
             new[name] = f"{value:.9f}"
@@ -153,42 +152,6 @@ def write_updated_star(star: "ParticleStar", dst, cs_mm: dict[int, float],
             raise InputError(f"{star.path}: read {len(star.particles)} particles but found "
                              f"{n_rows[0]} rows while copying; the file changed or is "
                              f"malformed")
-
-
-def refined_values(star: "ParticleStar", refinement: "Refinement"):
-    """New Cs, defocus offsets, rescaled beam tilts and even Zernike terms of the refined groups,
-    the arguments of :func:`write_updated_star` after ``dst``.
-
-    The optics table gets the total refined Cs; an isotropic k^4 part of rlnEvenZernike (Z4^0
-    after CtfRefine's 4th-order fit) is folded out of the Zernike terms into that Cs, its lower
-    orders moved to Z2^0/Z0^0, so that RELION's phase changes only by the refined change. Beam
-    tilts are rescaled by Cs_old/Cs_new (RELION derives the coma from the table's Cs).
-    """
-    from csrefine.rounds import updated_groups  # on use: reading a STAR loads no refinement
-
-    cs, offsets, tilts, even = {}, {}, {}, {}
-    updated = updated_groups(star.groups, refinement)  # the one definition of the new optics
-    for g in refinement.groups:
-        if not g.refined:
-            continue
-        gid, new = g.optics_group, updated[g.optics_group]
-        cs[gid] = new.cs_mm
-        offsets[gid] = g.defocus_offset_A
-        if star.groups[gid].has_beam_tilt:
-            tilts[gid] = (new.beam_tilt_x_mrad, new.beam_tilt_y_mrad)
-        if g.cs_zernike_mm:
-            even[gid] = new.even_zernike
-    return cs, offsets, tilts, even
-
-
-def write_refined_star(path, star: "ParticleStar", refinement: "Refinement") -> None:
-    """``star`` with the refined values of ``refinement`` (:func:`refined_values`)."""
-    write_updated_star(star, path, *refined_values(star, refinement))
-
-
-def write_star(path, result: "RunResult") -> None:
-    """A run's output STAR: its input STAR with the refined values."""
-    write_refined_star(path, result.inputs.source, result.refinement)
 
 
 # ----------------------------------------------------------------------------- new files

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.relion
 
 def _ctf_refine_changes(star):
     """What csrefine writes for relion_ctf_refine's output when groups 1 and 3 are refined:
-    Z4^0 folded into the Cs, beam tilt rescaled (csrefine.relion.star_write.refined_values)."""
+    Z4^0 folded into the Cs, beam tilt rescaled (csrefine.relion.updated_star.refined_values)."""
     from csrefine.group_fit import not_refined_result, zernike_cs_mm
-    from csrefine.relion.star_write import refined_values
+    from csrefine.relion.updated_star import refined_values
     from csrefine.results import Refinement
 
     results = []

@@ -154,7 +154,7 @@ def test_z40_is_folded_into_cs_and_relions_phase_changes_only_by_the_refined_cha
     from csrefine.fourier import make_band
     from csrefine.group_fit import not_refined_result, zernike_cs_mm
     from csrefine.relion.star_io import format_vector
-    from csrefine.relion.star_write import refined_values
+    from csrefine.relion.updated_star import refined_values
     from csrefine.results import Refinement
     from csrefine.zernike import isotropic_k4_rad
 
