@@ -77,8 +77,7 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     terms = pixel_terms(group, band)
     screen = screen or screen_for(images, positions, options.threads)
     done = downweighted = 0
-    meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size,
-                          progress)
+    meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size, progress)
     # The next batch is read from the (memory-mapped) stacks, and its images measured for the
     # screen, in background threads while this one is computed; the backends release the GIL in
     # their FFTs and kernels.
