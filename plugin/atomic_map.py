@@ -32,11 +32,7 @@ def docked_structure(structure, box: int, pixel_size_A: float, centre_A=None):
     centre = structure_centre_A(st) if centre_A is None else np.asarray(centre_A, float)
     shift = (box // 2) * pixel_size_A - centre
     for model in st:
-        for chain in model:
-            for residue in chain:
-                for atom in residue:
-                    atom.pos = gemmi.Position(atom.pos.x + shift[0], atom.pos.y + shift[1],
-                                              atom.pos.z + shift[2])
+        model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(*shift)))
     return st
 
 
@@ -49,11 +45,8 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
     model is not modified.
     """
     st = docked_structure(structure, box, pixel_size_A, centre_A)
-    for model in st:
-        for chain in model:
-            for residue in chain:
-                for atom in residue:
-                    atom.b_iso = b_factor_A2
+    for cra in st[0].all():  # the model whose density is computed
+        cra.atom.b_iso = b_factor_A2
     length = box * pixel_size_A
     st.cell = gemmi.UnitCell(length, length, length, 90, 90, 90)
     st.spacegroup_hm = "P 1"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from . import __version__
 from .errors import InputError, Interrupted, quiet_library_warnings
@@ -44,18 +44,9 @@ ADAPTER_GROUP = "csrefine.adapters"
 PROG = "csrefine"
 
 
-class Adapter(Protocol):
-    """What an entry point of the ``csrefine.adapters`` group provides (a module)."""
-
-    PARTICLE_SUFFIXES: tuple[str, ...]
-
-    def refine_job(self, args: argparse.Namespace, options) -> Job: ...
-
-    def add_commands(self, subparsers) -> dict[str, Callable[[argparse.Namespace], int]]: ...
-
-
-def load_adapters() -> dict[str, Adapter]:
-    """Installed adapter modules by entry-point name (e.g. ``relion``, ``cryosparc``)."""
+def load_adapters() -> dict:
+    """Installed adapter modules (see the module docstring) by entry-point name (e.g.
+    ``relion``, ``cryosparc``)."""
     return {ep.name: ep.load() for ep in entry_points(group=ADAPTER_GROUP)}
 
 

@@ -105,8 +105,3 @@ def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, vol
     return (defocus_phase_factor(lam) * df * k2 + cs_phase_factor(lam) * cs_mm * k2 * k2
             - np.deg2rad(phase_shift_deg) - amplitude_contrast_phase(amplitude_contrast)
             + even_phase_rad)
-
-
-def ctf_value(gamma, envelope=1.0):
-    """CTF = -sin(gamma) * envelope."""
-    return -np.sin(gamma) * envelope

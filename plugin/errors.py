@@ -32,15 +32,11 @@ class Interrupted(AbortRequested):
 
     def __init__(self, signum: int):
         self.signum = int(signum)
-        super().__init__(f"interrupted by {signal_name(self.signum)}")
-
-
-def signal_name(signum: int) -> str:
-    """'SIGTERM' for 15, etc."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
+        try:
+            name = signal.Signals(self.signum).name  # 'SIGTERM' for 15
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"interrupted by {name}")
 
 
 def shown(value) -> str:

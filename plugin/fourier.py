@@ -13,13 +13,6 @@ import numpy as np
 import scipy.fft
 
 
-def rfft_frequencies_px(box: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kx, ky) in cycles per pixel on the rfft2 grid, each of shape (box, box//2 + 1)."""
-    ky = np.fft.fftfreq(box)[:, None]
-    kx = np.fft.rfftfreq(box)[None, :]
-    return np.broadcast_to(kx, (box, box // 2 + 1)).copy(), np.broadcast_to(ky, (box, box // 2 + 1)).copy()
-
-
 @dataclass(frozen=True)
 class Band:
     """The Fourier pixels of a box used in a fit: |k| in [k_min, k_max] (1/A, nominal pixel size).
@@ -48,7 +41,7 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     """Select the rfft2 pixels with k_min <= |k| <= k_max (1/A), capped at Nyquist."""
     if box < 8 or box % 2:
         raise ValueError(f"box size must be an even number >= 8, got {box}")
-    kx, ky = rfft_frequencies_px(box)
+    ky, kx = np.meshgrid(np.fft.fftfreq(box), np.fft.rfftfreq(box), indexing="ij")  # cycles/pixel
     k = np.hypot(kx, ky) / pixel_size_A
     nyquist = 0.5 / pixel_size_A
     k_max = min(k_max_per_A, nyquist)

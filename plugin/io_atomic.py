@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import socket
@@ -45,8 +44,7 @@ def atomic_output(path):
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -196,11 +194,7 @@ def release_lock(out_dir) -> None:
     with deferred(raise_pending=False):  # the run is ending: a signal must not leave the lock
         owner = _lock_owner(lock)
         if owner is not None and owner.pid == os.getpid():
-            try:
-                lock.unlink()
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
+            lock.unlink(missing_ok=True)
 
 
 def clear_leftovers(out_dir) -> None:

@@ -47,10 +47,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _never() -> bool:
-    return False
-
-
 @dataclass
 class HistoryRequest:
     """Record the finished run in the Cs history (:mod:`csrefine.history`): the instrument
@@ -70,7 +66,7 @@ class Job:
     load: Callable[[], RefinementInputs]
     destination: Destination
     reconstruct: Reconstructor | None = None
-    should_abort: Callable[[], bool] = _never
+    should_abort: Callable[[], bool] = lambda: False
     history: HistoryRequest | None = None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,9 +58,6 @@ class OpticsGroup:
     beam_tilt_y_mrad: float = 0.0
     mag_matrix: np.ndarray = field(default_factory=lambda: np.eye(2))
     has_beam_tilt: bool = False
-
-    def with_cs(self, cs_mm: float) -> "OpticsGroup":
-        return replace(self, cs_mm=float(cs_mm))
 
 
 #: Physical ranges of the optics values, checked when a particle file is read (one place for the

@@ -31,11 +31,6 @@ REPORT_JSON = "csrefine.json"
 REPORT_PDF = "logfile.pdf"
 
 
-def write_report_json(path: Path, result: RunResult) -> None:
-    """csrefine.json: the run's report."""
-    write_json(path, result.report)
-
-
 def write_report_pdf(path: Path, result: RunResult) -> None:
     """logfile.pdf: the refinement's pages, the calibration's and the rounds'."""
     cal, rounds = result.calibration, result.rounds
@@ -68,7 +63,7 @@ class OutputDirectory:
                  progress: Callable[[str], None] = print_line):
         self.out_dir = Path(check_path_text(out_dir, "output directory"))
         self.files: dict[str, FileWriter] = {particles_name: write_particles,
-                                             REPORT_JSON: write_report_json,
+                                             REPORT_JSON: lambda path, r: write_json(path, r.report),
                                              REPORT_PDF: write_report_pdf,
                                              **(extra_files or {})}
         self.result_files = result_files

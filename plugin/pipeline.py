@@ -45,6 +45,7 @@ CROSS_ROWS = slice(3, 5)
 
 
 ProgressFn = Callable[[str], None]
+AbortFn = Callable[[], bool]
 
 
 def assign_cells(n: int, subsets: int, cells_per_subset: int, seed: int) -> np.ndarray:
@@ -54,11 +55,6 @@ def assign_cells(n: int, subsets: int, cells_per_subset: int, seed: int) -> np.n
     cells = np.empty(n, dtype=np.int64)
     cells[rng.permutation(n)] = np.arange(n) % n_cells
     return cells
-
-
-def _log(progress: ProgressFn | None, text: str):
-    if progress is not None:
-        progress(text)
 
 
 @dataclass(frozen=True)
@@ -81,22 +77,24 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     terms = pixel_terms(group, band)
     screen = screen or screen_for(images, positions, options.threads)
     done = downweighted = 0
-    meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size,
-                          progress)
+    meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size, progress)
     # The next batch is read from the (memory-mapped) stacks, and its images measured for the
     # screen, in background threads while this one is computed; the backends release the GIL in
     # their FFTs and kernels.
-    stream = BatchStream(images, positions, batch_size_for(backend, options, group.box_size),
+    stream = BatchStream(images, positions,
+                         options.batch_size or backend.default_batch_size(group.box_size),
                          group.box_size, buffer=backend.host_buffer,
-                         readers=reader_threads(backend, options), measure=measure_images)
+                         readers=backend.reader_threads(options.threads), measure=measure_images)
+    # each half set predicted from the half map reference_for names
+    refs = {half: references[reference_for(half, options.reference_half)] for half in (1, 2)}
     with closing(iter(stream)) as batches:  # readers stopped at once on abort or error
         for idx, imgs, moments in batches:
             if should_abort is not None:
                 check_abort(should_abort)
             batch, unusual = screen.weigh(imgs, particles.subset(idx), positions[idx], images,
                                           moments=moments)
-            _accumulate_one(stats, cells[idx], imgs, batch, references, terms, band, group,
-                            backend, options)
+            backend.accumulate_halves(stats, cells[idx], imgs, batch, refs, terms, band,
+                                      group.pixel_size_A, options.threads)
             done += idx.size
             downweighted += unusual
             meter.update(done)
@@ -147,18 +145,6 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d} h"
 
 
-def batch_size_for(backend, options: RefineOptions, box: int) -> int:
-    """``options.batch_size``, or the backend's preferred batch for this box."""
-    if options.batch_size:
-        return int(options.batch_size)
-    return int(backend.default_batch_size(box))
-
-
-def reader_threads(backend, options: RefineOptions) -> int:
-    """Threads reading images: the backend's choice given ``--j``."""
-    return int(backend.reader_threads(options.threads))
-
-
 def load_backend(device: str):
     """The backend running ``device`` (a :class:`csrefine.backends.Backend`: the C kernel for
     cpu, CuPy for cuda), warmed up (CUDA initialised, its kernel compiled)."""
@@ -174,15 +160,6 @@ def reference_for(half: int, policy: str) -> int:
     if policy == "opposite":
         return 3 - half
     raise InputError(f"reference_half must be 'opposite' or 'own', got {policy!r}")
-
-
-def _accumulate_one(stats, cells, imgs, batch, references, terms, band, group, backend,
-                    options):
-    """One batch (both half sets) through the backend's ``accumulate_halves``, each half set
-    predicted from the half map :func:`reference_for` names."""
-    refs = {half: references[reference_for(half, options.reference_half)] for half in (1, 2)}
-    backend.accumulate_halves(stats, cells, imgs, batch, refs, terms, band,
-                              group.pixel_size_A, options.threads)
 
 
 def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
@@ -215,7 +192,7 @@ def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, war
                 f"invert-contrast setting (RELION); the group was refined with every image's "
                 f"sign flipped")
         warnings.append(text)
-        _log(progress, f"WARNING: {text}")
+        progress(f"WARNING: {text}")
     text = None
     if check.verdict == SWAPPED:
         references = {1: references[2], 2: references[1]}
@@ -229,7 +206,7 @@ def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, war
                 f"check's sample to resolve their own noise; the half maps are used as given")
     if text:
         warnings.append(text)
-        _log(progress, f"WARNING: {text}")
+        progress(f"WARNING: {text}")
     if check.verdict == OTHER_SPLIT:
         return references, (f"{names} do not match the particles' half sets "
                             f"(rlnRandomSubset / alignments3D/split): they contain these "
@@ -251,15 +228,14 @@ class GroupContext:
     band_A: list
     backend: object
     options: RefineOptions
-    progress: ProgressFn | None
-    should_abort: Callable[[], bool] | None
+    progress: ProgressFn
+    should_abort: AbortFn | None
     half_map_names: tuple[str, str] | None
     timings: dict
     warnings: list
 
     def not_refined(self, group: OpticsGroup, n: int, reason: str, band_A) -> GroupResult:
-        _log(self.progress, f"{group_label(group.optics_group, group.name)}: not refined "
-                            f"({reason})")
+        self.progress(f"{group_label(group.optics_group, group.name)}: not refined ({reason})")
         return not_refined_result(group, n, reason, band_A)
 
 
@@ -306,14 +282,14 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     result.contrast = check.contrast
     result.images_downweighted = accumulated.downweighted
     if not result.refined:
-        _log(ctx.progress, f"{label}: not refined ({result.reason})")
+        ctx.progress(f"{label}: not refined ({result.reason})")
     return result
 
 
 def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_maps,
            mask: np.ndarray | None = None, map_pixel_size_A: float | None = None,
            options: RefineOptions | None = None, progress: ProgressFn | None = None,
-           should_abort: Callable[[], bool] | None = None, *,
+           should_abort: AbortFn | None = None, *,
            half_map_names: tuple[str, str] | None = None) -> Refinement:
     """Refine Cs (and a defocus offset) per optics group.
 
@@ -330,12 +306,13 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     half_map_names : how to name the half maps in messages (e.g. their files).
     """
     options = options or RefineOptions()
+    progress = progress or (lambda text: None)
     timings = {}
     t_start = time.monotonic()
     particles.check_finite()
     map_pixel_size(groups, half_maps, map_pixel_size_A)  # validate before starting the backend
     backend = load_backend(options.device)
-    _log(progress, "set-up: half-map FSC and padded references")
+    progress("set-up: half-map FSC and padded references")
     setup = prepare_references(groups, half_maps, mask, map_pixel_size_A, options)
     fsc, resolution, px, references = (setup.fsc, setup.resolution_A, setup.map_pixel_size_A,
                                        setup.references)
@@ -345,12 +322,12 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     reach = (f"stays above {options.fsc_threshold} up to Nyquist ({resolution:.2f} Å)"
              if np.isclose(resolution, nyquist_A(px), rtol=1e-6)
              else f"reaches {options.fsc_threshold} at {resolution:.2f} Å")
-    _log(progress, f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
+    progress(f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
     warnings = []
     if options.resolution_high_A and options.resolution_high_A < high_A:
         warnings.append(f"resolution_high_A {options.resolution_high_A:g} Å is beyond the half "
                         f"maps' Nyquist resolution ({high_A:.2f} Å): the band ends there")
-        _log(progress, f"WARNING: {warnings[-1]}")
+        progress(f"WARNING: {warnings[-1]}")
     timings["setup"] = time.monotonic() - t_start
     results = []
     context = GroupContext(particles, images, references, px, band_A, backend, options, progress,
@@ -365,7 +342,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
 
 
 def refine_inputs(inputs: RefinementInputs, options: RefineOptions, progress: ProgressFn | None,
-                  should_abort: Callable[[], bool] | None = None) -> Refinement:
+                  should_abort: AbortFn | None = None) -> Refinement:
     """:func:`refine` on a run's inputs (its half maps named as the inputs name them)."""
     names = inputs.sources.get("half_maps")
     return refine(inputs.groups, inputs.particles, inputs.images, inputs.half_maps, inputs.mask,

@@ -74,13 +74,9 @@ def _pad_centre_out(a: np.ndarray, axis: int, size: int) -> np.ndarray:
     shape = list(a.shape)
     shape[axis] = size
     out = np.zeros(shape, dtype=a.dtype)
-    lo = [slice(None)] * a.ndim
-    hi = [slice(None)] * a.ndim
-    lo[axis], hi[axis] = slice(0, h), slice(size - (box - h), size)
-    src_lo, src_hi = [slice(None)] * a.ndim, [slice(None)] * a.ndim
-    src_lo[axis], src_hi[axis] = slice(0, h), slice(h, box)
-    out[tuple(lo)] = a[tuple(src_lo)]
-    out[tuple(hi)] = a[tuple(src_hi)]
+    view, src = np.moveaxis(out, axis, 0), np.moveaxis(a, axis, 0)  # views: axis first
+    view[:h] = src[:h]
+    view[size - (box - h):] = src[h:]
     return out
 
 

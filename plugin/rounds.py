@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -37,15 +37,9 @@ from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
 from .model import OpticsGroup, Particles, group_label, nyquist_A
 from .options import RefineOptions
 from .phase_map import shifted_curves, with_isotropic_change
-from .pipeline import refine_inputs
+from .pipeline import AbortFn, ProgressFn, refine_inputs
 from .results import GroupResult, Refinement
 from .zernike import fold_out_k4, rescale_beam_tilt
-
-ProgressFn = Callable[[str], None]
-AbortFn = Callable[[], bool]
-
-#: Bytes per mebibyte, for the memory estimate's text.
-MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -79,10 +73,9 @@ class RoundCost:
     def text(self, rounds: int) -> str:
         return (f"{rounds} rounds: each further round rebuilds both half maps with {self.tool} "
                 f"({self.processes} process{'es' if self.processes > 1 else ''} at once, about "
-                f"{self.memory_bytes / MIB:,.0f} MiB of memory and {self.seconds:.0f} s, "
+                f"{self.memory_bytes / 2**20:,.0f} MiB of memory and {self.seconds:.0f} s, "
                 f"estimated from the box size and particle count, one unloaded core per process) "
-                f"and refines again (about as "
-                f"long as round 1)")
+                f"and refines again (about as long as round 1)")
 
 
 class Reconstructor(Protocol):
@@ -298,14 +291,8 @@ def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinemen
 # The loop
 
 
-def _log(progress: ProgressFn | None, text: str) -> None:
-    if progress is not None:
-        progress(text)
-
-
 def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct: Reconstructor,
-                  progress: ProgressFn | None = None, should_abort: AbortFn | None = None,
-                  first_seconds: float | None = None) -> RoundsOutcome:
+                  progress: ProgressFn | None = None, should_abort: AbortFn | None = None) -> RoundsOutcome:
     """Rounds 2..options.rounds after ``first`` (round 1, refined against the given maps).
 
     Before round r the half maps are rebuilt by ``reconstruct`` with the optics the rounds so
@@ -313,17 +300,16 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
     the particles, updated likewise (Cs, folded Zernike terms, rescaled beam tilt, shifted
     defocus), against them. Stops after round r >= 2 when :func:`settled`.
     """
-    should_abort = should_abort or (lambda: False)
+    progress, should_abort = progress or (lambda text: None), should_abort or (lambda: False)
     names = inputs.sources.get("half_maps") or ("half map 1", "half map 2")
-    refine_s = first.timings_s.get("refine", 0.0) if first_seconds is None else first_seconds
-    records = [round_record(1, first, names, 0.0, refine_s)]
+    records = [round_record(1, first, names, 0.0, first.timings_s.get("refine", 0.0))]
     refinements, maps, current = [first], [], inputs
     stop = f"all {options.rounds} rounds done"
-    _log(progress, round_line(records[-1]))
+    progress(round_line(records[-1]))
     for number in range(2, options.rounds + 1):
         check_abort(should_abort)
-        _log(progress, f"round {number} of {options.rounds}: rebuilding the half maps with the "
-                       f"Cs of round {number - 1}")
+        progress(f"round {number} of {options.rounds}: rebuilding the half maps with the "
+                 f"Cs of round {number - 1}")
         rebuilt = reconstruct(number, inputs, combine(inputs.groups, refinements), progress,
                               should_abort)
         maps.append(rebuilt)
@@ -338,7 +324,7 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
         refinements.append(refinement)
         records.append(round_record(number, refinement, rebuilt.names, rebuilt.seconds,
                                     time.monotonic() - t0))
-        _log(progress, round_line(records[-1]))
+        progress(round_line(records[-1]))
         if settled(records[-1]):
             if number < options.rounds:
                 stop = (f"stopped after round {number} of {options.rounds}: every group's "

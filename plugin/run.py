@@ -23,14 +23,12 @@ from typing import Callable, Protocol
 from .calibration_report import calibrate_refinement, merge_into_groups
 from .errors import InputError, check_abort
 from .options import RefineOptions
-from .pipeline import refine_inputs
+from .pipeline import AbortFn, refine_inputs
 from .report import report_dict
 from .report_text import interpretation_text, summary_table
 from .results import Refinement, RefinementInputs, RunResult
 from .rounds import Reconstructor, refine_rounds
 from .rounds_report import rounds_json, rounds_text_lines
-
-AbortFn = Callable[[], bool]
 
 
 class Destination(Protocol):

@@ -45,8 +45,7 @@ def simulate_images(volume: np.ndarray, group: OpticsGroup, particles: Particles
     out = np.empty((len(particles), box, box), dtype=np.float32)
     for start in range(0, len(particles), batch):
         idx = np.arange(start, min(start + batch, len(particles)))
-        pred = predict_band(group, particles.subset(idx), {1: ref, 2: ref},
-                            band)
+        pred = predict_band(group, particles.subset(idx), {1: ref, 2: ref}, band)
         out[idx] = band_to_images(pred, band) + rng.normal(0.0, noise_sigma, (idx.size, box, box))
     return out
 

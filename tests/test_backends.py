@@ -261,7 +261,7 @@ def test_refine_cpu_and_numpy_give_the_same_cs(small_map_48, monkeypatch):
     for name in ("cpu", "numpy"):
         if name == "numpy":
             monkeypatch.setattr(csrefine.pipeline, "get_backend", lambda device: numpy_backend)
-        res = csrefine.pipeline.refine({1: truth.with_cs(2.7)}, parts, images, halves,
+        res = csrefine.pipeline.refine({1: replace(truth, cs_mm=2.7)}, parts, images, halves,
                                        options=options)
         assert res.backend == name
         results[name] = res.groups[0]
@@ -402,7 +402,7 @@ def test_refine_cuda_and_cpu_give_the_same_cs(small_map_48):
                    for _ in range(2))
     cs = {}
     for device in ("cuda", "cpu"):
-        res = refine({1: truth.with_cs(2.7)}, parts, images, halves,
+        res = refine({1: replace(truth, cs_mm=2.7)}, parts, images, halves,
                      options=RefineOptions(device=device, threads=2, min_particles=50))
         assert res.backend == {"cuda": "cupy", "cpu": "cpu"}[device]
         cs[device] = res.groups[0].cs_refined_mm

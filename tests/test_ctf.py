@@ -8,7 +8,6 @@ from csrefine.ctf import (
     astigmatic_defocus_A,
     cs_phase_factor,
     ctf_gamma,
-    ctf_value,
     electron_wavelength_A,
 )
 
@@ -30,8 +29,8 @@ def test_low_frequency_contrast_is_positive_for_underfocus():
     k = np.array([0.0, 0.01])
     g = ctf_gamma(k, 0 * k, defocus_u_A=15000, defocus_v_A=15000, defocus_angle_deg=0, cs_mm=2.7,
                   voltage_kv=300, amplitude_contrast=0.1)
-    assert np.all(ctf_value(g) > 0)
-    assert ctf_value(g)[0] == pytest.approx(0.1, rel=1e-6)  # sin(K3) = Q0
+    assert np.all(-np.sin(g) > 0)  # CTF = -sin(gamma)
+    assert -np.sin(g)[0] == pytest.approx(0.1, rel=1e-6)  # sin(K3) = Q0
 
 
 def test_cs_term_is_pi_over_two_cs_lambda_cubed_k4():

@@ -40,7 +40,7 @@ def refinement(structure):
     images = ArrayImages(simulate_images(volume, truth, parts, 0.3, rng))
     halves = tuple(volume + rng.normal(0, 0.003 * volume.max(), volume.shape).astype(np.float32)
                    for _ in range(2))
-    return refine({1: truth.with_cs(2.7)}, parts, images, halves,
+    return refine({1: replace(truth, cs_mm=2.7)}, parts, images, halves,
                   options=RefineOptions(threads=2, min_particles=50))
 
 

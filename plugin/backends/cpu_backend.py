@@ -76,10 +76,6 @@ def _load_library() -> ctypes.CDLL:
 _LIB = _load_library()
 
 
-def _pointer(a: np.ndarray) -> int:
-    return a.ctypes.data
-
-
 #: Thread pools of the kernel, by number of threads (made on first use, kept for the process).
 _POOLS: dict = {}
 
@@ -101,8 +97,8 @@ def image_moments(images: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndar
     mean, variance, deviation = np.empty(len(flat)), np.empty(len(flat)), np.empty(len(flat))
 
     def rows(a: int, z: int) -> None:
-        _LIB.csrefine_moments(_pointer(flat), flat.shape[1], a, z, _pointer(mean),
-                              _pointer(variance))
+        _LIB.csrefine_moments(flat.ctypes.data, flat.shape[1], a, z, mean.ctypes.data,
+                              variance.ctypes.data)
         part = flat[a:z]
         deviation[a:z] = np.maximum(part.max(axis=1) - mean[a:z], mean[a:z] - part.min(axis=1))
 
@@ -162,7 +158,7 @@ def _kernel_args(stats: np.ndarray, k: KernelInputs) -> _KernelArgs:
     if stats.shape[1:] != (N_STATS, m) or k.shift_x.shape[1] != k.half_box + 1 \
             or k.shift_y.shape[1] != 2 * k.half_box:
         raise ValueError("kernel inputs of inconsistent shapes")
-    return _KernelArgs(*(_pointer(a) for a in arrays), n, m, stats.shape[0], k.ptab.shape[1],
+    return _KernelArgs(*(a.ctypes.data for a in arrays), n, m, stats.shape[0], k.ptab.shape[1],
                        k.ref.shape[1], k.ref.shape[2], k.radius, k.half_box,
                        int(k.observed.dtype == np.complex128), k.ref_scale, _COLUMNS, _ROWS)
 

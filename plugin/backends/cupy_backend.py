@@ -242,22 +242,16 @@ def _to_device(cp, array, stream):
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
                      threads: int = 1) -> None:
-    """Add one batch of particles (all predicted from ``reference``) to ``stats``.
-
-    Same arguments and result as :func:`csrefine.backends.numpy_backend.accumulate_batch`
-    (``threads`` is unused: the work is on the device).
-    """
+    """:meth:`csrefine.backends.Backend.accumulate_batch` (``threads`` is unused: the work is
+    on the device)."""
     _accumulate(stats, cells, images, particles, [(np.arange(len(particles)), reference)],
                 terms, band, pixel_size_A)
 
 
 def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
                       threads: int = 1) -> None:
-    """Add one batch holding both half sets: images copied and transformed once, then the
-    particles of half set h predicted from ``references[h]`` (h = 1, 2).
-
-    Equivalent to :func:`accumulate_batch` called per half set (tests/test_backends.py).
-    """
+    """:meth:`csrefine.backends.Backend.accumulate_halves`: images copied and transformed once,
+    then the particles of half set h predicted from ``references[h]`` (h = 1, 2)."""
     parts = [(np.flatnonzero(particles.half_set == h), references[h]) for h in (1, 2)]
     _accumulate(stats, cells, images, particles, parts, terms, band, pixel_size_A)
 

@@ -22,12 +22,8 @@ def band_transforms(images: np.ndarray, band, threads: int = 1) -> np.ndarray:
 
 def accumulate_batch(stats, cells, images, particles, reference, terms, band, pixel_size_A,
                      threads: int = 1) -> None:
-    """Add one batch of particles (all of one half set, using ``reference``) to ``stats``.
-
-    stats : (n_cells, 6, m) float64, modified in place; cells : (n,) int; images : (n, box, box)
-    real, centred at box//2; particles : :class:`csrefine.model.Particles` of the batch;
-    reference : :class:`csrefine.projection.PaddedReference`; terms : :class:`csrefine.forward.PixelTerms`.
-    """
+    """:meth:`csrefine.backends.Backend.accumulate_batch`, the reference: add one batch, all of
+    one half set and predicted from ``reference``, to ``stats``."""
     observed = band_transforms(images, band, threads)
     proj = shifted_projections(terms, particles, reference, pixel_size_A)
     accumulate_numpy(stats, cells, observed, proj, particle_gamma(terms, particles),
@@ -36,12 +32,8 @@ def accumulate_batch(stats, cells, images, particles, reference, terms, band, pi
 
 def accumulate_halves(stats, cells, images, particles, references, terms, band, pixel_size_A,
                       threads: int = 1) -> None:
-    """Add one batch holding both half sets: :func:`accumulate_batch` on the particles of half
-    set h (h = 1, 2) with ``references[h]``, half set 1 first.
-
-    Arguments as :func:`accumulate_batch`, but ``references`` maps half set -> reference and
-    ``cells`` (n,) int is indexed per half set.
-    """
+    """:meth:`csrefine.backends.Backend.accumulate_halves`: :func:`accumulate_batch` on the
+    particles of half set h (h = 1, 2) with ``references[h]``, half set 1 first."""
     for half in (1, 2):
         sel = np.flatnonzero(particles.half_set == half)
         if sel.size:
