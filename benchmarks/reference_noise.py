@@ -74,7 +74,7 @@ def main() -> None:
         cells = assign_cells(positions.size, options.subsets, options.cells_per_subset,
                              options.seed + gid)
         stats = accumulate_group(group, positions, sub, inputs.images, refs, band, cells,
-                                 n_cells, backend, options)
+                                 n_cells, backend, options).stats
         fitted = fit_group(group, stats, band, n_cells, positions.size, options)
         result = summarise_group(group, positions.size, fitted, [low_A, high_A], options)
         t0 = time.monotonic()
