@@ -33,8 +33,7 @@ class PhaseMap:
 
     k_axis_per_A : (n,) block centres along x and y, 1/Å (nominal, before magnification);
     measured_deg, fitted_deg, residual_deg : (n, n), [y, x]; anisotropic_deg / isotropic_deg :
-    the largest anisotropic residual term and the isotropic fitted change at the band's edge;
-    anisotropy_ratio : their ratio (0 for a pure Cs / pixel-size change).
+    the largest anisotropic residual term and the isotropic fitted change at the band's edge.
     """
 
     k_axis_per_A: np.ndarray
@@ -44,14 +43,17 @@ class PhaseMap:
     anisotropic_deg: float
     isotropic_deg: float
 
-    @property
-    def anisotropy_ratio(self) -> float:
-        return self.anisotropic_deg / self.isotropic_deg if self.isotropic_deg > 0 else float("nan")
-
     def summary(self) -> dict:
-        return {"anisotropic_deg_at_band_edge": round(self.anisotropic_deg, 2),
-                "isotropic_change_deg_at_band_edge": round(self.isotropic_deg, 2),
-                "anisotropy_ratio": round(self.anisotropy_ratio, 3)}
+        return anisotropy_summary(self.anisotropic_deg, self.isotropic_deg)
+
+
+def anisotropy_summary(anisotropic_deg: float, isotropic_deg: float) -> dict:
+    """The anisotropic residual and the isotropic change at the band's edge (degrees) and their
+    ratio (0 for a pure Cs / pixel-size change; NaN without an isotropic change), rounded."""
+    ratio = anisotropic_deg / isotropic_deg if isotropic_deg > 0 else float("nan")
+    return {"anisotropic_deg_at_band_edge": round(float(anisotropic_deg), 2),
+            "isotropic_change_deg_at_band_edge": round(float(isotropic_deg), 2),
+            "anisotropy_ratio": round(float(ratio), 3)}
 
 
 def wrap_deg(x):
@@ -154,7 +156,4 @@ def with_isotropic_change(anisotropy: dict, isotropic_deg: float) -> dict:
     change at the band's edge replaced (and the ratio recomputed)."""
     if not anisotropy:
         return anisotropy
-    aniso = anisotropy["anisotropic_deg_at_band_edge"]
-    ratio = aniso / isotropic_deg if isotropic_deg > 0 else float("nan")
-    return {**anisotropy, "isotropic_change_deg_at_band_edge": round(float(isotropic_deg), 2),
-            "anisotropy_ratio": round(float(ratio), 3)}
+    return anisotropy_summary(anisotropy["anisotropic_deg_at_band_edge"], isotropic_deg)
