@@ -91,7 +91,7 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
                           best.defocus_offset_A + search.defocus_A / 4, PROFILE_DEFOCUS_POINTS)
     profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
-    pmap = phase_map(stats.sum(axis=0), band, terms.k2, radial.noise_var, radial.pixel_shell,
+    pmap = phase_map(stats.sum(axis=0), band, terms.k2, radial.noise_var[radial.pixel_shell],
                      lambda k2: model.delta(best.defocus_offset_A, best.cs_change_mm, k2))
     return GroupFit(best, loo, subsets, model, cs_axis, profile, radial, pmap)
 

@@ -62,13 +62,13 @@ def wrap_deg(x):
 
 
 def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndarray,
-              shell_of_pixel: np.ndarray, fitted_delta, block_px: int = 2) -> PhaseMap:
+              fitted_delta, block_px: int = 2) -> PhaseMap:
     """The 2D phase map of one group.
 
     stats : (6, m) statistics summed over particles and cells; band : the group's
-    :class:`csrefine.fourier.Band`; k2_per_A2 : (m,) |Mk|^2 of each pixel; noise_var : noise
-    variance per shell (per particle and pixel) and shell_of_pixel : (m,) index into it;
-    fitted_delta : function of k2 (1/Å^2) -> the fitted isotropic phase change (radians).
+    :class:`csrefine.fourier.Band`; k2_per_A2, noise_var : (m,) |Mk|^2 of each pixel and its
+    noise variance (per particle); fitted_delta : function of k2 (1/Å^2) -> the fitted
+    isotropic phase change (radians).
     """
     box, px = band.box, band.pixel_size_A
     col = np.rint(band.kx_px * box).astype(np.int64)   # 0 .. box/2
@@ -79,7 +79,7 @@ def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndar
     size = (2 * n) ** 2
     a, b, c, d, e, _ = (np.bincount(key, v, minlength=size) for v in stats)
     count = np.bincount(key, minlength=size)
-    sigma2 = np.bincount(key, noise_var[shell_of_pixel], minlength=size)
+    sigma2 = np.bincount(key, noise_var, minlength=size)
     k2 = np.bincount(key, k2_per_A2, minlength=size) / np.maximum(count, 1)
     kx = np.bincount(key, band.kx_px, minlength=size) / np.maximum(count, 1) / px
     ky = np.bincount(key, band.ky_px, minlength=size) / np.maximum(count, 1) / px
