@@ -23,6 +23,7 @@ import numpy as np
 from .fit import PhaseModel, default_search_range, fit_phase, pool
 from .forward import pixel_terms
 from .fourier import Band, make_band
+from .halfsets import sample_positions
 from .model import OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
 from .pipeline import accumulate_group, load_backend
@@ -65,10 +66,7 @@ def subsample_positions(particles: Particles, optics_group: int,
                         max_particles: int = SCORING_PARTICLES) -> np.ndarray:
     """Indices (into ``particles``) of at most ``max_particles`` of the group, evenly spaced
     through it (deterministic)."""
-    positions = np.flatnonzero(particles.optics_group == optics_group)
-    if positions.size <= max_particles:
-        return positions
-    return positions[np.linspace(0, positions.size - 1, max_particles).round().astype(np.int64)]
+    return sample_positions(np.flatnonzero(particles.optics_group == optics_group), max_particles)
 
 
 def group_band(group: OpticsGroup, context: ScoringContext) -> Band:

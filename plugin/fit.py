@@ -34,12 +34,14 @@ class RadialStatistics:
     sums : (..., 5, n_bins) Friedel-weighted sums of A, B, C, D, E per bin.
     k2 : (n_bins,) mean |k'|^2 (1/A^2) of each bin; shell : (n_bins,) Fourier shell of each bin.
     noise_var : (n_shells,) noise variance sigma_s^2 per shell (per complex pixel and particle).
+    pixel_shell : (m,) each pixel's index into noise_var.
     """
 
     sums: np.ndarray
     k2: np.ndarray
     shell: np.ndarray
     noise_var: np.ndarray
+    pixel_shell: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def pool(stats: np.ndarray, k2_phys: np.ndarray, k_box: np.ndarray, friedel: np.
     k2 = np.bincount(fine_idx, k2_phys * friedel, minlength=n_bins) / np.maximum(weight, 1e-300)
     total = flat.sum(axis=0)
     noise = shell_noise_variance(total, shell_idx, shells_used.size, n_particles)
-    return RadialStatistics(sums.reshape(lead + (5, n_bins)), k2, bin_shell, noise)
+    return RadialStatistics(sums.reshape(lead + (5, n_bins)), k2, bin_shell, noise, shell_idx)
 
 
 def shell_terms(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, ddf_A, dcs_mm):
@@ -149,18 +151,6 @@ def default_search_range(model: PhaseModel, k_max_per_A: float, cs_mm: float = 1
     return SearchRange(500.0 + compensating, cs_mm)
 
 
-def grid_axes(model: PhaseModel, k_max_per_A: float, search: SearchRange,
-              max_phase_step: float = np.pi / 6) -> tuple[np.ndarray, np.ndarray]:
-    """Grid of (ddf, dcs) whose steps move the phase at k_max by at most ``max_phase_step``."""
-    k2 = k_max_per_A**2
-    step_df = max_phase_step / abs(model.defocus_factor * k2)
-    step_cs = max_phase_step / abs(model.cs_factor * k2 * k2)
-    n_df = int(np.ceil(search.defocus_A / step_df))
-    n_cs = int(np.ceil(search.cs_mm / step_cs))
-    return (np.linspace(-search.defocus_A, search.defocus_A, 2 * n_df + 1),
-            np.linspace(-search.cs_mm, search.cs_mm, 2 * n_cs + 1))
-
-
 @dataclass(frozen=True)
 class FitResult:
     defocus_offset_A: float
@@ -189,21 +179,20 @@ def numerical_hessian(radial, sums, model, ddf, dcs, h_df, h_cs) -> np.ndarray:
 
 
 def fit_phase(radial: RadialStatistics, sums: np.ndarray, model: PhaseModel, k_max_per_A: float,
-              search: SearchRange, start=None, n_starts: int = 4) -> FitResult:
-    """Maximise the profiled likelihood: grid search (unless ``start`` is given), then local
-    (:func:`fit_many` from the best ``n_starts`` grid points).
+              search: SearchRange) -> FitResult:
+    """Maximise the profiled likelihood: grid search (steps of :func:`parameter_scales`), then
+    local (:func:`fit_many` from the 4 best grid points).
 
     sums : (5, n_bins) pooled statistics to fit (a subset's, or all).
     """
     scales = parameter_scales(model, k_max_per_A)
-    if start is None:
-        df_axis, cs_axis = grid_axes(model, k_max_per_A, search)
-        grid = log_likelihood(radial, sums, model, df_axis[:, None], cs_axis[None, :])
-        order = np.argsort(grid, axis=None)[::-1][:n_starts]
-        starts = np.array([(df_axis[i], cs_axis[j])
-                           for i, j in zip(*np.unravel_index(order, grid.shape))])
-    else:
-        starts = np.asarray(start, dtype=np.float64)[None, :]
+    n_df, n_cs = np.ceil(np.array([search.defocus_A, search.cs_mm]) / scales).astype(int)
+    df_axis = np.linspace(-search.defocus_A, search.defocus_A, 2 * n_df + 1)
+    cs_axis = np.linspace(-search.cs_mm, search.cs_mm, 2 * n_cs + 1)
+    grid = log_likelihood(radial, sums, model, df_axis[:, None], cs_axis[None, :])
+    order = np.argsort(grid, axis=None)[::-1][:4]
+    starts = np.array([(df_axis[i], cs_axis[j])
+                       for i, j in zip(*np.unravel_index(order, grid.shape))])
     found = fit_many(radial, np.repeat(sums[None], len(starts), axis=0), model, k_max_per_A,
                      starts)
     ll = log_likelihood(radial, sums, model, found[:, 0], found[:, 1])

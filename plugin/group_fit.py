@@ -18,7 +18,6 @@ from .fit import (
     jackknife_sigma,
     log_likelihood,
     pool,
-    radial_bins,
 )
 from .forward import pixel_terms
 from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
@@ -38,14 +37,13 @@ PROFILE_DEFOCUS_POINTS = 41
 BINS_PER_SHELL = 8
 
 
-def _curvature_sigma(fit: FitResult) -> tuple[float | None, float | None]:
+def _curvature_sigma_cs_mm(fit: FitResult) -> float | None:
+    """Cs sigma (mm) from the inverse Hessian (None where it is singular or not positive)."""
     try:
         cov = np.linalg.inv(fit.hessian)
     except np.linalg.LinAlgError:
-        return None, None
-    if cov[0, 0] <= 0 or cov[1, 1] <= 0:
-        return None, None
-    return float(np.sqrt(cov[1, 1])), float(np.sqrt(cov[0, 0]))
+        return None
+    return None if cov[0, 0] <= 0 or cov[1, 1] <= 0 else float(np.sqrt(cov[1, 1]))
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,7 @@ def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_p
     df_axis = np.linspace(best.defocus_offset_A - search.defocus_A / 4,
                           best.defocus_offset_A + search.defocus_A / 4, PROFILE_DEFOCUS_POINTS)
     profile = log_likelihood(radial, total, model, df_axis[:, None], cs_axis[None, :]).max(axis=0)
-    _, shell = radial_bins(k_box, BINS_PER_SHELL)
-    pmap = phase_map(stats.sum(axis=0), band, terms.k2, radial.noise_var,
-                     np.unique(shell, return_inverse=True)[1],
+    pmap = phase_map(stats.sum(axis=0), band, terms.k2, radial.noise_var[radial.pixel_shell],
                      lambda k2: model.delta(best.defocus_offset_A, best.cs_change_mm, k2))
     return GroupFit(best, loo, subsets, model, cs_axis, profile, radial, pmap)
 
@@ -158,7 +154,7 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
     cs_ref = cs_input + best.cs_change_mm
     cs_sigma = jackknife_sigma(loo[:, 1])
     df_sigma = jackknife_sigma(loo[:, 0])
-    cs_curv, _ = _curvature_sigma(best)
+    cs_curv = _curvature_sigma_cs_mm(best)
     model = fitted.model
     impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
                                  cs_ref - group.cs_mm, 1.0 / nyquist_A(group.pixel_size_A))

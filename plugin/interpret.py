@@ -15,11 +15,6 @@ def pixel_size_if_cs_nominal_A(pixel_size_A: float, cs_nominal_mm: float, cs_ref
     return float(pixel_size_A * ratio**0.25) if np.isfinite(ratio) and ratio > 0 else float("nan")
 
 
-def apparent_cs_mm(cs_true_mm: float, pixel_nominal_A: float, pixel_true_A: float) -> float:
-    """Cs a CTF fit returns when the pixel size is wrong: Cs * (p_nominal / p_true)^4."""
-    return cs_true_mm * (pixel_nominal_A / pixel_true_A) ** 4
-
-
 def resolution_impact_A(defocus_factor: float, cs_factor: float, defocus_offset_A: float,
                         cs_change_mm: float, k_limit_per_A: float,
                         threshold_rad: float = np.pi / 4, samples: int = 20000) -> float | None:

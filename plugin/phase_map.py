@@ -33,8 +33,7 @@ class PhaseMap:
 
     k_axis_per_A : (n,) block centres along x and y, 1/Å (nominal, before magnification);
     measured_deg, fitted_deg, residual_deg : (n, n), [y, x]; anisotropic_deg / isotropic_deg :
-    the largest anisotropic residual term and the isotropic fitted change at the band's edge;
-    anisotropy_ratio : their ratio (0 for a pure Cs / pixel-size change).
+    the largest anisotropic residual term and the isotropic fitted change at the band's edge.
     """
 
     k_axis_per_A: np.ndarray
@@ -44,14 +43,17 @@ class PhaseMap:
     anisotropic_deg: float
     isotropic_deg: float
 
-    @property
-    def anisotropy_ratio(self) -> float:
-        return self.anisotropic_deg / self.isotropic_deg if self.isotropic_deg > 0 else float("nan")
-
     def summary(self) -> dict:
-        return {"anisotropic_deg_at_band_edge": round(self.anisotropic_deg, 2),
-                "isotropic_change_deg_at_band_edge": round(self.isotropic_deg, 2),
-                "anisotropy_ratio": round(self.anisotropy_ratio, 3)}
+        return anisotropy_summary(self.anisotropic_deg, self.isotropic_deg)
+
+
+def anisotropy_summary(anisotropic_deg: float, isotropic_deg: float) -> dict:
+    """The anisotropic residual and the isotropic change at the band's edge (degrees) and their
+    ratio (0 for a pure Cs / pixel-size change; NaN without an isotropic change), rounded."""
+    ratio = anisotropic_deg / isotropic_deg if isotropic_deg > 0 else float("nan")
+    return {"anisotropic_deg_at_band_edge": round(float(anisotropic_deg), 2),
+            "isotropic_change_deg_at_band_edge": round(float(isotropic_deg), 2),
+            "anisotropy_ratio": round(float(ratio), 3)}
 
 
 def wrap_deg(x):
@@ -60,13 +62,13 @@ def wrap_deg(x):
 
 
 def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndarray,
-              shell_of_pixel: np.ndarray, fitted_delta, block_px: int = 2) -> PhaseMap:
+              fitted_delta, block_px: int = 2) -> PhaseMap:
     """The 2D phase map of one group.
 
     stats : (6, m) statistics summed over particles and cells; band : the group's
-    :class:`csrefine.fourier.Band`; k2_per_A2 : (m,) |Mk|^2 of each pixel; noise_var : noise
-    variance per shell (per particle and pixel) and shell_of_pixel : (m,) index into it;
-    fitted_delta : function of k2 (1/Å^2) -> the fitted isotropic phase change (radians).
+    :class:`csrefine.fourier.Band`; k2_per_A2, noise_var : (m,) |Mk|^2 of each pixel and its
+    noise variance (per particle); fitted_delta : function of k2 (1/Å^2) -> the fitted
+    isotropic phase change (radians).
     """
     box, px = band.box, band.pixel_size_A
     col = np.rint(band.kx_px * box).astype(np.int64)   # 0 .. box/2
@@ -77,7 +79,7 @@ def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndar
     size = (2 * n) ** 2
     a, b, c, d, e, _ = (np.bincount(key, v, minlength=size) for v in stats)
     count = np.bincount(key, minlength=size)
-    sigma2 = np.bincount(key, noise_var[shell_of_pixel], minlength=size)
+    sigma2 = np.bincount(key, noise_var, minlength=size)
     k2 = np.bincount(key, k2_per_A2, minlength=size) / np.maximum(count, 1)
     kx = np.bincount(key, band.kx_px, minlength=size) / np.maximum(count, 1) / px
     ky = np.bincount(key, band.ky_px, minlength=size) / np.maximum(count, 1) / px
@@ -154,7 +156,4 @@ def with_isotropic_change(anisotropy: dict, isotropic_deg: float) -> dict:
     change at the band's edge replaced (and the ratio recomputed)."""
     if not anisotropy:
         return anisotropy
-    aniso = anisotropy["anisotropic_deg_at_band_edge"]
-    ratio = aniso / isotropic_deg if isotropic_deg > 0 else float("nan")
-    return {**anisotropy, "isotropic_change_deg_at_band_edge": round(float(isotropic_deg), 2),
-            "anisotropy_ratio": round(float(ratio), 3)}
+    return anisotropy_summary(anisotropy["anisotropic_deg_at_band_edge"], isotropic_deg)

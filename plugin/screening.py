@@ -27,6 +27,7 @@ import numpy as np
 
 from .backends.cpu_backend import image_moments
 from .errors import InputError
+from .halfsets import sample_positions
 from .model import Particles
 
 #: Deviation from an image's mean, in typical image standard deviations, beyond which a value
@@ -81,10 +82,7 @@ def screen_for(source, positions: np.ndarray, threads: int = 1) -> ImageScreen:
     """The :class:`ImageScreen` of the particles at ``positions`` of ``source``: the median
     standard deviation of up to :data:`SAMPLE_IMAGES` of their images, evenly spread
     (measured by ``threads`` threads)."""
-    positions = np.asarray(positions, dtype=np.int64)
-    if positions.size > SAMPLE_IMAGES:
-        positions = positions[np.linspace(0, positions.size - 1, SAMPLE_IMAGES).round()
-                              .astype(np.int64)]
+    positions = sample_positions(np.asarray(positions, dtype=np.int64), SAMPLE_IMAGES)
     _, variance = image_moments(source.read(positions), threads)  # float64: no overflow
     typical = float(np.median(np.sqrt(variance)))
     if not typical > 0:

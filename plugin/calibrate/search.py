@@ -65,9 +65,10 @@ class Matcher:
                 self._cache.pop(next(iter(self._cache)))
         return mw_b
 
-    def best_shift(self, target: Target, mw_b: np.ndarray) -> tuple[float, np.ndarray, bool]:
+    def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
         """(score, translation t in voxels (z, y, x), True if t is on the search limit) of the
-        whitened model's band coefficients ``mw_b`` against ``target``."""
+        model map at trial pixel ``p`` (Å) against ``target``."""
+        mw_b = self.whitened(p)
         # the weights vanish outside the band: products over the band's coefficients only
         y = np.zeros((self.box, self.box, self.box // 2 + 1), dtype=np.complex128)
         y.ravel()[self.band.flat] = np.conj(mw_b) * target.white_w_b * (self.box**3 / target.norm)
@@ -80,10 +81,6 @@ class Matcher:
         t = _parabola_peak(cc, i, t)
         t = _newton_shift(target, mw_b * target.white_w_fw_b, t)
         return _score(target, mw_b, t), t, on_edge
-
-    def score(self, target: Target, p: float) -> tuple[float, np.ndarray, bool]:
-        """:meth:`best_shift` of the model map at trial pixel ``p`` (Å)."""
-        return self.best_shift(target, self.whitened(p))
 
     def score_at(self, target: Target, p: float, t: np.ndarray) -> float:
         """The score at trial pixel ``p`` (Å) and the fixed translation ``t`` (voxels, z/y/x)."""

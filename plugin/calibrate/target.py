@@ -140,8 +140,7 @@ def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold
         fsc_cube = fsc_curve(cubes[0], cubes[1], cubes[2])
         return resolution_at_threshold(fsc_cube, side, pixel_size_A, threshold), fsc_cube
     fsc = np.asarray(fsc, dtype=np.float64)[: box // 2 + 1]
-    if fsc.size < box // 2 + 1:
-        fsc = np.concatenate([fsc, np.zeros(box // 2 + 1 - fsc.size)])
+    fsc = np.pad(fsc, (0, box // 2 + 1 - fsc.size))
     resolution = resolution_at_threshold(fsc, box, pixel_size_A, threshold)
     # the same frequencies on the cube's shells (shell s: s / (side * p_nom) per A)
     return resolution, np.interp(np.arange(side // 2 + 1) * box / side, np.arange(fsc.size), fsc)

@@ -69,10 +69,9 @@ class Uncertainty:
 
 def uncertainty(matcher: Matcher, halves, p_best: float, sigma_curvature: float,
                 scan_step: float, systematic_rel: float, voxel: float) -> Uncertainty:
-    """The sigma of ``p_best`` (Å, of the cropped grid): its curvature sigma, the two half maps'
-    spread and the systematic floor ``systematic_rel * p_best``, in quadrature; each half map
-    refined within :data:`HALF_MAP_STEPS` scan steps of ``p_best``. Every length of the record
-    is divided by ``voxel`` (the cropped grid's voxel in map voxels)."""
+    """The :class:`Uncertainty` of ``p_best`` (Å, of the cropped grid; see the module docstring),
+    each half map refined within :data:`HALF_MAP_STEPS` scan steps of it; its lengths divided by
+    ``voxel`` (the cropped grid's voxel in map voxels)."""
     pixels, curvatures = [], []
     for tg in halves:
         width = HALF_MAP_STEPS * scan_step * matcher.p_nom

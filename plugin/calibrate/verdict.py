@@ -27,7 +27,7 @@ refinement's report judges the change of Cs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -231,8 +231,7 @@ def apply_calibration(groups_results_dicts, calibration: PixelCalibration,
     """
     out = []
     for g in groups_results_dicts:
-        if not isinstance(g, dict):  # a GroupResult dataclass
-            g = {k: v for k, v in asdict(g).items() if k != "curves"}
+        g = g if isinstance(g, dict) else vars(g)  # a GroupResult dataclass
         p_nom = float(g.get("pixel_size_A") or calibration.pixel_size_nominal_A)
         # the calibration is of the map; scale it to this group's nominal pixel size
         p_cal = calibration.pixel_size_calibrated_A * p_nom / calibration.pixel_size_nominal_A
