@@ -375,6 +375,20 @@ def test_history_record_imports_directories(tmp_path, sqlite_url, capsys):
     assert cli.main(["history", "--history-db", sqlite_url, "record", str(tmp_path)]) == 2
 
 
+def test_history_record_names_a_file_with_a_non_finite_number(tmp_path, sqlite_url, capsys):
+    report = make_report(2.74, tag="edited")
+    report["groups"][0]["cs_sigma_mm"] = float("inf")  # json writes Infinity, which json reads
+    path = tmp_path / "csrefine.json"
+    path.write_text(json.dumps(report))
+    argv = ["history", "--history-db", sqlite_url, "record", str(tmp_path), "--instrument", "K"]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "not finite" in lines[0]
+    engine = open_engine(sqlite_url)
+    assert load_groups(engine) == []
+    engine.dispose()
+
+
 @pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".png", b"\x89PNG")])
 def test_plot_writes_a_figure(sqlite_url, tmp_path, suffix, magic):
     _record_instrument(sqlite_url, [(2.74, "105kx")] * 3 + [(3.01, "130kx")])

@@ -62,9 +62,11 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
     name = requested_instrument(instrument)
     if name is None:
         return None
+    where = ""
     try:
         if not isinstance(report, dict):
             path = report_path(report)
+            where = f"{path}: "
             source = source or str(path.parent.resolve())
             report = json.loads(path.read_text())
         engine = open_engine(history_db)
@@ -73,7 +75,7 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
         finally:
             engine.dispose()
     except Exception as exc:  # the refinement has succeeded; the history must not fail it
-        warn(f"WARNING: csrefine history: the run was not recorded under {name!r}: {exc}")
+        warn(f"WARNING: csrefine history: {where}the run was not recorded under {name!r}: {exc}")
         return None
     if not new:
         warn(f"csrefine history: this result was already recorded (instrument {name!r})")

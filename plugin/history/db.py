@@ -241,8 +241,11 @@ def ensure_schema(engine: sa.Engine) -> int:
 def content_hash(report: dict) -> str:
     """SHA-256 of a csrefine.json content as canonical JSON (sorted keys, no spaces), so that the
     same result read back from its file or taken from memory has the same hash."""
-    canonical = json.dumps(json.loads(json.dumps(report, default=float)), sort_keys=True,
-                           separators=(",", ":"), allow_nan=False)
+    try:
+        canonical = json.dumps(json.loads(json.dumps(report, default=float)), sort_keys=True,
+                               separators=(",", ":"), allow_nan=False)
+    except ValueError:  # csrefine writes no such number; an edited file may hold one
+        raise ValueError("it holds a number that is not finite (NaN or Infinity)") from None
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
