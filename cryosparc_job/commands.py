@@ -11,8 +11,6 @@ from csrefine.errors import InputError
 from csrefine.io_atomic import atomic_output
 from csrefine.job import Job
 from csrefine.relion.star_io import read_particle_star
-from csrefine.relion.star_syntax import unquoted
-from csrefine.relion.star_tables import read_tables
 from csrefine.relion.star_write import image_names, write_new_star
 
 from .convert import (
@@ -68,24 +66,12 @@ def star_to_cs(src: Path, dst: Path, project_dir: Path) -> int:
     """A RELION STAR (stacks relative to the working directory) as a .cs (blob/path relative to
     ``project_dir``, location/micrograph_path likewise from rlnMicrographName where the STAR has
     it; blob/sign +1: RELION's images are protein-positive)."""
-    star = read_particle_star(src)
+    star = read_particle_star(src, text_columns=("rlnMicrographName",))
     dset = cryosparc_dataset_from_relion(star, project_dir, base_dir=".",
-                                         micrographs=star_micrographs(src, star.particle_block))
+                                         micrographs=star.text.get("rlnMicrographName"))
     with atomic_output(dst) as tmp, open(tmp, "wb") as fh:
         dset.save(fh)
     return len(dset)
-
-
-def star_micrographs(path: Path, block: str) -> list[str] | None:
-    """The rlnMicrographName of each row of the particle table ``block`` of ``path``, or None if
-    it has no such column."""
-    def choose(name, labels):
-        return (("rlnMicrographName",), frozenset()) if name == block else None
-
-    table = read_tables(path, choose)[0][block]
-    if "rlnMicrographName" not in table:
-        return None
-    return [unquoted(name) for name in table["rlnMicrographName"]]
 
 
 def micrograph_names(dset, stack_paths: list[str], project_dir, what: str) -> list[str]:

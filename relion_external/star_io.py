@@ -18,7 +18,7 @@ where present); the box size comes from the stack header.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,9 @@ class ParticleStar:
     order; stack_paths : the distinct stack files named in rlnImageName; stack_code : (n,) index
     into stack_paths per particle; image_index : (n,) 0-based image number within its stack;
     particle_block : the name of the particles' data block; optics_table : whether the file has
-    a data_optics table (False: RELION 3.0's layout, the optics stated per particle).
+    a data_optics table (False: RELION 3.0's layout, the optics stated per particle); text :
+    the ``text_columns`` asked of :func:`read_particle_star` that the file has, their values
+    per particle, unquoted.
     """
 
     path: Path
@@ -76,6 +78,7 @@ class ParticleStar:
     image_index: np.ndarray
     particle_block: str
     optics_table: bool
+    text: dict = field(default_factory=dict)
 
 
 def _optics_groups(optics: Table, where: str) -> dict[int, OpticsGroup]:
@@ -249,10 +252,10 @@ def _stack_box(path: Path, where: str) -> int:
     return nx
 
 
-def _tables(path: Path):
+def _tables(path: Path, text_columns: tuple = ()):
     """(optics table or None, particle table) of a particle STAR, or InputError. Read are the
-    optics table (all columns, as text), and the refinement's columns of data_particles or, in
-    a file without it, of the first loop with _rlnImageName."""
+    optics table (all columns, as text), and the refinement's columns and ``text_columns`` of
+    data_particles or, in a file without it, of the first loop with _rlnImageName."""
     candidates = []
 
     def choose(block, labels):
@@ -260,7 +263,8 @@ def _tables(path: Path):
             return tuple(labels), frozenset()
         if block == "particles" or ("rlnImageName" in labels and not candidates):
             candidates.append(block)
-            return KEPT_PARTICLE_COLUMNS, frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"}
+            return (KEPT_PARTICLE_COLUMNS + tuple(text_columns),
+                    frozenset(KEPT_PARTICLE_COLUMNS) - {"rlnImageName"})
         return None
 
     tables, blocks = read_tables(path, choose)
@@ -283,13 +287,14 @@ def _tables(path: Path):
     return tables["optics"], tables["particles"]
 
 
-def read_particle_star(path, base_dir=".") -> ParticleStar:
+def read_particle_star(path, base_dir=".", text_columns: tuple = ()) -> ParticleStar:
     """Read and validate a RELION particle STAR file: RELION 3.1+ (optics and particles
     tables) or RELION 3.0 (one particle table stating the optics per particle; the box size is
-    then read from the header of the stacks, whose paths are relative to ``base_dir``)."""
+    then read from the header of the stacks, whose paths are relative to ``base_dir``).
+    ``text_columns``: particle columns to keep as text too (:attr:`ParticleStar.text`)."""
     path = check_input_file(path, "particle STAR file")
     where = str(path)
-    optics, table = _tables(path)
+    optics, table = _tables(path, text_columns)
     for column in REQUIRED_PARTICLES:
         if column not in table and not (optics is None and column.startswith("rlnOrigin")):
             raise InputError(f"{where}: particles table lacks _{column}")
@@ -303,5 +308,6 @@ def read_particle_star(path, base_dir=".") -> ParticleStar:
             table, where, [Path(base_dir) / p for p in stack_paths], codes)
         origins = _origins_A(table, where, pixel)
     particles = _particles(table, og, origins, where)
+    text = {c: [unquoted(v) for v in table[c]] for c in text_columns if c in table}
     return ParticleStar(path, groups, particles, stack_paths, codes, index, table.block,
-                        optics is not None)
+                        optics is not None, text)
