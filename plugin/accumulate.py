@@ -41,3 +41,17 @@ def accumulate_numpy(stats: np.ndarray, cells: np.ndarray, observed: np.ndarray,
     rows = np.stack([pp * sg * sg, pp * sg * cg, pp * cg * cg, -xp * sg, -xp * cg,
                      observed.real**2 + observed.imag**2], axis=1)  # (n, 6, m)
     np.add.at(stats, cells, rows)
+
+
+def least_squares_phase(a, b, c, d, e) -> tuple:
+    """The least-squares amplitudes (c, s) of X = c u + s v from the sums A..E above, per
+    pixel or bin (arrays of one shape): the solution of [[A, B], [B, C]] (c, s) = (D, E).
+
+    Returns (cos_amp, sin_amp, det, ok): ok where the system is well conditioned
+    (A C - B^2 > 1e-12 A C); there det is A C - B^2, elsewhere 1 and both amplitudes 0.
+    """
+    det = a * c - b * b
+    ok = det > 1e-12 * np.maximum(a * c, 1e-300)
+    det = np.where(ok, det, 1.0)
+    cos_amp = np.where(ok, (c * d - b * e) / det, 0.0)
+    return cos_amp, np.where(ok, (a * e - b * d) / det, 0.0), det, ok

@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .fit import PhaseModel, default_search_range, fit_phase, pool
-from .forward import pixel_terms
+from .fit import fit_phase
 from .fourier import Band, make_band
+from .group_fit import pooled
 from .halfsets import sample_positions
 from .model import OpticsGroup, Particles, nyquist_A
 from .options import RefineOptions
@@ -108,16 +108,11 @@ def score_candidates(candidates: Sequence[OpticsGroup], positions: np.ndarray,
         refs = group_references(context.references, group, context.map_pixel_size_A)
         stats = accumulate_group(group, positions, sub, images, refs, band,
                                  np.zeros(n, dtype=np.int64), 1, context.backend, options).stats
-        terms = pixel_terms(group, band)
-        radial = pool(stats, terms.k2, np.hypot(band.kx_px, band.ky_px) * band.box,
-                      band.friedel_weight, n)
+        _, model, radial, k_max, search = pooled(group, stats, band, n, options.cs_search_mm)
         if noise_var is None:
             noise_var = radial.noise_var
         radial = replace(radial, noise_var=noise_var)
-        model = PhaseModel(terms.defocus_factor, terms.cs_factor)
-        k_max = float(np.sqrt(terms.k2.max()))
-        fit = fit_phase(radial, radial.sums.sum(axis=0), model, k_max,
-                        default_search_range(model, k_max, options.cs_search_mm))
+        fit = fit_phase(radial, radial.sums.sum(axis=0), model, k_max, search)
         scores.append(CandidateScore(fit.log_likelihood, fit.cs_change_mm, fit.defocus_offset_A,
                                      noise_var))
     return scores

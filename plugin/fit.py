@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from .accumulate import least_squares_phase
+
 
 @dataclass(frozen=True)
 class RadialStatistics:
@@ -61,12 +63,8 @@ def shell_noise_variance(stats: np.ndarray, shell: np.ndarray, n_shells: int,
 
     stats : (6, m) summed over cells; shell : (m,) shell index of each pixel.
     """
-    a, b, c, d, e, f = stats
-    det = a * c - b * b
-    ok = det > 1e-12 * np.maximum(a * c, 1e-300)
-    cs = np.where(ok, (c * d - b * e) / np.where(ok, det, 1.0), 0.0)
-    ss = np.where(ok, (a * e - b * d) / np.where(ok, det, 1.0), 0.0)
-    resid = np.maximum(f - cs * d - ss * e, 0.0)
+    cs, ss, _, _ = least_squares_phase(*stats[:5])
+    resid = np.maximum(stats[5] - cs * stats[3] - ss * stats[4], 0.0)
     dof = np.full(resid.shape, max(n_particles - 1, 1), dtype=np.float64)
     num = np.bincount(shell, resid, minlength=n_shells)
     den = np.bincount(shell, dof, minlength=n_shells)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .accumulate import least_squares_phase
 from .ctf import cs_phase_factor, electron_wavelength_A
 from .fit import (
     FitResult,
@@ -68,17 +69,26 @@ class GroupFit:
     phase_map: PhaseMap | None = None
 
 
-def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
-              options: RefineOptions) -> GroupFit:
-    """Fit the pooled statistics: all particles, leave-one-cell-out, and each subset."""
+def pooled(group: OpticsGroup, stats: np.ndarray, band, n_particles: int, cs_search_mm: float):
+    """What every fit of a group's statistics ((..., 6, m) on ``band``) starts from: the pixel
+    terms, the phase model, the statistics pooled into radial bins, the band's largest |k|
+    (1/Å) and the grid search's range."""
     terms = pixel_terms(group, band)
     model = PhaseModel(terms.defocus_factor, terms.cs_factor)
     k_box = np.hypot(band.kx_px, band.ky_px) * band.box
     radial = pool(stats, terms.k2, k_box, band.friedel_weight, n_particles, BINS_PER_SHELL)
+    k_max_per_A = float(np.sqrt(terms.k2.max()))
+    return terms, model, radial, k_max_per_A, default_search_range(model, k_max_per_A,
+                                                                   cs_search_mm)
+
+
+def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
+              options: RefineOptions) -> GroupFit:
+    """Fit the pooled statistics: all particles, leave-one-cell-out, and each subset."""
+    terms, model, radial, k_max_per_A, search = pooled(group, stats, band, n_particles,
+                                                       options.cs_search_mm)
     sums = radial.sums  # (n_cells, 5, n_bins)
     total = sums.sum(axis=0)
-    k_max_per_A = float(np.sqrt(terms.k2.max()))
-    search = default_search_range(model, k_max_per_A, options.cs_search_mm)
     best = fit_phase(radial, total, model, k_max_per_A, search)
     start = (best.defocus_offset_A, best.cs_change_mm)
     loo = fit_many(radial, total[None] - sums[:cells_count], model, k_max_per_A, start)
@@ -198,9 +208,7 @@ def _binned_phase(radial) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin least-squares phase atan2(s, c) of the pooled statistics and its standard error
     (radians; the amplitude's standard error over the amplitude), for plots."""
     a, b, c, d, e = radial.sums.sum(axis=0)
-    det = a * c - b * b
-    det = np.where(np.abs(det) > 0, det, 1.0)
-    cs, ss = (c * d - b * e) / det, (a * e - b * d) / det
+    cs, ss, det, _ = least_squares_phase(a, b, c, d, e)
     var_amp = 0.5 * radial.noise_var[radial.shell] * (a + c) / det
     sigma = np.sqrt(np.maximum(var_amp, 0)) / np.maximum(np.hypot(cs, ss), 1e-300)
     return np.arctan2(ss, cs), np.minimum(sigma, np.pi)

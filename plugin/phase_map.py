@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .accumulate import least_squares_phase
 from .forward import magnified
 
 #: Blocks whose fitted amplitude is below this many standard errors are masked.
@@ -83,10 +84,7 @@ def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndar
     k2 = np.bincount(key, k2_per_A2, minlength=size) / np.maximum(count, 1)
     kx = np.bincount(key, band.kx_px, minlength=size) / np.maximum(count, 1) / px
     ky = np.bincount(key, band.ky_px, minlength=size) / np.maximum(count, 1) / px
-    det = a * c - b * b
-    ok = (count > 0) & (det > 1e-12 * np.maximum(a * c, 1e-300))
-    safe = np.where(ok, det, 1.0)
-    cs, ss = (c * d - b * e) / safe, (a * e - b * d) / safe
+    cs, ss, safe, ok = least_squares_phase(a, b, c, d, e)  # ok: count > 0 too (sums 0)
     # standard error of the amplitude: sigma^2 / 2 * ((inv M)_cc + (inv M)_ss)
     var_amp = 0.5 * sigma2 / np.maximum(count, 1) * (a + c) / safe
     snr = np.where(ok, np.hypot(cs, ss) / np.sqrt(np.maximum(var_amp, 1e-300)), 0.0)

@@ -94,29 +94,3 @@ def model_map(box: int, pixel_size_A: float, rng, model_path: Path | None = None
     if model_path is not None and model_path.is_file():
         return density_map(gemmi.read_structure(str(model_path)), box, pixel_size_A, b_factor_A2=10.0)
     return pseudo_atomic_map(box, pixel_size_A, rng)
-
-
-def half_maps_with_resolution(volume: np.ndarray, pixel_size_A: float, resolution_A: float,
-                              rng: np.random.Generator, steepness: float = 8.0):
-    """Two half maps of ``volume`` with independent noise whose spectral signal-to-noise ratio
-    falls as (k_res / k)^steepness, scaled so that the half-map FSC = SNR / (1 + SNR) crosses
-    0.143 at ``resolution_A`` (Å): half maps with a realistic resolution, not noise-free ones.
-    Returns (half 1, half 2), float32 [z, y, x]."""
-    box = volume.shape[0]
-    ft = np.fft.rfftn(volume)
-    kz = np.fft.fftfreq(box)[:, None, None]
-    ky = np.fft.fftfreq(box)[None, :, None]
-    kx = np.fft.rfftfreq(box)[None, None, :]
-    k = np.sqrt(kz**2 + ky**2 + kx**2) / pixel_size_A  # 1/Å
-    shell = np.rint(k * box * pixel_size_A).astype(np.int64)
-    signal = np.bincount(shell.ravel(), (np.abs(ft) ** 2).ravel()) / np.maximum(
-        np.bincount(shell.ravel()), 1)
-    snr_at_res = 0.143 / (1 - 0.143)
-    snr = snr_at_res * (1.0 / resolution_A / np.maximum(k, 1e-6)) ** steepness
-    sigma = np.sqrt(signal[shell] / snr / 2)  # per real and imaginary part
-    halves = []
-    for _ in range(2):
-        noise = (rng.normal(size=ft.shape) + 1j * rng.normal(size=ft.shape)) * sigma
-        noise[0, 0, 0] = 0
-        halves.append(np.fft.irfftn(ft + noise, s=volume.shape).astype(np.float32))
-    return tuple(halves)
