@@ -1,9 +1,10 @@
 """The ``csrefine-relion`` console script (standard library only).
 
 RELION's pipeliner waits for a marker file in the job directory. The External job
-(:mod:`csrefine.relion.external_job`) needs numpy, numba, mrcfile, ...; this module imports it
-inside a ``try``, so that a broken installation still ends with ``RELION_JOB_EXIT_FAILURE`` in
-the job's own directory and one line on stderr, instead of a job shown as running for ever.
+(:mod:`csrefine.relion.external_job`) needs numpy, scipy, mrcfile and the compiled kernel; this
+module imports it inside a ``try``, so that a broken installation still ends with
+``RELION_JOB_EXIT_FAILURE`` in the job's own directory and one line on stderr, instead of a job
+shown as running for ever.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Accumulation backends agree with the numpy reference (csrefine.backends.numpy_backend).
 
-* numba (``--device cpu``): the fused kernel on random data with every forward-model ingredient
+* the C kernel (``--device cpu``): on random data with every forward-model ingredient
   (astigmatism, phase shift, B-factor, scale, origins, odd and even aberrations, magnification
   matrix, both half sets, several cells), float32 and float64 images, to ~1e-9 relative; the
   same bits for any thread count;
@@ -8,7 +8,7 @@
   installed); on a machine with CuPy and a CUDA GPU, the real thing (kernel, cuFFT, pinned
   buffers, the whole refinement) -- skipped, and said so, elsewhere;
 * devices and the Backend protocol;
-* the full refinement gives the same Cs with the numba kernel as with the numpy reference.
+* the full refinement gives the same Cs with the C kernel as with the numpy reference.
 """
 
 from __future__ import annotations
