@@ -25,10 +25,15 @@ import noise_propagation as reference_noise  # noqa: E402
 from csrefine.fit import parameter_scales  # noqa: E402
 from csrefine.forward import pixel_terms  # noqa: E402
 from csrefine.fourier import band_limited_box, band_limited_map, make_band  # noqa: E402
-from csrefine.group_fit import BINS_PER_SHELL, fit_group, summarise_group  # noqa: E402
+from csrefine.group_fit import BINS_PER_SHELL, CELLS_PER_SUBSET, fit_group, summarise_group  # noqa: E402
 from csrefine.options import RefineOptions  # noqa: E402
 from csrefine.pipeline import accumulate_group, assign_cells, load_backend, reference_for  # noqa: E402
-from csrefine.references import group_references, prepare_references, reference_margin  # noqa: E402
+from csrefine.references import (  # noqa: E402
+    REFERENCE_PAD,
+    group_references,
+    prepare_references,
+    reference_margin,
+)  # noqa: E402
 from csrefine.relion.run import load_inputs  # noqa: E402
 
 
@@ -62,8 +67,8 @@ def main() -> None:
     n_crop = band_limited_box(box, k_max_px * margin)
     smalls = [band_limited_map(m, n_crop, options.threads) for m in inputs.half_maps]
     noise = reference_noise.NoiseModel.from_cropped_halves(
-        smalls[0], smalls[1], k_max_px * box / n_crop, options.pad, margin, box, options.threads)
-    n_cells = options.subsets * options.cells_per_subset
+        smalls[0], smalls[1], k_max_px * box / n_crop, REFERENCE_PAD, margin, box, options.threads)
+    n_cells = options.subsets * CELLS_PER_SUBSET
     print(f"{args.particles}: band {low_A:.1f}-{high_A:.2f} Å; sample {args.sample_per_half} "
           f"particles per half set, {args.realisations} noise realisations")
     for gid, group in sorted(inputs.groups.items()):
@@ -71,11 +76,11 @@ def main() -> None:
         sub = inputs.particles.subset(positions)
         band = make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_A)
         refs = group_references(setup.references, group, px)
-        cells = assign_cells(positions.size, options.subsets, options.cells_per_subset,
+        cells = assign_cells(positions.size, options.subsets, CELLS_PER_SUBSET,
                              options.seed + gid)
         stats = accumulate_group(group, positions, sub, inputs.images, refs, band, cells,
                                  n_cells, backend, options).stats
-        fitted = fit_group(group, stats, band, n_cells, positions.size, options)
+        fitted = fit_group(group, stats, band, positions.size, options)
         result = summarise_group(group, positions.size, fitted, [low_A, high_A], options)
         t0 = time.monotonic()
         terms = pixel_terms(group, band)

@@ -15,21 +15,28 @@ from .paths import check_input_file
 PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / "1BD2.cif.gz"
 
 
-def structure_centre_A(structure) -> np.ndarray:
-    """Mean atom position (x, y, z) of the first model, Angstrom."""
-    pos = np.array([[a.pos.x, a.pos.y, a.pos.z] for r in structure[0] for res in r for a in res])
-    if pos.size == 0:
-        raise ValueError("the atomic model has no atoms")
-    return pos.mean(axis=0)
+def atom_positions_A(structure) -> np.ndarray:
+    """Non-hydrogen atom positions of the first model, shape (n, 3), x/y/z order, Angstrom."""
+    pos = [[a.pos.x, a.pos.y, a.pos.z] for ch in structure[0] for res in ch for a in res
+           if not a.is_hydrogen()]
+    if not pos:
+        raise InputError("the atomic model has no (non-hydrogen) atoms")
+    return np.asarray(pos, dtype=np.float64)
+
+
+def centroid_A(structure) -> np.ndarray:
+    """Mean non-hydrogen atom position (x, y, z), Å: the centre :func:`docked_structure` puts at
+    the box centre by default."""
+    return atom_positions_A(structure).mean(axis=0)
 
 
 def docked_structure(structure, box: int, pixel_size_A: float, centre_A=None):
-    """A copy of ``structure`` translated so that ``centre_A`` (default: its mean atom position)
+    """A copy of ``structure`` translated so that ``centre_A`` (default: :func:`centroid_A`)
     sits at voxel box//2 of a map whose voxel 0 is at 0 A: the model docked in that map."""
     st = structure.clone()
     st.setup_entities()
     st.remove_hydrogens()
-    centre = structure_centre_A(st) if centre_A is None else np.asarray(centre_A, float)
+    centre = centroid_A(st) if centre_A is None else np.asarray(centre_A, float)
     shift = (box // 2) * pixel_size_A - centre
     for model in st:
         model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(*shift)))
@@ -40,7 +47,7 @@ def density_map(structure, box: int, pixel_size_A: float, *, b_factor_A2: float 
                 centre_A=None, blur_A2: float = 0.0) -> np.ndarray:
     """Electron-scattering map of a gemmi Structure, shape (box, box, box) indexed [z, y, x].
 
-    The structure point ``centre_A`` (default: its mean atom position) lands on voxel box//2 in
+    The structure point ``centre_A`` (default: its mean non-hydrogen atom position) lands on voxel box//2 in
     each axis (see :func:`docked_structure`). Every atom gets the uniform ``b_factor_A2``. The
     model is not modified.
     """

@@ -109,15 +109,20 @@ def fourier_crop(volume: np.ndarray, n_out: int, workers: int = 1,
 CROP_MARGIN_SHELLS = 8
 
 
+def even_fast(n: float, limit: int) -> int:
+    """Smallest even FFT-friendly size >= n, at most ``limit``."""
+    m = int(np.ceil(n))
+    while True:
+        m = scipy.fft.next_fast_len(m + (m % 2), real=True)
+        if m % 2 == 0:
+            return min(m, limit)
+        m += 1
+
+
 def band_limited_box(box: int, k_max_px: float, margin_shells: int = CROP_MARGIN_SHELLS) -> int:
     """Smallest even FFT-friendly box (at most ``box``) whose grid holds every frequency up to
     ``k_max_px`` (cycles per pixel of the box-``box`` map) plus ``margin_shells`` shells."""
-    n = 2 * (int(np.ceil(box * k_max_px)) + margin_shells)
-    while True:
-        n = scipy.fft.next_fast_len(n, real=True)
-        if n % 2 == 0 or n >= box:
-            return min(n, box)
-        n += 1
+    return even_fast(2 * (int(np.ceil(box * k_max_px)) + margin_shells), box)
 
 
 def band_limited_map(volume: np.ndarray, n_out: int, workers: int = 1) -> np.ndarray:

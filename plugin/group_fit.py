@@ -36,6 +36,11 @@ PROFILE_CS_HALF_WIDTH_MM = 0.2
 PROFILE_DEFOCUS_POINTS = 41
 #: Radial bins per Fourier shell in which the per-pixel statistics are pooled for the fit.
 BINS_PER_SHELL = 8
+#: Jackknife blocks per random subset: the jackknife uses subsets * CELLS_PER_SUBSET blocks (39
+#: by default), so that the sigma itself is known to about 11% (12 blocks: about 21%).
+CELLS_PER_SUBSET = 13
+#: Groups whose jackknife sigma (mm) exceeds this keep their nominal Cs.
+MAX_CS_SIGMA_MM = 0.5
 
 
 def _curvature_sigma_cs_mm(fit: FitResult) -> float | None:
@@ -82,17 +87,18 @@ def pooled(group: OpticsGroup, stats: np.ndarray, band, n_particles: int, cs_sea
                                                                    cs_search_mm)
 
 
-def fit_group(group: OpticsGroup, stats: np.ndarray, band, cells_count: int, n_particles: int,
+def fit_group(group: OpticsGroup, stats: np.ndarray, band, n_particles: int,
               options: RefineOptions) -> GroupFit:
-    """Fit the pooled statistics: all particles, leave-one-cell-out, and each subset."""
+    """Fit the pooled statistics ((cells, 6, m), CELLS_PER_SUBSET cells per subset): all
+    particles, leave-one-cell-out, and each subset."""
     terms, model, radial, k_max_per_A, search = pooled(group, stats, band, n_particles,
                                                        options.cs_search_mm)
     sums = radial.sums  # (n_cells, 5, n_bins)
     total = sums.sum(axis=0)
     best = fit_phase(radial, total, model, k_max_per_A, search)
     start = (best.defocus_offset_A, best.cs_change_mm)
-    loo = fit_many(radial, total[None] - sums[:cells_count], model, k_max_per_A, start)
-    per = options.cells_per_subset
+    loo = fit_many(radial, total[None] - sums, model, k_max_per_A, start)
+    per = CELLS_PER_SUBSET
     subsets = [fit_phase(radial, sums[s * per:(s + 1) * per].sum(axis=0), model, k_max_per_A, search)
                for s in range(options.subsets)]
     # Log-likelihood along Cs (defocus re-optimised on the grid) for the report's plot.
@@ -131,13 +137,13 @@ AT_SEARCH_EDGE = 0.995
 def failed_fit(cs_change_mm: float, cs_sigma_mm: float, subset_changes_mm: list, cs_mm: float,
                cs_nominal_mm: float, options: RefineOptions) -> str | None:
     """Why a group's fit cannot be reported as a refined Cs (None: it can): a standard error
-    that is not finite, zero or above ``options.max_cs_sigma_mm``; a best fit (``cs_mm``, a
+    that is not finite, zero or above :data:`MAX_CS_SIGMA_MM`; a best fit (``cs_mm``, a
     change ``cs_change_mm`` from the input's Cs) at or beyond the edge of the search around the
     nominal Cs; subsets that all give the same value (a degenerate fit, e.g. one image
     dominating every block)."""
-    if not np.isfinite(cs_sigma_mm) or cs_sigma_mm > options.max_cs_sigma_mm:
+    if not np.isfinite(cs_sigma_mm) or cs_sigma_mm > MAX_CS_SIGMA_MM:
         return (f"too uncertain: jackknife sigma {cs_sigma_mm:.3f} mm exceeds "
-                f"{options.max_cs_sigma_mm} mm (too few particles or too low resolution)")
+                f"{MAX_CS_SIGMA_MM} mm (too few particles or too low resolution)")
     search = options.cs_search_mm
     if abs(cs_change_mm) > search:
         typo = (" The nominal Cs is negative: is its sign a typo (rlnSphericalAberration, "

@@ -32,12 +32,10 @@ class RefineOptions:
     resolution_low_A, resolution_high_A : the fitted band, in Å (resolution_high_A None: where
         the masked half-map FSC drops below :data:`FSC_THRESHOLD`, capped at each group's
         Nyquist).
-    subsets : independent random subsets refined separately; cells_per_subset : jackknife blocks
-        per subset (the jackknife uses subsets * cells_per_subset blocks: 39 by default, so that
-        the sigma itself is known to about 11%; 12 blocks left it uncertain by about 21%).
+    subsets : independent random subsets refined separately (each of
+        :data:`csrefine.group_fit.CELLS_PER_SUBSET` jackknife blocks).
     cs_search_mm : half-width of the global Cs search around the nominal value.
     min_particles : groups with fewer particles are not refined.
-    max_cs_sigma_mm : groups whose jackknife sigma exceeds this keep their nominal Cs.
     batch_size : particles per batch (None: the backend's choice, 256 on the CPU); memory is
         bounded by two batches of images plus the backend's work arrays.
     device : "cpu" (the C kernel) or "cuda" (CuPy on a CUDA GPU).
@@ -47,7 +45,6 @@ class RefineOptions:
         nominal CTF and biases the fit toward the reconstruction's CTF: on 10k relion_project
         particles (box 128, 2.5 Å) true Cs 3.0 from nominal 2.7 gave 2.70 with the own half map
         and 3.001 with the opposite one.
-    pad : padding factor of the 3D references (2, as RELION).
     rounds : refinement rounds (1: refine against the given half maps only); each further round
         refines against half maps rebuilt from the particles with the previous round's Cs
         (:mod:`csrefine.rounds`; needs an adapter that can reconstruct, e.g. relion_reconstruct),
@@ -58,16 +55,12 @@ class RefineOptions:
     resolution_low_A: float = 20.0
     resolution_high_A: float | None = None
     subsets: int = 3
-    cells_per_subset: int = 13
     threads: int = 1
     batch_size: int | None = None
     device: str = "cpu"
     cs_search_mm: float = 1.5
-    pad: int = 2
     seed: int = 0
     min_particles: int = 100
-    max_cs_sigma_mm: float = 0.5
-    fsc_threshold: float = FSC_THRESHOLD
     reference_half: str = "opposite"
     rounds: int = 1
     keep_round_maps: str = "yes"
@@ -81,9 +74,7 @@ class RefineOptions:
                 raise InputError(f"resolution_high_A ({self.resolution_high_A} Å) must be finer, "
                                  f"i.e. smaller, than resolution_low_A ({self.resolution_low_A} Å)")
         _positive_finite("cs_search_mm", self.cs_search_mm)
-        _positive_finite("max_cs_sigma_mm", self.max_cs_sigma_mm)
-        for name, minimum in (("subsets", 2), ("cells_per_subset", 1), ("threads", 1),
-                              ("pad", 1), ("min_particles", 0)):
+        for name, minimum in (("subsets", 2), ("threads", 1), ("min_particles", 0)):
             _integer_at_least(name, getattr(self, name), minimum)
         if self.batch_size is not None:
             _integer_at_least("batch_size", self.batch_size, 1)
@@ -97,8 +88,6 @@ class RefineOptions:
         if self.keep_round_maps not in KEEP_ROUND_MAPS_CHOICES:
             raise InputError(f"keep_round_maps must be one of {', '.join(KEEP_ROUND_MAPS_CHOICES)}, "
                              f"got {shown(self.keep_round_maps)}")
-        if not 0 < self.fsc_threshold < 1:
-            raise InputError(f"fsc_threshold must be between 0 and 1, got {shown(self.fsc_threshold)}")
         check_device(self.device)
         return self
 

@@ -17,7 +17,8 @@ from .backends import get_backend
 from .errors import InputError, check_abort
 from .forward import pixel_terms
 from .fourier import make_band
-from .group_fit import fit_group, not_refined_result, summarise_group
+from .fsc import FSC_THRESHOLD
+from .group_fit import CELLS_PER_SUBSET, fit_group, not_refined_result, summarise_group
 from .halfsets import (
     INDEPENDENT,
     OTHER_SPLIT,
@@ -244,7 +245,7 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     half maps and the contrast against a sample, accumulate, fit, and judge the fit."""
     options, gid, n = ctx.options, group.optics_group, positions.size
     low_A, high_A = ctx.band_A
-    n_cells = options.subsets * options.cells_per_subset
+    n_cells = options.subsets * CELLS_PER_SUBSET
     if n < max(options.min_particles, n_cells):
         return ctx.not_refined(group, n, f"too few particles ({n} < "
                                           f"{max(options.min_particles, n_cells)})", ctx.band_A)
@@ -268,14 +269,14 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
         result = ctx.not_refined(group, n, problem, band_g)
         result.half_maps = check.as_dict()
         return result
-    cells = assign_cells(n, options.subsets, options.cells_per_subset, options.seed + gid)
+    cells = assign_cells(n, options.subsets, CELLS_PER_SUBSET, options.seed + gid)
     t0 = time.monotonic()
     accumulated = accumulate_group(group, positions, ctx.particles.subset(positions), ctx.images,
                                    refs, band, cells, n_cells, ctx.backend, options, ctx.progress,
                                    ctx.should_abort, screen, check.inverted)
     ctx.timings[f"accumulate_group{gid}"] = time.monotonic() - t0
     t0 = time.monotonic()
-    fitted = fit_group(group, accumulated.stats, band, n_cells, n, options)
+    fitted = fit_group(group, accumulated.stats, band, n, options)
     ctx.timings[f"fit_group{gid}"] = time.monotonic() - t0
     result = summarise_group(group, n, fitted, band_g, options)
     result.half_maps = check.as_dict()
@@ -318,10 +319,10 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
                                        setup.references)
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
-    check_band(low_A, high_A, resolution, options)
-    reach = (f"stays above {options.fsc_threshold} up to Nyquist ({resolution:.2f} Å)"
+    check_band(low_A, high_A, resolution)
+    reach = (f"stays above {FSC_THRESHOLD} up to Nyquist ({resolution:.2f} Å)"
              if np.isclose(resolution, nyquist_A(px), rtol=1e-6)
-             else f"reaches {options.fsc_threshold} at {resolution:.2f} Å")
+             else f"reaches {FSC_THRESHOLD} at {resolution:.2f} Å")
     progress(f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
     warnings = []
     if options.resolution_high_A and options.resolution_high_A < high_A:

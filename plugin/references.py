@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import InputError
 from .fourier import band_limited_box, band_limited_map
-from .fsc import default_mask, fsc_curve, resolution_at_threshold
+from .fsc import FSC_THRESHOLD, default_mask, fsc_curve, resolution_at_threshold
 from .model import PIXEL_TOLERANCE, OpticsGroup, nyquist_A
 from .options import RefineOptions
 from .projection import PaddedReference, for_particles, make_padded_reference
@@ -18,6 +18,8 @@ from .projection import PaddedReference, for_particles, make_padded_reference
 #: Extra radius of the cropped 3D references beyond the highest sampled frequency (1%), so
 #: that trilinear interpolation at the band's edge stays inside the stored shell.
 REFERENCE_MARGIN = 1.01
+#: Padding factor of the 3D references (2, as RELION).
+REFERENCE_PAD = 2
 
 
 def map_pixel_size(groups: dict[int, OpticsGroup], half_maps,
@@ -80,7 +82,7 @@ def band_limited_reference(half_map: np.ndarray, k_max_px: float, options: Refin
     box = half_map.shape[0]
     n_crop = band_limited_box(box, k_max_px * margin)
     small = band_limited_map(half_map, n_crop, options.threads)
-    ref = make_padded_reference(small, k_max_px * box / n_crop, options.pad, options.threads,
+    ref = make_padded_reference(small, k_max_px * box / n_crop, REFERENCE_PAD, options.threads,
                                 margin=margin)
     # coordinate u on the cropped padded grid is frequency u / (pad * n_crop * pixel * box /
     # n_crop): the whole map's padded-grid coordinate; particles scale by pad * box
@@ -131,10 +133,10 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
     elif mask.shape != half_maps[0].shape:
         raise InputError(f"mask shape {mask.shape} differs from the half maps' {half_maps[0].shape}")
     fsc = fsc_curve(half_maps[0], half_maps[1], mask, workers=options.threads)
-    resolution = resolution_at_threshold(fsc, box, px, options.fsc_threshold)
+    resolution = resolution_at_threshold(fsc, box, px)
     high_A = max(options.resolution_high_A or resolution, nyquist_A(px))
     margin = reference_margin(groups, mag_matrices)
-    padded = (options.pad * band_limited_box(box, px / high_A * margin)) ** 3 * 8
+    padded = (REFERENCE_PAD * band_limited_box(box, px / high_A * margin)) ** 3 * 8
     references = dict(zip((1, 2), _per_half(
         lambda half_map, opts: band_limited_reference(half_map, px / high_A, opts, margin),
         half_maps, options, parallel=padded <= PARALLEL_BUILD_BYTES)))
@@ -142,12 +144,12 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
                           (float(options.resolution_low_A), float(high_A)), references)
 
 
-def check_band(low_A: float, high_A: float, resolution_A: float, options: RefineOptions) -> None:
+def check_band(low_A: float, high_A: float, resolution_A: float) -> None:
     """InputError when the band to fit is empty: the half maps' FSC stays below the threshold
     down to the band's low-resolution end (maps of other particles, pure noise, a wrong mask)."""
     if high_A < low_A:
         return
-    raise InputError(f"the half maps' FSC reaches {options.fsc_threshold} only at "
+    raise InputError(f"the half maps' FSC reaches {FSC_THRESHOLD} only at "
                      f"{resolution_A:.1f} Å, coarser than the band's low end (resolution_low_A "
                      f"{low_A:g} Å): there is no band to fit. Are the half maps reconstructions "
                      f"of these particles, and is the mask right?")

@@ -19,12 +19,12 @@ def fsc_text(record: RoundRecord) -> str:
     return resolution_text(record.resolution_A, record.map_pixel_size_A)
 
 
-def resolution_change_line(records: list[RoundRecord], threshold: float = FSC_THRESHOLD) -> str:
+def resolution_change_line(records: list[RoundRecord]) -> str:
     """What the refined Cs did to the resolution, in one line (empty for a single round)."""
     if len(records) < 2:
         return ""
     first, last = records[0], records[-1]
-    return (f"FSC {threshold:g}: {fsc_text(first)} → {fsc_text(last)} with the refined Cs "
+    return (f"FSC {FSC_THRESHOLD:g}: {fsc_text(first)} → {fsc_text(last)} with the refined Cs "
             f"(round 1: the given half maps; round {last.round}: rebuilt with the Cs of round "
             f"{last.round - 1})")
 
@@ -48,7 +48,7 @@ def rounds_table(records: list[RoundRecord]) -> str:
     nominal Cs, the FSC resolution and the wall times."""
     nominal = {g.optics_group: g.cs_input_mm for g in records[0].groups}
     header = ["round", group_kind(records[0].groups).replace(" ", "\n"), "Cs (mm)", "change in\nround (mm)",
-              "change from\nnominal (mm)", "FSC 0.143", "rebuild\n(s)", "refine\n(s)"]
+              "change from\nnominal (mm)", f"FSC {FSC_THRESHOLD:g}", "rebuild\n(s)", "refine\n(s)"]
     rows = [[str(r.round), g.label.rsplit(" ", 1)[1], cs_text(g), f"{g.change_mm:+.3f}",
              f"{g.cs_mm - nominal[g.optics_group]:+.3f}", fsc_text(r), f"{r.reconstruct_s:.1f}",
              f"{r.refine_s:.1f}"] for r in records for g in r.groups]
@@ -77,7 +77,7 @@ def rounds_text_lines(outcome: RoundsOutcome) -> list[str]:
     return [*rounds_summary_lines(outcome, note=True), rounds_table(outcome.records)]
 
 
-def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float = FSC_THRESHOLD):
+def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float):
     """(title, figure): the half-map FSC of the first and the last round on one plot, the Cs
     per round beside it, and the one line, the note on the given maps and why the loop stopped
     beneath."""
@@ -95,7 +95,7 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float, threshold: float 
         ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha, label=f"{name} ({fsc_text(record)})")
         if not record.reaches_nyquist:
             ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
-    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
+    ax.axhline(FSC_THRESHOLD, color="grey", ls=":", label=f"FSC = {FSC_THRESHOLD}")
     resolution_axis(ax, float(k.max()))
     ax.set_xlim(0, float(k.max()) * 1.01)
     ax.set_ylabel("half-map FSC (masked)")

@@ -14,9 +14,10 @@ pixel size, and per optics group what the refined Cs departure is). :mod:`.recor
 results and their csrefine.json entries.
 """
 
+from ..atomic_map import atom_positions_A, centroid_A
 from .pipeline import calibrate_pixel_size
 from .records import CalibrationSettings, PixelCalibration
-from .region import atom_positions_A, centroid_A, model_mask
+from .region import model_mask
 from .verdict import apply_calibration, group_verdict, reexpress_cs_defocus
 
 __all__ = ["CalibrationSettings", "PixelCalibration", "calibrate_pixel_size", "model_mask",

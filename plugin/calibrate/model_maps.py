@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from ..atomic_map import density_map
-from ..fourier import crop_rfftn
-from .region import CropPlan, centroid_A, even_fast
+from ..atomic_map import centroid_A, density_map
+from ..fourier import crop_rfftn, even_fast
+from .region import CropPlan
 from .target import FourierGrid
 
 #: Model maps are computed on a grid this many times finer than the cropped one, then Fourier

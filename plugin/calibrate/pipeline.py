@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..atomic_map import centroid_A
 from ..errors import InputError
 from .model_maps import MODEL_OVERSAMPLING, ModelMaps
 from .records import CalibrationSettings, PixelCalibration
-from .region import centroid_A, docked_voxels, model_mask, region_cube
+from .region import docked_voxels, model_mask, region_cube
 from .search import Matcher, ScaleFit, fit_scale
 from .target import MatchMaps, match_maps
 from .uncertainty import Uncertainty, curvature_sigma, uncertainty

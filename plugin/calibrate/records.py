@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..fsc import FSC_THRESHOLD
-
 
 @dataclass(frozen=True)
 class CalibrationSettings:
@@ -24,7 +22,6 @@ class CalibrationSettings:
     min_coverage: float = 0.5
     envelope_A: float = 6.0
     max_sigma_rel: float = 0.01  # refuse when the curvature sigma exceeds this fraction of p
-    fsc_threshold: float = FSC_THRESHOLD  # the FSC that sets the band's high-resolution end
     # relative systematic floor added to the sigma in quadrature (the method's bias on
     # simulated relion_project data was <= 0.01%)
     systematic_rel: float = 1e-4

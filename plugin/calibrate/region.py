@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 from scipy import ndimage
 
+from ..atomic_map import atom_positions_A
 from ..errors import InputError
+from ..fourier import even_fast
 
 #: Margin (Å) kept around the mask's and the model's extent when the maps are cropped in real
 #: space, beyond the translation search and the scale scan's excursion: the model map's tails.
@@ -30,21 +31,6 @@ CROP_MARGIN_A = 6.0
 BAND_MARGIN_SHELLS = 3
 #: Atoms outside the box beyond this fraction: the model is not docked in this map.
 MAX_OUTSIDE_FRACTION = 0.01
-
-
-def atom_positions_A(structure) -> np.ndarray:
-    """Non-hydrogen atom positions of the first model, shape (n, 3), x/y/z order, Angstrom."""
-    pos = [[a.pos.x, a.pos.y, a.pos.z] for ch in structure[0] for res in ch for a in res
-           if not a.is_hydrogen()]
-    if not pos:
-        raise InputError("the atomic model has no (non-hydrogen) atoms")
-    return np.asarray(pos, dtype=np.float64)
-
-
-def centroid_A(structure) -> np.ndarray:
-    """Mean non-hydrogen atom position (x, y, z), Å: the centre density_map() docks (it
-    removes hydrogens before centring)."""
-    return atom_positions_A(structure).mean(axis=0)
 
 
 def docked_voxels(structure, box: int, pixel_size_A: float, origin_A) -> np.ndarray:
@@ -117,16 +103,6 @@ class CropPlan:
     @property
     def coarse_voxel(self) -> float:
         return self.cube_box / self.fourier_box
-
-
-def even_fast(n: float, limit: int) -> int:
-    """Smallest even FFT-friendly size >= n, at most ``limit``."""
-    m = int(np.ceil(n))
-    while True:
-        m = scipy.fft.next_fast_len(m + (m % 2), real=True)
-        if m % 2 == 0:
-            return min(m, limit)
-        m += 1
 
 
 def region_cube(mask: np.ndarray, atoms_xyz_vox: np.ndarray, pixel_size_A: float,

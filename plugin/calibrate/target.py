@@ -26,10 +26,10 @@ import scipy.fft
 from scipy import ndimage
 
 from ..errors import InputError
-from ..fourier import fourier_crop
-from ..fsc import fsc_curve, resolution_at_threshold
+from ..fourier import even_fast, fourier_crop
+from ..fsc import FSC_THRESHOLD, fsc_curve, resolution_at_threshold
 from .records import CalibrationSettings
-from .region import BAND_MARGIN_SHELLS, CropPlan, even_fast
+from .region import BAND_MARGIN_SHELLS, CropPlan
 
 #: Low-pass (Å, amplitude 0.5) of the density whose coverage by the model is measured.
 COVERAGE_LOWPASS_A = 8.0
@@ -133,15 +133,15 @@ class Target:
         self.white_w_fw_b = np.conj(self.white_w_b) * band.fw
 
 
-def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float, threshold: float):
+def _fsc_on_cube(cubes, fsc, box: int, side: int, pixel_size_A: float):
     """(resolution_A, the half-map FSC on the cube's shells): measured with the mask on the
     cube, or the given per-shell FSC of the whole box interpolated to the cube's shells."""
     if fsc is None:
         fsc_cube = fsc_curve(cubes[0], cubes[1], cubes[2])
-        return resolution_at_threshold(fsc_cube, side, pixel_size_A, threshold), fsc_cube
+        return resolution_at_threshold(fsc_cube, side, pixel_size_A), fsc_cube
     fsc = np.asarray(fsc, dtype=np.float64)[: box // 2 + 1]
     fsc = np.pad(fsc, (0, box // 2 + 1 - fsc.size))
-    resolution = resolution_at_threshold(fsc, box, pixel_size_A, threshold)
+    resolution = resolution_at_threshold(fsc, box, pixel_size_A)
     # the same frequencies on the cube's shells (shell s: s / (side * p_nom) per A)
     return resolution, np.interp(np.arange(side // 2 + 1) * box / side, np.arange(fsc.size), fsc)
 
@@ -152,8 +152,7 @@ def _band(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
     resolution in Å, the crop plan that holds the band, W(s) for the average and for a half map
     per shell of the cropped grid, zero outside the band). Raises InputError when it spans
     fewer than three shells."""
-    resolution, fsc_cube = _fsc_on_cube(cubes, fsc, box, side, pixel_size_A,
-                                        settings.fsc_threshold)
+    resolution, fsc_cube = _fsc_on_cube(cubes, fsc, box, side, pixel_size_A)
     s_max = side * pixel_size_A / resolution
     # the cropped grid holds the band with BAND_MARGIN_SHELLS to spare
     nf = even_fast(2 * (np.ceil(s_max) + BAND_MARGIN_SHELLS), side) if settings.crop else side
@@ -164,7 +163,7 @@ def _band(cubes, fsc, box: int, start_zyx, side: int, pixel_size_A: float,
     if inband.sum() < 3:
         raise InputError(f"the half maps' resolution ({resolution:.1f} Å) leaves too few Fourier "
                          f"shells between {settings.low_res_A:.0f} Å and the "
-                         f"FSC={settings.fsc_threshold} limit to calibrate the pixel size")
+                         f"FSC={FSC_THRESHOLD} limit to calibrate the pixel size")
     f = np.clip(fsc_cube[: nf // 2 + 1], 0.0, 0.999)
     return (float(resolution), plan, np.where(inband, np.sqrt(2 * f / (1 + f)), 0.0),
             np.where(inband, np.sqrt(f), 0.0))
