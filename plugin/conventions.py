@@ -24,11 +24,11 @@ from .fit import fit_phase
 from .fourier import Band, make_band
 from .group_fit import pooled
 from .halfsets import sample_positions
-from .model import OpticsGroup, Particles, nyquist_A
+from .model import OpticsGroup, Particles
 from .options import RefineOptions
 from .pipeline import accumulate_group, load_backend
 from .projection import PaddedReference
-from .references import group_references, prepare_references
+from .references import group_band_A, group_references, prepare_references
 
 #: Particles of a group used to score candidates (evenly spaced through the group).
 SCORING_PARTICLES = 2000
@@ -71,8 +71,7 @@ def subsample_positions(particles: Particles, optics_group: int,
 
 def group_band(group: OpticsGroup, context: ScoringContext) -> Band:
     """The group's band (its high end capped at the group's Nyquist), as in the refinement."""
-    low_A, high_A = context.band_A
-    high_g_A = max(high_A, nyquist_A(group.pixel_size_A))
+    low_A, high_g_A = group_band_A(group, context.band_A)
     return make_band(group.box_size, group.pixel_size_A, 1.0 / low_A, 1.0 / high_g_A)
 
 

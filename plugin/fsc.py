@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft
+
+from .model import nyquist_A
 
 #: The half-map FSC threshold that defines the data's resolution (the "gold standard", 0.143).
 FSC_THRESHOLD = 0.143
@@ -67,3 +71,17 @@ def resolution_at_threshold(fsc: np.ndarray, box: int, pixel_size_A: float,
     shell = (below[0] + first_shell - 1) if below.size else len(fsc) - 1
     shell = max(shell, 1)
     return box * pixel_size_A / shell
+
+
+def reaches_nyquist(resolution_A: float, pixel_size_A: float | None) -> bool:
+    """Whether an FSC resolution (Å) is the Nyquist resolution of ``pixel_size_A`` (Å; None:
+    unknown, False): the curve never dropped below the threshold, and the resolution is a bound."""
+    return bool(pixel_size_A) and math.isclose(resolution_A, nyquist_A(pixel_size_A), rel_tol=1e-6)
+
+
+def reach_text(resolution_A: float, pixel_size_A: float | None) -> str:
+    """Where the half-map FSC reaches :data:`FSC_THRESHOLD`, for progress lines: "reaches 0.143
+    at 2.62 Å", or "stays above 0.143 up to Nyquist (2.40 Å)"."""
+    if reaches_nyquist(resolution_A, pixel_size_A):
+        return f"stays above {FSC_THRESHOLD} up to Nyquist ({resolution_A:.2f} Å)"
+    return f"reaches {FSC_THRESHOLD} at {resolution_A:.2f} Å"

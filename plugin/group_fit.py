@@ -21,8 +21,8 @@ from .fit import (
     pool,
 )
 from .forward import pixel_terms
-from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import OpticsGroup, nyquist_A
+from .interpret import interpretation_fields
+from .model import OpticsGroup
 from .options import RefineOptions
 from .phase_map import PhaseMap, phase_map
 from .results import GroupResult
@@ -172,8 +172,6 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
     df_sigma = jackknife_sigma(loo[:, 0])
     cs_curv = _curvature_sigma_cs_mm(best)
     model = fitted.model
-    impact = resolution_impact_A(model.defocus_factor, model.cs_factor, best.defocus_offset_A,
-                                 cs_ref - group.cs_mm, 1.0 / nyquist_A(group.pixel_size_A))
     reason = failed_fit(best.cs_change_mm, cs_sigma, [s.cs_change_mm for s in fitted.subsets],
                         cs_ref, group.cs_mm, options)
     refined = reason is None
@@ -183,13 +181,12 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
         reason=reason, cs_nominal_mm=group.cs_mm,
         cs_refined_mm=cs_ref if refined else cs_input, cs_zernike_mm=cs_zernike,
         cs_sigma_mm=cs_sigma, cs_sigma_curvature_mm=cs_curv,
-        cs_change_z=(cs_ref - group.cs_mm) / cs_sigma if cs_sigma > 0 else None,
         cs_subsets_mm=[cs_input + s.cs_change_mm for s in fitted.subsets],
         defocus_offset_A=best.defocus_offset_A if refined else 0.0,
         defocus_offset_sigma_A=df_sigma, pixel_size_A=group.pixel_size_A,
-        pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(group.pixel_size_A, group.cs_mm,
-                                                              cs_ref),
-        resolution_impact_A=impact, band_A=list(band_A), voltage_kv=group.voltage_kv)
+        band_A=list(band_A), voltage_kv=group.voltage_kv,
+        **interpretation_fields(model, group.pixel_size_A, group.cs_mm, cs_ref, cs_sigma,
+                         best.defocus_offset_A))
     radial = fitted.radial
     delta, delta_sigma = _binned_phase(radial)
     profile = fitted.profile_log_likelihood

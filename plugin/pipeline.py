@@ -17,7 +17,7 @@ from .backends import get_backend
 from .errors import InputError, check_abort
 from .forward import pixel_terms
 from .fourier import make_band
-from .fsc import FSC_THRESHOLD
+from .fsc import reach_text
 from .group_fit import CELLS_PER_SUBSET, fit_group, not_refined_result, summarise_group
 from .halfsets import (
     INDEPENDENT,
@@ -27,9 +27,15 @@ from .halfsets import (
     own_noise_statistics,
     staged_check,
 )
-from .model import OpticsGroup, Particles, group_label, nyquist_A
+from .model import OpticsGroup, Particles, group_label
 from .options import RefineOptions
-from .references import check_band, group_references, map_pixel_size, prepare_references
+from .references import (
+    check_band,
+    group_band_A,
+    group_references,
+    map_pixel_size,
+    prepare_references,
+)
 from .results import GroupResult, Refinement, RefinementInputs
 from .screening import ImageScreen, measure_images, screen_for
 from .streaming import BatchStream
@@ -244,13 +250,12 @@ def refine_group(group: OpticsGroup, positions: np.ndarray, ctx: GroupContext) -
     """Refine one optics group (its particles at ``positions``): screen its images, check the
     half maps and the contrast against a sample, accumulate, fit, and judge the fit."""
     options, gid, n = ctx.options, group.optics_group, positions.size
-    low_A, high_A = ctx.band_A
     n_cells = options.subsets * CELLS_PER_SUBSET
     if n < max(options.min_particles, n_cells):
         return ctx.not_refined(group, n, f"too few particles ({n} < "
                                           f"{max(options.min_particles, n_cells)})", ctx.band_A)
-    high_g_A = max(high_A, nyquist_A(group.pixel_size_A))  # capped at this group's Nyquist
-    band_g = [float(low_A), float(high_g_A)]
+    band_g = group_band_A(group, ctx.band_A)
+    low_A, high_g_A = band_g
     if high_g_A > BAND_MIN_RATIO * low_A:
         return ctx.not_refined(group, n, f"resolution too low: the band {low_A:g}-{high_g_A:.1f} "
                                           f"Å is too narrow", band_g)
@@ -320,10 +325,7 @@ def refine(groups: dict[int, OpticsGroup], particles: Particles, images, half_ma
     low_A, high_A = setup.band_A
     band_A = [float(low_A), float(high_A)]
     check_band(low_A, high_A, resolution)
-    reach = (f"stays above {FSC_THRESHOLD} up to Nyquist ({resolution:.2f} Å)"
-             if np.isclose(resolution, nyquist_A(px), rtol=1e-6)
-             else f"reaches {FSC_THRESHOLD} at {resolution:.2f} Å")
-    progress(f"half-map FSC {reach}; fitting {low_A:.1f}-{high_A:.2f} Å")
+    progress(f"half-map FSC {reach_text(resolution, px)}; fitting {low_A:.1f}-{high_A:.2f} Å")
     warnings = []
     if options.resolution_high_A and options.resolution_high_A < high_A:
         warnings.append(f"resolution_high_A {options.resolution_high_A:g} Å is beyond the half "

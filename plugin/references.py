@@ -144,6 +144,13 @@ def prepare_references(groups: dict[int, OpticsGroup], half_maps, mask=None,
                           (float(options.resolution_low_A), float(high_A)), references)
 
 
+def group_band_A(group: OpticsGroup, band_A) -> list[float]:
+    """The run's band ``band_A`` (low, high resolution in Å) for one optics group: its high end
+    capped at the group's Nyquist."""
+    low_A, high_A = band_A
+    return [float(low_A), float(max(high_A, nyquist_A(group.pixel_size_A)))]
+
+
 def check_band(low_A: float, high_A: float, resolution_A: float) -> None:
     """InputError when the band to fit is empty: the half maps' FSC stays below the threshold
     down to the band's low-resolution end (maps of other particles, pure noise, a wrong mask)."""

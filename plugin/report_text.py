@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fsc import reaches_nyquist
 from .model import group_label, nyquist_A
 from .results import GroupResult, Refinement
 
@@ -97,7 +98,7 @@ def significant(g: GroupResult) -> bool:
 def resolution_text(resolution_A: float, pixel_size_A: float | None) -> str:
     """An FSC resolution: "2.62 Å", or "better than 2.40 Å (Nyquist)" where the curve never
     drops below the threshold (the resolution is then Nyquist, a bound)."""
-    if pixel_size_A and math.isclose(resolution_A, nyquist_A(pixel_size_A), rel_tol=1e-6):
+    if reaches_nyquist(resolution_A, pixel_size_A):
         return f"better than {resolution_A:.2f} Å (Nyquist)"
     return f"{resolution_A:.2f} Å"
 

@@ -32,9 +32,9 @@ import numpy as np
 from .ctf import cs_phase_factor, defocus_phase_factor, electron_wavelength_A
 from .errors import check_abort
 from .fit import PhaseModel
-from .fsc import FSC_THRESHOLD
-from .interpret import pixel_size_if_cs_nominal_A, resolution_impact_A
-from .model import OpticsGroup, Particles, group_label, nyquist_A
+from .fsc import reach_text, reaches_nyquist
+from .interpret import interpretation_fields
+from .model import OpticsGroup, Particles, group_label
 from .options import RefineOptions
 from .phase_map import shifted_curves, with_isotropic_change
 from .pipeline import AbortFn, ProgressFn, refine_inputs
@@ -149,9 +149,7 @@ class RoundRecord:
 
     @property
     def reaches_nyquist(self) -> bool:
-        return (self.map_pixel_size_A is not None
-                and math.isclose(self.resolution_A, nyquist_A(self.map_pixel_size_A),
-                                 rel_tol=1e-6))
+        return reaches_nyquist(self.resolution_A, self.map_pixel_size_A)
 
     def as_dict(self) -> dict:
         return {"round": self.round, "resolution_fsc_A": self.resolution_A,
@@ -249,12 +247,8 @@ def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupR
         return results[0]
     last = refined[-1]
     offset = float(sum(r.defocus_offset_A for r in refined))
-    change = last.cs_refined_mm - original.cs_mm
-    sigma = last.cs_sigma_mm
     lam = electron_wavelength_A(original.voltage_kv)
     model = PhaseModel(defocus_phase_factor(lam), cs_phase_factor(lam))
-    impact = resolution_impact_A(model.defocus_factor, model.cs_factor, offset, change,
-                                 1.0 / nyquist_A(original.pixel_size_A))
     # What the earlier rounds changed: the last round's input optics against the original ones
     # (defocus shifted by their offsets, the effective Cs moved; the rest of the phase is kept).
     cs_input = original.cs_mm + results[0].cs_zernike_mm
@@ -263,12 +257,10 @@ def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupR
     curves = shifted_curves(last.curves, lambda k2: model.delta(earlier_offset, earlier_cs, k2),
                             original.mag_matrix)
     edge = model.delta(offset, last.cs_refined_mm - cs_input, (1.0 / last.band_A[1]) ** 2)
-    return replace(last, refined=True, reason=last.reason, cs_nominal_mm=original.cs_mm,
+    return replace(last, refined=True, cs_nominal_mm=original.cs_mm,
                    cs_zernike_mm=results[0].cs_zernike_mm, defocus_offset_A=offset,
-                   cs_change_z=change / sigma if sigma else None,
-                   pixel_size_if_cs_nominal_A=pixel_size_if_cs_nominal_A(
-                       original.pixel_size_A, original.cs_mm, last.cs_refined_mm),
-                   resolution_impact_A=impact, curves=curves,
+                   curves=curves, **interpretation_fields(model, original.pixel_size_A, original.cs_mm,
+                                                   last.cs_refined_mm, last.cs_sigma_mm, offset),
                    anisotropy=with_isotropic_change(last.anisotropy, abs(np.rad2deg(edge))))
 
 
@@ -350,6 +342,5 @@ def round_line(record: RoundRecord) -> str:
     resolution of the round's half maps."""
     groups = "; ".join(f"{g.label} Cs {cs_text(g)} mm (change in this round {g.change_mm:+.3f})"
                        for g in record.groups)
-    fsc = (f"stays above {FSC_THRESHOLD} up to Nyquist ({record.resolution_A:.2f} Å)"
-           if record.reaches_nyquist else f"{FSC_THRESHOLD} at {record.resolution_A:.2f} Å")
+    fsc = reach_text(record.resolution_A, record.map_pixel_size_A)
     return f"round {record.round}: {groups}; half-map FSC {fsc}"
