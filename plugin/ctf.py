@@ -43,18 +43,6 @@ def amplitude_contrast_phase(amplitude_contrast: float) -> float:
     return float(np.arctan(q0 / np.sqrt(1.0 - q0 * q0)))
 
 
-def astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg):
-    """Defocus along the direction of (kx, ky), in Angstrom.
-
-    Parameters broadcast against each other: e.g. kx, ky of shape (npix,) and per-particle
-    defocus arrays of shape (n, 1) give (n, npix).
-    """
-    theta = np.arctan2(ky, kx)
-    phi = np.deg2rad(defocus_angle_deg)
-    c2 = np.cos(theta - phi) ** 2
-    return defocus_u_A * c2 + defocus_v_A * (1.0 - c2)
-
-
 class Astigmatism(NamedTuple):
     """Defocus of an astigmatic CTF as df(theta) = mean + half_difference * cos(2 (theta - phi)).
 
@@ -92,16 +80,3 @@ def astigmatism(defocus_u_A, defocus_v_A, defocus_angle_deg) -> Astigmatism:
     phi2 = np.deg2rad(2.0 * defocus_angle_deg)
     return Astigmatism(0.5 * (defocus_u_A + defocus_v_A), 0.5 * (defocus_u_A - defocus_v_A),
                        np.cos(phi2), np.sin(phi2))
-
-
-def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, voltage_kv,
-              amplitude_contrast, phase_shift_deg=0.0, even_phase_rad=0.0):
-    """CTF phase gamma in radians (see module docstring); inputs broadcast as in
-    :func:`astigmatic_defocus_A`. ``even_phase_rad`` is an extra phase added to gamma (RELION's
-    rlnEvenZernike sum, already evaluated at (kx, ky))."""
-    lam = electron_wavelength_A(voltage_kv)
-    k2 = kx * kx + ky * ky
-    df = astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg)
-    return (defocus_phase_factor(lam) * df * k2 + cs_phase_factor(lam) * cs_mm * k2 * k2
-            - np.deg2rad(phase_shift_deg) - amplitude_contrast_phase(amplitude_contrast)
-            + even_phase_rad)

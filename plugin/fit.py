@@ -43,7 +43,7 @@ class RadialStatistics:
     k2: np.ndarray
     shell: np.ndarray
     noise_var: np.ndarray
-    pixel_shell: np.ndarray | None = None
+    pixel_shell: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def radial_bins(k_px: np.ndarray, bins_per_shell: int) -> tuple[np.ndarray, np.n
 
 
 def pool(stats: np.ndarray, k2_phys: np.ndarray, k_box: np.ndarray, friedel: np.ndarray,
-         n_particles: int, bins_per_shell: int = 8) -> RadialStatistics:
+         n_particles: int, bins_per_shell: int) -> RadialStatistics:
     """Pool per-pixel statistics (..., 6, m) into radial bins.
 
     k2_phys : (m,) |k'|^2 in 1/A^2 (after the magnification matrix), where delta is evaluated.
@@ -141,7 +141,7 @@ class SearchRange:
     cs_mm: float
 
 
-def default_search_range(model: PhaseModel, k_max_per_A: float, cs_mm: float = 1.5) -> SearchRange:
+def default_search_range(model: PhaseModel, k_max_per_A: float, cs_mm: float) -> SearchRange:
     """Cs change within +-cs_mm; defocus offsets up to what compensates that Cs change at k_max
     (|cs_factor * dcs * k^2 / defocus_factor|) plus 500 A."""
     k2 = k_max_per_A**2
@@ -270,6 +270,4 @@ def parameter_scales(model: PhaseModel, k_max_per_A: float) -> np.ndarray:
 def jackknife_sigma(estimates: np.ndarray) -> float:
     """Delete-one jackknife standard error from the leave-one-out estimates (n,)."""
     n = estimates.size
-    if n < 2:
-        return float("nan")
     return float(np.sqrt((n - 1) / n * np.sum((estimates - estimates.mean()) ** 2)))

@@ -3,7 +3,7 @@
 For particle i and band pixel p (rfft2 layout, nominal frequency k = (kx, ky)):
 
     k'      = M k                  (M: the group's 2x2 magnification matrix)
-    gamma   = ctf_gamma(k', defocus_i, Cs, ...) + even_zernike(k')
+    gamma   = gamma(k', defocus_i, Cs, ...) (csrefine.ctf) + even_zernike(k')
     CTF     = -sin(gamma) * exp(-B_i |k'|^2 / 4) * scale_i
     P_i(k)  = slice of the particle's own half map at A_i^T k'  (trilinear, padded)
               * exp(+2 pi i k'.origin_i)   (particle centre = box centre - origin)
@@ -62,15 +62,14 @@ def magnified(kx, ky, mag_matrix):
     return m[0, 0] * kx + m[0, 1] * ky, m[1, 0] * kx + m[1, 1] * ky
 
 
-def pixel_terms(group: OpticsGroup, band: Band, cs_mm: float | None = None,
-                projection_uses_mag: bool = True) -> PixelTerms:
-    """Pre-compute the per-pixel terms of ``group`` on ``band`` (Cs defaults to the group's).
+def pixel_terms(group: OpticsGroup, band: Band, projection_uses_mag: bool = True) -> PixelTerms:
+    """Pre-compute the per-pixel terms of ``group`` on ``band``.
 
     ``projection_uses_mag=False`` samples the reference at the nominal frequency k instead of M k:
     that is what ``relion_project`` 3.1 does (it applies M to the CTF only), whereas RELION's
     refinement model (ObservationModel) applies M to both; the default follows the refinement.
     """
-    cs = group.cs_mm if cs_mm is None else cs_mm
+    cs = group.cs_mm
     lam = electron_wavelength_A(group.voltage_kv)
     kx_px, ky_px = magnified(band.kx_px, band.ky_px, group.mag_matrix)
     kx, ky = kx_px / group.pixel_size_A, ky_px / group.pixel_size_A

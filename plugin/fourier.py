@@ -15,7 +15,8 @@ import scipy.fft
 
 @dataclass(frozen=True)
 class Band:
-    """The Fourier pixels of a box used in a fit: |k| in [k_min, k_max] (1/A, nominal pixel size).
+    """The Fourier pixels of a box used in a fit: |k| in [k_min, k_max] (1/A, nominal pixel size;
+    ``k_max_per_A`` is k_max, capped at Nyquist).
 
     ``flat_index`` indexes the flattened rfft2 grid; ``kx_px``/``ky_px`` are in cycles per pixel.
     Column kx = 0 keeps only ky >= 0 (the rest are Friedel mates), so every band pixel stands for
@@ -25,7 +26,6 @@ class Band:
 
     box: int
     pixel_size_A: float
-    k_min_per_A: float
     k_max_per_A: float
     flat_index: np.ndarray
     kx_px: np.ndarray
@@ -53,7 +53,7 @@ def make_band(box: int, pixel_size_A: float, k_min_per_A: float, k_max_per_A: fl
     kxs, kys = kx.ravel()[flat], ky.ravel()[flat]
     self_conjugate = np.isin(kxs, (0.0, 0.5)) & np.isin(np.abs(kys), (0.0, 0.5))
     weight = np.where(self_conjugate, 1.0, 2.0)
-    return Band(box, float(pixel_size_A), float(k_min_per_A), float(k_max), flat, kxs, kys, weight)
+    return Band(box, float(pixel_size_A), float(k_max), flat, kxs, kys, weight)
 
 
 def cropped_indices(n_in: int, n_out: int) -> np.ndarray:

@@ -66,6 +66,8 @@ SAMPLE_MIN, SAMPLE_MAX = 400, 2000
 #: particles, so the check costs 200 particle predictions instead of 800.
 SAMPLE_FIRST = 100
 Z_AT_ONCE = 2.0 * Z_DECIDED
+#: Particles of the sample predicted at once (twice: with their own and with shuffled poses).
+OWN_NOISE_BATCH = 64
 
 AS_GIVEN, SWAPPED, OTHER_SPLIT, INDEPENDENT = "as given", "swapped", "another split", "independent"
 #: The particles' contrast relative to the maps.
@@ -139,10 +141,10 @@ def sample_positions(positions: np.ndarray, limit: int | None = None) -> np.ndar
 
 
 def own_noise_statistics(backend, images, particles, references: dict, terms, band,
-                         pixel_size_A: float, threads: int = 1,
-                         batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         pixel_size_A: float, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d_i, d0_i, c_i) of the module docstring for ``particles`` (their ``images``: (n, box,
-    box)), computed with the accumulation backend, one statistics cell per particle. A cell's
+    box)), computed with the accumulation backend, one statistics cell per particle, OWN_NOISE_BATCH
+    particles at a time. A cell's
     cross sum D = sum Re(X conj(CTF P)) is linear in the prediction P, so D for the difference
     (d) and the sum (c) of the half maps are the difference and sum of D_1 and D_2, each
     accumulated against its own half map (no third reference is built); d0 pairs each image
@@ -152,8 +154,8 @@ def own_noise_statistics(backend, images, particles, references: dict, terms, ba
     others = particles.subset(np.roll(np.arange(n), 1))
     null = replace(particles, **{f: getattr(others, f) for f in POSE_FIELDS})
     d, d0, c = np.zeros(n), np.zeros(n), np.zeros(n)
-    for lo in range(0, n, batch):
-        idx = np.arange(lo, min(lo + batch, n))
+    for lo in range(0, n, OWN_NOISE_BATCH):
+        idx = np.arange(lo, min(lo + OWN_NOISE_BATCH, n))
         k = idx.size
         own_sign = np.where(particles.half_set[idx] == 1, 1.0, -1.0)
         # each half map: the images with their own poses (cells 0..k-1), then with the
@@ -178,14 +180,14 @@ def _t(values: np.ndarray) -> float:
     return float(values.mean() / (spread / np.sqrt(values.size))) if spread > 0 else 0.0
 
 
-def decide(d: np.ndarray, d0: np.ndarray, c: np.ndarray | None = None) -> HalfMapCheck:
-    """The verdict from the per-particle statistics, their pose-shuffled null and, if given, the
-    contrast statistic (see the module docstring)."""
+def decide(d: np.ndarray, d0: np.ndarray, c: np.ndarray) -> HalfMapCheck:
+    """The verdict from the per-particle statistics, their pose-shuffled null and the contrast
+    statistic (see the module docstring)."""
     d, d0 = np.asarray(d, float), np.asarray(d0, float)
     n = int(d.size)
     if n < 10 or not np.any(d0):
         return HalfMapCheck("not checked", float("nan"), float("nan"), float("nan"), n)
-    contrast_z = _t(np.asarray(c, float)) if c is not None else float("nan")
+    contrast_z = _t(np.asarray(c, float))
     contrast = CONTRAST_INVERTED if contrast_z <= -Z_DECIDED else CONTRAST_AS_MAPS
     if contrast == CONTRAST_INVERTED:  # the images' sign flipped flips every d_i too
         d, d0 = -d, -d0

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .backends import get_backend
-from .errors import InputError, check_abort
+from .errors import check_abort
 from .forward import pixel_terms
 from .fourier import make_band
 from .fsc import reach_text
@@ -161,22 +161,18 @@ def load_backend(device: str):
 
 
 def reference_for(half: int, policy: str) -> int:
-    """Which half map (1 or 2) predicts a particle of half set ``half``."""
-    if policy == "own":
-        return half
-    if policy == "opposite":
-        return 3 - half
-    raise InputError(f"reference_half must be 'opposite' or 'own', got {policy!r}")
+    """Which half map (1 or 2) predicts a particle of half set ``half`` under ``policy``
+    ("own" or "opposite", :meth:`RefineOptions.validate` refuses any other)."""
+    return half if policy == "own" else 3 - half
 
 
 def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Particles, images,
-                    references: dict, band, backend, threads: int = 1,
-                    screen: ImageScreen | None = None) -> HalfMapCheck:
+                    references: dict, band, backend, threads: int,
+                    screen: ImageScreen) -> HalfMapCheck:
     """Measure whether the half maps match the group's half sets and the particles' contrast
-    (:mod:`csrefine.halfsets`), on an evenly spread sample of the group's particles (``screen``:
-    as :func:`accumulate_group`)."""
+    (:mod:`csrefine.halfsets`), on an evenly spread sample of the group's particles, each image
+    screened by ``screen``."""
     terms = pixel_terms(group, band)
-    screen = screen or screen_for(images, positions, threads)
 
     def statistics(sample):
         imgs = images.read(sample)
@@ -188,7 +184,7 @@ def check_half_maps(group: OpticsGroup, positions: np.ndarray, particles: Partic
 
 
 def _apply_half_map_check(check: HalfMapCheck, label: str, references: dict, warnings: list,
-                          progress, names: str = "the half maps") -> tuple[dict, str | None]:
+                          progress, names: str) -> tuple[dict, str | None]:
     """The references to use after the check, and the reason not to refine (None: refine)."""
     figures = (f"own-noise excess {check.excess:.3f} ± {check.excess_sigma:.3f}, "
                f"{check.z:+.1f} standard errors")

@@ -5,11 +5,37 @@ import pytest
 
 from csrefine.ctf import (
     amplitude_contrast_phase,
-    astigmatic_defocus_A,
     cs_phase_factor,
-    ctf_gamma,
+    defocus_phase_factor,
     electron_wavelength_A,
 )
+
+# The textbook CTF phase (csrefine.ctf's module docstring), evaluated directly: the reference the
+# package's precomputed per-pixel terms are tested against.
+
+def astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg):
+    """Defocus along the direction of (kx, ky), in Angstrom.
+
+    Parameters broadcast against each other: e.g. kx, ky of shape (npix,) and per-particle
+    defocus arrays of shape (n, 1) give (n, npix).
+    """
+    theta = np.arctan2(ky, kx)
+    phi = np.deg2rad(defocus_angle_deg)
+    c2 = np.cos(theta - phi) ** 2
+    return defocus_u_A * c2 + defocus_v_A * (1.0 - c2)
+
+
+def ctf_gamma(kx, ky, *, defocus_u_A, defocus_v_A, defocus_angle_deg, cs_mm, voltage_kv,
+              amplitude_contrast, phase_shift_deg=0.0, even_phase_rad=0.0):
+    """CTF phase gamma in radians (csrefine.ctf's module docstring); inputs broadcast as in
+    :func:`astigmatic_defocus_A`. ``even_phase_rad`` is an extra phase added to gamma (RELION's
+    rlnEvenZernike sum, already evaluated at (kx, ky))."""
+    lam = electron_wavelength_A(voltage_kv)
+    k2 = kx * kx + ky * ky
+    df = astigmatic_defocus_A(kx, ky, defocus_u_A, defocus_v_A, defocus_angle_deg)
+    return (defocus_phase_factor(lam) * df * k2 + cs_phase_factor(lam) * cs_mm * k2 * k2
+            - np.deg2rad(phase_shift_deg) - amplitude_contrast_phase(amplitude_contrast)
+            + even_phase_rad)
 
 
 @pytest.mark.parametrize("kv, expected", [(300, 0.019687), (200, 0.025079), (100, 0.037014)])
@@ -54,7 +80,7 @@ def test_astigmatism_follows_defocus_angle():
 
 def test_the_pipelines_gamma_is_the_ctf_formula():
     """forward.particle_gamma (what the refinement evaluates, per particle and band pixel, with
-    the per-pixel terms precomputed) equals the textbook formula ctf.ctf_gamma plus the even
+    the per-pixel terms precomputed) equals the textbook formula ctf_gamma (above) plus the even
     Zernike phase, for astigmatic, phase-shifted particles with a magnification matrix."""
     from csrefine.forward import magnified, particle_gamma, pixel_terms
     from csrefine.fourier import make_band
@@ -82,7 +108,7 @@ def test_the_pipelines_gamma_is_the_ctf_formula():
 
 def test_astigmatism_decomposition_matches_astigmatic_defocus():
     """mean + half_difference * cos(2 (theta - phi)) == dfU cos^2(theta - phi) + dfV sin^2."""
-    from csrefine.ctf import astigmatic_defocus_A, astigmatism
+    from csrefine.ctf import astigmatism
     rng = np.random.default_rng(0)
     u, v = rng.uniform(5000, 30000, (2, 7, 1))
     angle = rng.uniform(-180, 180, (7, 1))

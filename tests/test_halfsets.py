@@ -18,14 +18,15 @@ from csrefine.halfsets import (
 
 
 def _statistics(shift: float, null_scale: float = 1.0, seed: int = 0):
-    """d_i ~ N(shift, 1) (own noise in the own map: shift > 0), d0_i ~ N(0, null_scale)."""
+    """d_i ~ N(shift, 1) (own noise in the own map: shift > 0), d0_i ~ N(0, null_scale), and a
+    contrast statistic c_i that leaves the contrast as the maps'."""
     rng = np.random.default_rng(seed)
     calls = []
 
     def statistics(positions):
         calls.append(np.asarray(positions))
         return (rng.normal(shift, 1.0, positions.size),
-                rng.normal(0.0, null_scale, positions.size))
+                rng.normal(0.0, null_scale, positions.size), np.ones(positions.size))
     return statistics, calls
 
 
@@ -56,7 +57,8 @@ def test_an_undecided_direction_uses_the_whole_sample():
 
     def statistics(positions):
         calls.append(positions)
-        return rng.normal(0.0, 2.0, positions.size), rng.normal(0.0, 1.0, positions.size)
+        return (rng.normal(0.0, 2.0, positions.size), rng.normal(0.0, 1.0, positions.size),
+                np.ones(positions.size))
 
     positions = np.arange(50_000)
     check = staged_check(statistics, positions)

@@ -45,7 +45,7 @@ def radial_from_truth(rng, ddf=15.0, dcs=0.03, n_shells=12, per_shell=8, noise=0
     d = amp * (np.cos(delta) * a + np.sin(delta) * b) + noise * rng.normal(size=k.size) * np.sqrt(a)
     e = amp * (np.cos(delta) * b + np.sin(delta) * c) + noise * rng.normal(size=k.size) * np.sqrt(c)
     sums = np.stack([a, b, c, d, e])
-    return RadialStatistics(sums[None], k2, shell, np.full(n_shells, noise**2)), sums
+    return RadialStatistics(sums[None], k2, shell, np.full(n_shells, noise**2), shell), sums
 
 
 def test_likelihood_gradient_matches_finite_differences():
