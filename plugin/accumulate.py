@@ -55,3 +55,10 @@ def least_squares_phase(a, b, c, d, e) -> tuple:
     det = np.where(ok, det, 1.0)
     cos_amp = np.where(ok, (c * d - b * e) / det, 0.0)
     return cos_amp, np.where(ok, (a * e - b * d) / det, 0.0), det, ok
+
+
+def amplitude_variance(noise_var, a, c, det):
+    """Variance of each least-squares amplitude of :func:`least_squares_phase` for noise of
+    variance ``noise_var`` per complex pixel: sigma^2 / 2 * ((M^-1)_cc + (M^-1)_ss) =
+    sigma^2 (A + C) / (2 det)."""
+    return 0.5 * noise_var * (a + c) / det

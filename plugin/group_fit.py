@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulate import least_squares_phase
+from .accumulate import amplitude_variance, least_squares_phase
 from .ctf import cs_phase_factor, electron_wavelength_A
 from .fit import (
     FitResult,
@@ -212,6 +212,6 @@ def _binned_phase(radial) -> tuple[np.ndarray, np.ndarray]:
     (radians; the amplitude's standard error over the amplitude), for plots."""
     a, b, c, d, e = radial.sums.sum(axis=0)
     cs, ss, det, _ = least_squares_phase(a, b, c, d, e)
-    var_amp = 0.5 * radial.noise_var[radial.shell] * (a + c) / det
+    var_amp = amplitude_variance(radial.noise_var[radial.shell], a, c, det)
     sigma = np.sqrt(np.maximum(var_amp, 0)) / np.maximum(np.hypot(cs, ss), 1e-300)
     return np.arctan2(ss, cs), np.minimum(sigma, np.pi)

@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from .accumulate import least_squares_phase
+from .accumulate import amplitude_variance, least_squares_phase
+from .backends._tables import grid_indices
 from .forward import magnified
 
 #: Blocks whose fitted amplitude is below this many standard errors are masked.
@@ -72,8 +73,8 @@ def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndar
     isotropic phase change (radians).
     """
     box, px = band.box, band.pixel_size_A
-    col = np.rint(band.kx_px * box).astype(np.int64)   # 0 .. box/2
-    row = np.rint(band.ky_px * box).astype(np.int64)   # -box/2 .. box/2
+    col, row = grid_indices(band)                       # 0 .. box/2, 0 .. box
+    row = row - box // 2                                # -box/2 .. box/2
     n = (box // 2) // block_px + 1                      # blocks per half axis
     ix, iy = col // block_px, row // block_px           # signed block indices (floor)
     key = (iy + n) * (2 * n) + (ix + n)
@@ -85,8 +86,7 @@ def phase_map(stats: np.ndarray, band, k2_per_A2: np.ndarray, noise_var: np.ndar
     kx = np.bincount(key, band.kx_px, minlength=size) / np.maximum(count, 1) / px
     ky = np.bincount(key, band.ky_px, minlength=size) / np.maximum(count, 1) / px
     cs, ss, safe, ok = least_squares_phase(a, b, c, d, e)  # ok: count > 0 too (sums 0)
-    # standard error of the amplitude: sigma^2 / 2 * ((inv M)_cc + (inv M)_ss)
-    var_amp = 0.5 * sigma2 / np.maximum(count, 1) * (a + c) / safe
+    var_amp = amplitude_variance(sigma2 / np.maximum(count, 1), a, c, safe)
     snr = np.where(ok, np.hypot(cs, ss) / np.sqrt(np.maximum(var_amp, 1e-300)), 0.0)
     keep = ok & (snr >= MIN_SNR)
     measured = np.where(keep, np.rad2deg(np.arctan2(ss, cs)), np.nan)

@@ -37,7 +37,7 @@ from .references import (
     prepare_references,
 )
 from .results import GroupResult, Refinement, RefinementInputs
-from .screening import ImageScreen, measure_images, screen_for
+from .screening import ImageScreen, image_moments, screen_for
 from .streaming import BatchStream
 
 #: A group is fitted only if its band spans at least this factor in resolution: with
@@ -86,12 +86,13 @@ def accumulate_group(group: OpticsGroup, positions: np.ndarray, particles: Parti
     done = downweighted = 0
     meter = ProgressMeter(group_label(group.optics_group, group.name), positions.size, progress)
     # The next batch is read from the (memory-mapped) stacks, and its images measured for the
-    # screen, in background threads while this one is computed; the backends release the GIL in
-    # their FFTs and kernels.
+    # screen (image_moments, one thread each), in background threads while this one is computed;
+    # the backends release the GIL in their FFTs and kernels.
     stream = BatchStream(images, positions,
                          options.batch_size or backend.default_batch_size(group.box_size),
                          group.box_size, buffer=backend.host_buffer,
-                         readers=backend.reader_threads(options.threads), measure=measure_images)
+                         readers=backend.reader_threads(options.threads),
+                         measure=lambda imgs: image_moments(imgs, 1))
     # each half set predicted from the half map reference_for names
     refs = {half: references[reference_for(half, options.reference_half)] for half in (1, 2)}
     with closing(iter(stream)) as batches:  # readers stopped at once on abort or error

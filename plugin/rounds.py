@@ -68,7 +68,7 @@ class RoundCost:
     memory_bytes: float
     seconds: float
     processes: int
-    tool: str = "the reconstruction"
+    tool: str
 
     def text(self, rounds: int) -> str:
         return (f"{rounds} rounds: each further round rebuilds both half maps with {self.tool} "
@@ -151,18 +151,6 @@ class RoundRecord:
     def reaches_nyquist(self) -> bool:
         return reaches_nyquist(self.resolution_A, self.map_pixel_size_A)
 
-    def as_dict(self) -> dict:
-        return {"round": self.round, "resolution_fsc_A": self.resolution_A,
-                "half_maps": list(self.half_maps), "reconstruct_s": self.reconstruct_s,
-                "fsc_reaches_nyquist": self.reaches_nyquist,
-                "refine_s": self.refine_s, "fsc": list(self.fsc),
-                "groups": [{"optics_group": int(g.optics_group), "refined": bool(g.refined),
-                            "cs_input_mm": g.cs_input_mm, "cs_mm": g.cs_mm,
-                            "cs_sigma_mm": g.cs_sigma_mm, "cs_change_mm": g.change_mm,
-                            "defocus_offset_A": g.defocus_offset_A, "settled": bool(g.settled),
-                            "half_map_check": g.half_map_check}
-                           for g in self.groups]}
-
 
 @dataclass
 class RoundsOutcome:
@@ -180,8 +168,7 @@ def round_record(number: int, refinement: Refinement, half_maps, reconstruct_s: 
                  refine_s: float) -> RoundRecord:
     """The record of one round from its refinement (relative to that round's inputs)."""
     groups = tuple(RoundGroup(g.optics_group, g.refined, g.cs_nominal_mm + g.cs_zernike_mm,
-                              g.cs_refined_mm, g.cs_sigma_mm,
-                              g.defocus_offset_A if g.refined else 0.0,
+                              g.cs_refined_mm, g.cs_sigma_mm, g.defocus_offset_A,
                               str(g.half_maps.get("verdict", "")), g.name)
                    for g in refinement.groups)
     return RoundRecord(number, groups, float(refinement.resolution_A),
@@ -226,7 +213,7 @@ def updated_particles(particles: Particles, refinement: Refinement) -> Particles
     du = np.array(particles.defocus_u_A, dtype=np.float64)
     dv = np.array(particles.defocus_v_A, dtype=np.float64)
     for g in refinement.groups:
-        if g.refined and g.defocus_offset_A:
+        if g.defocus_offset_A:  # 0 for groups not refined
             sel = particles.optics_group == g.optics_group
             du[sel] += g.defocus_offset_A
             dv[sel] += g.defocus_offset_A
@@ -284,7 +271,7 @@ def combine(original_groups: dict[int, OpticsGroup], refinements: list[Refinemen
 
 
 def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct: Reconstructor,
-                  progress: ProgressFn | None = None, should_abort: AbortFn | None = None) -> RoundsOutcome:
+                  progress: ProgressFn, should_abort: AbortFn) -> RoundsOutcome:
     """Rounds 2..options.rounds after ``first`` (round 1, refined against the given maps).
 
     Before round r the half maps are rebuilt by ``reconstruct`` with the optics the rounds so
@@ -292,7 +279,6 @@ def refine_rounds(inputs, options: RefineOptions, first: Refinement, reconstruct
     the particles, updated likewise (Cs, folded Zernike terms, rescaled beam tilt, shifted
     defocus), against them. Stops after round r >= 2 when :func:`settled`.
     """
-    progress, should_abort = progress or (lambda text: None), should_abort or (lambda: False)
     names = inputs.sources.get("half_maps") or ("half map 1", "half map 2")
     records = [round_record(1, first, names, 0.0, first.timings_s.get("refine", 0.0))]
     refinements, maps, current = [first], [], inputs

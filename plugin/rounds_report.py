@@ -8,7 +8,7 @@ import numpy as np
 
 from .fsc import FSC_THRESHOLD
 from .halfsets import INDEPENDENT
-from .report import CURVE_SIGNIFICANT_DIGITS
+from .report import CURVE_SIGNIFICANT_DIGITS, _clean
 from .report_layout import new_page, resolution_axis, wrapped_lines
 from .report_text import group_kind, resolution_text, text_table
 from .rounds import RoundRecord, RoundsOutcome, cs_text
@@ -58,10 +58,22 @@ def rounds_table(records: list[RoundRecord]) -> str:
 def rounds_json(outcome: RoundsOutcome) -> dict:
     """csrefine.json's entries: ``rounds`` (one dict per round), ``rounds_stop`` (why the
     loop ended) and ``resolution_change`` (the one line)."""
-    rounds = [{**r.as_dict(), "fsc": [float(f"{v:.{CURVE_SIGNIFICANT_DIGITS}g}") for v in r.fsc]}
-              for r in outcome.records]
-    return {"rounds": rounds, "rounds_stop": outcome.stop_reason,
+    return {"rounds": [_round_json(r) for r in outcome.records], "rounds_stop": outcome.stop_reason,
             "resolution_change": resolution_change_line(outcome.records)}
+
+
+def _round_json(r: RoundRecord) -> dict:
+    """One round's entry of csrefine.json's ``rounds`` (the FSC rounded as the curves are)."""
+    return {"round": r.round, "resolution_fsc_A": r.resolution_A,
+            "half_maps": list(r.half_maps), "reconstruct_s": r.reconstruct_s,
+            "fsc_reaches_nyquist": r.reaches_nyquist,
+            "refine_s": r.refine_s, "fsc": _clean(r.fsc, CURVE_SIGNIFICANT_DIGITS),
+            "groups": [{"optics_group": int(g.optics_group), "refined": bool(g.refined),
+                        "cs_input_mm": g.cs_input_mm, "cs_mm": g.cs_mm,
+                        "cs_sigma_mm": g.cs_sigma_mm, "cs_change_mm": g.change_mm,
+                        "defocus_offset_A": g.defocus_offset_A, "settled": bool(g.settled),
+                        "half_map_check": g.half_map_check}
+                       for g in r.groups]}
 
 
 def rounds_summary_lines(outcome: RoundsOutcome, note: bool = False) -> list[str]:

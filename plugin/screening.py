@@ -72,12 +72,6 @@ class ImageScreen:
         return replace(particles, ctf_scale=scale), int(unusual.size)
 
 
-def measure_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`image_moments` in the calling thread: what :meth:`ImageScreen.weigh` needs, measured
-    by the threads that read the images (:class:`csrefine.streaming.BatchStream`)."""
-    return image_moments(images, 1)
-
-
 def screen_for(source, positions: np.ndarray, threads: int = 1) -> ImageScreen:
     """The :class:`ImageScreen` of the particles at ``positions`` of ``source``: the median
     standard deviation of up to :data:`SAMPLE_IMAGES` of their images, evenly spread
