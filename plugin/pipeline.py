@@ -29,13 +29,7 @@ from .halfsets import (
 )
 from .model import OpticsGroup, Particles, group_label
 from .options import RefineOptions
-from .references import (
-    check_band,
-    group_band_A,
-    group_references,
-    map_pixel_size,
-    prepare_references,
-)
+from .references import check_band, group_band_A, group_references, map_pixel_size, prepare_references
 from .results import GroupResult, Refinement, RefinementInputs
 from .screening import ImageScreen, image_moments, screen_for
 from .streaming import BatchStream
