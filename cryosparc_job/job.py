@@ -138,7 +138,7 @@ def _blob_path(dset, slot: str, project_dir: Path, what: str) -> Path:
     field = f"{slot}/path"
     if field not in dset.fields() or len(dset) == 0:
         raise InputError(f"{what}: no {slot} in the connected output")
-    path = Path(resolve_blob_paths([dset[field][0]], project_dir)[0])
+    path = Path(resolve_blob_paths([dset[field][0]], project_dir, what=what, field=field)[0])
     if not path.is_file():
         raise InputError(f"{what}: {slot} file {path} not found (is the project directory "
                          f"mounted here? see --project-dir)")

@@ -246,6 +246,25 @@ def test_volume_without_half_maps_fails_job(api, project_data):
     api.jobs.load_input.assert_not_called()
 
 
+def test_half_map_path_leaving_project_names_volume_field(project_data):
+    """A half-map path that leaves the project directory is refused in one line naming the
+    volume and its field (not the particles' blob/path)."""
+    from csrefine.cryosparc.job import load_job_inputs
+    from csrefine.errors import InputError
+
+    volume = project_data.volume.copy()
+    volume["map_half_A/path"] = np.array(["../x.mrc"], dtype=object)
+    job = types.SimpleNamespace(
+        load_input=lambda name, slots: {"particles": project_data.particles, "volume": volume}[name])
+    args, options = _args(project_data.root)
+    with pytest.raises(InputError) as err:
+        load_job_inputs(job, types.SimpleNamespace(dir=project_data.root), args, options,
+                        lambda text: None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("volume: map_half_A/path '../x.mrc'")
+    assert "particles" not in message and "blob/path" not in message
+
+
 def test_job_loader_honours_higher_order_fields(project_data):
     """load_job_inputs gives non-zero Global-CTF-Refinement fields to the core (group 0 only)
     and records the convention decision in the event log or the warnings, and in report_extra."""
