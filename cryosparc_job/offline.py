@@ -16,7 +16,6 @@ from cryosparc.dataset import Dataset
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
 from csrefine.images import read_half_maps
-from csrefine.io_atomic import atomic_output
 from csrefine.job import Job, execute
 from csrefine.options import RefineOptions
 from csrefine.outputs import OutputDirectory, print_line
@@ -63,8 +62,8 @@ def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".",
 
 
 def write_dataset(path: Path, result: RunResult) -> None:
-    """The input dataset with the refined ``ctf/cs_mm`` and defocus (atomically)."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+    """The input dataset with the refined ``ctf/cs_mm`` and defocus."""
+    with open(path, "wb") as fh:
         updated_dataset(result.inputs.source, result.refinement).save(fh)
 
 

@@ -47,12 +47,6 @@ def atomic_output(path):
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_output(path) as tmp:
-        Path(tmp).write_bytes(data)
-
-
 @contextmanager
 def staging_directory(out_dir):
     """Yield a new hidden directory inside ``out_dir`` (same file system, so that

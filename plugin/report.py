@@ -1,7 +1,7 @@
 """Reports of a refinement: csrefine.json, logfile.pdf and the pages of the cryoSPARC event log.
 
 The words are :mod:`csrefine.report_text`'s, the pages :mod:`csrefine.report_figures`'
-(matplotlib). Writers are atomic (:mod:`csrefine.io_atomic`); :mod:`csrefine.run` stages them
+(matplotlib). The writers write in place: :class:`csrefine.outputs.OutputDirectory` stages them
 with the particle file and moves them into place together.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 
 from . import __version__
-from .io_atomic import atomic_output, atomic_write_bytes
 from .report_figures import details_pages, fsc_page, group_page, summary_pages
 from .report_text import label
 from .results import Refinement, result_dict
@@ -90,7 +90,7 @@ def write_json(path, content: dict) -> None:
     text = json.dumps(content, indent=2, ensure_ascii=False)
     text = _FLAT_ARRAY.sub(lambda m: re.sub(r"\s*\n\s*", " ", m.group(0))
                            .replace("[ ", "[").replace(" ]", "]"), text)
-    atomic_write_bytes(path, (text + "\n").encode())
+    Path(path).write_bytes((text + "\n").encode())
 
 
 def figures(refinement: Refinement, extra_lines=(), calibration=None) -> list:
@@ -118,7 +118,7 @@ def figure_raw_data(refinement: Refinement, calibration=None, extra_lines=()) ->
 
 def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=(),
               calibration=None) -> None:
-    """logfile.pdf, written atomically: the summary, the details, the half-map FSC, the group
+    """logfile.pdf: the summary, the details, the half-map FSC, the group
     pages, the calibration's page (with ``calibration``) and ``extra_figures`` ((title, figure)
     pairs, e.g. the rounds' page). ``extra_lines``: a few more lines for the summary page."""
     figs = figures(refinement, extra_lines, calibration)
@@ -129,6 +129,6 @@ def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=(),
         pages += [fig for _, fig in calibration.figures]
     pages += [fig for _, fig in extra_figures]
     metadata = {"Title": "csrefine: Cs per optics group", "Creator": f"csrefine {__version__}"}
-    with atomic_output(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
+    with PdfPages(path, metadata=metadata) as pdf:
         for fig in pages:
             pdf.savefig(fig)

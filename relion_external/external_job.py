@@ -27,7 +27,6 @@ from pathlib import Path
 from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError, Interrupted
 from csrefine.history import add_recording_arguments
-from csrefine.io_atomic import atomic_write_bytes
 from csrefine.job import HistoryRequest, Job, console_exit, run_job
 from csrefine.options import add_option_arguments, options_from_namespace
 from csrefine.outputs import OutputDirectory
@@ -133,7 +132,7 @@ def make_job(argv: list[str]) -> Job:
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
         text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_map_files(result)])
-        atomic_write_bytes(path, text.encode())
+        Path(path).write_bytes(text.encode())
 
     job = relion_job(args.in_parts, half1, half2, args.o, options, mask=mask, model=args.model,
                      extra_files={OUTPUT_NODES: write_nodes}, directory_class=RelionJobDirectory,
