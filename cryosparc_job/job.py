@@ -31,19 +31,19 @@ from cryosparc.tools import CryoSPARC
 from csrefine import __version__
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
-from csrefine.history import add_recording_arguments
 from csrefine.images import read_half_maps
 from csrefine.job import (
     EXIT_FAILED,
     EXIT_OK,
-    HistoryRequest,
     Job,
     OneLineParser,
+    add_job_arguments,
     console_exit,
+    history_request,
     run_job,
     say,
 )
-from csrefine.options import add_option_arguments, options_from_namespace
+from csrefine.options import options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.results import RefinementInputs, RunResult
 
@@ -96,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lane", default=None,
                    help="lane for --queue-reconstruction (default: cryoSPARC's, the master)")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
-    add_option_arguments(p, style="cli", exclude=NOT_OFFERED)
-    add_recording_arguments(p, style="cli")
+    add_job_arguments(p, style="cli", exclude=NOT_OFFERED)
     return p
 
 
@@ -258,8 +257,7 @@ def cryosparc_job(cs, args, options) -> Job:
     destination = CryosparcJob(cs, args)
     return Job(options, lambda: load_job_inputs(destination.job, destination.project, args,
                                                 options, destination.progress),
-               destination, history=HistoryRequest(args.instrument, args.magnification,
-                                                   args.history_db))
+               destination, history=history_request(args))
 
 
 #: cryoSPARC's job type of Homogeneous Reconstruction Only, and its inputs.

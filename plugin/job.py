@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
-from .history import record_if_requested
-from .options import RefineOptions
+from .history import INSTRUMENT_ENV, record_if_requested
+from .history.db import HISTORY_DB_ENV
+from .options import RefineOptions, add_option_arguments, bare_flag, flag
 from .results import RefinementInputs, RunResult
 from .rounds import Reconstructor
 from .run import Destination, run_refinement
@@ -56,6 +57,29 @@ class HistoryRequest:
     instrument: str | None = None
     magnification: str | None = None
     history_db: str | None = None
+
+
+def history_request(args: argparse.Namespace) -> HistoryRequest:
+    """The history request of parsed arguments (:func:`add_job_arguments`)."""
+    return HistoryRequest(args.instrument, args.magnification, args.history_db)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, style: str = "cli",
+                      exclude: tuple[str, ...] = ()) -> None:
+    """The refinement options (:func:`csrefine.options.add_option_arguments`, without
+    ``exclude``) and the history's ``--instrument``, ``--magnification`` and ``--history-db``,
+    named in ``style`` ("cli": dashes; "relion": underscores, each accepting a bare flag)."""
+    add_option_arguments(parser, style, exclude)
+    parser.add_argument("--instrument", metavar="NAME", default=None, **bare_flag(style),
+                        help=f"record the result in the Cs history under this instrument name "
+                             f"(default: ${INSTRUMENT_ENV}; neither: not recorded)")
+    parser.add_argument("--magnification", metavar="LABEL", default=None, **bare_flag(style),
+                        help="magnification / nominal pixel-size label for the history "
+                             "(default: each optics group's pixel size)")
+    parser.add_argument(flag("history_db", style), dest="history_db", metavar="URL", default=None,
+                        **bare_flag(style),
+                        help=f"SQLAlchemy URL of the history database (default: "
+                             f"${HISTORY_DB_ENV}, else ~/.local/share/csrefine/history.sqlite)")
 
 
 @dataclass

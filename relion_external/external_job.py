@@ -26,9 +26,8 @@ from pathlib import Path
 
 from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError, Interrupted
-from csrefine.history import add_recording_arguments
-from csrefine.job import HistoryRequest, Job, console_exit, run_job
-from csrefine.options import add_option_arguments, options_from_namespace
+from csrefine.job import Job, add_job_arguments, console_exit, history_request, run_job
+from csrefine.options import options_from_namespace
 from csrefine.outputs import OutputDirectory
 from csrefine.signals import deferred
 
@@ -86,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PostProcess STAR naming both half maps and the mask")
     p.add_argument("--model", metavar="CIF|PDB", nargs="?",
                    help="atomic model docked in the map: calibrate the pixel size against it")
-    add_option_arguments(p, style="relion")
-    add_recording_arguments(p, style="relion")
+    add_job_arguments(p, style="relion")
     return p
 
 
@@ -138,7 +136,7 @@ def make_job(argv: list[str]) -> Job:
                      extra_files={OUTPUT_NODES: write_nodes}, directory_class=RelionJobDirectory,
                      star_name=OUTPUT_STAR)
     job.should_abort = (Path(args.o) / ABORT_NOW).exists
-    job.history = HistoryRequest(args.instrument, args.magnification, args.history_db)
+    job.history = history_request(args)
     return job
 
 
