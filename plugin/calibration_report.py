@@ -26,14 +26,12 @@ WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged
 class CalibrationOutcome:
     """The calibration's part of a run: csrefine.json additions, report lines (the calibrated
     pixel size and what to do with it; each group's verdict is in that group's text), the scan
-    page, each group's verdict by optics group number, and why there is no calibration (None:
-    there is one)."""
+    page and each group's verdict by optics group number."""
 
     json: dict
     lines: list
     figures: list = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)
-    error: str | None = None
 
 
 def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, structure,
@@ -49,7 +47,7 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
                                    fsc=refinement.fsc, progress=progress)
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
-                                  [f"Pixel-size calibration NOT done: {exc}"], error=str(exc))
+                                  [f"Pixel-size calibration NOT done: {exc}"])
     extra = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
     verdicts = {g.optics_group: _verdict(g, cal, extra) for g in refinement.groups}
     extra["verdict"] = {str(g.optics_group): verdict_sentence(g, verdicts[g.optics_group])

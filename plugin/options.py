@@ -193,8 +193,8 @@ def bare_flag(style: str) -> dict:
     return {"nargs": "?", "const": None} if style == "relion" else {}
 
 
-def options_from_namespace(args: argparse.Namespace, **overrides) -> RefineOptions:
+def options_from_namespace(args: argparse.Namespace) -> RefineOptions:
     """A validated :class:`RefineOptions` from parsed arguments (None: the default)."""
     given = {opt.field: getattr(args, opt.field) for opt in USER_OPTIONS
              if getattr(args, opt.field, None) is not None}
-    return replace(RefineOptions(), **given, **overrides).validate()
+    return replace(RefineOptions(), **given).validate()

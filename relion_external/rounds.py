@@ -65,7 +65,7 @@ class RelionReconstructor:
     outputs.
     """
 
-    def __init__(self, out_dir, base_dir=".", threads: int = 1, keep_maps: bool = True):
+    def __init__(self, out_dir, base_dir, threads: int, keep_maps: bool):
         self.executable = require_reconstruct()
         self.out_dir, self.base_dir = Path(out_dir), Path(base_dir)
         self.threads, self.keep_maps = max(int(threads), 1), keep_maps
@@ -101,8 +101,7 @@ class RelionReconstructor:
                       else f"{m.name} (removed after the run)" for m in maps)
         files = {m.name: m for m in maps} if self.keep_maps else {}
         seconds = time.monotonic() - t0
-        if progress is not None:
-            progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
+        progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
         return HalfMaps(h1, h2, px or None, names, seconds, files)
 
     def _command(self, star_path: Path, map_path: Path, half: int) -> list[str]:
@@ -135,8 +134,7 @@ class RelionReconstructor:
                 running.append((half, log, subprocess.Popen(
                     self._command(star_path, map_path, half), cwd=self.base_dir, stdout=log,
                     stderr=subprocess.STDOUT)))
-                if progress is not None:
-                    progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
+                progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
             try:
                 while any(proc.poll() is None for _, _, proc in running):
                     check_abort(should_abort)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from csrefine import cli
 from csrefine.history import record_if_requested
@@ -23,10 +24,10 @@ from csrefine.history.db import (
     HistoryError,
     RunLabels,
     content_hash,
-    count_runs,
     load_groups,
     open_engine,
     record_report,
+    runs_table,
     schema_version_table,
 )
 from csrefine.history.stats import deviations_sigma, outlier_flags, weighted_mean
@@ -36,6 +37,12 @@ POSTGRES_ENV = "CSREFINE_TEST_POSTGRES_URL"
 #: Nothing listens on port 1: a connection is refused at once.
 UNREACHABLE_URL = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
 WORKERS, RECORDS_PER_WORKER, SHARED_RECORDS = 2, 20, 5
+
+
+def count_runs(engine) -> int:
+    """Number of recorded runs."""
+    with engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())
 
 
 # ------------------------------------------------------------------------------ data

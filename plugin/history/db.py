@@ -179,14 +179,14 @@ def _is_locked(exc: OperationalError) -> bool:
     return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
-def _retrying(action, attempts: int = WRITE_ATTEMPTS):
-    """Run ``action()``, retrying (with growing pauses) while SQLite says the database is
-    locked; other errors propagate."""
-    for attempt in range(attempts):
+def _retrying(action):
+    """Run ``action()``, retrying (up to :data:`WRITE_ATTEMPTS` times, with growing pauses)
+    while SQLite says the database is locked; other errors propagate."""
+    for attempt in range(WRITE_ATTEMPTS):
         try:
             return action()
         except OperationalError as exc:
-            if not _is_locked(exc) or attempt == attempts - 1:
+            if not _is_locked(exc) or attempt == WRITE_ATTEMPTS - 1:
                 raise
             time.sleep(RETRY_PAUSE_S * 2**attempt)
 
@@ -206,8 +206,8 @@ def stored_version(connection: sa.Connection) -> int:
     return int(value or 0)
 
 
-def ensure_schema(engine: sa.Engine) -> int:
-    """Create or migrate the tables to :data:`SCHEMA_VERSION`; returns the version.
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create or migrate the tables to :data:`SCHEMA_VERSION`.
 
     Each migration runs in its own transaction together with its version row; a second process
     migrating at the same moment fails on that row (or on an existing table) and finds the
@@ -226,15 +226,13 @@ def ensure_schema(engine: sa.Engine) -> int:
                     version += 1
                     MIGRATIONS[version](connection)
                     connection.execute(sa.insert(schema_version_table).values(version=version))
-            return version
+            return
         except (IntegrityError, sa.exc.ProgrammingError, OperationalError) as exc:
             # SQLite reports a table created meanwhile by another process as an OperationalError
             if isinstance(exc, OperationalError) and not (
                     "already exists" in str(exc).lower() or _is_locked(exc)):
                 raise
             time.sleep(RETRY_PAUSE_S)  # another process migrated meanwhile; look again
-    with engine.connect() as connection:
-        return stored_version(connection)
 
 
 # ------------------------------------------------------------------------------ recording
@@ -365,8 +363,3 @@ def _group_record(values: dict) -> GroupRecord:
         values["run_date"] = values["run_date"].replace(tzinfo=timezone.utc)
     return GroupRecord(**values)
 
-
-def count_runs(engine: sa.Engine) -> int:
-    """Number of recorded runs."""
-    with engine.connect() as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())
