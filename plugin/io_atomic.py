@@ -24,11 +24,12 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import OutputError
+from .paths import ROUNDS_WORK_PREFIX
 from .signals import deferred
 
 STAGING_PREFIX = ".csrefine-staging-"
 #: Working directories of a run inside its output directory (staging, rebuilt half maps).
-LEFTOVER_PREFIXES = (STAGING_PREFIX, ".csrefine-rounds-")
+LEFTOVER_PREFIXES = (STAGING_PREFIX, ROUNDS_WORK_PREFIX)
 LOCK_NAME = ".csrefine.lock"
 
 

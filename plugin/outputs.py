@@ -16,6 +16,8 @@ from typing import Callable
 from .errors import InputError, OutputError, check_abort
 from .io_atomic import acquire_lock, clear_leftovers, commit, release_lock, staging_directory
 from .paths import (
+    REPORT_JSON,
+    REPORT_PDF,
     check_free_space,
     check_path_text,
     expected_output_bytes,
@@ -27,8 +29,6 @@ from .results import RefinementInputs, RunResult
 from .rounds_report import rounds_figure, rounds_summary_lines
 
 FileWriter = Callable[[Path, RunResult], None]
-REPORT_JSON = "csrefine.json"
-REPORT_PDF = "logfile.pdf"
 
 
 def write_report_pdf(path: Path, result: RunResult) -> None:

@@ -29,6 +29,7 @@ from csrefine.errors import AbortRequested, InputError, Interrupted
 from csrefine.job import Job, add_job_arguments, console_exit, history_request, run_job
 from csrefine.options import options_from_namespace
 from csrefine.outputs import OutputDirectory
+from csrefine.paths import REPORT_PDF
 from csrefine.signals import deferred
 
 from .nodes import (
@@ -126,7 +127,7 @@ def make_job(argv: list[str]) -> Job:
         raise
     print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
-    nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
+    nodes = [(OUTPUT_STAR, "particles"), (REPORT_PDF, "logfile")]
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
         text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_map_files(result)])

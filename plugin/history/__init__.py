@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from ..outputs import REPORT_JSON
+from ..paths import REPORT_JSON
 from .db import RunLabels, open_engine, record_report
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
