@@ -31,7 +31,6 @@ from cryosparc.tools import CryoSPARC
 from csrefine import __version__
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
-from csrefine.images import read_half_maps
 from csrefine.job import (
     EXIT_FAILED,
     EXIT_OK,
@@ -47,8 +46,8 @@ from csrefine.options import options_from_namespace
 from csrefine.report import figure_raw_data, figures
 from csrefine.results import RefinementInputs, RunResult
 
-from .aberration_choice import choose_conventions
-from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
+from .convert import resolve_blob_paths, updated_dataset
+from .offline import dataset_inputs
 
 TITLE = "Cs refinement"
 #: The job's inputs: their slots and titles.
@@ -154,28 +153,25 @@ def load_job_inputs(job, project, args, options, log) -> RefinementInputs:
     volume = job.load_input("volume", INPUTS["volume"][0])
     log(f"{len(particles)} particles from {args.particles}; half maps from {args.volume}; "
         f"project directory {project_dir}")
-    groups, parts, paths, indices = relion_params_from_cryosparc(
-        particles, project_dir, what=f"particles {args.particles}")
-    images = open_images(particles, groups, paths, indices, parts.optics_group)
     half_a = _blob_path(volume, "map_half_A", project_dir, "volume")
     half_b = _blob_path(volume, "map_half_B", project_dir, "volume")
     mask_path = None
     if args.mask:
         mask_path = _blob_path(job.load_input("mask", INPUTS["mask"][0]), "mask", project_dir, "mask")
-    half_maps, mask, header_px = read_half_maps(half_a, half_b, mask_path)
     map_px = (float(volume["map_half_A/psize_A"][0]) if "map_half_A/psize_A" in volume.fields()
-              else header_px)
-    for gid in sorted(groups):
-        g = groups[gid]
-        log(f"exposure group {gid - 1}: {int(np.sum(parts.optics_group == gid))} particles, "
-            f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
+              else None)
     sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
                "model": args.model, "project_dir": str(project_dir),
                "half_maps": [f"{args.volume} map_half_A ({half_a})",
                              f"{args.volume} map_half_B ({half_b})"]}
-    inputs = RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
-                              sources, source=particles, warnings=list(images.warnings))
-    return choose_conventions(inputs, options, log)
+    inputs = dataset_inputs(particles, project_dir, (half_a, half_b), mask_path, structure,
+                            sources, what=f"particles {args.particles}", options=options,
+                            progress=log, map_pixel_size_A=map_px)
+    for gid, g in sorted(inputs.groups.items()):
+        log(f"exposure group {gid - 1}: {int(np.sum(inputs.particles.optics_group == gid))} "
+            f"particles, nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, "
+            f"{g.pixel_size_A:.4f} A/px")
+    return inputs
 
 
 class CryosparcJob:

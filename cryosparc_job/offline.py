@@ -49,14 +49,32 @@ def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".",
         raise InputError(f"{project_dir}: project directory does not exist")
     structure = read_model(model) if model else None
     dset = load_dataset(particles)
-    groups, parts, paths, indices = relion_params_from_cryosparc(dset, project_dir,
-                                                                 what=str(particles))
-    images = open_images(dset, groups, paths, indices, parts.optics_group)
-    half_maps, m, px = read_half_maps(half1, half2, mask)
     sources, input_paths = file_sources(particles, half1, half2, mask, model,
                                         project_dir=project_dir)
-    inputs = RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
-                              source=dset, warnings=list(images.warnings),
+    return dataset_inputs(dset, project_dir, (half1, half2), mask, structure, sources,
+                          what=str(particles), options=options, progress=progress,
+                          input_paths=input_paths)
+
+
+def dataset_inputs(dset, project_dir: Path, half_maps, mask, structure, sources: dict, *,
+                   what: str, options: RefineOptions | None, progress,
+                   map_pixel_size_A: float | None = None,
+                   input_paths: tuple = ()) -> RefinementInputs:
+    """A particle dataset (``dset``; its stacks relative to ``project_dir``), the half maps
+    (two paths), the optional ``mask`` path and ``structure`` as the core's inputs, with the
+    conventions the particles choose for non-zero higher-order CTF fields
+    (:func:`csrefine.cryosparc.aberration_choice.choose_conventions`: ``options``' band and
+    backend; its decisions go through ``progress``).
+
+    what : how messages name the dataset; sources : csrefine.json's ``inputs`` entry;
+    map_pixel_size_A : the maps' pixel size in Å (None: the half maps' header);
+    input_paths : the paths no output may replace.
+    """
+    groups, parts, paths, indices = relion_params_from_cryosparc(dset, project_dir, what=what)
+    images = open_images(dset, groups, paths, indices, parts.optics_group)
+    maps, m, header_px = read_half_maps(half_maps[0], half_maps[1], mask)
+    inputs = RefinementInputs(groups, parts, images, maps, m, map_pixel_size_A or header_px,
+                              structure, sources, source=dset, warnings=list(images.warnings),
                               input_paths=input_paths)
     return choose_conventions(inputs, options, progress)
 
