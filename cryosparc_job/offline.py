@@ -4,7 +4,8 @@
 the half maps, the mask and an optional atomic model into
 :class:`csrefine.results.RefinementInputs`; :func:`cs_job` is the job (:class:`csrefine.job.Job`)
 that refines them into ``particles.cs``, csrefine.json and logfile.pdf. Nothing is written if
-anything fails, and inputs are never modified.
+anything fails, and inputs are never modified. :func:`dataset_inputs`, the reading of a
+dataset once loaded, serves the cryoSPARC External job too.
 """
 
 from __future__ import annotations
