@@ -43,7 +43,7 @@ from csrefine.job import (
     say,
 )
 from csrefine.options import options_from_namespace
-from csrefine.report import figure_raw_data, figures
+from csrefine.outputs import report_pages
 from csrefine.results import RefinementInputs, RunResult
 
 from .convert import resolve_blob_paths, updated_dataset
@@ -178,8 +178,9 @@ class CryosparcJob:
     """A :class:`csrefine.run.Destination`: the cryoSPARC External job.
 
     ``open`` creates the job in the workspace, connects its inputs and marks it running
-    (cryosparc-tools' ``job.run()``); ``write`` logs the plots (with their data) into the event
-    log and saves the ``particles`` output (the input passed through, with a new ``ctf``);
+    (cryosparc-tools' ``job.run()``); ``write`` logs the report's pages (with their data) into
+    the event log and saves the ``particles`` output (the input passed through, with a new
+    ``ctf``);
     ``close`` marks the job completed, or failed with the error in its event log.
     """
 
@@ -218,15 +219,10 @@ class CryosparcJob:
         pass  # the outputs live in cryoSPARC's database: nothing to check here
 
     def write(self, result: RunResult, should_abort) -> None:
-        refinement, calibration = result.refinement, result.calibration
-        plots = list(zip(figures(refinement, calibration=calibration),
-                         (json.dumps(r) for r in figure_raw_data(refinement, calibration))))
-        if calibration is not None:
-            plots += [(f, json.dumps(calibration.json, default=float))
-                      for f in calibration.figures]
-        for (title, fig), raw in plots:  # matplotlib Figures outside pyplot: nothing to close
-            self.job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw,
-                              raw_data_format="json")
+        refinement = result.refinement
+        for title, fig, raw in report_pages(result):  # Figures outside pyplot: nothing to close
+            self.job.log_plot(fig, title, formats=["png", "pdf"],
+                              raw_data=json.dumps(raw, default=float), raw_data_format="json")
         particles = result.inputs.source
         new = updated_dataset(particles, refinement)
         out = self.job.add_output("particle", "particles", passthrough="particles",

@@ -24,22 +24,29 @@ from .paths import (
     make_output_directory,
     remove_created,
 )
-from .report import write_json, write_pdf
+from .report import refinement_pages, write_json, write_pdf
 from .results import RefinementInputs, RunResult
-from .rounds_report import rounds_figure, rounds_summary_lines
+from .rounds_report import rounds_figure, rounds_json, rounds_summary_lines
 
 FileWriter = Callable[[Path, RunResult], None]
 
 
-def write_report_pdf(path: Path, result: RunResult) -> None:
-    """logfile.pdf: the refinement's pages, the calibration's and the rounds'."""
+def report_pages(result: RunResult) -> list[tuple]:
+    """The report's pages as (title, figure, raw data): the refinement's and the calibration's
+    (:func:`csrefine.report.refinement_pages`, the summary with the calibrated pixel size and the
+    rounds' lines), then the rounds' page. logfile.pdf holds them; the cryoSPARC job logs them."""
     cal, rounds = result.calibration, result.rounds
-    pixel_size_A = result.refinement.map_pixel_size_A or 1.0
-    write_pdf(path, result.refinement,
-              extra_figures=[rounds_figure(rounds, pixel_size_A)] if rounds else [],
-              extra_lines=(cal.lines[:1] if cal else [])
-              + (rounds_summary_lines(rounds) if rounds else []),
-              calibration=cal)
+    extra_lines = (cal.lines[:1] if cal else []) + (rounds_summary_lines(rounds) if rounds else [])
+    pages = refinement_pages(result.refinement, cal, extra_lines, result.report)
+    if rounds:
+        title, fig = rounds_figure(rounds, result.refinement.map_pixel_size_A or 1.0)
+        pages.append((title, fig, rounds_json(rounds)))
+    return pages
+
+
+def write_report_pdf(path: Path, result: RunResult) -> None:
+    """logfile.pdf: the pages of :func:`report_pages`."""
+    write_pdf(path, report_pages(result))
 
 
 def print_line(text: str) -> None:

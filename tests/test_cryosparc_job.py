@@ -173,7 +173,7 @@ def test_online_flow_saves_refined_ctf(api, project_data):
     assert jobs.update_event_log.call_count >= 1
     texts = [c.args[2] for c in jobs.add_event_log.call_args_list]
     assert sum("refined" in t and "nominal" in t and "status" in t for t in texts) == 1
-    assert jobs.add_image_log.call_count == 2 + len(refinement.groups)
+    assert jobs.add_image_log.call_count == 3 + len(refinement.groups)  # summary, details, FSC
     names = [c.kwargs["filename"] for c in APIClient.assets.upload.call_args_list]
     assert "Half-map FSC.png" in names and "Half-map FSC.pdf" in names and "Half-map FSC.json" in names
     assert job.uid == "J50"
