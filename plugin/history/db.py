@@ -316,17 +316,13 @@ class GroupRecord:
     source: str | None
     content_hash: str
     optics_group: int
-    name: str | None
     n_particles: int | None
     refined: bool
     voltage_kv: float | None
     cs_nominal_mm: float | None
     cs_refined_mm: float | None
     cs_sigma_mm: float | None
-    cs_subsets_mm: tuple
-    defocus_offset_A: float | None
     pixel_size_A: float | None
-    pixel_size_if_cs_nominal_A: float | None
     cs_at_calibrated_pixel_mm: float | None
     verdict: str | None
     pixel_size_calibrated_A: float | None
@@ -340,12 +336,17 @@ class GroupRecord:
         return f"{self.pixel_size_A:.3f} A/px" if self.pixel_size_A else "unknown"
 
 
+#: ``groups`` columns recorded for completeness that the summary and the plot do not read.
+_UNREAD_GROUP_COLUMNS = ("id", "run_id", "name", "cs_subsets_json", "defocus_offset_A",
+                         "pixel_size_if_cs_nominal_A")
+
+
 def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupRecord]:
     """Every recorded optics group (of ``instrument`` if given), oldest run first."""
     r, g = runs_table, groups_table
     query = (sa.select(r.c.id.label("run_id"), r.c.instrument, r.c.magnification, r.c.run_date,
                        r.c.source, r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
-                       *(c for c in g.c if c.name not in ("id", "run_id")))
+                       *(c for c in g.c if c.name not in _UNREAD_GROUP_COLUMNS))
              .join(g, g.c.run_id == r.c.id)
              .order_by(r.c.run_date, r.c.id, g.c.optics_group))
     if instrument is not None:
@@ -357,7 +358,6 @@ def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupR
 
 def _group_record(values: dict) -> GroupRecord:
     """A :class:`GroupRecord` from a row of :func:`load_groups`' query."""
-    values["cs_subsets_mm"] = tuple(json.loads(values.pop("cs_subsets_json") or "[]"))
     values["refined"] = bool(values["refined"])
     if values["run_date"].tzinfo is None:  # SQLite returns naive datetimes, stored in UTC
         values["run_date"] = values["run_date"].replace(tzinfo=timezone.utc)
