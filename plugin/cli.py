@@ -24,21 +24,18 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import InputError, Interrupted, quiet_library_warnings
+from .errors import InputError
 from .history.commands import add_history_command
 from .job import (
-    EXIT_INPUT,
-    SIGNAL_STATUS_BASE,
     Job,
     OneLineParser,
     add_job_arguments,
     console_exit,
     history_request,
+    run_guarded,
     run_job,
-    say,
 )
 from .options import options_from_namespace
-from .signals import interrupts_raise
 
 ADAPTER_GROUP = "csrefine.adapters"
 PROG = "csrefine"
@@ -103,17 +100,7 @@ def refine_job(args: argparse.Namespace, adapters: dict) -> Job:
 
 def run_command(command: Callable[[argparse.Namespace], int], args) -> int:
     """A subcommand other than ``refine``: bad input or an unusable path is one line."""
-    with interrupts_raise(), quiet_library_warnings():
-        try:
-            return int(command(args) or 0)
-        except Interrupted as exc:
-            say(PROG, f"{exc}")
-            return SIGNAL_STATUS_BASE + exc.signum
-        except BrokenPipeError:  # the reader went away: not an error of the input
-            raise
-        except (InputError, OSError) as exc:
-            say(PROG, f"error: {exc}")
-            return EXIT_INPUT
+    return run_guarded(PROG, lambda: int(command(args) or 0), expected=(InputError, OSError))
 
 
 def main(argv=None) -> int:

@@ -99,27 +99,42 @@ def say(prog: str, text: str) -> None:
     print(f"{prog}: {text}", file=sys.stderr, flush=True)
 
 
-def run_job(prog: str, make_job: Callable[[], Job]) -> int:
-    """Set up the job (``make_job`` parses the command line and validates the options), run
-    it, and return the exit status (see the module docstring). Nothing but the outputs of a
-    successful run is left behind; SIGTERM, SIGINT and SIGHUP stop the run cleanly."""
+def run_guarded(prog: str, action: Callable[[], int], *, stopped: str = "",
+                expected: tuple[type[Exception], ...] = (InputError,)) -> int:
+    """Run ``action`` (SIGTERM, SIGINT and SIGHUP raise Interrupted) and return its exit status,
+    or the status of what stopped it (see the module docstring), said in one line on stderr:
+    ``stopped`` follows a signal's or an abort's line; ``expected`` are the errors of bad input
+    (status 2); any other exception is a bug (its traceback, status 1). A reader of stdout that
+    went away (BrokenPipeError) is left to :func:`console_exit`."""
     with interrupts_raise(), quiet_library_warnings():
         try:
-            job = make_job()
-            execute(job)
-            return EXIT_OK
+            return action()
         except Interrupted as exc:
-            say(prog, f"{exc}; nothing was written")
+            say(prog, f"{exc}{stopped}")
             return SIGNAL_STATUS_BASE + exc.signum
         except AbortRequested:
-            say(prog, "aborted by the user; nothing was written")
+            say(prog, f"aborted by the user{stopped}")
             return EXIT_ABORTED
-        except InputError as exc:
+        except BrokenPipeError:
+            raise
+        except expected as exc:
             say(prog, f"error: {exc}")
             return EXIT_INPUT
         except Exception:  # a bug: the traceback says where
             traceback.print_exc()
             return EXIT_FAILED
+
+
+def run_job(prog: str, make_job: Callable[[], Job]) -> int:
+    """Set up the job (``make_job`` parses the command line and validates the options), run
+    it, and return the exit status (see the module docstring). Nothing but the outputs of a
+    successful run is left behind; SIGTERM, SIGINT and SIGHUP stop the run cleanly."""
+
+    def run() -> int:
+        execute(make_job())
+        return EXIT_OK
+
+    return run_guarded(prog, run, stopped="; nothing was written")
 
 
 def execute(job: Job) -> RunResult:
