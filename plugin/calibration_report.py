@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .calibrate import apply_calibration, calibrate_pixel_size
 from .errors import InputError
-from .report_layout import new_page, wrapped_lines
+from .report_layout import caption, new_page
 from .report_text import SIGNIFICANT_Z, PixelVerdict, verdict_sentence
 
 WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged (RELION advises "
@@ -114,5 +114,5 @@ def _scan_figure(cal):
             f"model would give, with a B-factor of {cal.b_factor_A2:.0f} Å² and a shift of "
             f"{sum(s * s for s in cal.shift_A) ** 0.5:.2f} Å. Fitted band "
             f"{cal.band_A[0]:.1f}–{cal.band_A[1]:.2f} Å.")
-    fig.text(0.08, 0.2, "\n".join(wrapped_lines(fig, [text], 0.86, 10)), va="top", fontsize=10)
+    caption(fig, 0.08, 0.2, [text], 0.86)
     return fig
