@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .calibrate import apply_calibration, calibrate_pixel_size
+from .calibrate.records import calibration_json
 from .errors import InputError
 from .report_layout import caption, new_page
 from .report_text import SIGNIFICANT_Z, PixelVerdict, verdict_sentence
@@ -48,10 +49,14 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
                                   [f"Pixel-size calibration NOT done: {exc}"])
-    extra = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
-    verdicts = {g.optics_group: _verdict(g, cal, extra) for g in refinement.groups}
-    extra["verdict"] = {str(g.optics_group): verdict_sentence(g, verdicts[g.optics_group])
-                        for g in refinement.groups}
+    records = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
+    verdicts = {g.optics_group: PixelVerdict(c.kind, c.pixel_size_A, c.pixel_size_sigma_A,
+                                             g.pixel_size_A, c.cs_at_calibrated_pixel_mm,
+                                             c.cs_at_calibrated_pixel_sigma_mm, c.pixel_status)
+                for g, c in zip(refinement.groups, records)}
+    sentences = {g.optics_group: verdict_sentence(g, verdicts[g.optics_group])
+                 for g in refinement.groups}
+    extra = calibration_json(cal, records, sentences)
     rel = 100 * (cal.pixel_size_calibrated_A / pixel_size_A - 1)
     lines = [f"Pixel size calibrated against the atomic model: {cal.pixel_size_calibrated_A:.4f} "
              f"± {cal.pixel_size_sigma_A:.4f} Å (nominal {pixel_size_A:.4f} Å, {rel:+.2f}%; half "
@@ -59,17 +64,6 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
              "  " + WHAT_TO_DO]
     return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))],
                               verdicts)
-
-
-def _verdict(g, cal, extra: dict) -> PixelVerdict:
-    """One group's verdict from apply_calibration's output (scaled to the group's pixel size)."""
-    key = str(g.optics_group)
-    scale = g.pixel_size_A / cal.pixel_size_nominal_A
-    details = extra["pixel_calibration"]["groups"][key]
-    return PixelVerdict(details["kind"], cal.pixel_size_calibrated_A * scale,
-                        cal.pixel_size_sigma_A * scale, g.pixel_size_A,
-                        extra["cs_at_calibrated_pixel_mm"][key],
-                        details["cs_at_calibrated_pixel_sigma_mm"], extra["verdict"][key])
 
 
 #: Per-group calibration facts, written into each group's entry of csrefine.json (only there:
