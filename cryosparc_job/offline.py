@@ -61,15 +61,10 @@ def dataset_inputs(dset, project_dir: Path, half_maps, mask, structure, sources:
                    what: str, options: RefineOptions | None, progress,
                    map_pixel_size_A: float | None = None,
                    input_paths: tuple = ()) -> RefinementInputs:
-    """A particle dataset (``dset``; its stacks relative to ``project_dir``), the half maps
-    (two paths), the optional ``mask`` path and ``structure`` as the core's inputs, with the
-    conventions the particles choose for non-zero higher-order CTF fields
-    (:func:`csrefine.cryosparc.aberration_choice.choose_conventions`: ``options``' band and
-    backend; its decisions go through ``progress``).
-
-    what : how messages name the dataset; sources : csrefine.json's ``inputs`` entry;
-    map_pixel_size_A : the maps' pixel size in Å (None: the half maps' header);
-    input_paths : the paths no output may replace.
+    """A loaded dataset (stacks relative to ``project_dir``), the half-map and mask paths and
+    the model as the core's inputs, with conventions chosen as :func:`load_inputs` says.
+    what : how messages name the dataset; sources : csrefine.json's ``inputs``;
+    map_pixel_size_A : Å (None: the half maps' header); input_paths : no output may replace them.
     """
     groups, parts, paths, indices = relion_params_from_cryosparc(dset, project_dir, what=what)
     images = open_images(dset, groups, paths, indices, parts.optics_group)

@@ -44,11 +44,6 @@ def report_pages(result: RunResult) -> list[tuple]:
     return pages
 
 
-def write_report_pdf(path: Path, result: RunResult) -> None:
-    """logfile.pdf: the pages of :func:`report_pages`."""
-    write_pdf(path, report_pages(result))
-
-
 def print_line(text: str) -> None:
     print(text, flush=True)
 
@@ -71,7 +66,7 @@ class OutputDirectory:
         self.out_dir = Path(check_path_text(out_dir, "output directory"))
         self.files: dict[str, FileWriter] = {particles_name: write_particles,
                                              REPORT_JSON: lambda path, r: write_json(path, r.report),
-                                             REPORT_PDF: write_report_pdf,
+                                             REPORT_PDF: lambda path, r: write_pdf(path, report_pages(r)),
                                              **(extra_files or {})}
         self.result_files = result_files
         self.reserved_names = tuple(reserved_names)

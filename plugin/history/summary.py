@@ -109,27 +109,18 @@ def _has_cs(refined: bool, cs_mm: float | None, cs_sigma_mm: float | None) -> bo
             and math.isfinite(cs_sigma_mm) and cs_sigma_mm > 0)
 
 
-def _has_calibration(r: GroupRecord) -> bool:
-    """Whether the run calibrated the pixel size and re-expressed this group's refined Cs."""
-    return (_has_cs(r.refined, r.cs_refined_mm, r.cs_sigma_mm) and bool(r.pixel_size_A)
-            and bool(r.pixel_size_calibrated_A) and r.cs_at_calibrated_pixel_mm is not None
-            and r.cs_refined_mm != 0)
-
-
-def _calibrated_sigma(r: GroupRecord) -> float | None:
-    if not _has_calibration(r):
-        return None
-    return cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, r.cs_refined_mm,
-                                           r.cs_at_calibrated_pixel_mm,
-                                           (r.pixel_size_sigma_A or 0.0) / r.pixel_size_calibrated_A)
-
-
-def _calibrated_pixel_A(r: GroupRecord) -> float | None:
-    """The group's calibrated pixel size, Å: its nominal one times the map's calibrated/nominal
-    ratio, (Cs_cal / Cs)^(1/4) (the run records the map's calibration, not its nominal size)."""
-    if not _has_calibration(r):
-        return None
-    return r.pixel_size_A * (r.cs_at_calibrated_pixel_mm / r.cs_refined_mm) ** 0.25
+def _at_calibrated_pixel(r: GroupRecord) -> tuple[float | None, float | None]:
+    """The group's calibrated pixel size, Å, and the sigma of its Cs there, mm ((None, None)
+    without a calibration): its nominal pixel size times the map's calibrated/nominal ratio,
+    (Cs_cal / Cs)^(1/4) (the run records the map's calibration, not its nominal size)."""
+    if not (_has_cs(r.refined, r.cs_refined_mm, r.cs_sigma_mm) and r.pixel_size_A
+            and r.pixel_size_calibrated_A and r.cs_at_calibrated_pixel_mm is not None
+            and r.cs_refined_mm != 0):
+        return None, None
+    sigma = cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, r.cs_refined_mm,
+                                            r.cs_at_calibrated_pixel_mm,
+                                            (r.pixel_size_sigma_A or 0.0) / r.pixel_size_calibrated_A)
+    return r.pixel_size_A * (r.cs_at_calibrated_pixel_mm / r.cs_refined_mm) ** 0.25, sigma
 
 
 def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRecord]) -> Panel:
@@ -146,6 +137,7 @@ def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRe
     index = {id(r): i for i, r in enumerate(usable)}
     for r in records:
         i = index.get(id(r))
+        pixel_calibrated_A, cs_calibrated_sigma_mm = _at_calibrated_pixel(r)
         change = (pixel_change_explaining(r.cs_refined_mm, reference)
                   if i is not None and math.isfinite(reference) else None)
         datasets.append(DataSet(
@@ -155,8 +147,8 @@ def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRe
             deviation_sigma=float(dev[i]) if i is not None and math.isfinite(dev[i]) else None,
             outlier=bool(flags[i]) if i is not None else False, pixel_size_A=r.pixel_size_A,
             pixel_change_explaining=change, cs_at_calibrated_pixel_mm=r.cs_at_calibrated_pixel_mm,
-            cs_at_calibrated_pixel_sigma_mm=_calibrated_sigma(r),
-            pixel_size_calibrated_A=_calibrated_pixel_A(r), verdict=r.verdict,
+            cs_at_calibrated_pixel_sigma_mm=cs_calibrated_sigma_mm,
+            pixel_size_calibrated_A=pixel_calibrated_A, verdict=r.verdict,
             source=r.source))
     nominal = Counter(r.cs_nominal_mm for r in records if r.cs_nominal_mm is not None)
     cs_nominal = nominal.most_common(1)[0][0] if nominal else None
