@@ -223,6 +223,7 @@ def run_cli(name: str, args, structure) -> dict:
 
 def run_case(name: str, args, structure) -> dict:
     from csrefine.calibrate import apply_calibration, calibrate_pixel_size
+    from csrefine.calibrate.records import calibration_json
     from csrefine.images import read_map
     from csrefine.options import RefineOptions
     from csrefine.pipeline import refine
@@ -256,10 +257,10 @@ def run_case(name: str, args, structure) -> dict:
     t0 = time.monotonic()
     cal = calibrate_pixel_size(h1, h2, p_nom, docked_model(structure, box, p_nom))
     timings["calibration_s"] = time.monotonic() - t0
-    report = apply_calibration([result_dict(g)], cal)
+    (record,) = apply_calibration([result_dict(g)], cal)
+    report = calibration_json(cal, [record], {record.optics_group: f"{record.kind}: {record.pixel_status}"})
     err_rel = cal.pixel_size_calibrated_A / p_true - 1.0
-    cs_cal = report["cs_at_calibrated_pixel_mm"]["1"]
-    kind = report["pixel_calibration"]["groups"]["1"]["kind"]
+    cs_cal, kind = record.cs_at_calibrated_pixel_mm, record.kind
     checks = {"pixel within 0.2% of truth": abs(err_rel) < 0.002,
               "Cs at calibrated pixel within 0.03 mm of truth": abs(cs_cal - cs_true) < 0.03,
               f"verdict is '{expect}'": kind == expect}
@@ -272,7 +273,7 @@ def run_case(name: str, args, structure) -> dict:
         f"A^2, coverage {cal.coverage:.2f}, shift {np.round(cal.shift_A, 2).tolist()} A")
     log(f"[{name}] Cs at the calibrated pixel {cs_cal:.4f} mm (true {cs_true}): error "
         f"{cs_cal - cs_true:+.4f} mm")
-    log(f"[{name}] verdict: {report['verdict']['1']}")
+    log(f"[{name}] verdict: {kind}; {record.pixel_status}")
     for k, ok in checks.items():
         log(f"[{name}] {'PASS' if ok else 'FAIL'}: {k}")
     log(f"[{name}] timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

@@ -31,24 +31,23 @@ from cryosparc.tools import CryoSPARC
 from csrefine import __version__
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
-from csrefine.history import add_recording_arguments
-from csrefine.images import read_half_maps
 from csrefine.job import (
     EXIT_FAILED,
     EXIT_OK,
-    HistoryRequest,
     Job,
     OneLineParser,
+    add_job_arguments,
     console_exit,
+    history_request,
     run_job,
     say,
 )
-from csrefine.options import add_option_arguments, options_from_namespace
-from csrefine.report import figure_raw_data, figures
+from csrefine.options import options_from_namespace
+from csrefine.outputs import report_pages
 from csrefine.results import RefinementInputs, RunResult
 
-from .aberration_choice import choose_conventions
-from .convert import open_images, relion_params_from_cryosparc, resolve_blob_paths, updated_dataset
+from .convert import resolve_blob_paths, updated_dataset
+from .offline import dataset_inputs
 
 TITLE = "Cs refinement"
 #: The job's inputs: their slots and titles.
@@ -96,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lane", default=None,
                    help="lane for --queue-reconstruction (default: cryoSPARC's, the master)")
     p.add_argument("--version", action="version", version=f"csrefine {__version__}")
-    add_option_arguments(p, style="cli", exclude=NOT_OFFERED)
-    add_recording_arguments(p, style="cli")
+    add_job_arguments(p, style="cli", exclude=NOT_OFFERED)
     return p
 
 
@@ -138,7 +136,7 @@ def _blob_path(dset, slot: str, project_dir: Path, what: str) -> Path:
     field = f"{slot}/path"
     if field not in dset.fields() or len(dset) == 0:
         raise InputError(f"{what}: no {slot} in the connected output")
-    path = Path(resolve_blob_paths([dset[field][0]], project_dir)[0])
+    path = Path(resolve_blob_paths([dset[field][0]], project_dir, what=what, field=field)[0])
     if not path.is_file():
         raise InputError(f"{what}: {slot} file {path} not found (is the project directory "
                          f"mounted here? see --project-dir)")
@@ -155,36 +153,34 @@ def load_job_inputs(job, project, args, options, log) -> RefinementInputs:
     volume = job.load_input("volume", INPUTS["volume"][0])
     log(f"{len(particles)} particles from {args.particles}; half maps from {args.volume}; "
         f"project directory {project_dir}")
-    groups, parts, paths, indices = relion_params_from_cryosparc(
-        particles, project_dir, what=f"particles {args.particles}")
-    images = open_images(particles, groups, paths, indices, parts.optics_group)
     half_a = _blob_path(volume, "map_half_A", project_dir, "volume")
     half_b = _blob_path(volume, "map_half_B", project_dir, "volume")
     mask_path = None
     if args.mask:
         mask_path = _blob_path(job.load_input("mask", INPUTS["mask"][0]), "mask", project_dir, "mask")
-    half_maps, mask, header_px = read_half_maps(half_a, half_b, mask_path)
     map_px = (float(volume["map_half_A/psize_A"][0]) if "map_half_A/psize_A" in volume.fields()
-              else header_px)
-    for gid in sorted(groups):
-        g = groups[gid]
-        log(f"exposure group {gid - 1}: {int(np.sum(parts.optics_group == gid))} particles, "
-            f"nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, {g.pixel_size_A:.4f} A/px")
+              else None)
     sources = {"particles": args.particles, "volume": args.volume, "mask": args.mask,
                "model": args.model, "project_dir": str(project_dir),
                "half_maps": [f"{args.volume} map_half_A ({half_a})",
                              f"{args.volume} map_half_B ({half_b})"]}
-    inputs = RefinementInputs(groups, parts, images, half_maps, mask, map_px or None, structure,
-                              sources, source=particles, warnings=list(images.warnings))
-    return choose_conventions(inputs, options, log)
+    inputs = dataset_inputs(particles, project_dir, (half_a, half_b), mask_path, structure,
+                            sources, what=f"particles {args.particles}", options=options,
+                            progress=log, map_pixel_size_A=map_px)
+    for gid, g in sorted(inputs.groups.items()):
+        log(f"exposure group {gid - 1}: {int(np.sum(inputs.particles.optics_group == gid))} "
+            f"particles, nominal Cs {g.cs_mm:.3f} mm, {g.voltage_kv:.0f} kV, "
+            f"{g.pixel_size_A:.4f} A/px")
+    return inputs
 
 
 class CryosparcJob:
     """A :class:`csrefine.run.Destination`: the cryoSPARC External job.
 
     ``open`` creates the job in the workspace, connects its inputs and marks it running
-    (cryosparc-tools' ``job.run()``); ``write`` logs the plots (with their data) into the event
-    log and saves the ``particles`` output (the input passed through, with a new ``ctf``);
+    (cryosparc-tools' ``job.run()``); ``write`` logs the report's pages (with their data) into
+    the event log and saves the ``particles`` output (the input passed through, with a new
+    ``ctf``);
     ``close`` marks the job completed, or failed with the error in its event log.
     """
 
@@ -223,15 +219,10 @@ class CryosparcJob:
         pass  # the outputs live in cryoSPARC's database: nothing to check here
 
     def write(self, result: RunResult, should_abort) -> None:
-        refinement, calibration = result.refinement, result.calibration
-        plots = list(zip(figures(refinement, calibration=calibration),
-                         (json.dumps(r) for r in figure_raw_data(refinement, calibration))))
-        if calibration is not None:
-            plots += [(f, json.dumps(calibration.json, default=float))
-                      for f in calibration.figures]
-        for (title, fig), raw in plots:  # matplotlib Figures outside pyplot: nothing to close
-            self.job.log_plot(fig, title, formats=["png", "pdf"], raw_data=raw,
-                              raw_data_format="json")
+        refinement = result.refinement
+        for title, fig, raw in report_pages(result):  # Figures outside pyplot: nothing to close
+            self.job.log_plot(fig, title, formats=["png", "pdf"],
+                              raw_data=json.dumps(raw, default=float), raw_data_format="json")
         particles = result.inputs.source
         new = updated_dataset(particles, refinement)
         out = self.job.add_output("particle", "particles", passthrough="particles",
@@ -258,8 +249,7 @@ def cryosparc_job(cs, args, options) -> Job:
     destination = CryosparcJob(cs, args)
     return Job(options, lambda: load_job_inputs(destination.job, destination.project, args,
                                                 options, destination.progress),
-               destination, history=HistoryRequest(args.instrument, args.magnification,
-                                                   args.history_db))
+               destination, history=history_request(args))
 
 
 #: cryoSPARC's job type of Homogeneous Reconstruction Only, and its inputs.

@@ -4,7 +4,8 @@
 the half maps, the mask and an optional atomic model into
 :class:`csrefine.results.RefinementInputs`; :func:`cs_job` is the job (:class:`csrefine.job.Job`)
 that refines them into ``particles.cs``, csrefine.json and logfile.pdf. Nothing is written if
-anything fails, and inputs are never modified.
+anything fails, and inputs are never modified. :func:`dataset_inputs`, the reading of a
+dataset once loaded, serves the cryoSPARC External job too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from cryosparc.dataset import Dataset
 from csrefine.atomic_map import read_model
 from csrefine.errors import InputError
 from csrefine.images import read_half_maps
-from csrefine.io_atomic import atomic_output
 from csrefine.job import Job, execute
 from csrefine.options import RefineOptions
 from csrefine.outputs import OutputDirectory, print_line
@@ -50,21 +50,34 @@ def load_inputs(particles, half1, half2, mask=None, model=None, project_dir=".",
         raise InputError(f"{project_dir}: project directory does not exist")
     structure = read_model(model) if model else None
     dset = load_dataset(particles)
-    groups, parts, paths, indices = relion_params_from_cryosparc(dset, project_dir,
-                                                                 what=str(particles))
-    images = open_images(dset, groups, paths, indices, parts.optics_group)
-    half_maps, m, px = read_half_maps(half1, half2, mask)
     sources, input_paths = file_sources(particles, half1, half2, mask, model,
                                         project_dir=project_dir)
-    inputs = RefinementInputs(groups, parts, images, half_maps, m, px, structure, sources,
-                              source=dset, warnings=list(images.warnings),
+    return dataset_inputs(dset, project_dir, (half1, half2), mask, structure, sources,
+                          what=str(particles), options=options, progress=progress,
+                          input_paths=input_paths)
+
+
+def dataset_inputs(dset, project_dir: Path, half_maps, mask, structure, sources: dict, *,
+                   what: str, options: RefineOptions | None, progress,
+                   map_pixel_size_A: float | None = None,
+                   input_paths: tuple = ()) -> RefinementInputs:
+    """A loaded dataset (stacks relative to ``project_dir``), the half-map and mask paths and
+    the model as the core's inputs, with conventions chosen as :func:`load_inputs` says.
+    what : how messages name the dataset; sources : csrefine.json's ``inputs``;
+    map_pixel_size_A : Å (None: the half maps' header); input_paths : no output may replace them.
+    """
+    groups, parts, paths, indices = relion_params_from_cryosparc(dset, project_dir, what=what)
+    images = open_images(dset, groups, paths, indices, parts.optics_group)
+    maps, m, header_px = read_half_maps(half_maps[0], half_maps[1], mask)
+    inputs = RefinementInputs(groups, parts, images, maps, m, map_pixel_size_A or header_px,
+                              structure, sources, source=dset, warnings=list(images.warnings),
                               input_paths=input_paths)
     return choose_conventions(inputs, options, progress)
 
 
 def write_dataset(path: Path, result: RunResult) -> None:
-    """The input dataset with the refined ``ctf/cs_mm`` and defocus (atomically)."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+    """The input dataset with the refined ``ctf/cs_mm`` and defocus."""
+    with open(path, "wb") as fh:
         updated_dataset(result.inputs.source, result.refinement).save(fh)
 
 

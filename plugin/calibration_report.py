@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .calibrate import apply_calibration, calibrate_pixel_size
+from .calibrate.records import calibration_json
 from .errors import InputError
-from .report_layout import new_page, wrapped_lines
+from .report_layout import caption, new_page
 from .report_text import SIGNIFICANT_Z, PixelVerdict, verdict_sentence
 
 WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged (RELION advises "
@@ -26,14 +27,12 @@ WHAT_TO_DO = ("csrefine leaves the pixel size in the particle STAR/.cs unchanged
 class CalibrationOutcome:
     """The calibration's part of a run: csrefine.json additions, report lines (the calibrated
     pixel size and what to do with it; each group's verdict is in that group's text), the scan
-    page, each group's verdict by optics group number, and why there is no calibration (None:
-    there is one)."""
+    page and each group's verdict by optics group number."""
 
     json: dict
     lines: list
     figures: list = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)
-    error: str | None = None
 
 
 def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, structure,
@@ -49,11 +48,15 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
                                    fsc=refinement.fsc, progress=progress)
     except InputError as exc:
         return CalibrationOutcome({"pixel_calibration_error": str(exc)},
-                                  [f"Pixel-size calibration NOT done: {exc}"], error=str(exc))
-    extra = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
-    verdicts = {g.optics_group: _verdict(g, cal, extra) for g in refinement.groups}
-    extra["verdict"] = {str(g.optics_group): verdict_sentence(g, verdicts[g.optics_group])
-                        for g in refinement.groups}
+                                  [f"Pixel-size calibration NOT done: {exc}"])
+    records = apply_calibration(refinement.groups, cal, n_sigma=SIGNIFICANT_Z)
+    verdicts = {g.optics_group: PixelVerdict(c.kind, c.pixel_size_A, c.pixel_size_sigma_A,
+                                             g.pixel_size_A, c.cs_at_calibrated_pixel_mm,
+                                             c.cs_at_calibrated_pixel_sigma_mm, c.pixel_status)
+                for g, c in zip(refinement.groups, records)}
+    sentences = {g.optics_group: verdict_sentence(g, verdicts[g.optics_group])
+                 for g in refinement.groups}
+    extra = calibration_json(cal, records, sentences)
     rel = 100 * (cal.pixel_size_calibrated_A / pixel_size_A - 1)
     lines = [f"Pixel size calibrated against the atomic model: {cal.pixel_size_calibrated_A:.4f} "
              f"± {cal.pixel_size_sigma_A:.4f} Å (nominal {pixel_size_A:.4f} Å, {rel:+.2f}%; half "
@@ -61,17 +64,6 @@ def calibrate_refinement(refinement, half_maps, mask, pixel_size_A: float, struc
              "  " + WHAT_TO_DO]
     return CalibrationOutcome(extra, lines, [("Pixel-size calibration", _scan_figure(cal))],
                               verdicts)
-
-
-def _verdict(g, cal, extra: dict) -> PixelVerdict:
-    """One group's verdict from apply_calibration's output (scaled to the group's pixel size)."""
-    key = str(g.optics_group)
-    scale = g.pixel_size_A / cal.pixel_size_nominal_A
-    details = extra["pixel_calibration"]["groups"][key]
-    return PixelVerdict(details["kind"], cal.pixel_size_calibrated_A * scale,
-                        cal.pixel_size_sigma_A * scale, g.pixel_size_A,
-                        extra["cs_at_calibrated_pixel_mm"][key],
-                        details["cs_at_calibrated_pixel_sigma_mm"], extra["verdict"][key])
 
 
 #: Per-group calibration facts, written into each group's entry of csrefine.json (only there:
@@ -116,5 +108,5 @@ def _scan_figure(cal):
             f"model would give, with a B-factor of {cal.b_factor_A2:.0f} Å² and a shift of "
             f"{sum(s * s for s in cal.shift_A) ** 0.5:.2f} Å. Fitted band "
             f"{cal.band_A[0]:.1f}–{cal.band_A[1]:.2f} Å.")
-    fig.text(0.08, 0.2, "\n".join(wrapped_lines(fig, [text], 0.86, 10)), va="top", fontsize=10)
+    caption(fig, 0.08, 0.2, [text], 0.86)
     return fig

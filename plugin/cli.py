@@ -24,21 +24,18 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import InputError, Interrupted, quiet_library_warnings
-from .history import add_recording_arguments
+from .errors import InputError
 from .history.commands import add_history_command
 from .job import (
-    EXIT_INPUT,
-    SIGNAL_STATUS_BASE,
-    HistoryRequest,
     Job,
     OneLineParser,
+    add_job_arguments,
     console_exit,
+    history_request,
+    run_guarded,
     run_job,
-    say,
 )
-from .options import add_option_arguments, options_from_namespace
-from .signals import interrupts_raise
+from .options import options_from_namespace
 
 ADAPTER_GROUP = "csrefine.adapters"
 PROG = "csrefine"
@@ -76,8 +73,7 @@ def build_parser(adapters: dict) -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--model", default=None,
                    help="atomic model (mmCIF/PDB) docked in the map: calibrate the pixel size "
                         "against it and say whether the Cs departure is pixel size or Cs")
-    add_option_arguments(p, style="cli")
-    add_recording_arguments(p, style="cli")
+    add_job_arguments(p, style="cli")
     commands = add_history_command(sub)
     for adapter in adapters.values():
         commands.update(adapter.add_commands(sub))
@@ -98,23 +94,13 @@ def refine_job(args: argparse.Namespace, adapters: dict) -> Job:
     """``csrefine refine``: the adapter's job for the particle file, with the history request."""
     options = options_from_namespace(args)
     job = adapter_for(args.particles, adapters).refine_job(args, options)
-    job.history = HistoryRequest(args.instrument, args.magnification, args.history_db)
+    job.history = history_request(args)
     return job
 
 
 def run_command(command: Callable[[argparse.Namespace], int], args) -> int:
     """A subcommand other than ``refine``: bad input or an unusable path is one line."""
-    with interrupts_raise(), quiet_library_warnings():
-        try:
-            return int(command(args) or 0)
-        except Interrupted as exc:
-            say(PROG, f"{exc}")
-            return SIGNAL_STATUS_BASE + exc.signum
-        except BrokenPipeError:  # the reader went away: not an error of the input
-            raise
-        except (InputError, OSError) as exc:
-            say(PROG, f"error: {exc}")
-            return EXIT_INPUT
+    return run_guarded(PROG, lambda: int(command(args) or 0), expected=(InputError, OSError))
 
 
 def main(argv=None) -> int:

@@ -24,11 +24,12 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import OutputError
+from .paths import ROUNDS_WORK_PREFIX
 from .signals import deferred
 
 STAGING_PREFIX = ".csrefine-staging-"
 #: Working directories of a run inside its output directory (staging, rebuilt half maps).
-LEFTOVER_PREFIXES = (STAGING_PREFIX, ".csrefine-rounds-")
+LEFTOVER_PREFIXES = (STAGING_PREFIX, ROUNDS_WORK_PREFIX)
 LOCK_NAME = ".csrefine.lock"
 
 
@@ -45,12 +46,6 @@ def atomic_output(path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_output(path) as tmp:
-        Path(tmp).write_bytes(data)
 
 
 @contextmanager

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import AbortRequested, InputError, Interrupted, quiet_library_warnings
-from .history import record_if_requested
-from .options import RefineOptions
+from .history import INSTRUMENT_ENV, record_if_requested
+from .history.db import HISTORY_DB_ENV
+from .options import RefineOptions, add_option_arguments, bare_flag, flag
 from .results import RefinementInputs, RunResult
 from .rounds import Reconstructor
 from .run import Destination, run_refinement
@@ -58,6 +59,29 @@ class HistoryRequest:
     history_db: str | None = None
 
 
+def history_request(args: argparse.Namespace) -> HistoryRequest:
+    """The history request of parsed arguments (:func:`add_job_arguments`)."""
+    return HistoryRequest(args.instrument, args.magnification, args.history_db)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, style: str = "cli",
+                      exclude: tuple[str, ...] = ()) -> None:
+    """The refinement options (:func:`csrefine.options.add_option_arguments`, without
+    ``exclude``) and the history's ``--instrument``, ``--magnification`` and ``--history-db``,
+    named in ``style`` ("cli": dashes; "relion": underscores, each accepting a bare flag)."""
+    add_option_arguments(parser, style, exclude)
+    parser.add_argument("--instrument", metavar="NAME", default=None, **bare_flag(style),
+                        help=f"record the result in the Cs history under this instrument name "
+                             f"(default: ${INSTRUMENT_ENV}; neither: not recorded)")
+    parser.add_argument("--magnification", metavar="LABEL", default=None, **bare_flag(style),
+                        help="magnification / nominal pixel-size label for the history "
+                             "(default: each optics group's pixel size)")
+    parser.add_argument(flag("history_db", style), dest="history_db", metavar="URL", default=None,
+                        **bare_flag(style),
+                        help=f"SQLAlchemy URL of the history database (default: "
+                             f"${HISTORY_DB_ENV}, else ~/.local/share/csrefine/history.sqlite)")
+
+
 @dataclass
 class Job:
     """One refinement as an entry point sets it up."""
@@ -75,27 +99,42 @@ def say(prog: str, text: str) -> None:
     print(f"{prog}: {text}", file=sys.stderr, flush=True)
 
 
-def run_job(prog: str, make_job: Callable[[], Job]) -> int:
-    """Set up the job (``make_job`` parses the command line and validates the options), run
-    it, and return the exit status (see the module docstring). Nothing but the outputs of a
-    successful run is left behind; SIGTERM, SIGINT and SIGHUP stop the run cleanly."""
+def run_guarded(prog: str, action: Callable[[], int], *, stopped: str = "",
+                expected: tuple[type[Exception], ...] = (InputError,)) -> int:
+    """Run ``action`` (SIGTERM, SIGINT and SIGHUP raise Interrupted) and return its exit status,
+    or the status of what stopped it (see the module docstring), said in one line on stderr:
+    ``stopped`` follows a signal's or an abort's line; ``expected`` are the errors of bad input
+    (status 2); any other exception is a bug (its traceback, status 1). A reader of stdout that
+    went away (BrokenPipeError) is left to :func:`console_exit`."""
     with interrupts_raise(), quiet_library_warnings():
         try:
-            job = make_job()
-            execute(job)
-            return EXIT_OK
+            return action()
         except Interrupted as exc:
-            say(prog, f"{exc}; nothing was written")
+            say(prog, f"{exc}{stopped}")
             return SIGNAL_STATUS_BASE + exc.signum
         except AbortRequested:
-            say(prog, "aborted by the user; nothing was written")
+            say(prog, f"aborted by the user{stopped}")
             return EXIT_ABORTED
-        except InputError as exc:
+        except BrokenPipeError:
+            raise
+        except expected as exc:
             say(prog, f"error: {exc}")
             return EXIT_INPUT
         except Exception:  # a bug: the traceback says where
             traceback.print_exc()
             return EXIT_FAILED
+
+
+def run_job(prog: str, make_job: Callable[[], Job]) -> int:
+    """Set up the job (``make_job`` parses the command line and validates the options), run
+    it, and return the exit status (see the module docstring). Nothing but the outputs of a
+    successful run is left behind; SIGTERM, SIGINT and SIGHUP stop the run cleanly."""
+
+    def run() -> int:
+        execute(make_job())
+        return EXIT_OK
+
+    return run_guarded(prog, run, stopped="; nothing was written")
 
 
 def execute(job: Job) -> RunResult:

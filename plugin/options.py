@@ -162,23 +162,28 @@ def add_option_arguments(parser: argparse.ArgumentParser, style: str = "cli",
             continue
         default = _DEFAULTS[opt.field]
         shown = opt.default_text if default is None else default
-        names = [_flag(opt.name, style)] + [_flag(a, style) for a in opt.aliases]
-        # RELION passes a parameter whose value field is empty as a bare flag: the default then.
-        bare = {"nargs": "?", "const": None} if style == "relion" else {}
+        names = [flag(opt.name, style)] + [flag(a, style) for a in opt.aliases]
         parser.add_argument(*names, dest=opt.field, type=opt.kind, choices=opt.choices,
                             default=None, metavar=None if opt.choices else _METAVARS[opt.kind],
-                            help=f"{opt.help} (default: {shown})", **bare)
+                            help=f"{opt.help} (default: {shown})", **bare_flag(style))
 
 
 _METAVARS = {float: "X", int: "N", str: "NAME"}
 
 
-def _flag(name: str, style: str) -> str:
+def flag(name: str, style: str) -> str:
+    """The option ``--name``: dashes for style "cli", RELION's underscores for style "relion"."""
     return "--" + (name.replace("_", "-") if style == "cli" else name)
 
 
-def options_from_namespace(args: argparse.Namespace, **overrides) -> RefineOptions:
+def bare_flag(style: str) -> dict:
+    """``add_argument`` keywords for style "relion": RELION passes a parameter whose value field
+    is empty as a bare flag, which then means the default (None)."""
+    return {"nargs": "?", "const": None} if style == "relion" else {}
+
+
+def options_from_namespace(args: argparse.Namespace) -> RefineOptions:
     """A validated :class:`RefineOptions` from parsed arguments (None: the default)."""
     given = {opt.field: getattr(args, opt.field) for opt in USER_OPTIONS
              if getattr(args, opt.field, None) is not None}
-    return replace(RefineOptions(), **given, **overrides).validate()
+    return replace(RefineOptions(), **given).validate()

@@ -16,30 +16,32 @@ from typing import Callable
 from .errors import InputError, OutputError, check_abort
 from .io_atomic import acquire_lock, clear_leftovers, commit, release_lock, staging_directory
 from .paths import (
+    REPORT_JSON,
+    REPORT_PDF,
     check_free_space,
     check_path_text,
     expected_output_bytes,
     make_output_directory,
     remove_created,
 )
-from .report import write_json, write_pdf
+from .report import refinement_pages, write_json, write_pdf
 from .results import RefinementInputs, RunResult
-from .rounds_report import rounds_figure, rounds_summary_lines
+from .rounds_report import rounds_figure, rounds_json, rounds_summary_lines
 
 FileWriter = Callable[[Path, RunResult], None]
-REPORT_JSON = "csrefine.json"
-REPORT_PDF = "logfile.pdf"
 
 
-def write_report_pdf(path: Path, result: RunResult) -> None:
-    """logfile.pdf: the refinement's pages, the calibration's and the rounds'."""
+def report_pages(result: RunResult) -> list[tuple]:
+    """The report's pages as (title, figure, raw data): the refinement's and the calibration's
+    (:func:`csrefine.report.refinement_pages`, the summary with the calibrated pixel size and the
+    rounds' lines), then the rounds' page. logfile.pdf holds them; the cryoSPARC job logs them."""
     cal, rounds = result.calibration, result.rounds
-    pixel_size_A = result.refinement.map_pixel_size_A or 1.0
-    write_pdf(path, result.refinement,
-              extra_figures=[rounds_figure(rounds, pixel_size_A)] if rounds else [],
-              extra_lines=(cal.lines[:1] if cal else [])
-              + (rounds_summary_lines(rounds) if rounds else []),
-              calibration=cal)
+    extra_lines = (cal.lines[:1] if cal else []) + (rounds_summary_lines(rounds) if rounds else [])
+    pages = refinement_pages(result.refinement, cal, extra_lines, result.report)
+    if rounds:
+        title, fig = rounds_figure(rounds, result.refinement.map_pixel_size_A or 1.0)
+        pages.append((title, fig, rounds_json(rounds)))
+    return pages
 
 
 def print_line(text: str) -> None:
@@ -64,7 +66,7 @@ class OutputDirectory:
         self.out_dir = Path(check_path_text(out_dir, "output directory"))
         self.files: dict[str, FileWriter] = {particles_name: write_particles,
                                              REPORT_JSON: lambda path, r: write_json(path, r.report),
-                                             REPORT_PDF: write_report_pdf,
+                                             REPORT_PDF: lambda path, r: write_pdf(path, report_pages(r)),
                                              **(extra_files or {})}
         self.result_files = result_files
         self.reserved_names = tuple(reserved_names)

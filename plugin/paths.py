@@ -7,6 +7,9 @@
   (a parent is a regular file, a symbolic-link loop, permission, a name too long), and probe
   that it is writable by creating and removing a file; nothing it created is left on failure.
 * :func:`check_free_space` — enough free space for the outputs.
+
+Also the names of the files and working directories csrefine puts into an output directory.
+Standard library only: :mod:`csrefine.relion.nodes` imports it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from pathlib import Path
 from .errors import InputError, OutputError
 
 #: Room for csrefine.json, logfile.pdf and the pipeline files beside the particle file, in bytes.
+#: The report files every run writes into its output directory.
+REPORT_JSON = "csrefine.json"
+REPORT_PDF = "logfile.pdf"
+#: Prefix of the working directory in which rounds rebuild the half maps (inside the output
+#: directory; removed at the end of the run, or by the next run if the job was killed).
+ROUNDS_WORK_PREFIX = ".csrefine-rounds-"
 OUTPUT_MARGIN_BYTES = 4 * 1024 * 1024
 
 

@@ -1,7 +1,7 @@
 """Reports of a refinement: csrefine.json, logfile.pdf and the pages of the cryoSPARC event log.
 
 The words are :mod:`csrefine.report_text`'s, the pages :mod:`csrefine.report_figures`'
-(matplotlib). Writers are atomic (:mod:`csrefine.io_atomic`); :mod:`csrefine.run` stages them
+(matplotlib). The writers write in place: :class:`csrefine.outputs.OutputDirectory` stages them
 with the particle file and moves them into place together.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 
 from . import __version__
-from .io_atomic import atomic_output, atomic_write_bytes
 from .report_figures import details_pages, fsc_page, group_page, summary_pages
 from .report_text import label
 from .results import Refinement, result_dict
@@ -90,45 +90,40 @@ def write_json(path, content: dict) -> None:
     text = json.dumps(content, indent=2, ensure_ascii=False)
     text = _FLAT_ARRAY.sub(lambda m: re.sub(r"\s*\n\s*", " ", m.group(0))
                            .replace("[ ", "[").replace(" ]", "]"), text)
-    atomic_write_bytes(path, (text + "\n").encode())
+    Path(path).write_bytes((text + "\n").encode())
 
 
-def figures(refinement: Refinement, extra_lines=(), calibration=None) -> list:
-    """The report's pages as (title, figure): the summary (a headline per group, the table),
-    the half-map FSC with the band, and one page per refined group; in the order of
-    :func:`figure_raw_data`. ``calibration``: the run's pixel-size calibration (its verdicts
-    decide each group's status), None without an atomic model."""
+def _numbered(title: str, index: int) -> str:
+    """'Summary', then 'Summary, page 2', ... for the pages of one flow."""
+    return title if index == 0 else f"{title}, page {index + 1}"
+
+
+def refinement_pages(refinement: Refinement, calibration=None, extra_lines=(),
+                     report: dict | None = None) -> list[tuple]:
+    """The report's pages of a refinement as (title, figure, raw data), in logfile.pdf's order:
+    the summary (a headline per group, the table; ``extra_lines`` beneath), the details, the
+    half-map FSC with the band, one page per refined group, and the pages of ``calibration``
+    (the run's pixel-size calibration, whose verdicts decide each group's status; None without
+    an atomic model). Raw data: JSON-ready, the summary's and the details' ``report`` (default:
+    :func:`report_dict` of the refinement)."""
+    report = report_dict(refinement) if report is None else report
     summary = summary_pages(refinement, calibration, extra_lines)
-    figs = [("Summary" if i == 0 else f"Summary, page {i + 1}", fig) for i, fig in enumerate(summary)]
-    figs.append(("Half-map FSC", fsc_page(refinement)))
-    figs += [(label(g), group_page(g)) for g in refinement.groups if g.curves]
-    return figs
-
-
-def figure_raw_data(refinement: Refinement, calibration=None, extra_lines=()) -> list[dict]:
-    """The data behind each figure of :func:`figures` called with the same arguments (same
-    order; every summary page has the whole report), JSON-ready."""
-    report = report_dict(refinement)
-    out = [report] * len(summary_pages(refinement, calibration, extra_lines))
-    out.append(_clean({"fsc": refinement.fsc, "resolution_A": refinement.resolution_A,
-                       "band_A": refinement.band_A}, CURVE_SIGNIFICANT_DIGITS))
-    out += [_group_json(g) for g in refinement.groups if g.curves]
-    return out
-
-
-def write_pdf(path, refinement: Refinement, extra_figures=(), extra_lines=(),
-              calibration=None) -> None:
-    """logfile.pdf, written atomically: the summary, the details, the half-map FSC, the group
-    pages, the calibration's page (with ``calibration``) and ``extra_figures`` ((title, figure)
-    pairs, e.g. the rounds' page). ``extra_lines``: a few more lines for the summary page."""
-    figs = figures(refinement, extra_lines, calibration)
-    n_summary = sum(title.startswith("Summary") for title, _ in figs)
-    pages = [fig for _, fig in figs]
-    pages[n_summary:n_summary] = details_pages(refinement, calibration)
+    details = details_pages(refinement, calibration)
+    pages = [(_numbered("Summary", i), fig, report) for i, fig in enumerate(summary)]
+    pages += [(_numbered("Details", i), fig, report) for i, fig in enumerate(details)]
+    pages.append(("Half-map FSC", fsc_page(refinement),
+                  _clean({"fsc": refinement.fsc, "resolution_A": refinement.resolution_A,
+                          "band_A": refinement.band_A}, CURVE_SIGNIFICANT_DIGITS)))
+    pages += [(label(g), group_page(g), _group_json(g)) for g in refinement.groups if g.curves]
     if calibration is not None:
-        pages += [fig for _, fig in calibration.figures]
-    pages += [fig for _, fig in extra_figures]
+        pages += [(title, fig, calibration.json) for title, fig in calibration.figures]
+    return pages
+
+
+def write_pdf(path, pages) -> None:
+    """logfile.pdf: the figures of ``pages`` ((title, figure, raw data), e.g.
+    :func:`refinement_pages`), one a page."""
     metadata = {"Title": "csrefine: Cs per optics group", "Creator": f"csrefine {__version__}"}
-    with atomic_output(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
-        for fig in pages:
+    with PdfPages(path, metadata=metadata) as pdf:
+        for _, fig, _ in pages:
             pdf.savefig(fig)

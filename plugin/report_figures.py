@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from . import __version__
 from .fsc import FSC_THRESHOLD
 from .phase_map import wrap_deg
-from .report_layout import Flow, new_page, resolution_axis, wrapped_lines
+from .report_layout import Flow, caption, fsc_axes, new_page, plot_fsc, resolution_axis
 from .report_text import group_kind, headline, interpretation, label, resolution_text, table_rows, verdict_of
 from .results import GroupResult, Refinement
 
@@ -69,25 +69,20 @@ def fsc_page(refinement: Refinement):
     """The masked half-map FSC with the threshold and the fitted band."""
     fig = new_page()
     ax = fig.add_axes([0.08, 0.22, 0.86, 0.68])
-    fsc = np.asarray(refinement.fsc, dtype=float)
-    box = 2 * (len(fsc) - 1)
     px = refinement.map_pixel_size_A or 1.0
-    k = np.arange(1, len(fsc)) / (box * px)
-    ax.plot(k, fsc[1:], color="C0", label="half-map FSC (masked)")
-    ax.axhline(FSC_THRESHOLD, color="grey", ls=":", label=f"FSC = {FSC_THRESHOLD}")
+    k_max = plot_fsc(ax, refinement.fsc, px, color="C0", label="half-map FSC (masked)")
+    fsc_axes(ax, k_max, FSC_THRESHOLD)
     low, high = refinement.band_A
     ax.axvspan(1 / low, 1 / high, color="C2", alpha=0.12, label=f"fitted band {low:.1f}–{high:.2f} Å")
-    resolution_axis(ax, float(k.max()))
-    ax.set_xlim(0, float(k.max()) * 1.01)
     ax.set_ylabel("FSC")
-    ax.set_ylim(min(-0.05, float(np.nanmin(fsc[1:])) - 0.05), 1.05)
+    ax.set_ylim(min(-0.05, float(np.nanmin(refinement.fsc[1:])) - 0.05), 1.05)
     resolution = resolution_text(refinement.resolution_A, refinement.map_pixel_size_A)
     ax.set_title(f"Half-map FSC: {resolution} at {FSC_THRESHOLD}", fontsize=13)
     ax.legend(fontsize=9, loc="lower left")
     note = (f"The fit uses the band from {low:.1f} Å to {high:.2f} Å: to where the FSC drops "
             f"below {FSC_THRESHOLD} (or the resolution you set), never beyond Nyquist "
             f"({2 * px:.2f} Å).")
-    fig.text(0.08, 0.11, "\n".join(wrapped_lines(fig, [note], 0.86, 10)), fontsize=10, va="top")
+    caption(fig, 0.08, 0.11, [note], 0.86)
     return fig
 
 

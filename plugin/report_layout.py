@@ -162,3 +162,26 @@ def resolution_axis(ax, k_max_per_A: float, squared: bool = False) -> None:
     ax.set_xticks([(1 / A) ** power for A in kept])
     ax.set_xticklabels([f"{A:g}" for A in kept])
     ax.set_xlabel("resolution (Å)" + (", axis linear in k²" if squared else ""))
+
+
+def caption(fig: Figure, x: float, y: float, lines, width: float, fontsize: float = 10) -> None:
+    """``lines`` wrapped to ``width`` (:func:`wrapped_lines`) below ``(x, y)``, their top left
+    corner (fractions of the page)."""
+    fig.text(x, y, "\n".join(wrapped_lines(fig, lines, width, fontsize)), fontsize=fontsize,
+             va="top")
+
+
+def plot_fsc(ax, fsc, pixel_size_A: float, **style) -> float:
+    """An FSC curve against spatial frequency in 1/Å (the zero frequency left out) for a map of
+    ``pixel_size_A`` Å; ``style``: the line's keywords. Returns the highest frequency, 1/Å."""
+    fsc = np.asarray(fsc, dtype=float)
+    k = np.arange(1, len(fsc)) / (2 * (len(fsc) - 1) * pixel_size_A)
+    ax.plot(k, fsc[1:], **style)
+    return float(k.max())
+
+
+def fsc_axes(ax, k_max_per_A: float, threshold: float) -> None:
+    """The FSC ``threshold`` dotted, and the x axis in resolution up to ``k_max_per_A`` (1/Å)."""
+    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
+    resolution_axis(ax, k_max_per_A)
+    ax.set_xlim(0, k_max_per_A * 1.01)

@@ -41,8 +41,8 @@ class PixelVerdict:
     kind : "pixel size", "Cs", "both", "no change", "undetermined" or "not refined"
     (:mod:`csrefine.calibrate`); pixel_size_A / pixel_size_sigma_A : the calibrated pixel size
     at this group's scale; pixel_size_nominal_A : the group's; cs_mm / cs_sigma_mm : Cs at the
-    calibrated pixel size (sigma None where the group was not refined); text : the
-    calibration's own one-line verdict.
+    calibrated pixel size (sigma None where the group was not refined); text : what the
+    calibration says about the pixel size (:func:`csrefine.calibrate.verdict.group_verdict`).
     """
 
     kind: str
@@ -178,8 +178,12 @@ def verdict_sentence(g: GroupResult, v: PixelVerdict) -> str:
         return (f"The atomic model confirms the pixel size, {v.pixel_text}; {at}, consistent "
                 f"with the nominal.")
     if v.kind == "undetermined":
-        reason = v.text.split(": ", 1)[-1]
-        return f"The atomic model cannot tell pixel size from Cs here: {reason}."
+        departure_mm = float(g.cs_refined_mm) - float(g.cs_nominal_mm)
+        return (f"The atomic model cannot tell pixel size from Cs here: the refined Cs "
+                f"{g.cs_refined_mm:.3f} ± {g.cs_sigma_mm:.3f} mm departs from the nominal "
+                f"{g.cs_nominal_mm:.2f} mm by {departure_mm:+.3f} mm, but "
+                f"{v.text}, so the calibration cannot tell how much of the departure is the "
+                f"pixel size.")
     if v.kind == "pixel size":
         return (f"The atomic model puts the pixel size at {v.pixel_text}; {at}, consistent "
                 f"with the nominal: the change is the pixel size, not Cs.")

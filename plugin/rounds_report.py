@@ -9,7 +9,7 @@ import numpy as np
 from .fsc import FSC_THRESHOLD
 from .halfsets import INDEPENDENT
 from .report import CURVE_SIGNIFICANT_DIGITS, _clean
-from .report_layout import new_page, resolution_axis, wrapped_lines
+from .report_layout import caption, fsc_axes, new_page, plot_fsc
 from .report_text import group_kind, resolution_text, text_table
 from .rounds import RoundRecord, RoundsOutcome, cs_text
 
@@ -102,20 +102,16 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float):
     for record, colour, width, alpha, name in (
             (first, "C0", 3.0, 0.5, "round 1: the given half maps"),
             (last, "C3", 1.2, 1.0, f"round {last.round}: rebuilt with the Cs of round {last.round - 1}")):
-        fsc = np.asarray(record.fsc, dtype=float)
-        k = np.arange(1, len(fsc)) / (2 * (len(fsc) - 1) * pixel_size_A)
-        ax.plot(k, fsc[1:], color=colour, lw=width, alpha=alpha, label=f"{name} ({fsc_text(record)})")
+        k_max = plot_fsc(ax, record.fsc, pixel_size_A, color=colour, lw=width, alpha=alpha,
+                         label=f"{name} ({fsc_text(record)})")
         if not record.reaches_nyquist:
             ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
-    ax.axhline(FSC_THRESHOLD, color="grey", ls=":", label=f"FSC = {FSC_THRESHOLD}")
-    resolution_axis(ax, float(k.max()))
-    ax.set_xlim(0, float(k.max()) * 1.01)
+    fsc_axes(ax, k_max, FSC_THRESHOLD)
     ax.set_ylabel("half-map FSC (masked)")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=8.5, loc="lower left")
     _cs_per_round(fig.add_axes([0.72, 0.36, 0.25, 0.53]), records)
-    text = wrapped_lines(fig, rounds_summary_lines(outcome, note=True), 0.9, 10)
-    fig.text(0.07, 0.25, "\n".join(text), fontsize=10, va="top")
+    caption(fig, 0.07, 0.25, rounds_summary_lines(outcome, note=True), 0.9)
     return "Rounds: half-map FSC before and after", fig
 
 

@@ -21,7 +21,7 @@ from .errors import Interrupted
 #: (SIGTERM), Ctrl-C (SIGINT), a closed terminal (SIGHUP).
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-_state = {"depth": 0, "pending": None, "raise_pending": True}
+_state = {"depth": 0, "pending": None}
 
 
 def _handler(signum, frame):

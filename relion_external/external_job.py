@@ -26,11 +26,10 @@ from pathlib import Path
 
 from csrefine import __version__
 from csrefine.errors import AbortRequested, InputError, Interrupted
-from csrefine.history import add_recording_arguments
-from csrefine.io_atomic import atomic_write_bytes
-from csrefine.job import HistoryRequest, Job, console_exit, run_job
-from csrefine.options import add_option_arguments, options_from_namespace
+from csrefine.job import Job, add_job_arguments, console_exit, history_request, run_job
+from csrefine.options import options_from_namespace
 from csrefine.outputs import OutputDirectory
+from csrefine.paths import REPORT_PDF
 from csrefine.signals import deferred
 
 from .nodes import (
@@ -87,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PostProcess STAR naming both half maps and the mask")
     p.add_argument("--model", metavar="CIF|PDB", nargs="?",
                    help="atomic model docked in the map: calibrate the pixel size against it")
-    add_option_arguments(p, style="relion")
-    add_recording_arguments(p, style="relion")
+    add_job_arguments(p, style="relion")
     return p
 
 
@@ -129,17 +127,17 @@ def make_job(argv: list[str]) -> Job:
         raise
     print(f"csrefine: particles {args.in_parts}, half maps {half1} {half2}, "
           f"mask {mask or '(soft sphere)'}", flush=True)
-    nodes = [(OUTPUT_STAR, "particles"), ("logfile.pdf", "logfile")]
+    nodes = [(OUTPUT_STAR, "particles"), (REPORT_PDF, "logfile")]
 
     def write_nodes(path, result) -> None:  # the kept half maps of rounds 2.. are nodes too
         text = output_nodes_text(args.o, nodes + [(n, "halfmap") for n in kept_map_files(result)])
-        atomic_write_bytes(path, text.encode())
+        Path(path).write_bytes(text.encode())
 
     job = relion_job(args.in_parts, half1, half2, args.o, options, mask=mask, model=args.model,
                      extra_files={OUTPUT_NODES: write_nodes}, directory_class=RelionJobDirectory,
                      star_name=OUTPUT_STAR)
     job.should_abort = (Path(args.o) / ABORT_NOW).exists
-    job.history = HistoryRequest(args.instrument, args.magnification, args.history_db)
+    job.history = history_request(args)
     return job
 
 

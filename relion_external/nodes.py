@@ -1,13 +1,16 @@
 """RELION pipeline files: exit markers, RELION_OUTPUT_NODES.star, and whose a job directory is.
 
-Standard library only: ``csrefine-relion`` uses this module to tell RELION's pipeliner that it
-failed even when the rest of csrefine cannot be imported (:mod:`csrefine.relion.entry`).
+Standard library only (and :mod:`csrefine.paths`, which is too): ``csrefine-relion`` uses this
+module to tell RELION's pipeliner that it failed even when the rest of csrefine cannot be
+imported (:mod:`csrefine.relion.entry`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from csrefine.paths import REPORT_JSON, REPORT_PDF
 
 from .star_syntax import quoted
 
@@ -31,8 +34,13 @@ NODE_TYPES = {
 RELION_JOB_FILES = frozenset({"note.txt", "run.out", "run.err", "run.job", "job.star",
                               "job_pipeline.star", "default_pipeline.star"})
 #: What an External job of csrefine writes there (rebuilt half maps: ROUND_MAP).
-CSREFINE_FILES = frozenset({OUTPUT_STAR, "csrefine.json", "logfile.pdf", OUTPUT_NODES, *MARKERS})
+CSREFINE_FILES = frozenset({OUTPUT_STAR, REPORT_JSON, REPORT_PDF, OUTPUT_NODES, *MARKERS})
 ROUND_MAP = re.compile(r"round\d+_half[12]\.mrc")
+
+
+def round_map_name(round_number: int, half: int) -> str:
+    """``round2_half1.mrc``: the output name of a rebuilt half map (matches :data:`ROUND_MAP`)."""
+    return f"round{round_number}_half{half}.mrc"
 
 
 def refuse_foreign(job_dir) -> str | None:

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from csrefine.errors import InputError, check_abort
 from csrefine.images import read_half_maps
+from csrefine.paths import ROUNDS_WORK_PREFIX
 from csrefine.results import RunResult
 from csrefine.rounds import HalfMaps, RoundCost
 
+from .nodes import round_map_name
 from .updated_star import write_refined_star
 
 RECONSTRUCT = "relion_reconstruct"
-WORK_PREFIX = ".csrefine-rounds-"
 #: Peak memory of relion_reconstruct per voxel of the padded (x2) volume, bytes: 273 MB
 #: resident for box 96 (192^3 voxels), Debian's RELION 3.1.3.
 BYTES_PER_PADDED_VOXEL = 40.0
@@ -40,11 +41,6 @@ SECONDS_PER_IMAGE_PIXEL = 3.4e-7
 SECONDS_PER_PADDED_VOXEL = 2.8e-7
 #: How often (s) a running reconstruction is checked for its end and for an abort request.
 POLL_S = 0.2
-
-
-def round_map_name(round_number: int, half: int) -> str:
-    """``round2_half1.mrc``: the output name of a rebuilt half map."""
-    return f"round{round_number}_half{half}.mrc"
 
 
 def require_reconstruct() -> str:
@@ -65,7 +61,7 @@ class RelionReconstructor:
     outputs.
     """
 
-    def __init__(self, out_dir, base_dir=".", threads: int = 1, keep_maps: bool = True):
+    def __init__(self, out_dir, base_dir, threads: int, keep_maps: bool):
         self.executable = require_reconstruct()
         self.out_dir, self.base_dir = Path(out_dir), Path(base_dir)
         self.threads, self.keep_maps = max(int(threads), 1), keep_maps
@@ -87,7 +83,7 @@ class RelionReconstructor:
     def __call__(self, round_number: int, inputs, refinement, progress, should_abort) -> HalfMaps:
         t0 = time.monotonic()
         if self.work is None:
-            self.work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=self.out_dir))
+            self.work = Path(tempfile.mkdtemp(prefix=ROUNDS_WORK_PREFIX, dir=self.out_dir))
         star_path = self.work / f"round{round_number}_particles.star"
         write_refined_star(star_path, inputs.source, refinement)
         maps = [self.work / round_map_name(round_number, h) for h in (1, 2)]
@@ -101,8 +97,7 @@ class RelionReconstructor:
                       else f"{m.name} (removed after the run)" for m in maps)
         files = {m.name: m for m in maps} if self.keep_maps else {}
         seconds = time.monotonic() - t0
-        if progress is not None:
-            progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
+        progress(f"round {round_number}: half maps rebuilt in {seconds:.0f} s")
         return HalfMaps(h1, h2, px or None, names, seconds, files)
 
     def _command(self, star_path: Path, map_path: Path, half: int) -> list[str]:
@@ -135,8 +130,7 @@ class RelionReconstructor:
                 running.append((half, log, subprocess.Popen(
                     self._command(star_path, map_path, half), cwd=self.base_dir, stdout=log,
                     stderr=subprocess.STDOUT)))
-                if progress is not None:
-                    progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
+                progress(f"round {round_number}: {RECONSTRUCT} --subset {half}")
             try:
                 while any(proc.poll() is None for _, _, proc in running):
                     check_abort(should_abort)

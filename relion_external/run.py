@@ -82,13 +82,12 @@ def relion_job(particles, half1, half2, out_dir, options: RefineOptions, *, mask
 
 
 def run(particles, half1, half2, out_dir, *, mask=None, options: RefineOptions | None = None,
-        out_star_name: str = DEFAULT_STAR_NAME, base_dir=".", model=None, progress=None,
-        should_abort=None) -> Refinement:
-    """Refine and write ``out_dir/out_star_name``, ``csrefine.json`` and ``logfile.pdf`` (the
+        base_dir=".", model=None, progress=None, should_abort=None) -> Refinement:
+    """Refine and write ``out_dir``/particles.star, ``csrefine.json`` and ``logfile.pdf`` (the
     job of :func:`relion_job`, run in this process; ``progress``: where its lines go, default
     stdout); returns the refinement."""
     job = relion_job(particles, half1, half2, out_dir, (options or RefineOptions()).validate(),
-                     mask=mask, model=model, base_dir=base_dir, star_name=out_star_name)
+                     mask=mask, model=model, base_dir=base_dir)
     if progress is not None:
         job.destination.progress = progress
     if should_abort is not None:

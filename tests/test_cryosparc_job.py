@@ -173,7 +173,7 @@ def test_online_flow_saves_refined_ctf(api, project_data):
     assert jobs.update_event_log.call_count >= 1
     texts = [c.args[2] for c in jobs.add_event_log.call_args_list]
     assert sum("refined" in t and "nominal" in t and "status" in t for t in texts) == 1
-    assert jobs.add_image_log.call_count == 2 + len(refinement.groups)
+    assert jobs.add_image_log.call_count == 3 + len(refinement.groups)  # summary, details, FSC
     names = [c.kwargs["filename"] for c in APIClient.assets.upload.call_args_list]
     assert "Half-map FSC.png" in names and "Half-map FSC.pdf" in names and "Half-map FSC.json" in names
     assert job.uid == "J50"
@@ -244,6 +244,25 @@ def test_volume_without_half_maps_fails_job(api, project_data):
         execute(cryosparc_job(_cs(), *_args(project_data.root)))
     _assert_failed_nothing_saved(api, "volume: output J42.volume lacks map_half_A, map_half_B")
     api.jobs.load_input.assert_not_called()
+
+
+def test_half_map_path_leaving_project_names_volume_field(project_data):
+    """A half-map path that leaves the project directory is refused in one line naming the
+    volume and its field (not the particles' blob/path)."""
+    from csrefine.cryosparc.job import load_job_inputs
+    from csrefine.errors import InputError
+
+    volume = project_data.volume.copy()
+    volume["map_half_A/path"] = np.array(["../x.mrc"], dtype=object)
+    job = types.SimpleNamespace(
+        load_input=lambda name, slots: {"particles": project_data.particles, "volume": volume}[name])
+    args, options = _args(project_data.root)
+    with pytest.raises(InputError) as err:
+        load_job_inputs(job, types.SimpleNamespace(dir=project_data.root), args, options,
+                        lambda text: None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("volume: map_half_A/path '../x.mrc'")
+    assert "particles" not in message and "blob/path" not in message
 
 
 def test_job_loader_honours_higher_order_fields(project_data):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from csrefine import cli
 from csrefine.history import record_if_requested
@@ -23,10 +24,10 @@ from csrefine.history.db import (
     HistoryError,
     RunLabels,
     content_hash,
-    count_runs,
     load_groups,
     open_engine,
     record_report,
+    runs_table,
     schema_version_table,
 )
 from csrefine.history.stats import deviations_sigma, outlier_flags, weighted_mean
@@ -38,10 +39,18 @@ UNREACHABLE_URL = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
 WORKERS, RECORDS_PER_WORKER, SHARED_RECORDS = 2, 20, 5
 
 
+def count_runs(engine) -> int:
+    """Number of recorded runs."""
+    with engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())
+
+
 # ------------------------------------------------------------------------------ data
 def make_report(cs_mm, sigma_mm=0.01, *, tag="", pixel_size_A=1.6, voltage_kv=300.0,
-                calibrated_A=None, calibrated_sigma_A=None) -> dict:
-    """A csrefine.json content with one refined optics group per value of ``cs_mm``."""
+                calibrated_A=None, calibrated_sigma_A=None, map_pixel_size_A=None) -> dict:
+    """A csrefine.json content with one refined optics group per value of ``cs_mm``; the map's
+    pixel size (default: the groups') is calibrated to ``calibrated_A``."""
+    map_pixel_size_A = map_pixel_size_A or pixel_size_A
     values = np.atleast_1d(cs_mm)
     groups = []
     for i, cs in enumerate(values, start=1):
@@ -52,7 +61,7 @@ def make_report(cs_mm, sigma_mm=0.01, *, tag="", pixel_size_A=1.6, voltage_kv=30
              "pixel_size_if_cs_nominal_A": pixel_size_A * (2.7 / float(cs)) ** 0.25,
              "voltage_kv": voltage_kv}
         if calibrated_A is not None:
-            g["cs_at_calibrated_pixel_mm"] = float(cs) * (calibrated_A / pixel_size_A) ** 4
+            g["cs_at_calibrated_pixel_mm"] = float(cs) * (calibrated_A / map_pixel_size_A) ** 4
             g["verdict"] = "pixel size"
         groups.append(g)
     report = {"csrefine_version": "0.1.0", "inputs": {"particles": f"P{tag}.star"},
@@ -108,7 +117,6 @@ def test_record_and_load(db_url):
     first = records[0]
     assert (first.instrument, first.magnification, first.voltage_kv) == ("Krios-2", "105kx", 300.0)
     assert first.cs_refined_mm == 3.0 and first.cs_sigma_mm == 0.01 and first.refined
-    assert first.cs_subsets_mm == (3.0, 3.0, 3.0)
     assert first.pixel_size_calibrated_A == 1.56 and first.verdict == "pixel size"
     assert first.cs_at_calibrated_pixel_mm == pytest.approx(3.0 * (1.56 / 1.6) ** 4)
     assert first.content_hash == content_hash(report)
@@ -118,6 +126,21 @@ def test_record_and_load(db_url):
         assert connection.execute(sa.select(schema_version_table.c.version)).scalars().all() == [
             SCHEMA_VERSION]
     engine.dispose()
+
+
+def test_calibrated_cs_of_a_group_at_another_pixel_size_than_the_map(sqlite_url):
+    """A group of 1.2 Å pixels refined against a map of 1.0 Å calibrated to 1.02 ± 0.001 Å:
+    its Cs at the calibrated pixel size scales with (1.02 / 1.0)^4, its sigma likewise, and its
+    calibrated pixel size is 1.224 Å (2% larger than nominal)."""
+    engine = open_engine(sqlite_url)
+    record_report(engine, make_report(3.0, pixel_size_A=1.2, map_pixel_size_A=1.0,
+                                      calibrated_A=1.02, calibrated_sigma_A=0.001), RunLabels("K"))
+    d = build_panels(load_groups(engine))[0].datasets[0]
+    engine.dispose()
+    ratio4 = 1.02**4
+    assert d.cs_at_calibrated_pixel_sigma_mm == pytest.approx(
+        math.hypot(0.01 * ratio4, 4 * 3.0 * ratio4 * 0.001 / 1.02), rel=1e-6)
+    assert d.pixel_size_calibrated_A == pytest.approx(1.224, rel=1e-6)
 
 
 def test_recording_the_same_result_twice_is_a_no_op(db_url, tmp_path):

@@ -48,7 +48,7 @@ def test_a_cs_change_is_isotropic_and_an_anisotropic_magnification_is_not(volume
 
 
 def test_the_report_draws_the_maps_and_says_how_isotropic_the_change_is(volume, tmp_path):
-    from csrefine.report import write_pdf
+    from csrefine.report import refinement_pages, write_pdf
     from csrefine.report_text import interpretation
     from csrefine.results import Refinement
 
@@ -56,5 +56,5 @@ def test_the_report_draws_the_maps_and_says_how_isotropic_the_change_is(volume, 
     text = "\n".join(interpretation(g))
     assert "the change is isotropic, as a Cs or pixel-size change is" in text
     refinement = Refinement([g], np.linspace(1, 0, 33), 2.4, g.band_A, "cpu", {}, 1.2)
-    write_pdf(tmp_path / "logfile.pdf", refinement)
+    write_pdf(tmp_path / "logfile.pdf", refinement_pages(refinement))
     assert (tmp_path / "logfile.pdf").stat().st_size > 10_000

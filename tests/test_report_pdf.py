@@ -19,8 +19,7 @@ from csrefine.calibration_report import CalibrationOutcome
 from csrefine.model import OpticsGroup
 from csrefine.options import RefineOptions
 from csrefine.pipeline import refine
-from csrefine.report import figure_raw_data, figures, report_dict, write_json, write_pdf
-from csrefine.report_figures import details_pages
+from csrefine.report import refinement_pages, report_dict, write_json, write_pdf
 from csrefine.report_layout import PAGE_SIZE_IN, new_page
 from csrefine.report_text import PixelVerdict, headline, status
 
@@ -60,15 +59,15 @@ def _pdf_text(path, page: int) -> str | None:
 
 def test_logfile_has_the_expected_pages_all_of_one_size(refinement, tmp_path):
     path = tmp_path / "logfile.pdf"
-    write_pdf(path, refinement)
+    write_pdf(path, refinement_pages(refinement))
     assert _page_sizes(path) == [PAGE_PT] * 4  # summary, details, FSC, the group
     g = refinement.groups[0]
     verdict = PixelVerdict("Cs", 1.2001, 0.0002, 1.2, g.cs_refined_mm, g.cs_sigma_mm)
     calibration = CalibrationOutcome({}, ["Pixel size calibrated against the atomic model: ..."],
                                      [("Pixel-size calibration", new_page())], {1: verdict})
-    write_pdf(path, refinement, extra_figures=[("Rounds", new_page())],
-              extra_lines=["FSC 0.143: 3.06 Å → 2.27 Å with the refined Cs"],
-              calibration=calibration)
+    write_pdf(path, refinement_pages(refinement, calibration,
+                                     ["FSC 0.143: 3.06 Å → 2.27 Å with the refined Cs"])
+              + [("Rounds", new_page(), {})])
     assert _page_sizes(path) == [PAGE_PT] * 6
     text = _pdf_text(path, 1)
     if text is not None:  # poppler-utils: page 1's words
@@ -91,8 +90,9 @@ def test_no_text_leaves_its_page_or_overlaps_other_text(refinement):
     long = replace(g, optics_group=2, name="a group with a rather long name of its own",
                    refined=False, reason="resolution too low: the band 20.0-9.0 Å is too narrow")
     crowded = replace(refinement, groups=[g, long])
-    text_pages = [fig for _, fig in figures(crowded)[:1]] + details_pages(crowded)
-    for fig in [fig for _, fig in figures(crowded)] + text_pages:
+    pages = refinement_pages(crowded)
+    text_pages = [fig for title, fig, _ in pages if title.startswith(("Summary", "Details"))]
+    for fig in [fig for _, fig, _ in pages]:
         renderer = fig.canvas.get_renderer()
         for t in _texts(fig):
             box = t.get_window_extent(renderer)
@@ -113,10 +113,10 @@ def test_many_groups_flow_onto_further_summary_pages(refinement):
     g = refinement.groups[0]
     many = replace(refinement, groups=[replace(g, optics_group=i, name=f"opticsGroup{i}")
                                        for i in range(1, 31)])
-    figs = figures(many)
-    titles = [title for title, _ in figs]
+    pages = refinement_pages(many)
+    titles = [title for title, _, _ in pages]
     assert titles[:2] == ["Summary", "Summary, page 2"] and "Half-map FSC" in titles
-    assert len(figure_raw_data(many)) == len(figs)
+    assert all(json.dumps(raw) for _, _, raw in pages)
     assert sum(t.startswith("Optics group") for t in titles) == 30
 
 

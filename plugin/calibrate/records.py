@@ -71,7 +71,9 @@ class GroupCalibration:
     cs_at_calibrated_pixel_mm, cs_at_calibrated_pixel_sigma_mm : Cs * r^4 and its sigma, mm
     (sigma None where the group was not refined); defocus_offset_at_calibrated_pixel_A : the
     refined defocus offset * r^2, Angstrom; defocus_scale : r^2 (multiply the data's defoci by
-    it); kind : see :func:`csrefine.calibrate.verdict.group_verdict`; verdict : one line.
+    it); kind : see :func:`csrefine.calibrate.verdict.group_verdict`; pixel_size_A,
+    pixel_size_sigma_A : the map's calibration scaled to the group's nominal pixel size, Å;
+    pixel_status : what the calibration says about the pixel size, in words.
     """
 
     optics_group: int
@@ -80,20 +82,23 @@ class GroupCalibration:
     defocus_offset_at_calibrated_pixel_A: float
     defocus_scale: float
     kind: str
-    verdict: str
+    pixel_size_A: float
+    pixel_size_sigma_A: float
+    pixel_status: str
 
 
-def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibration]) -> dict:
+def calibration_json(calibration: PixelCalibration, groups: list[GroupCalibration],
+                     verdicts: dict[int, str]) -> dict:
     """The csrefine.json keys: pixel_size_calibrated_A, pixel_size_sigma_A (Å) and, per optics
-    group (keyed by the group number as a string), cs_at_calibrated_pixel_mm and verdict; plus
-    the details under ``pixel_calibration``."""
+    group (keyed by the group number as a string), cs_at_calibrated_pixel_mm and its verdict
+    (``verdicts``, by group number); plus the details under ``pixel_calibration``."""
     c = calibration
     return {
         "pixel_size_calibrated_A": c.pixel_size_calibrated_A,
         "pixel_size_sigma_A": c.pixel_size_sigma_A,
         "cs_at_calibrated_pixel_mm": {str(g.optics_group): g.cs_at_calibrated_pixel_mm
                                       for g in groups},
-        "verdict": {str(g.optics_group): g.verdict for g in groups},
+        "verdict": {str(g.optics_group): verdicts[g.optics_group] for g in groups},
         "pixel_calibration": {
             "pixel_size_nominal_A": c.pixel_size_nominal_A,
             "relative_error": c.relative_error,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import GroupCalibration, PixelCalibration, calibration_json
+from .records import GroupCalibration, PixelCalibration
 
 
 def reexpress_cs_defocus(cs_mm: float, defocus_A: float, pixel_nominal_A: float,
@@ -151,32 +151,13 @@ def _pixel_status(ev: PixelEvidence, n_sigma: float, sig_pix_mm: float | None = 
     return PixelStatus("confirmed", f"the pixel size is confirmed, {ev.text()}")
 
 
-def _verdict_text(kind: str, pix: PixelStatus, cs_txt: str, refined_txt: str, nom: str,
-                  d_pix: float, d_cs: float, d_total: float) -> str:
-    """The one line of a refined group's verdict."""
-    if kind == "pixel size":
-        return (f"pixel size: {pix.text}; {cs_txt}, consistent with {nom} — the {refined_txt} "
-                f"reflects the pixel size, not Cs")
-    if kind == "both":
-        return (f"both: {pix.text}; it accounts for {d_pix:+.3f} mm of the {refined_txt}; "
-                f"{cs_txt}, still {d_cs:+.3f} mm from {nom}")
-    if kind == "Cs":
-        return f"Cs: {pix.text}; {cs_txt}, {d_cs:+.3f} mm from {nom}"
-    if kind == "undetermined":
-        return (f"undetermined: the {refined_txt} departs from {nom} by {d_total:+.3f} mm, but "
-                f"{pix.text}, so the calibration cannot tell how much of the departure is the "
-                f"pixel size")
-    if pix.state == "undetermined":
-        return f"no change: the {refined_txt} is consistent with {nom}; {pix.text}"
-    return f"no change: {pix.text}; {cs_txt}, consistent with {nom}"
-
-
 def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm: float,
                   pixel_nominal_A: float, pixel_calibrated_A: float, pixel_sigma_A: float, *,
                   pixel_halves_A: tuple | None = None, pixel_halves_sigma_A: tuple | None = None,
                   n_sigma: float = SIGNIFICANT_SIGMA, refined: bool = True
                   ) -> tuple[str, str, float, float | None]:
-    """(kind, one-line verdict, Cs at the calibrated pixel in mm, its sigma in mm) for one group.
+    """(kind, what the calibration says about the pixel size, Cs at the calibrated pixel in mm,
+    its sigma in mm) for one group.
 
     Cs in mm, pixel sizes in Angstrom (the group's nominal, the map's calibration scaled to it);
     pixel_halves_A, pixel_halves_sigma_A : each half map's calibration and its sigma (None: their
@@ -187,9 +168,7 @@ def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm
     r = pixel_calibrated_A / pixel_nominal_A
     cs_cal = cs_refined_mm * r**4
     if not refined or cs_sigma_mm is None or not np.isfinite(cs_sigma_mm):
-        pix = _pixel_status(ev, n_sigma)
-        return ("not refined", f"not refined: Cs was not refined for this group; {pix.text}",
-                float(cs_cal), None)
+        return "not refined", _pixel_status(ev, n_sigma).text, float(cs_cal), None
     sig_pix_mm = 4.0 * abs(cs_refined_mm) * r**3 * (pixel_sigma_A / pixel_nominal_A)
     sig_cal = float(np.hypot(r**4 * cs_sigma_mm, sig_pix_mm))
     d_pix, d_cs = cs_refined_mm - cs_cal, cs_cal - cs_nominal_mm
@@ -202,10 +181,7 @@ def group_verdict(cs_refined_mm: float, cs_sigma_mm: float | None, cs_nominal_mm
     kind = {("different", False): "pixel size", ("different", True): "both",
             ("confirmed", True): "Cs", ("undetermined", True): "undetermined"}.get(
         (pix.state, cs_sig), "no change")
-    text = _verdict_text(kind, pix, f"at that pixel size Cs = {cs_cal:.3f} ± {sig_cal:.3f} mm",
-                         f"refined Cs {cs_refined_mm:.3f} ± {cs_sigma_mm:.3f} mm",
-                         f"the nominal {cs_nominal_mm:.2f} mm", d_pix, d_cs, d_total)
-    return kind, text, float(cs_cal), sig_cal
+    return kind, pix.text, float(cs_cal), sig_cal
 
 
 def _halves_at(calibration: PixelCalibration, pixel_nominal_A: float) -> dict:
@@ -220,14 +196,14 @@ def _halves_at(calibration: PixelCalibration, pixel_nominal_A: float) -> dict:
 
 
 def apply_calibration(groups_results_dicts, calibration: PixelCalibration,
-                      n_sigma: float = SIGNIFICANT_SIGMA) -> dict:
+                      n_sigma: float = SIGNIFICANT_SIGMA) -> list[GroupCalibration]:
     """Re-express each group's refined Cs and defocus offset at the calibrated pixel size; a
     departure is significant from ``n_sigma`` standard errors.
 
     groups_results_dicts : iterable of :func:`csrefine.results.result_dict` dicts or GroupResult
     objects (keys used: optics_group, refined, cs_nominal_mm, cs_refined_mm, cs_sigma_mm,
-    defocus_offset_A, pixel_size_A). Returns :func:`calibration_json`'s dict, ready to merge
-    into csrefine.json.
+    defocus_offset_A, pixel_size_A). Returns one record per group
+    (:func:`csrefine.calibrate.records.calibration_json` writes them into csrefine.json).
     """
     out = []
     for g in groups_results_dicts:
@@ -236,11 +212,11 @@ def apply_calibration(groups_results_dicts, calibration: PixelCalibration,
         # the calibration is of the map; scale it to this group's nominal pixel size
         p_cal = calibration.pixel_size_calibrated_A * p_nom / calibration.pixel_size_nominal_A
         s_cal = calibration.pixel_size_sigma_A * p_nom / calibration.pixel_size_nominal_A
-        kind, text, cs_cal, sig = group_verdict(
+        kind, pixel_status, cs_cal, sig = group_verdict(
             float(g["cs_refined_mm"]), g.get("cs_sigma_mm"), float(g["cs_nominal_mm"]), p_nom,
             p_cal, s_cal, refined=bool(g.get("refined", True)),
             n_sigma=n_sigma, **_halves_at(calibration, p_nom))
         _, df_cal = reexpress_cs_defocus(0.0, float(g.get("defocus_offset_A") or 0.0), p_nom, p_cal)
         out.append(GroupCalibration(int(g["optics_group"]), cs_cal, sig, df_cal,
-                                    float((p_cal / p_nom) ** 2), kind, text))
-    return calibration_json(calibration, out)
+                                    float((p_cal / p_nom) ** 2), kind, p_cal, s_cal, pixel_status))
+    return out

@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from ..outputs import REPORT_JSON
-from .db import HISTORY_DB_ENV, RunLabels, open_engine, record_report
+from ..paths import REPORT_JSON
+from .db import RunLabels, open_engine, record_report
 
 #: Environment variable naming the instrument (recording is opt-in: nothing without a name).
 INSTRUMENT_ENV = "CSREFINE_INSTRUMENT"
@@ -80,20 +80,3 @@ def record_if_requested(report: dict | str | Path, *, instrument: str | None = N
     if not new:
         warn(f"csrefine history: this result was already recorded (instrument {name!r})")
     return new
-
-
-def add_recording_arguments(parser, style: str = "cli") -> None:
-    """``--instrument``, ``--magnification`` and ``--history-db`` (style "relion":
-    ``--instrument``, ``--magnification``, ``--history_db``, each accepting a bare flag as
-    RELION passes an empty value field)."""
-    bare = {"nargs": "?", "const": None} if style == "relion" else {}
-    db_flag = "--history_db" if style == "relion" else "--history-db"
-    parser.add_argument("--instrument", metavar="NAME", default=None, **bare,
-                        help=f"record the result in the Cs history under this instrument name "
-                             f"(default: ${INSTRUMENT_ENV}; neither: not recorded)")
-    parser.add_argument("--magnification", metavar="LABEL", default=None, **bare,
-                        help="magnification / nominal pixel-size label for the history "
-                             "(default: each optics group's pixel size)")
-    parser.add_argument(db_flag, dest="history_db", metavar="URL", default=None, **bare,
-                        help=f"SQLAlchemy URL of the history database (default: "
-                             f"${HISTORY_DB_ENV}, else ~/.local/share/csrefine/history.sqlite)")

@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..job import run_guarded
 from . import INSTRUMENT_ENV, REPORT_JSON, record_if_requested, report_path, requested_instrument
 from .db import HistoryError, load_groups, missing_sqlite_file, open_engine
 from .plot import plot_panels
@@ -45,12 +46,8 @@ def add_history_command(subparsers) -> dict:
 
 def run_history_command(args: argparse.Namespace) -> int:
     """Dispatch ``csrefine history ACTION``; 0 on success, 2 on a usage or database error."""
-    actions = {"record": _record, "show": _show, "plot": _plot}
-    try:
-        return actions[args.history_command](args)
-    except (HistoryError, ValueError) as exc:
-        print(f"csrefine history: error: {exc}", file=sys.stderr)
-        return 2
+    action = {"record": _record, "show": _show, "plot": _plot}[args.history_command]
+    return run_guarded("csrefine history", lambda: action(args), expected=(HistoryError, ValueError))
 
 
 def _run_date(args, path: Path) -> datetime:

@@ -179,14 +179,14 @@ def _is_locked(exc: OperationalError) -> bool:
     return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
-def _retrying(action, attempts: int = WRITE_ATTEMPTS):
-    """Run ``action()``, retrying (with growing pauses) while SQLite says the database is
-    locked; other errors propagate."""
-    for attempt in range(attempts):
+def _retrying(action):
+    """Run ``action()``, retrying (up to :data:`WRITE_ATTEMPTS` times, with growing pauses)
+    while SQLite says the database is locked; other errors propagate."""
+    for attempt in range(WRITE_ATTEMPTS):
         try:
             return action()
         except OperationalError as exc:
-            if not _is_locked(exc) or attempt == attempts - 1:
+            if not _is_locked(exc) or attempt == WRITE_ATTEMPTS - 1:
                 raise
             time.sleep(RETRY_PAUSE_S * 2**attempt)
 
@@ -206,8 +206,8 @@ def stored_version(connection: sa.Connection) -> int:
     return int(value or 0)
 
 
-def ensure_schema(engine: sa.Engine) -> int:
-    """Create or migrate the tables to :data:`SCHEMA_VERSION`; returns the version.
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create or migrate the tables to :data:`SCHEMA_VERSION`.
 
     Each migration runs in its own transaction together with its version row; a second process
     migrating at the same moment fails on that row (or on an existing table) and finds the
@@ -226,15 +226,13 @@ def ensure_schema(engine: sa.Engine) -> int:
                     version += 1
                     MIGRATIONS[version](connection)
                     connection.execute(sa.insert(schema_version_table).values(version=version))
-            return version
+            return
         except (IntegrityError, sa.exc.ProgrammingError, OperationalError) as exc:
             # SQLite reports a table created meanwhile by another process as an OperationalError
             if isinstance(exc, OperationalError) and not (
                     "already exists" in str(exc).lower() or _is_locked(exc)):
                 raise
             time.sleep(RETRY_PAUSE_S)  # another process migrated meanwhile; look again
-    with engine.connect() as connection:
-        return stored_version(connection)
 
 
 # ------------------------------------------------------------------------------ recording
@@ -318,17 +316,13 @@ class GroupRecord:
     source: str | None
     content_hash: str
     optics_group: int
-    name: str | None
     n_particles: int | None
     refined: bool
     voltage_kv: float | None
     cs_nominal_mm: float | None
     cs_refined_mm: float | None
     cs_sigma_mm: float | None
-    cs_subsets_mm: tuple
-    defocus_offset_A: float | None
     pixel_size_A: float | None
-    pixel_size_if_cs_nominal_A: float | None
     cs_at_calibrated_pixel_mm: float | None
     verdict: str | None
     pixel_size_calibrated_A: float | None
@@ -342,12 +336,17 @@ class GroupRecord:
         return f"{self.pixel_size_A:.3f} A/px" if self.pixel_size_A else "unknown"
 
 
+#: ``groups`` columns recorded for completeness that the summary and the plot do not read.
+_UNREAD_GROUP_COLUMNS = ("id", "run_id", "name", "cs_subsets_json", "defocus_offset_A",
+                         "pixel_size_if_cs_nominal_A")
+
+
 def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupRecord]:
     """Every recorded optics group (of ``instrument`` if given), oldest run first."""
     r, g = runs_table, groups_table
     query = (sa.select(r.c.id.label("run_id"), r.c.instrument, r.c.magnification, r.c.run_date,
                        r.c.source, r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
-                       *(c for c in g.c if c.name not in ("id", "run_id")))
+                       *(c for c in g.c if c.name not in _UNREAD_GROUP_COLUMNS))
              .join(g, g.c.run_id == r.c.id)
              .order_by(r.c.run_date, r.c.id, g.c.optics_group))
     if instrument is not None:
@@ -359,14 +358,8 @@ def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupR
 
 def _group_record(values: dict) -> GroupRecord:
     """A :class:`GroupRecord` from a row of :func:`load_groups`' query."""
-    values["cs_subsets_mm"] = tuple(json.loads(values.pop("cs_subsets_json") or "[]"))
     values["refined"] = bool(values["refined"])
     if values["run_date"].tzinfo is None:  # SQLite returns naive datetimes, stored in UTC
         values["run_date"] = values["run_date"].replace(tzinfo=timezone.utc)
     return GroupRecord(**values)
 
-
-def count_runs(engine: sa.Engine) -> int:
-    """Number of recorded runs."""
-    with engine.connect() as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar())

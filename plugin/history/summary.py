@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..report_text import PLAUSIBLE_PIXEL_ERROR
 from .db import GroupRecord
 from .stats import (
     MIN_DATASETS_FOR_OUTLIERS,
@@ -24,10 +25,6 @@ from .stats import (
     pixel_change_explaining,
     weighted_mean,
 )
-
-#: A pixel-size error beyond this fraction is not offered as an explanation (as csrefine's
-#: per-run report: such errors are implausible on a calibrated microscope).
-PLAUSIBLE_PIXEL_CHANGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -106,23 +103,30 @@ def dataset_label(record: GroupRecord, groups_in_run: int) -> str:
     return f"{base}:g{record.optics_group}" if groups_in_run > 1 else base
 
 
-def _usable(r: GroupRecord) -> bool:
-    return (r.refined and r.cs_refined_mm is not None and r.cs_sigma_mm is not None
-            and math.isfinite(r.cs_sigma_mm) and r.cs_sigma_mm > 0)
+def _has_cs(refined: bool, cs_mm: float | None, cs_sigma_mm: float | None) -> bool:
+    """A refined Cs with a finite, positive sigma, mm: what the weighted means take."""
+    return (bool(refined) and cs_mm is not None and cs_sigma_mm is not None
+            and math.isfinite(cs_sigma_mm) and cs_sigma_mm > 0)
 
 
-def _calibrated_sigma(r: GroupRecord) -> float | None:
-    if r.cs_at_calibrated_pixel_mm is None or not _usable(r) or not r.pixel_size_calibrated_A:
-        return None
-    return cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, r.cs_at_calibrated_pixel_mm,
-                                           r.pixel_size_A, r.pixel_size_calibrated_A,
-                                           r.pixel_size_sigma_A)
+def _at_calibrated_pixel(r: GroupRecord) -> tuple[float | None, float | None]:
+    """The group's calibrated pixel size, Å, and the sigma of its Cs there, mm ((None, None)
+    without a calibration): its nominal pixel size times the map's calibrated/nominal ratio,
+    (Cs_cal / Cs)^(1/4) (the run records the map's calibration, not its nominal size)."""
+    if not (_has_cs(r.refined, r.cs_refined_mm, r.cs_sigma_mm) and r.pixel_size_A
+            and r.pixel_size_calibrated_A and r.cs_at_calibrated_pixel_mm is not None
+            and r.cs_refined_mm != 0):
+        return None, None
+    sigma = cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, r.cs_refined_mm,
+                                            r.cs_at_calibrated_pixel_mm,
+                                            (r.pixel_size_sigma_A or 0.0) / r.pixel_size_calibrated_A)
+    return r.pixel_size_A * (r.cs_at_calibrated_pixel_mm / r.cs_refined_mm) ** 0.25, sigma
 
 
 def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRecord]) -> Panel:
     """The summary of one instrument and voltage from its recorded groups."""
     per_run = Counter(r.run_id for r in records)
-    usable = [r for r in records if _usable(r)]
+    usable = [r for r in records if _has_cs(r.refined, r.cs_refined_mm, r.cs_sigma_mm)]
     cs = np.array([r.cs_refined_mm for r in usable])
     sigma = np.array([r.cs_sigma_mm for r in usable])
     dev = deviations_sigma(cs, sigma)
@@ -133,6 +137,7 @@ def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRe
     index = {id(r): i for i, r in enumerate(usable)}
     for r in records:
         i = index.get(id(r))
+        pixel_calibrated_A, cs_calibrated_sigma_mm = _at_calibrated_pixel(r)
         change = (pixel_change_explaining(r.cs_refined_mm, reference)
                   if i is not None and math.isfinite(reference) else None)
         datasets.append(DataSet(
@@ -142,8 +147,8 @@ def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRe
             deviation_sigma=float(dev[i]) if i is not None and math.isfinite(dev[i]) else None,
             outlier=bool(flags[i]) if i is not None else False, pixel_size_A=r.pixel_size_A,
             pixel_change_explaining=change, cs_at_calibrated_pixel_mm=r.cs_at_calibrated_pixel_mm,
-            cs_at_calibrated_pixel_sigma_mm=_calibrated_sigma(r),
-            pixel_size_calibrated_A=r.pixel_size_calibrated_A, verdict=r.verdict,
+            cs_at_calibrated_pixel_sigma_mm=cs_calibrated_sigma_mm,
+            pixel_size_calibrated_A=pixel_calibrated_A, verdict=r.verdict,
             source=r.source))
     nominal = Counter(r.cs_nominal_mm for r in records if r.cs_nominal_mm is not None)
     cs_nominal = nominal.most_common(1)[0][0] if nominal else None
@@ -154,21 +159,18 @@ def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRe
     return panel
 
 
-def _has_cs(d: DataSet) -> bool:
-    return d.refined and d.cs_mm is not None and bool(d.cs_sigma_mm) and d.cs_sigma_mm > 0
-
-
 def _per_magnification(datasets: list[DataSet]) -> list[MagnificationSummary]:
     """Per magnification label: the weighted mean of its data sets (outliers included: a
     pixel-size error follows the magnification) and its deviation, in sigma, from the other
     magnifications' data sets (outliers excluded)."""
     out = []
+    with_cs = [d for d in datasets if _has_cs(d.refined, d.cs_mm, d.cs_sigma_mm)]
     for label in sorted({d.magnification for d in datasets}):
-        members = [d for d in datasets if d.magnification == label and _has_cs(d)]
+        members = [d for d in with_cs if d.magnification == label]
         if not members:
             continue
         wm = weighted_mean([d.cs_mm for d in members], [d.cs_sigma_mm for d in members])
-        others = [d for d in datasets if d.magnification != label and _has_cs(d) and not d.outlier]
+        others = [d for d in with_cs if d.magnification != label and not d.outlier]
         dev = None
         if others:
             rest = weighted_mean([d.cs_mm for d in others], [d.cs_sigma_mm for d in others])
@@ -215,7 +217,7 @@ def explain_outlier(d: DataSet, panel_datasets: list[DataSet], mean_mm: float,
     if change is None:
         return "no explanation available"
     size = f"{abs(100 * change):.1f}% {'smaller' if change < 0 else 'larger'}"
-    if abs(change) > PLAUSIBLE_PIXEL_CHANGE:
+    if abs(change) > PLAUSIBLE_PIXEL_ERROR:
         return (f"a pixel size {size} would be needed to explain it, which is implausible: "
                 f"a one-off (specimen, processing) or another error")
     same_mag = [o for o in panel_datasets if o is not d and o.magnification == d.magnification
