@@ -58,7 +58,7 @@ def make_report(cs_mm, sigma_mm=0.01, *, tag="", pixel_size_A=1.6, voltage_kv=30
              "reason": "refined", "cs_nominal_mm": 2.7, "cs_refined_mm": float(cs),
              "cs_sigma_mm": sigma_mm, "cs_subsets_mm": [float(cs)] * 3, "defocus_offset_A": 1.0,
              "pixel_size_A": pixel_size_A,
-             "pixel_size_if_cs_nominal_A": pixel_size_A * (2.7 / float(cs)) ** 0.25,
+             "pixel_size_if_cs_nominal_A": pixel_size_A * (2.7 / cs) ** 0.25 if cs > 0 else None,
              "voltage_kv": voltage_kv}
         if calibrated_A is not None:
             g["cs_at_calibrated_pixel_mm"] = float(cs) * (calibrated_A / map_pixel_size_A) ** 4
@@ -67,7 +67,8 @@ def make_report(cs_mm, sigma_mm=0.01, *, tag="", pixel_size_A=1.6, voltage_kv=30
     report = {"csrefine_version": "0.1.0", "inputs": {"particles": f"P{tag}.star"},
               "groups": groups, "timings_s": {"wall": 1.0}, "tag": tag}
     if calibrated_A is not None:
-        report.update(pixel_size_calibrated_A=calibrated_A, pixel_size_sigma_A=calibrated_sigma_A)
+        report.update(pixel_size_calibrated_A=calibrated_A, pixel_size_sigma_A=calibrated_sigma_A,
+                      map_pixel_size_A=map_pixel_size_A)
     return report
 
 
@@ -124,7 +125,7 @@ def test_record_and_load(db_url):
     with engine.connect() as connection:
         import sqlalchemy as sa
         assert connection.execute(sa.select(schema_version_table.c.version)).scalars().all() == [
-            SCHEMA_VERSION]
+            *range(1, SCHEMA_VERSION + 1)]
     engine.dispose()
 
 
@@ -141,6 +142,41 @@ def test_calibrated_cs_of_a_group_at_another_pixel_size_than_the_map(sqlite_url)
     assert d.cs_at_calibrated_pixel_sigma_mm == pytest.approx(
         math.hypot(0.01 * ratio4, 4 * 3.0 * ratio4 * 0.001 / 1.02), rel=1e-6)
     assert d.pixel_size_calibrated_A == pytest.approx(1.224, rel=1e-6)
+
+
+def test_calibrated_cs_of_a_group_whose_cs_is_zero(sqlite_url):
+    """A Cs-corrected instrument: a refined Cs of 0 mm still gets its calibrated pixel size and
+    the sigma of Cs there (the ratio comes from the pixel sizes, not from the Cs values)."""
+    engine = open_engine(sqlite_url)
+    record_report(engine, make_report(0.0, pixel_size_A=1.0, calibrated_A=1.02,
+                                      calibrated_sigma_A=0.001), RunLabels("K"))
+    d = build_panels(load_groups(engine))[0].datasets[0]
+    engine.dispose()
+    assert d.pixel_size_calibrated_A == pytest.approx(1.02, rel=1e-12)
+    assert d.cs_at_calibrated_pixel_sigma_mm == pytest.approx(0.01 * 1.02**4, rel=1e-12)
+
+
+def test_a_version_1_database_is_migrated_and_its_runs_still_read(sqlite_url):
+    """A database written before runs carried the map's pixel size: opening it adds the column
+    (schema version 2), its runs read back with none (the group's pixel size stands in for the
+    map's), and new runs record it."""
+    engine = open_engine(sqlite_url)
+    record_report(engine, make_report(3.0, tag="old", calibrated_A=1.632, calibrated_sigma_A=0.001),
+                  RunLabels("K"))
+    with engine.begin() as connection:  # back to version 1's tables
+        connection.execute(sa.text('ALTER TABLE runs DROP COLUMN "map_pixel_size_A"'))
+        connection.execute(sa.delete(schema_version_table).where(schema_version_table.c.version > 1))
+    engine.dispose()
+    engine = open_engine(sqlite_url)
+    record_report(engine, make_report(3.0, tag="new", pixel_size_A=1.2, map_pixel_size_A=1.0,
+                                      calibrated_A=1.02, calibrated_sigma_A=0.001), RunLabels("K"))
+    old, new = load_groups(engine)
+    with engine.connect() as connection:
+        versions = connection.execute(sa.select(schema_version_table.c.version)).scalars().all()
+    engine.dispose()
+    assert sorted(versions) == [1, 2] and (old.map_pixel_size_A, new.map_pixel_size_A) == (None, 1.0)
+    datasets = build_panels([old, new])[0].datasets
+    assert [d.pixel_size_calibrated_A for d in datasets] == pytest.approx([1.632, 1.224])
 
 
 def test_recording_the_same_result_twice_is_a_no_op(db_url, tmp_path):

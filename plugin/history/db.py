@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 #: Environment variable with a SQLAlchemy URL of the history database.
 HISTORY_DB_ENV = "CSREFINE_HISTORY_DB"
 #: The schema version this csrefine writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: SQLite waits this long for another writer before "database is locked", s.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: Connection timeout for network databases, s (an unreachable server is a warning, quickly).
@@ -79,6 +79,7 @@ runs_table = sa.Table(
     sa.Column("csrefine_version", sa.String(50)),
     sa.Column("pixel_size_calibrated_A", sa.Float),
     sa.Column("pixel_size_sigma_A", sa.Float),
+    sa.Column("map_pixel_size_A", sa.Float),  # the calibration's nominal (schema version 2)
 )
 
 groups_table = sa.Table(
@@ -193,11 +194,22 @@ def _retrying(action):
 
 # ------------------------------------------------------------------------------ schema
 def _create_version_1(connection: sa.Connection) -> None:
-    metadata.create_all(connection, tables=[runs_table, groups_table])
+    metadata.create_all(connection, tables=[runs_table, groups_table])  # with version 2's column
+
+
+def _add_map_pixel_size(connection: sa.Connection) -> None:
+    """Version 2: ``runs.map_pixel_size_A``, the map's pixel size that a calibration corrects
+    (a group's own pixel size may differ); already there in tables created as version 2."""
+    column = runs_table.c.map_pixel_size_A
+    if column.name in {c["name"] for c in sa.inspect(connection).get_columns("runs")}:
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    connection.execute(sa.text(f"ALTER TABLE runs ADD COLUMN {quote(column.name)} "
+                               f"{column.type.compile(connection.dialect)}"))
 
 
 #: version -> function bringing the tables from version - 1 to ``version`` (0: empty database).
-MIGRATIONS = {1: _create_version_1}
+MIGRATIONS = {1: _create_version_1, 2: _add_map_pixel_size}
 
 
 def stored_version(connection: sa.Connection) -> int:
@@ -278,6 +290,7 @@ def run_row(report: dict, labels: RunLabels) -> dict:
         "csrefine_version": report.get("csrefine_version"),
         "pixel_size_calibrated_A": _float(report.get("pixel_size_calibrated_A")),
         "pixel_size_sigma_A": _float(report.get("pixel_size_sigma_A")),
+        "map_pixel_size_A": _float(report.get("map_pixel_size_A")),
     }
 
 
@@ -327,6 +340,7 @@ class GroupRecord:
     verdict: str | None
     pixel_size_calibrated_A: float | None
     pixel_size_sigma_A: float | None
+    map_pixel_size_A: float | None
 
     @property
     def magnification_label(self) -> str:
@@ -346,6 +360,7 @@ def load_groups(engine: sa.Engine, instrument: str | None = None) -> list[GroupR
     r, g = runs_table, groups_table
     query = (sa.select(r.c.id.label("run_id"), r.c.instrument, r.c.magnification, r.c.run_date,
                        r.c.source, r.c.content_hash, r.c.pixel_size_calibrated_A, r.c.pixel_size_sigma_A,
+                       r.c.map_pixel_size_A,
                        *(c for c in g.c if c.name not in _UNREAD_GROUP_COLUMNS))
              .join(g, g.c.run_id == r.c.id)
              .order_by(r.c.run_date, r.c.id, g.c.optics_group))

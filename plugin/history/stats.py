@@ -110,19 +110,18 @@ def outlier_flags(deviations, threshold_sigma: float = OUTLIER_SIGMA) -> np.ndar
     return finite & (np.abs(dev) > threshold_sigma)
 
 
-def cs_sigma_at_calibrated_pixel_mm(cs_sigma_mm: float, cs_refined_mm: float,
+def cs_sigma_at_calibrated_pixel_mm(cs_sigma_mm: float, pixel_ratio: float,
                                     cs_at_calibrated_pixel_mm: float,
                                     pixel_relative_sigma: float | None) -> float:
     """Standard error of Cs re-expressed at the calibrated pixel size, mm.
 
-    Cs_cal = Cs r^4 with r = p_cal / p_nom, the map's calibrated over its nominal pixel size (a
-    group's pixel sizes scale alike), so r^4 = Cs_cal / Cs and sigma^2 = (sigma_Cs r^4)^2
+    Cs_cal = Cs r^4 with r = ``pixel_ratio`` = p_cal / p_nom, the map's calibrated over its
+    nominal pixel size (a group's pixel sizes scale alike), so sigma^2 = (sigma_Cs r^4)^2
     + (4 Cs_cal sigma_p / p_cal)^2 (the two errors taken as independent);
     ``pixel_relative_sigma``: sigma_p / p_cal.
     """
-    ratio4 = cs_at_calibrated_pixel_mm / cs_refined_mm
     pixel_term = 4.0 * cs_at_calibrated_pixel_mm * (pixel_relative_sigma or 0.0)
-    return float(np.hypot(cs_sigma_mm * ratio4, pixel_term))
+    return float(np.hypot(cs_sigma_mm * pixel_ratio**4, pixel_term))
 
 
 def pixel_change_explaining(cs_apparent_mm: float, cs_reference_mm: float) -> float:

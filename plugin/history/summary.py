@@ -111,16 +111,15 @@ def _has_cs(refined: bool, cs_mm: float | None, cs_sigma_mm: float | None) -> bo
 
 def _at_calibrated_pixel(r: GroupRecord) -> tuple[float | None, float | None]:
     """The group's calibrated pixel size, Å, and the sigma of its Cs there, mm ((None, None)
-    without a calibration): its nominal pixel size times the map's calibrated/nominal ratio,
-    (Cs_cal / Cs)^(1/4) (the run records the map's calibration, not its nominal size)."""
+    without a calibration): its nominal pixel size times the map's calibrated/nominal ratio
+    (runs recorded without the map's pixel size: the group's taken as the map's)."""
     if not (_has_cs(r.refined, r.cs_refined_mm, r.cs_sigma_mm) and r.pixel_size_A
-            and r.pixel_size_calibrated_A and r.cs_at_calibrated_pixel_mm is not None
-            and r.cs_refined_mm != 0):
+            and r.pixel_size_calibrated_A and r.cs_at_calibrated_pixel_mm is not None):
         return None, None
-    sigma = cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, r.cs_refined_mm,
-                                            r.cs_at_calibrated_pixel_mm,
+    ratio = r.pixel_size_calibrated_A / (r.map_pixel_size_A or r.pixel_size_A)
+    sigma = cs_sigma_at_calibrated_pixel_mm(r.cs_sigma_mm, ratio, r.cs_at_calibrated_pixel_mm,
                                             (r.pixel_size_sigma_A or 0.0) / r.pixel_size_calibrated_A)
-    return r.pixel_size_A * (r.cs_at_calibrated_pixel_mm / r.cs_refined_mm) ** 0.25, sigma
+    return r.pixel_size_A * ratio, sigma
 
 
 def build_panel(instrument: str, voltage_kv: float | None, records: list[GroupRecord]) -> Panel:
