@@ -186,7 +186,7 @@ def summarise_group(group: OpticsGroup, n: int, fitted: GroupFit, band_A,
         defocus_offset_sigma_A=df_sigma, pixel_size_A=group.pixel_size_A,
         band_A=list(band_A), voltage_kv=group.voltage_kv,
         **interpretation_fields(model, group.pixel_size_A, group.cs_mm, cs_ref, cs_sigma,
-                         best.defocus_offset_A))
+                                best.defocus_offset_A))
     radial = fitted.radial
     delta, delta_sigma = _binned_phase(radial)
     profile = fitted.profile_log_likelihood

@@ -143,9 +143,9 @@ def sample_positions(positions: np.ndarray, limit: int | None = None) -> np.ndar
 def own_noise_statistics(backend, images, particles, references: dict, terms, band,
                          pixel_size_A: float, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d_i, d0_i, c_i) of the module docstring for ``particles`` (their ``images``: (n, box,
-    box)), computed with the accumulation backend, one statistics cell per particle, OWN_NOISE_BATCH
-    particles at a time. A cell's
-    cross sum D = sum Re(X conj(CTF P)) is linear in the prediction P, so D for the difference
+    box)), computed with the accumulation backend, one statistics cell per particle,
+    :data:`OWN_NOISE_BATCH` particles at a time. A cell's cross sum D = sum Re(X conj(CTF P)) is
+    linear in the prediction P, so D for the difference
     (d) and the sum (c) of the half maps are the difference and sum of D_1 and D_2, each
     accumulated against its own half map (no third reference is built); d0 pairs each image
     with the pose of another particle of the sample. Three arrays of shape (n,)."""

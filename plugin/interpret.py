@@ -35,8 +35,8 @@ def resolution_impact_A(model: PhaseModel, defocus_offset_A: float, cs_change_mm
 
 
 def interpretation_fields(model: PhaseModel, pixel_size_A: float, cs_nominal_mm: float,
-                   cs_refined_mm: float, cs_sigma_mm: float | None,
-                   defocus_offset_A: float) -> dict:
+                          cs_refined_mm: float, cs_sigma_mm: float | None,
+                          defocus_offset_A: float) -> dict:
     """A refined group's interpretation fields of :class:`csrefine.results.GroupResult`: the
     change from the nominal Cs in standard errors (``cs_change_z``; None without a positive
     sigma), the pixel size that would explain it with the nominal Cs, and the resolution (Å)

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from .errors import InputError, OutputError
 
-#: Room for csrefine.json, logfile.pdf and the pipeline files beside the particle file, in bytes.
 #: The report files every run writes into its output directory.
 REPORT_JSON = "csrefine.json"
 REPORT_PDF = "logfile.pdf"
 #: Prefix of the working directory in which rounds rebuild the half maps (inside the output
 #: directory; removed at the end of the run, or by the next run if the job was killed).
 ROUNDS_WORK_PREFIX = ".csrefine-rounds-"
+#: Room for csrefine.json, logfile.pdf and the pipeline files beside the particle file, in bytes.
 OUTPUT_MARGIN_BYTES = 4 * 1024 * 1024
 
 

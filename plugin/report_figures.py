@@ -71,7 +71,7 @@ def fsc_page(refinement: Refinement):
     ax = fig.add_axes([0.08, 0.22, 0.86, 0.68])
     px = refinement.map_pixel_size_A or 1.0
     k_max = plot_fsc(ax, refinement.fsc, px, color="C0", label="half-map FSC (masked)")
-    fsc_axes(ax, k_max, FSC_THRESHOLD)
+    fsc_axes(ax, k_max)
     low, high = refinement.band_A
     ax.axvspan(1 / low, 1 / high, color="C2", alpha=0.12, label=f"fitted band {low:.1f}–{high:.2f} Å")
     ax.set_ylabel("FSC")

@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 
+from .fsc import FSC_THRESHOLD
+
 #: Every page: A4 landscape, inches.
 PAGE_SIZE_IN = (11.69, 8.27)
 #: Margins of text pages, as fractions of the page.
@@ -180,8 +182,9 @@ def plot_fsc(ax, fsc, pixel_size_A: float, **style) -> float:
     return float(k.max())
 
 
-def fsc_axes(ax, k_max_per_A: float, threshold: float) -> None:
-    """The FSC ``threshold`` dotted, and the x axis in resolution up to ``k_max_per_A`` (1/Å)."""
-    ax.axhline(threshold, color="grey", ls=":", label=f"FSC = {threshold}")
+def fsc_axes(ax, k_max_per_A: float) -> None:
+    """:data:`csrefine.fsc.FSC_THRESHOLD` dotted, and the x axis in resolution up to
+    ``k_max_per_A`` (1/Å)."""
+    ax.axhline(FSC_THRESHOLD, color="grey", ls=":", label=f"FSC = {FSC_THRESHOLD}")
     resolution_axis(ax, k_max_per_A)
     ax.set_xlim(0, k_max_per_A * 1.01)

@@ -246,8 +246,9 @@ def _combined_group(original: OpticsGroup, results: list[GroupResult]) -> GroupR
     edge = model.delta(offset, last.cs_refined_mm - cs_input, (1.0 / last.band_A[1]) ** 2)
     return replace(last, refined=True, cs_nominal_mm=original.cs_mm,
                    cs_zernike_mm=results[0].cs_zernike_mm, defocus_offset_A=offset,
-                   curves=curves, **interpretation_fields(model, original.pixel_size_A, original.cs_mm,
-                                                   last.cs_refined_mm, last.cs_sigma_mm, offset),
+                   curves=curves,
+                   **interpretation_fields(model, original.pixel_size_A, original.cs_mm,
+                                           last.cs_refined_mm, last.cs_sigma_mm, offset),
                    anisotropy=with_isotropic_change(last.anisotropy, abs(np.rad2deg(edge))))
 
 

@@ -106,7 +106,7 @@ def rounds_figure(outcome: RoundsOutcome, pixel_size_A: float):
                          label=f"{name} ({fsc_text(record)})")
         if not record.reaches_nyquist:
             ax.axvline(1 / record.resolution_A, color=colour, ls="--", lw=0.8)
-    fsc_axes(ax, k_max, FSC_THRESHOLD)
+    fsc_axes(ax, k_max)
     ax.set_ylabel("half-map FSC (masked)")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=8.5, loc="lower left")
